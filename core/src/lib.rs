@@ -1,0 +1,28 @@
+//! gradswarm's algorithms and wire types, shared by the desktop node and the browser peer.
+//!
+//! Plain Rust with no I/O, no async runtime, no burn and no libp2p types, so that every rule of the
+//! training protocol (DESIGN.md §3–4) is unit-tested deterministically and compiles to
+//! `wasm32-unknown-unknown` unchanged.
+//!
+//! - [`codec`]: top-k → int8 → zstd with error feedback, behind the [`Codec`] trait.
+//! - [`wire`]: the [`Update`] message and its hostile-input-safe decoder.
+//! - [`staleness`]: staleness weights, the τ_max cut-off and drop counters.
+//! - [`aggregate`]: weighted mean, trimmed mean, centered clipping, and update validation.
+//! - [`shard`]: rendezvous hashing of data chunks over live peers.
+
+pub mod aggregate;
+pub mod codec;
+mod error;
+pub mod shard;
+pub mod staleness;
+pub mod wire;
+
+pub use aggregate::{AggregateError, AggregationRule, Aggregator, UpdateValidator, Weighted};
+pub use codec::{
+    Codec, CodecDescriptor, Compress, CpuCodec, DecodedUpdate, ErrorFeedback, Quantize, RngKey,
+    Sparsify,
+};
+pub use error::{DecodeError, EncodeError};
+pub use shard::ShardKey;
+pub use staleness::{DropCounts, DropReason, StalenessPolicy};
+pub use wire::{FORMAT_VERSION, ModelHash, Update, WireLimits};
