@@ -9,12 +9,14 @@
 //! - [`staleness`]: staleness weights, the τ_max cut-off and drop counters.
 //! - [`aggregate`]: weighted mean, trimmed mean, centered clipping, and update validation.
 //! - [`shard`]: rendezvous hashing of data chunks over live peers.
+//! - [`synthetic`]: seeded gradient-like vectors for tests and benchmarks.
 
 pub mod aggregate;
 pub mod codec;
 mod error;
 pub mod shard;
 pub mod staleness;
+pub mod synthetic;
 pub mod wire;
 
 pub use aggregate::{AggregateError, AggregationRule, Aggregator, UpdateValidator, Weighted};
