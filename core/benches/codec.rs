@@ -13,7 +13,10 @@ use gradswarm_core::synthetic::gradient_like;
 use gradswarm_core::{Codec, CodecDescriptor, CpuCodec, RngKey};
 
 /// (label, top-k fraction in ppm, the ratio the foundation issue asks for)
-const CODECS: [(&str, u32, f64); 2] = [("top1%+int8+zstd", 10_000, 150.0), ("top0.1%+int8+zstd", 1_000, 1000.0)];
+const CODECS: [(&str, u32, f64); 2] = [
+    ("top1%+int8+zstd", 10_000, 150.0),
+    ("top0.1%+int8+zstd", 1_000, 1000.0),
+];
 const SIZES: [usize; 2] = [1_000_000, 10_000_000];
 
 fn bench(c: &mut Criterion) {

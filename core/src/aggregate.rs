@@ -42,10 +42,11 @@ pub enum AggregateError {
 }
 
 /// The configured rule (TOML: `rule = "weighted_mean"` and so on).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "rule", rename_all = "snake_case")]
 pub enum AggregationRule {
     /// Σ wᵢxᵢ / Σ wᵢ.
+    #[default]
     WeightedMean,
     /// Per coordinate: drop the `trim` smallest and `trim` largest values, weighted mean of the rest.
     TrimmedMean {
@@ -60,12 +61,6 @@ pub enum AggregationRule {
         /// Iterations (the paper finds 1–3 enough when starting from a good centre).
         iterations: u32,
     },
-}
-
-impl Default for AggregationRule {
-    fn default() -> Self {
-        Self::WeightedMean
-    }
 }
 
 impl AggregationRule {

@@ -7,7 +7,7 @@ use gradswarm_core::shard::{ShardKey, owner};
 use gradswarm_core::synthetic::SplitMix;
 use gradswarm_core::{
     Codec, CodecDescriptor, Compress, CpuCodec, DropReason, ErrorFeedback, Quantize, RngKey,
-    Sparsify, Update, UpdateValidator, WireLimits, Weighted, codec::decode_payload,
+    Sparsify, Update, UpdateValidator, Weighted, WireLimits, codec::decode_payload,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -31,7 +31,10 @@ fn descriptors() -> impl Strategy<Value = CodecDescriptor> {
             Just(Quantize::F32),
             (1u16..=300).prop_map(|block| Quantize::Int8 { block }),
         ],
-        prop_oneof![Just(Compress::None), (1i8..=5).prop_map(|level| Compress::Zstd { level })],
+        prop_oneof![
+            Just(Compress::None),
+            (1i8..=5).prop_map(|level| Compress::Zstd { level })
+        ],
     )
         .prop_map(|(sparsify, quantize, compress)| CodecDescriptor {
             sparsify,
@@ -147,23 +150,41 @@ enum Attack {
 }
 
 /// Honest vectors around a common mean, plus `f` attackers built from honest vectors.
-fn byzantine_inputs(n: usize, f: usize, dim: usize, attack: Attack, seed: u64) -> (Vec<Vec<f32>>, Vec<f64>, f64) {
+fn byzantine_inputs(
+    n: usize,
+    f: usize,
+    dim: usize,
+    attack: Attack,
+    seed: u64,
+) -> (Vec<Vec<f32>>, Vec<f64>, f64) {
     let mut rng = SplitMix::new(seed);
     // A clear signal (|μᵢ| ≈ 2) under honest noise of 0.02, the regime where averaging helps.
     let mu: Vec<f64> = (0..dim)
         .map(|_| if rng.uniform() < 0.5 { -2.0 } else { 2.0 } + 0.2 * rng.normal())
         .collect();
     let honest: Vec<Vec<f32>> = (0..n - f)
-        .map(|_| mu.iter().map(|&m| (m + 0.02 * rng.normal()) as f32).collect())
+        .map(|_| {
+            mu.iter()
+                .map(|&m| (m + 0.02 * rng.normal()) as f32)
+                .collect()
+        })
         .collect();
     let mut honest_mean = vec![0.0f64; dim];
     for h in &honest {
-        honest_mean.iter_mut().zip(h).for_each(|(a, &x)| *a += f64::from(x) / (n - f) as f64);
+        honest_mean
+            .iter_mut()
+            .zip(h)
+            .for_each(|(a, &x)| *a += f64::from(x) / (n - f) as f64);
     }
     // The bound: the honest vectors' total spread around their mean.
     let spread = honest
         .iter()
-        .map(|h| h.iter().zip(&honest_mean).map(|(&x, &m)| (f64::from(x) - m).powi(2)).sum::<f64>())
+        .map(|h| {
+            h.iter()
+                .zip(&honest_mean)
+                .map(|(&x, &m)| (f64::from(x) - m).powi(2))
+                .sum::<f64>()
+        })
         .sum::<f64>()
         .sqrt();
     let mut all = honest.clone();
@@ -178,7 +199,11 @@ fn byzantine_inputs(n: usize, f: usize, dim: usize, attack: Attack, seed: u64) -
 }
 
 fn distance(a: &[f32], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(&x, &m)| (f64::from(x) - m).powi(2)).sum::<f64>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(&x, &m)| (f64::from(x) - m).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 proptest! {
@@ -254,7 +279,9 @@ fn valid_message(len: usize, seed: u64) -> (Vec<u8>, WireLimits) {
     let mut codec = CpuCodec::new(descriptor).expect("valid");
     let delta = gradswarm_core::synthetic::gradient_like(len, seed);
     let mut residual = vec![0.0; len];
-    let payload = codec.encode(&delta, &mut residual, RngKey::new(seed, 1)).expect("encodes");
+    let payload = codec
+        .encode(&delta, &mut residual, RngKey::new(seed, 1))
+        .expect("encodes");
     let update = Update {
         run_id: "run".into(),
         model_hash: [3; 32],
@@ -345,7 +372,9 @@ fn zstd_bombs_are_refused_before_allocation() {
 fn hostile_payloads_get_typed_errors() {
     use gradswarm_core::DecodeError as E;
     let topk_raw = CodecDescriptor {
-        sparsify: Sparsify::TopK { per_million: 500_000 },
+        sparsify: Sparsify::TopK {
+            per_million: 500_000,
+        },
         quantize: Quantize::F32,
         compress: Compress::None,
     };
@@ -354,17 +383,44 @@ fn hostile_payloads_get_typed_errors() {
     let mut p = vec![4, 2, 3, 0];
     p.extend(one);
     p.extend(one);
-    assert!(matches!(decode_payload(&topk_raw, &p, 4), Err(E::IndexOutOfRange { index: 4, .. })));
-    assert!(matches!(decode_payload(&topk_raw, &[5, 0], 4), Err(E::WrongLength { got: 5, .. })));
-    assert!(matches!(decode_payload(&topk_raw, &[4, 3], 4), Err(E::TooManyEntries { count: 3, .. })));
+    assert!(matches!(
+        decode_payload(&topk_raw, &p, 4),
+        Err(E::IndexOutOfRange { index: 4, .. })
+    ));
+    assert!(matches!(
+        decode_payload(&topk_raw, &[5, 0], 4),
+        Err(E::WrongLength { got: 5, .. })
+    ));
+    assert!(matches!(
+        decode_payload(&topk_raw, &[4, 3], 4),
+        Err(E::TooManyEntries { count: 3, .. })
+    ));
     let mut nan = vec![4, 1, 0];
     nan.extend(f32::NAN.to_le_bytes());
-    assert_eq!(decode_payload(&topk_raw, &nan, 4), Err(E::NonFinite { at: 0 }));
-    assert_eq!(decode_payload(&topk_raw, &[4, 1, 0, 0], 4), Err(E::Truncated));
-    let int8 = CodecDescriptor { quantize: Quantize::Int8 { block: 2 }, ..topk_raw };
-    assert_eq!(decode_payload(&int8, &[4, 1, 0, 7, 0x80], 4), Err(E::BadQuantValue { at: 0 }));
-    assert_eq!(decode_payload(&int8, &[4, 1, 0, 7, 1, 9], 4), Err(E::TrailingBytes(1)));
-    let bad = CodecDescriptor { quantize: Quantize::Int8 { block: 0 }, ..topk_raw };
+    assert_eq!(
+        decode_payload(&topk_raw, &nan, 4),
+        Err(E::NonFinite { at: 0 })
+    );
+    assert_eq!(
+        decode_payload(&topk_raw, &[4, 1, 0, 0], 4),
+        Err(E::Truncated)
+    );
+    let int8 = CodecDescriptor {
+        quantize: Quantize::Int8 { block: 2 },
+        ..topk_raw
+    };
+    assert_eq!(
+        decode_payload(&int8, &[4, 1, 0, 7, 0x80], 4),
+        Err(E::BadQuantValue { at: 0 })
+    );
+    assert_eq!(
+        decode_payload(&int8, &[4, 1, 0, 7, 1, 9], 4),
+        Err(E::TrailingBytes(1))
+    );
+    let bad = CodecDescriptor {
+        quantize: Quantize::Int8 { block: 0 },
+        ..topk_raw
+    };
     assert!(matches!(decode_payload(&bad, &[], 4), Err(E::BadCodec(_))));
 }
 
@@ -372,11 +428,18 @@ fn hostile_payloads_get_typed_errors() {
 fn bad_deltas_leave_the_residual_untouched() {
     let mut codec = CpuCodec::new(CodecDescriptor::top_k_int8_zstd(100_000)).expect("valid");
     let mut ef = ErrorFeedback::new(4);
-    ef.encode(&mut codec, &[1.0, 2.0, 3.0, 4.0], RngKey::new(1, 0)).expect("encodes");
+    ef.encode(&mut codec, &[1.0, 2.0, 3.0, 4.0], RngKey::new(1, 0))
+        .expect("encodes");
     let before = ef.residual().to_vec();
     for bad in [f32::NAN, f32::INFINITY, 3e38] {
         let err = ef.encode(&mut codec, &[0.0, bad, 0.0, 0.0], RngKey::new(1, 1));
-        assert!(matches!(err, Err(gradswarm_core::EncodeError::OutOfRange { index: 1, .. })), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Err(gradswarm_core::EncodeError::OutOfRange { index: 1, .. })
+            ),
+            "{err:?}"
+        );
         assert_eq!(ef.residual(), &before[..]);
     }
 }
@@ -386,10 +449,16 @@ fn compression_reaches_the_targets_on_a_gradient_like_vector() {
     let len = 1_000_000;
     let delta = gradswarm_core::synthetic::gradient_like(len, 7);
     for (per_million, target) in [(10_000u32, 150.0), (1_000, 1000.0)] {
-        let mut codec = CpuCodec::new(CodecDescriptor::top_k_int8_zstd(per_million)).expect("valid");
+        let mut codec =
+            CpuCodec::new(CodecDescriptor::top_k_int8_zstd(per_million)).expect("valid");
         let mut residual = vec![0.0; len];
-        let payload = codec.encode(&delta, &mut residual, RngKey::new(7, 0)).expect("encodes");
+        let payload = codec
+            .encode(&delta, &mut residual, RngKey::new(7, 0))
+            .expect("encodes");
         let ratio = (4 * len) as f64 / payload.len() as f64;
-        assert!(ratio >= target, "top-k {per_million} ppm: {ratio:.0}× < {target}×");
+        assert!(
+            ratio >= target,
+            "top-k {per_million} ppm: {ratio:.0}× < {target}×"
+        );
     }
 }

@@ -92,7 +92,9 @@ impl CodecDescriptor {
         if let Sparsify::TopK { per_million } = self.sparsify
             && !(1..=1_000_000).contains(&per_million)
         {
-            return Err(DecodeError::BadCodec("top-k fraction must be in 1..=1000000 ppm"));
+            return Err(DecodeError::BadCodec(
+                "top-k fraction must be in 1..=1000000 ppm",
+            ));
         }
         if let Quantize::Int8 { block } = self.quantize
             && !(1..=MAX_BLOCK).contains(&block)
@@ -191,11 +193,10 @@ impl Codec for CpuCodec {
             Quantize::F32 => f32::MAX,
             Quantize::Int8 { .. } => quant::MAX_ABS,
         };
-        if let Some(i) = residual
-            .iter()
-            .zip(delta)
-            .position(|(&e, &d)| !((e + d).abs() <= limit))
-        {
+        if let Some(i) = residual.iter().zip(delta).position(|(&e, &d)| {
+            let u = e + d;
+            !(u.is_finite() && u.abs() <= limit)
+        }) {
             return Err(EncodeError::OutOfRange {
                 index: i,
                 value: delta[i],

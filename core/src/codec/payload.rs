@@ -175,7 +175,9 @@ pub fn decode_payload(
             let mut ix = Vec::with_capacity(count);
             let mut next = 0u64;
             for _ in 0..count {
-                let i = next.checked_add(r.varint()?).ok_or(DecodeError::BadVarint)?;
+                let i = next
+                    .checked_add(r.varint()?)
+                    .ok_or(DecodeError::BadVarint)?;
                 if i >= expected_len as u64 {
                     return Err(DecodeError::IndexOutOfRange {
                         index: i,

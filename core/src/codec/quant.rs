@@ -166,7 +166,9 @@ mod tests {
 
     #[test]
     fn exponent_covers_the_block_max_tightly() {
-        for v in [1e-45f32, 1e-40, 1e-30, 0.001, 0.5, 1.0, 126.9, 127.0, 127.5, 3e30, 1e38] {
+        for v in [
+            1e-45f32, 1e-40, 1e-30, 0.001, 0.5, 1.0, 126.9, 127.0, 127.5, 3e30, 1e38,
+        ] {
             let e = block_exponent_byte(v.to_bits()).expect("in range");
             let q = quantum(e);
             assert!(f64::from(v) <= 127.0 * q, "{v} exceeds 127·2^E");
@@ -185,7 +187,11 @@ mod tests {
             for q in [-127i8, -1, 0, 1, 64, 127] {
                 let d = dequantize(q, byte);
                 assert!(d.is_finite());
-                assert_eq!(f64::from(d), f64::from(q) * quantum(byte), "q={q} byte={byte}");
+                assert_eq!(
+                    f64::from(d),
+                    f64::from(q) * quantum(byte),
+                    "q={q} byte={byte}"
+                );
             }
         }
     }

@@ -74,7 +74,10 @@ mod tests {
             buckets[(key.draw(i) >> 28) as usize] += 1;
         }
         for b in buckets {
-            assert!((3786..=4406).contains(&b), "bucket count {b} is not uniform");
+            assert!(
+                (3786..=4406).contains(&b),
+                "bucket count {b} is not uniform"
+            );
         }
     }
 

@@ -100,7 +100,13 @@ mod tests {
 
     #[test]
     fn denormals_and_signed_zeros_order_by_magnitude() {
-        let v = [0.0, -0.0, f32::from_bits(1), -f32::from_bits(3), f32::from_bits(2)];
+        let v = [
+            0.0,
+            -0.0,
+            f32::from_bits(1),
+            -f32::from_bits(3),
+            f32::from_bits(2),
+        ];
         assert_eq!(select(&v, 1), vec![3]);
         assert_eq!(select(&v, 2), vec![3, 4]);
         assert_eq!(select(&v, 4), vec![0, 2, 3, 4]);

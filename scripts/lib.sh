@@ -1,0 +1,35 @@
+# Shared helpers of gradswarm's scripts. Source it; it defines functions and sets nothing else.
+
+# Builds go to a cache outside the checkout so that later sessions and CI reuse them.
+gs_env() {
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gradswarm-target}"
+  export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+}
+
+# Installs the Debian packages that are missing; does nothing (and needs no network) when all are there.
+gs_apt_ensure() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# Debian packages gradswarm needs: a C toolchain for zstd, and the wasm32 toolchain of
+# ../shared/WASM.md (Debian's rustc-web with its std source, clang and wasm-ld for zstd's C code).
+GS_APT_PACKAGES=(build-essential pkg-config rustc-web cargo-web rust-web-src lld-22 clang-22 llvm-22)
+
+# Runs cargo for wasm32-unknown-unknown with Debian's rustc-web and -Zbuild-std (see WASM.md).
+gs_wasm_cargo() {
+  RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \
+  CARGO_TARGET_DIR="${GS_WASM_TARGET_DIR:-$HOME/.cache/gradswarm-wasm-target}" \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-22 \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS='--cfg getrandom_backend="wasm_js"' \
+  CC_wasm32_unknown_unknown=clang-22 AR_wasm32_unknown_unknown=llvm-ar-22 \
+    /usr/bin/cargo "$@" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort
+}
