@@ -8,12 +8,14 @@
 //! - [`wire`]: the [`Update`] message and its hostile-input-safe decoder.
 //! - [`staleness`]: staleness weights, the τ_max cut-off and drop counters.
 //! - [`aggregate`]: weighted mean, trimmed mean, centered clipping, and update validation.
+//! - [`outer`]: the outer optimizer (SGD, DiLoCo-style Nesterov) over flat parameter vectors.
 //! - [`shard`]: rendezvous hashing of data chunks over live peers.
 //! - [`synthetic`]: seeded gradient-like vectors for tests and benchmarks.
 
 pub mod aggregate;
 pub mod codec;
 mod error;
+pub mod outer;
 pub mod shard;
 pub mod staleness;
 pub mod synthetic;
@@ -25,6 +27,7 @@ pub use codec::{
     Sparsify,
 };
 pub use error::{DecodeError, EncodeError};
+pub use outer::{OuterConfig, OuterOptimizer};
 pub use shard::ShardKey;
 pub use staleness::{DropCounts, DropReason, StalenessPolicy};
 pub use wire::{FORMAT_VERSION, ModelHash, Update, WireLimits};

@@ -18,6 +18,11 @@ impl ShardKey {
     pub fn of(peer_id: &[u8]) -> Self {
         Self(xxh3_64_with_seed(peer_id, 0x6772_6164_7377_726d))
     }
+
+    /// The key as a number (to fold a peer into seeds).
+    pub fn value(self) -> u64 {
+        self.0
+    }
 }
 
 /// The rendezvous score of `peer` for `chunk` in `epoch`.

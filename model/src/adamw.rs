@@ -1,0 +1,192 @@
+//! AdamW with global-norm gradient clipping, over burn tensors, with state keyed by parameter name.
+//!
+//! burn ships an AdamW, but its state is keyed by random parameter ids, saved only in burn's own
+//! record format, and its norm clipping is per tensor. gradswarm's checkpoints are safetensors
+//! readable from Python and must resume bit-for-bit, and training wants PyTorch's global-norm
+//! clipping; so the update (Loshchilov & Hutter 2019) is written here, as tensor ops on the
+//! parameters' own device.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+
+use crate::config::TrainConfig;
+use crate::error::ModelError;
+use crate::gpt::Gpt;
+use crate::params::PathTracker;
+
+/// First and second moments of one parameter, flattened.
+#[derive(Clone, Debug)]
+pub struct Moments {
+    /// Exponential average of gradients (PyTorch's `exp_avg`).
+    pub exp_avg: Tensor<1>,
+    /// Exponential average of squared gradients (`exp_avg_sq`).
+    pub exp_avg_sq: Tensor<1>,
+}
+
+/// The optimizer: hyper-parameters, step count and per-parameter moments.
+#[derive(Clone, Debug)]
+pub struct AdamW {
+    beta1: f64,
+    beta2: f64,
+    epsilon: f64,
+    weight_decay: f64,
+    grad_clip: f64,
+    /// Updates applied so far (bias correction uses it).
+    pub steps: u64,
+    /// Moments by parameter name.
+    pub moments: BTreeMap<String, Moments>,
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+}
+
+impl AdamW {
+    /// A fresh optimizer from the training configuration.
+    pub fn new(config: &TrainConfig) -> Self {
+        Self {
+            beta1: config.beta1,
+            beta2: config.beta2,
+            epsilon: config.epsilon,
+            weight_decay: config.weight_decay,
+            grad_clip: config.grad_clip,
+            steps: 0,
+            moments: BTreeMap::new(),
+        }
+    }
+
+    /// Applies one update with learning rate `lr` and returns the updated model.
+    pub fn step(
+        &mut self,
+        lr: f64,
+        model: Gpt,
+        mut grads: GradientsParams,
+    ) -> Result<(Gpt, StepStats), ModelError> {
+        let mut norm = SquaredNorm {
+            grads: &grads,
+            acc: None,
+        };
+        model.visit(&mut norm);
+        let grad_norm = match norm.acc {
+            Some(sq) => sq
+                .try_into_scalar::<f32>()
+                .map_err(|e| ModelError::Readback(format!("{e:?}")))?
+                .sqrt(),
+            None => 0.0,
+        };
+        let clip = if self.grad_clip > 0.0 && f64::from(grad_norm) > self.grad_clip {
+            (self.grad_clip / (f64::from(grad_norm) + 1e-6)) as f32
+        } else {
+            1.0
+        };
+        self.steps += 1;
+        let t = self.steps.min(i32::MAX as u64) as i32;
+        let (bias1, bias2) = (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t));
+        let mut update = Update {
+            opt: self,
+            grads: &mut grads,
+            path: PathTracker::default(),
+            lr,
+            clip,
+            bias1,
+            bias2,
+        };
+        let model = model.map(&mut update);
+        Ok((model, StepStats { grad_norm }))
+    }
+}
+
+/// Σ‖g‖² over all parameters, as a device tensor (one readback per step).
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    acc: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            let s = g.square().sum();
+            self.acc = Some(match self.acc.take() {
+                Some(a) => a + s,
+                None => s,
+            });
+        }
+    }
+}
+
+struct Update<'a> {
+    opt: &'a mut AdamW,
+    grads: &'a mut GradientsParams,
+    path: PathTracker,
+    lr: f64,
+    clip: f32,
+    bias1: f64,
+    bias2: f64,
+}
+
+impl ModuleMapper for Update<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(grad) = self.grads.remove::<D>(param.id) else {
+            return param;
+        };
+        let name = self.path.name();
+        let (b1, b2) = (self.opt.beta1, self.opt.beta2);
+        let (lr, eps, wd) = (self.lr, self.opt.epsilon, self.opt.weight_decay);
+        let (clip, bias1, bias2) = (self.clip, self.bias1, self.bias2);
+        let moments = &mut self.opt.moments;
+        param.map(|tensor| {
+            let require_grad = tensor.is_require_grad();
+            let x = tensor.inner();
+            let dims = x.dims();
+            let n: usize = dims.iter().product();
+            let g = grad.inner().mul_scalar(clip).reshape([n]);
+            let (m, v) = match moments.remove(&name) {
+                Some(Moments {
+                    exp_avg,
+                    exp_avg_sq,
+                }) => (
+                    exp_avg.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
+                    exp_avg_sq.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
+                ),
+                None => (
+                    g.clone().mul_scalar(1.0 - b1),
+                    g.square().mul_scalar(1.0 - b2),
+                ),
+            };
+            let denom = v.clone().div_scalar(bias2).sqrt().add_scalar(eps);
+            let step = m.clone().div_scalar(bias1).div(denom).reshape(dims);
+            // Decoupled weight decay on matrices only: norms' gains, biases stay undecayed.
+            let x = if D >= 2 && wd > 0.0 {
+                x.mul_scalar(1.0 - lr * wd)
+            } else {
+                x
+            };
+            let x = x - step.mul_scalar(lr);
+            moments.insert(
+                name,
+                Moments {
+                    exp_avg: m,
+                    exp_avg_sq: v,
+                },
+            );
+            let out = Tensor::from_inner(x);
+            if require_grad {
+                out.require_grad()
+            } else {
+                out
+            }
+        })
+    }
+}

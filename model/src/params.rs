@@ -1,0 +1,154 @@
+//! The model's parameters as one flat f32 vector, in a fixed, documented order.
+//!
+//! Order: the module tree depth first, fields in declaration order (burn's derive visits them so):
+//! `token_embedding.weight`, `position_embedding`, then per block `blocks.{i}.norm1.{gamma,beta}`,
+//! `blocks.{i}.attn.qkv.{weight,bias}`, `blocks.{i}.attn.proj.{weight,bias}`,
+//! `blocks.{i}.norm2.{gamma,beta}`, `blocks.{i}.mlp_in.{weight,bias}`,
+//! `blocks.{i}.mlp_out.{weight,bias}`, then `final_norm.{gamma,beta}` and `head.weight` (untied
+//! heads only). Each tensor is row-major; linear weights are `[d_in, d_out]` (burn's layout, the
+//! transpose of PyTorch's). The names are the checkpoint's tensor names.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+
+use crate::error::ModelError;
+use crate::gpt::Gpt;
+
+/// Where one parameter tensor sits in the flat vector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// Dotted module path, e.g. `blocks.0.attn.qkv.weight`.
+    pub name: String,
+    /// Tensor shape.
+    pub shape: Vec<usize>,
+    /// Offset of its first value in the flat vector.
+    pub offset: usize,
+}
+
+impl ParamSpec {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the tensor has no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Tracks the dotted path while burn walks the module tree.
+#[derive(Default)]
+pub(crate) struct PathTracker(Vec<String>);
+
+impl PathTracker {
+    pub(crate) fn enter(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+    pub(crate) fn exit(&mut self) {
+        self.0.pop();
+    }
+    pub(crate) fn name(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+struct Layout {
+    path: PathTracker,
+    specs: Vec<ParamSpec>,
+    total: usize,
+}
+
+impl ModuleVisitor for Layout {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let shape = param.val().dims().to_vec();
+        let spec = ParamSpec {
+            name: self.path.name(),
+            shape,
+            offset: self.total,
+        };
+        self.total += spec.len();
+        self.specs.push(spec);
+    }
+}
+
+/// The flat layout of `model`'s parameters.
+pub fn layout(model: &Gpt) -> Vec<ParamSpec> {
+    let mut v = Layout {
+        path: PathTracker::default(),
+        specs: Vec::new(),
+        total: 0,
+    };
+    model.visit(&mut v);
+    v.specs
+}
+
+struct Reader {
+    out: Vec<f32>,
+    error: Option<String>,
+}
+
+impl ModuleVisitor for Reader {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.error.is_some() {
+            return;
+        }
+        match param.val().try_into_vec_as::<f32>() {
+            Ok(values) => self.out.extend(values),
+            Err(e) => self.error = Some(format!("{e:?}")),
+        }
+    }
+}
+
+/// Reads every parameter into one flat vector (see the module docs for the order).
+pub fn to_flat(model: &Gpt) -> Result<Vec<f32>, ModelError> {
+    let mut r = Reader {
+        out: Vec::with_capacity(model.num_params()),
+        error: None,
+    };
+    model.visit(&mut r);
+    match r.error {
+        Some(e) => Err(ModelError::Readback(e)),
+        None => Ok(r.out),
+    }
+}
+
+struct Writer<'a> {
+    src: &'a [f32],
+    offset: usize,
+}
+
+impl ModuleMapper for Writer<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| {
+            let shape = t.shape();
+            let n = shape.num_elements();
+            let (device, dtype, grad) = (t.device(), t.dtype(), t.is_require_grad());
+            let data = TensorData::new(self.src[self.offset..self.offset + n].to_vec(), shape);
+            self.offset += n;
+            let fresh = Tensor::<D>::from_data(data, (&device, dtype));
+            if grad { fresh.require_grad() } else { fresh }
+        })
+    }
+}
+
+/// Replaces every parameter with the values of `flat` (same order and length as [`to_flat`]).
+pub fn from_flat(model: Gpt, flat: &[f32]) -> Result<Gpt, ModelError> {
+    let expected = model.num_params();
+    if flat.len() != expected {
+        return Err(ModelError::ParamLength {
+            got: flat.len(),
+            expected,
+        });
+    }
+    Ok(model.map(&mut Writer {
+        src: flat,
+        offset: 0,
+    }))
+}

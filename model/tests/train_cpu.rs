@@ -1,0 +1,201 @@
+//! Training on burn's CPU backend: loss falls, parameters round-trip, resume is exact,
+//! checkpoints survive bad input.
+
+mod common;
+
+use common::{corpus, me, tiny_model, tiny_train};
+use gradswarm_core::{OuterConfig, OuterOptimizer};
+use gradswarm_model::burn::prelude::Device;
+use gradswarm_model::data::validation_batches;
+use gradswarm_model::{Checkpoint, ModelError, Trainer, checkpoint};
+
+fn cpu() -> Device {
+    Device::flex()
+}
+
+#[test]
+fn loss_falls_over_30_steps() {
+    let (m, t) = (tiny_model(), tiny_train());
+    let corpus = corpus(m.context);
+    let sampler = corpus.sampler(me(), &[me()], 0, t.seed);
+    let val = validation_batches(&corpus, t.eval_batches, t.batch_size, m.context);
+    let mut trainer = Trainer::new(&m, &t, &cpu()).expect("trainer");
+    let before = trainer.evaluate(&val).expect("eval");
+    // An untrained byte model predicts about uniformly: ln 256 ≈ 5.55 nats.
+    assert!((before - 256f64.ln()).abs() < 0.3, "initial loss {before}");
+    let reports = trainer.local_steps(&sampler, 30).expect("trains");
+    let after = trainer.evaluate(&val).expect("eval");
+    let first: f32 = reports[..5].iter().map(|r| r.loss).sum::<f32>() / 5.0;
+    let last: f32 = reports[25..].iter().map(|r| r.loss).sum::<f32>() / 5.0;
+    assert!(
+        last < first - 1.0,
+        "training loss went from {first} to {last}"
+    );
+    assert!(
+        after < before - 1.0,
+        "validation loss went from {before} to {after}"
+    );
+}
+
+#[test]
+fn flat_parameters_round_trip_in_the_documented_order() {
+    let m = tiny_model();
+    let mut trainer = Trainer::new(&m, &tiny_train(), &cpu()).expect("trainer");
+    let layout = trainer.layout();
+    let names: Vec<&str> = layout.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "token_embedding.weight",
+            "position_embedding",
+            "blocks.0.norm1.gamma",
+            "blocks.0.norm1.beta",
+            "blocks.0.attn.qkv.weight",
+            "blocks.0.attn.qkv.bias",
+            "blocks.0.attn.proj.weight",
+            "blocks.0.attn.proj.bias",
+            "blocks.0.norm2.gamma",
+            "blocks.0.norm2.beta",
+            "blocks.0.mlp_in.weight",
+            "blocks.0.mlp_in.bias",
+            "blocks.0.mlp_out.weight",
+            "blocks.0.mlp_out.bias",
+            "final_norm.gamma",
+            "final_norm.beta",
+            "head.weight",
+        ]
+    );
+    assert_eq!(layout[4].shape, vec![32, 96]);
+    let flat = trainer.parameters().expect("read");
+    assert_eq!(flat.len(), trainer.num_params());
+    let last = layout.last().expect("non-empty");
+    assert_eq!(last.offset + last.len(), flat.len());
+
+    let changed: Vec<f32> = flat
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x + i as f32 * 1e-4)
+        .collect();
+    trainer.set_parameters(&changed).expect("write");
+    assert_eq!(trainer.parameters().expect("read"), changed);
+    assert!(matches!(
+        trainer.set_parameters(&flat[1..]),
+        Err(ModelError::ParamLength { .. })
+    ));
+}
+
+#[test]
+fn outer_update_moves_the_parameters() {
+    let mut trainer = Trainer::new(&tiny_model(), &tiny_train(), &cpu()).expect("trainer");
+    let theta = trainer.parameters().expect("read");
+    let delta: Vec<f32> = (0..theta.len()).map(|i| (i % 7) as f32 * 0.01).collect();
+    let mut outer = OuterOptimizer::new(OuterConfig::Sgd { lr: 1.0 });
+    trainer.apply_update(&mut outer, &delta).expect("applies");
+    let after = trainer.parameters().expect("read");
+    for ((a, t), d) in after.iter().zip(&theta).zip(&delta) {
+        assert_eq!(*a, t - d);
+    }
+}
+
+#[test]
+fn resume_reproduces_an_uninterrupted_run() {
+    let (m, t) = (
+        tiny_model(),
+        TrainConfig {
+            steps: 8,
+            ..tiny_train()
+        },
+    );
+    let corpus = corpus(m.context);
+    let sampler = corpus.sampler(me(), &[me()], 0, t.seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("checkpoint.safetensors");
+
+    let mut straight = Trainer::new(&m, &t, &cpu()).expect("trainer");
+    let all = straight.local_steps(&sampler, 8).expect("trains");
+
+    let mut first = Trainer::new(&m, &t, &cpu()).expect("trainer");
+    first.local_steps(&sampler, 4).expect("trains");
+    checkpoint::save(&path, &first, "run", 0, &[]).expect("saves");
+    let ckpt = Checkpoint::load(&path).expect("loads");
+    assert_eq!(ckpt.meta.step, 4);
+    let mut resumed = ckpt.into_trainer(&path, &t, &cpu()).expect("restores");
+    let rest = resumed.local_steps(&sampler, 4).expect("trains");
+    for (a, b) in all[4..].iter().zip(&rest) {
+        assert_eq!(a.step, b.step);
+        assert!(
+            (a.loss - b.loss).abs() < 1e-4,
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+    }
+    let (p, q) = (
+        straight.parameters().expect("read"),
+        resumed.parameters().expect("read"),
+    );
+    let max_diff = p
+        .iter()
+        .zip(&q)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-4, "parameters differ by {max_diff}");
+}
+
+use gradswarm_model::TrainConfig;
+
+#[test]
+fn truncated_and_foreign_checkpoints_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.safetensors");
+    let trainer = Trainer::new(&tiny_model(), &tiny_train(), &cpu()).expect("trainer");
+    checkpoint::save(&path, &trainer, "run", 0, &[("residual", &[1.0, 2.0])]).expect("saves");
+    let good = std::fs::read(&path).expect("read");
+    assert_eq!(
+        Checkpoint::load(&path).expect("loads").state("residual"),
+        Some(&[1.0f32, 2.0][..])
+    );
+
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &good[..good.len() / 2]).expect("write");
+    let e = Checkpoint::load(&cut).expect_err("truncated");
+    assert!(matches!(e, ModelError::Checkpoint { .. }), "{e}");
+
+    // A valid safetensors file that gradswarm did not write.
+    let foreign = dir.path().join("foreign.safetensors");
+    let bytes = 1.0f32.to_le_bytes();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &bytes)
+        .expect("view");
+    std::fs::write(
+        &foreign,
+        safetensors::serialize([("w", view)], None).expect("ser"),
+    )
+    .expect("write");
+    let e = Checkpoint::load(&foreign).expect_err("foreign");
+    assert!(e.to_string().contains("not a gradswarm checkpoint"), "{e}");
+
+    let e = Checkpoint::load(&dir.path().join("missing.safetensors")).expect_err("missing");
+    assert!(matches!(e, ModelError::Io { .. }), "{e}");
+}
+
+#[test]
+fn missing_data_and_bad_config_are_clear_errors() {
+    let data = gradswarm_model::DataConfig {
+        path: "/nonexistent/corpus.txt".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        gradswarm_model::Corpus::load(&data, 32),
+        Err(ModelError::Data { .. })
+    ));
+    let bad = gradswarm_model::ModelConfig {
+        d_model: 30,
+        heads: 4,
+        ..tiny_model()
+    };
+    assert!(matches!(
+        Trainer::new(&bad, &tiny_train(), &cpu()),
+        Err(ModelError::Config(_))
+    ));
+}
