@@ -6,7 +6,6 @@ mod common;
 use common::{corpus, me, tiny_model, tiny_train};
 use gradswarm_core::{OuterConfig, OuterOptimizer};
 use gradswarm_model::burn::prelude::Device;
-use gradswarm_model::data::validation_batches;
 use gradswarm_model::{Checkpoint, ModelError, Trainer, checkpoint};
 
 fn cpu() -> Device {
@@ -15,26 +14,7 @@ fn cpu() -> Device {
 
 #[test]
 fn loss_falls_over_30_steps() {
-    let (m, t) = (tiny_model(), tiny_train());
-    let corpus = corpus(m.context);
-    let sampler = corpus.sampler(me(), &[me()], 0, t.seed);
-    let val = validation_batches(&corpus, t.eval_batches, t.batch_size, m.context);
-    let mut trainer = Trainer::new(&m, &t, &cpu()).expect("trainer");
-    let before = trainer.evaluate(&val).expect("eval");
-    // An untrained byte model predicts about uniformly: ln 256 ≈ 5.55 nats.
-    assert!((before - 256f64.ln()).abs() < 0.3, "initial loss {before}");
-    let reports = trainer.local_steps(&sampler, 30).expect("trains");
-    let after = trainer.evaluate(&val).expect("eval");
-    let first: f32 = reports[..5].iter().map(|r| r.loss).sum::<f32>() / 5.0;
-    let last: f32 = reports[25..].iter().map(|r| r.loss).sum::<f32>() / 5.0;
-    assert!(
-        last < first - 1.0,
-        "training loss went from {first} to {last}"
-    );
-    assert!(
-        after < before - 1.0,
-        "validation loss went from {before} to {after}"
-    );
+    common::assert_loss_falls(&cpu());
 }
 
 #[test]

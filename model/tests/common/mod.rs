@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use gradswarm_core::shard::ShardKey;
-use gradswarm_model::{Corpus, DataConfig, ModelConfig, TrainConfig};
+use gradswarm_model::burn::prelude::Device;
+use gradswarm_model::data::validation_batches;
+use gradswarm_model::{Corpus, DataConfig, ModelConfig, TrainConfig, Trainer};
 
 /// A model small enough for 30 steps in seconds on 2 cores.
 pub fn tiny_model() -> ModelConfig {
@@ -42,4 +44,28 @@ pub fn corpus(context: usize) -> Corpus {
 /// The key of the single local peer.
 pub fn me() -> ShardKey {
     ShardKey::of(b"test-peer")
+}
+
+/// Trains the tiny model for 30 steps on `device` and asserts that training and validation loss fall.
+pub fn assert_loss_falls(device: &Device) {
+    let (m, t) = (tiny_model(), tiny_train());
+    let corpus = corpus(m.context);
+    let sampler = corpus.sampler(me(), &[me()], 0, t.seed);
+    let val = validation_batches(&corpus, t.eval_batches, t.batch_size, m.context);
+    let mut trainer = Trainer::new(&m, &t, device).expect("trainer");
+    let before = trainer.evaluate(&val).expect("eval");
+    // An untrained byte model predicts about uniformly: ln 256 ≈ 5.55 nats.
+    assert!((before - 256f64.ln()).abs() < 0.3, "initial loss {before}");
+    let reports = trainer.local_steps(&sampler, 30).expect("trains");
+    let after = trainer.evaluate(&val).expect("eval");
+    let first: f32 = reports[..5].iter().map(|r| r.loss).sum::<f32>() / 5.0;
+    let last: f32 = reports[25..].iter().map(|r| r.loss).sum::<f32>() / 5.0;
+    assert!(
+        last < first - 1.0,
+        "training loss went from {first} to {last}"
+    );
+    assert!(
+        after < before - 1.0,
+        "validation loss went from {before} to {after}"
+    );
 }
