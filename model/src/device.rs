@@ -88,8 +88,12 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// The adapters wgpu sees on this machine.
 pub fn adapters() -> Vec<wgpu::AdapterInfo> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-    block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    // Vulkan, Metal, DX12 and WebGPU: GL adds no compute adapter worth training on, and probing it
+    // without a display prints EGL errors.
+    desc.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(desc);
+    block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
         .into_iter()
         .map(|a| a.get_info())
         .collect()

@@ -88,42 +88,41 @@ pub struct Gpt {
 }
 
 impl Gpt {
-    /// A freshly initialised model on `device` (GPT-2 style: normal(0, 0.02), output projections
-    /// scaled by 1/√(2·layers) so the residual stream does not grow with depth).
+    /// The model's structure on `device`, every parameter zero: θ₀ comes from
+    /// [`crate::params::initial`], which every peer computes alike ([`crate::Trainer::new`] does).
     pub fn new(config: &ModelConfig, device: &Device) -> Self {
         let d = config.d_model;
-        let normal = |std: f64| Initializer::Normal { mean: 0.0, std };
-        let residual_std = 0.02 / (2.0 * config.layers as f64).sqrt();
-        let linear = |i: usize, o: usize, std: f64| {
+        let zeros = Initializer::Zeros;
+        let linear = |i: usize, o: usize| {
             LinearConfig::new(i, o)
-                .with_initializer(normal(std))
+                .with_initializer(zeros.clone())
                 .init(device)
         };
         let blocks = (0..config.layers)
             .map(|_| Block {
                 norm1: LayerNormConfig::new(d).init(device),
                 attn: CausalSelfAttention {
-                    qkv: linear(d, 3 * d, 0.02),
-                    proj: linear(d, d, residual_std),
+                    qkv: linear(d, 3 * d),
+                    proj: linear(d, d),
                     heads: config.heads,
                 },
                 norm2: LayerNormConfig::new(d).init(device),
-                mlp_in: linear(d, config.mlp_ratio * d, 0.02),
-                mlp_out: linear(config.mlp_ratio * d, d, residual_std),
+                mlp_in: linear(d, config.mlp_ratio * d),
+                mlp_out: linear(config.mlp_ratio * d, d),
                 act: Gelu::new(),
             })
             .collect();
         Self {
             token_embedding: EmbeddingConfig::new(VOCAB, d)
-                .with_initializer(normal(0.02))
+                .with_initializer(zeros.clone())
                 .init(device),
-            position_embedding: normal(0.01).init([config.context, d], device),
+            position_embedding: zeros.init([config.context, d], device),
             blocks,
             final_norm: LayerNormConfig::new(d).init(device),
             head: (!config.tied_head).then(|| {
                 LinearConfig::new(d, VOCAB)
                     .with_bias(false)
-                    .with_initializer(normal(0.02))
+                    .with_initializer(zeros.clone())
                     .init(device)
             }),
             context: config.context,

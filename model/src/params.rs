@@ -11,6 +11,10 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 
+use gradswarm_core::codec::rng::splitmix64;
+use gradswarm_core::synthetic::SplitMix;
+
+use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::gpt::Gpt;
 
@@ -151,4 +155,54 @@ pub fn from_flat(model: Gpt, flat: &[f32]) -> Result<Gpt, ModelError> {
         src: flat,
         offset: 0,
     }))
+}
+
+/// The initial parameters of a run, as one flat vector: the same bits on every peer, every
+/// platform (native or wasm) and every thread, for a given `seed`.
+///
+/// Why not burn's initializers: they draw from the device's RNG, which is process-global (two
+/// trainers built at once interleave their draws), and swarm peers must start from identical θ.
+/// Each tensor draws from its own SplitMix64 stream keyed by (seed, name), and normals are
+/// Irwin–Hall sums of 12 uniforms (mean 0, variance 1, tails cut at ±6): additions of exact dyadic
+/// numbers only, so no `ln`/`cos` whose last bit could differ between libms.
+///
+/// GPT-2 scheme: weights N(0, 0.02), positions N(0, 0.01), the residual output projections
+/// (`attn.proj`, `mlp_out`) N(0, 0.02/√(2·layers)) so the residual stream does not grow with
+/// depth; norm gains 1; norm shifts and biases 0.
+pub fn initial(config: &ModelConfig, specs: &[ParamSpec], seed: u64) -> Vec<f32> {
+    let total = specs.iter().map(ParamSpec::len).sum();
+    let mut out = Vec::with_capacity(total);
+    let residual_std = 0.02 / (2.0 * config.layers as f64).sqrt();
+    for spec in specs {
+        let name = spec.name.as_str();
+        let n = spec.len();
+        if name.ends_with(".gamma") {
+            out.extend(std::iter::repeat_n(1.0f32, n));
+        } else if name.ends_with(".beta") || name.ends_with(".bias") {
+            out.extend(std::iter::repeat_n(0.0f32, n));
+        } else {
+            let std = if name == "position_embedding" {
+                0.01
+            } else if name.ends_with("attn.proj.weight") || name.ends_with("mlp_out.weight") {
+                residual_std
+            } else {
+                0.02
+            };
+            let mut rng = SplitMix::new(splitmix64(seed ^ name_key(name)));
+            out.extend((0..n).map(|_| (irwin_hall_normal(&mut rng) * std) as f32));
+        }
+    }
+    out
+}
+
+/// A 64-bit key of a parameter name (FNV-1a), fixed across platforms and Rust versions.
+fn name_key(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// An approximately standard normal draw from 12 uniforms (see [`initial`] for why).
+fn irwin_hall_normal(rng: &mut SplitMix) -> f64 {
+    (0..12).map(|_| rng.uniform()).sum::<f64>() - 6.0
 }

@@ -41,7 +41,8 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A fresh model (weights from `config.seed`) on `device` (autodiff is added here).
+    /// A fresh model (weights [`params::initial`] from `config.seed`) on `device` (autodiff is
+    /// added here).
     pub fn new(
         model_config: &ModelConfig,
         config: &TrainConfig,
@@ -50,8 +51,10 @@ impl Trainer {
         model_config.validate()?;
         config.validate()?;
         let device = device.clone().autodiff();
-        device.seed(config.seed);
         let model = Gpt::new(model_config, &device);
+        // Overwrite burn's draws (from a process-global RNG) with θ₀ that every peer computes alike.
+        let init = params::initial(model_config, &params::layout(&model), config.seed);
+        let model = params::from_flat(model, &init)?;
         Ok(Self {
             model,
             optimizer: AdamW::new(config),

@@ -91,14 +91,11 @@ fn resume_reproduces_an_uninterrupted_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("checkpoint.safetensors");
 
-    // burn's device RNG is shared by the tests running in parallel, so the two runs start from
-    // explicitly equal weights rather than from the seed.
+    // Both runs start from the seed's θ₀ (params::initial), whatever else runs in parallel.
     let mut straight = Trainer::new(&m, &t, &cpu()).expect("trainer");
-    let initial = straight.parameters().expect("read");
     let all = straight.local_steps(&sampler, 8).expect("trains");
 
     let mut first = Trainer::new(&m, &t, &cpu()).expect("trainer");
-    first.set_parameters(&initial).expect("write");
     first.local_steps(&sampler, 4).expect("trains");
     checkpoint::save(&path, &first, "run", 0, &[]).expect("saves");
     let ckpt = Checkpoint::load(&path).expect("loads");
@@ -128,6 +125,80 @@ fn resume_reproduces_an_uninterrupted_run() {
 }
 
 use gradswarm_model::TrainConfig;
+
+#[test]
+fn the_seed_alone_fixes_the_initial_parameters_even_across_threads() {
+    let (m, t) = (tiny_model(), tiny_train());
+    // Built at once on four threads: burn's shared device RNG would interleave their draws.
+    let inits: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    Trainer::new(&m, &t, &cpu())
+                        .expect("trainer")
+                        .parameters()
+                        .expect("read")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    for other in &inits[1..] {
+        assert!(
+            inits[0]
+                .iter()
+                .zip(other)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "two trainers with one seed start from different parameters"
+        );
+    }
+    let other_seed = Trainer::new(&m, &TrainConfig { seed: 2, ..t }, &cpu())
+        .expect("trainer")
+        .parameters()
+        .expect("read");
+    assert_ne!(inits[0], other_seed, "the seed must matter");
+}
+
+#[test]
+fn initial_parameters_follow_the_documented_scheme_and_are_pinned() {
+    let (m, t) = (tiny_model(), tiny_train());
+    let trainer = Trainer::new(&m, &t, &cpu()).expect("trainer");
+    let flat = trainer.parameters().expect("read");
+    let tensor = |name: &str| {
+        let spec = trainer
+            .layout()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        flat[spec.offset..spec.offset + spec.len()].to_vec()
+    };
+    let std = |v: &[f32]| {
+        let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
+        (v.iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / v.len() as f64)
+            .sqrt()
+    };
+    assert!(tensor("blocks.0.norm1.gamma").iter().all(|&x| x == 1.0));
+    assert!(tensor("blocks.0.attn.qkv.bias").iter().all(|&x| x == 0.0));
+    let qkv = std(&tensor("blocks.0.attn.qkv.weight"));
+    assert!((qkv - 0.02).abs() < 0.002, "qkv std {qkv}");
+    let proj = std(&tensor("blocks.0.attn.proj.weight"));
+    let want = 0.02 / 2f64.sqrt();
+    assert!((proj - want).abs() < 0.15 * want, "proj std {proj}");
+    // Peers of different builds and platforms must agree on θ₀: pin its first values. A change
+    // here is a wire-compatibility break (bump the run's model hash), not a test to update.
+    let head: Vec<u32> = flat[..4].iter().map(|x| x.to_bits()).collect();
+    assert_eq!(head, PINNED_INITIAL_HEAD, "θ₀ moved: {head:#x?}");
+}
+
+/// The first four values of θ₀ (`token_embedding.weight`) for seed 1, as f32 bits; computed
+/// independently by a 20-line Python port of SplitMix64 + FNV-1a + Irwin–Hall, which agreed.
+const PINNED_INITIAL_HEAD: [u32; 4] = [0x3be3_22ef, 0xbbaa_7aa1, 0x3ca8_aaf5, 0x3b77_9fc2];
 
 #[test]
 fn truncated_and_foreign_checkpoints_are_clear_errors() {

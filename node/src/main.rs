@@ -87,6 +87,9 @@ enum Command {
         /// Timed steps per backend (after two warm-up steps).
         #[arg(long, default_value_t = 10)]
         steps: u64,
+        /// Bench one backend only (`gpu` or `cpu`); `auto` (the default) benches both.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceArg,
     },
 }
 
@@ -107,6 +110,10 @@ impl From<DeviceArg> for DeviceChoice {
         }
     }
 }
+
+/// See node/Cargo.toml: the CPU backend's buffers are reused instead of mapped and unmapped per op.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -151,7 +158,11 @@ fn main() -> ExitCode {
             seed,
             device.into(),
         ),
-        Command::Bench { config, steps } => bench(config.as_deref(), steps),
+        Command::Bench {
+            config,
+            steps,
+            device,
+        } => bench(config.as_deref(), steps, device.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -260,10 +271,17 @@ fn train(
         if cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0 && step < total {
             let v = trainer.evaluate(&val)?;
             last_val = Some(v);
-            bar.println(format!(
-                "step {step}: train loss {:.4}, validation loss {v:.4} nats/byte",
-                report.loss
-            ));
+            let line = format!(
+                "step {step}: train loss {:.4}, validation loss {v:.4} nats/byte, {rate:.0} tok/s, {:.0} s",
+                report.loss,
+                started.elapsed().as_secs_f64()
+            );
+            // A hidden bar (stderr is not a terminal: logs, CI) would swallow the line.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
         if cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 && step < total
         {
@@ -331,7 +349,7 @@ fn sample(
     Ok(())
 }
 
-fn bench(config: Option<&Path>, steps: u64) -> anyhow::Result<()> {
+fn bench(config: Option<&Path>, steps: u64, only: DeviceChoice) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config)?;
     let corpus = Corpus::load(&cfg.data, cfg.model.context)?;
     let me = ShardKey::of(b"bench");
@@ -340,6 +358,9 @@ fn bench(config: Option<&Path>, steps: u64) -> anyhow::Result<()> {
     // wgpu first: burn initialises a wgpu runtime once, before anything else touches it.
     let targets = [("wgpu", DeviceChoice::Gpu), ("cpu", DeviceChoice::Cpu)];
     for (name, choice) in targets {
+        if only != DeviceChoice::Auto && only != choice {
+            continue;
+        }
         let selected = match device::select(choice) {
             Ok(s) => s,
             Err(e) => {
