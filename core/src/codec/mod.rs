@@ -15,7 +15,10 @@ pub mod topk;
 
 use serde::{Deserialize, Serialize};
 
-pub use payload::{DecodedUpdate, decode_payload, pack_payload, raw_size_bound};
+pub use payload::{
+    DecodedUpdate, ParsedPayload, ParsedValues, decode_payload, pack_payload, parse_payload,
+    raw_size_bound,
+};
 pub use rng::RngKey;
 
 use crate::error::{DecodeError, EncodeError};

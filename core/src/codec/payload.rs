@@ -108,6 +108,34 @@ pub fn pack_payload(
     }
 }
 
+/// A payload's streams after parsing and validation, before dequantization: what a GPU decoder
+/// uploads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedPayload {
+    /// Length of the full vector.
+    pub len: usize,
+    /// Coordinates, strictly increasing and in range; `None` when every coordinate is present.
+    pub indices: Option<Vec<u32>>,
+    /// The values as sent.
+    pub values: ParsedValues,
+}
+
+/// The value stream of a [`ParsedPayload`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ParsedValues {
+    /// Finite f32 values.
+    F32(Vec<f32>),
+    /// Int8 values in `-127..=127` with one exponent byte per `block` values (see [`quant`]).
+    Int8 {
+        /// Values per exponent byte.
+        block: usize,
+        /// Exponent bytes, `ceil(qs.len() / block)` of them.
+        exps: Vec<u8>,
+        /// Quantized values.
+        qs: Vec<i8>,
+    },
+}
+
 /// Decodes a payload for a vector of `expected_len` coordinates, checking every limit before it
 /// allocates: a hostile payload yields a [`DecodeError`], never a panic or an outsized allocation.
 pub fn decode_payload(
@@ -115,6 +143,28 @@ pub fn decode_payload(
     payload: &[u8],
     expected_len: usize,
 ) -> Result<DecodedUpdate, DecodeError> {
+    let parsed = parse_payload(descriptor, payload, expected_len)?;
+    let values = match parsed.values {
+        ParsedValues::F32(values) => values,
+        ParsedValues::Int8 { block, exps, qs } => qs
+            .iter()
+            .enumerate()
+            .map(|(j, &q)| quant::dequantize(q, exps[j / block]))
+            .collect(),
+    };
+    Ok(DecodedUpdate {
+        len: parsed.len,
+        indices: parsed.indices,
+        values,
+    })
+}
+
+/// Parses and validates a payload (as [`decode_payload`]) without dequantizing it.
+pub fn parse_payload(
+    descriptor: &CodecDescriptor,
+    payload: &[u8],
+    expected_len: usize,
+) -> Result<ParsedPayload, DecodeError> {
     descriptor.validate()?;
     let bound = raw_size_bound(descriptor, expected_len);
     let decompressed;
@@ -201,7 +251,7 @@ pub fn decode_payload(
                 }
                 values.push(v);
             }
-            values
+            ParsedValues::F32(values)
         }
         Quantize::Int8 { block } => {
             let block = usize::from(block);
@@ -213,15 +263,19 @@ pub fn decode_payload(
                 if i32::from(q).abs() > QMAX {
                     return Err(DecodeError::BadQuantValue { at: j });
                 }
-                values.push(quant::dequantize(q, exps[j / block]));
+                values.push(q);
             }
-            values
+            ParsedValues::Int8 {
+                block,
+                exps: exps.to_vec(),
+                qs: values,
+            }
         }
     };
     if r.remaining() != 0 {
         return Err(DecodeError::TrailingBytes(r.remaining()));
     }
-    Ok(DecodedUpdate {
+    Ok(ParsedPayload {
         len: expected_len,
         indices,
         values,
