@@ -16,6 +16,7 @@ pub mod aggregate;
 pub mod codec;
 mod error;
 pub mod outer;
+pub mod round;
 pub mod shard;
 pub mod staleness;
 pub mod synthetic;
@@ -28,6 +29,9 @@ pub use codec::{
 };
 pub use error::{DecodeError, EncodeError};
 pub use outer::{OuterConfig, OuterOptimizer};
+pub use round::{Accepted, Closed, Correction, RoundBook};
 pub use shard::ShardKey;
 pub use staleness::{DropCounts, DropReason, StalenessPolicy};
-pub use wire::{FORMAT_VERSION, ModelHash, Update, WireLimits};
+pub use wire::{
+    FORMAT_VERSION, Heartbeat, ModelHash, PeerState, Request, Response, Update, WireLimits,
+};

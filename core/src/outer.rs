@@ -67,6 +67,34 @@ impl OuterOptimizer {
         }
     }
 
+    /// Adds `delta` to the aggregate of a round applied `rounds_ago` rounds back (1 = the last one
+    /// applied), as if it had been there then: the late part of a round (see [`crate::RoundBook`]).
+    /// The optimizer is linear in the aggregate, so the effect is closed-form: SGD moves θ by
+    /// `−lr δ`; Nesterov by `−lr (1 + μ + … + μ^d) δ` and its momentum by `μ^(d−1) δ`.
+    pub fn apply_late(&mut self, params: &mut [f32], delta: &[f32], rounds_ago: u64) {
+        debug_assert_eq!(params.len(), delta.len());
+        let d = rounds_ago.max(1);
+        match self.config {
+            OuterConfig::Sgd { lr } => params
+                .iter_mut()
+                .zip(delta)
+                .for_each(|(p, &x)| *p -= lr * x),
+            OuterConfig::Nesterov { lr, momentum } => {
+                if self.momentum.len() != params.len() {
+                    self.momentum = vec![0.0; params.len()];
+                }
+                let mu = f64::from(momentum);
+                let steps = (1..=d.min(1 << 16)).fold(1.0, |acc, j| acc + mu.powi(j as i32));
+                let theta_gain = (f64::from(lr) * steps) as f32;
+                let momentum_gain = mu.powi((d - 1).min(1 << 16) as i32) as f32;
+                for ((p, &x), m) in params.iter_mut().zip(delta).zip(&mut self.momentum) {
+                    *m += momentum_gain * x;
+                    *p -= theta_gain * x;
+                }
+            }
+        }
+    }
+
     /// The momentum buffer (empty until the first Nesterov step), for checkpoints.
     pub fn momentum(&self) -> &[f32] {
         &self.momentum
@@ -101,5 +129,48 @@ mod tests {
         o.apply(&mut p, &[1.0]); // m = 1.5, step = 1 + 0.75 = 1.75
         assert_eq!(p, vec![-3.25]);
         assert_eq!(o.momentum(), &[1.5]);
+    }
+
+    #[test]
+    fn a_late_part_of_a_round_lands_where_it_would_have_inline() {
+        for config in [
+            OuterConfig::Sgd { lr: 0.7 },
+            OuterConfig::Nesterov {
+                lr: 0.7,
+                momentum: 0.9,
+            },
+        ] {
+            let rounds = [[0.3f32, -1.0], [0.5, 0.25], [-0.2, 0.1], [1.0, 2.0]];
+            let late = [0.125f32, -0.5];
+            // Inline: the late part was in round 0's aggregate.
+            let mut inline = OuterOptimizer::new(config);
+            let mut p_inline = vec![1.0f32, 2.0];
+            for (i, r) in rounds.iter().enumerate() {
+                let mut agg = *r;
+                if i == 0 {
+                    agg[0] += late[0];
+                    agg[1] += late[1];
+                }
+                inline.apply(&mut p_inline, &agg);
+            }
+            // Late: it arrives after round 2 was applied, and is added before round 3.
+            let mut later = OuterOptimizer::new(config);
+            let mut p_late = vec![1.0f32, 2.0];
+            for (i, r) in rounds.iter().enumerate() {
+                if i == 3 {
+                    later.apply_late(&mut p_late, &late, 3);
+                }
+                later.apply(&mut p_late, r);
+            }
+            for (a, b) in p_inline.iter().zip(&p_late) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "{config:?}: {p_inline:?} vs {p_late:?}"
+                );
+            }
+            for (a, b) in inline.momentum().iter().zip(later.momentum()) {
+                assert!((a - b).abs() < 1e-5);
+            }
+        }
     }
 }

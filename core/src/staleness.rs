@@ -69,11 +69,13 @@ pub enum DropReason {
     NormOutlier,
     /// A second update from the same peer for the same round.
     Duplicate,
+    /// The update names another peer than the one that signed it.
+    SenderMismatch,
 }
 
 impl DropReason {
     /// Every reason, in report order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         Self::TooStale,
         Self::FromFuture,
         Self::ForeignRun,
@@ -83,6 +85,7 @@ impl DropReason {
         Self::WrongShape,
         Self::NormOutlier,
         Self::Duplicate,
+        Self::SenderMismatch,
     ];
 
     /// A short stable name for reports and metrics.
@@ -97,6 +100,7 @@ impl DropReason {
             Self::WrongShape => "wrong_shape",
             Self::NormOutlier => "norm_outlier",
             Self::Duplicate => "duplicate",
+            Self::SenderMismatch => "sender_mismatch",
         }
     }
 }

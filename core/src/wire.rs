@@ -68,48 +68,19 @@ impl WireLimits {
 impl Update {
     /// Serializes the update, version byte first.
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Serializing plain owned data into a Vec cannot fail; fall back to an empty body if
-        // postcard ever disagrees, which the receiver then rejects as malformed.
-        postcard::to_extend(self, vec![FORMAT_VERSION]).unwrap_or_else(|_| vec![FORMAT_VERSION])
+        encode_versioned(self)
     }
 
     /// Parses and checks an update from untrusted bytes.
     pub fn from_bytes(bytes: &[u8], limits: &WireLimits) -> Result<Self, DecodeError> {
-        if bytes.len() > limits.max_message_bytes {
-            return Err(DecodeError::TooLarge {
-                size: bytes.len(),
-                max: limits.max_message_bytes,
-            });
-        }
-        let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if version != FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedVersion(version));
-        }
-        let (update, rest): (Update, _) =
-            postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(DecodeError::TrailingBytes(rest.len()));
-        }
+        let update: Update = decode_versioned(bytes, limits.max_message_bytes)?;
         update.check(limits)?;
         Ok(update)
     }
 
     /// Checks the header fields against `limits`.
     pub fn check(&self, limits: &WireLimits) -> Result<(), DecodeError> {
-        if self.run_id.len() > MAX_RUN_ID_LEN {
-            return Err(DecodeError::FieldTooLong {
-                field: "run_id",
-                len: self.run_id.len(),
-                max: MAX_RUN_ID_LEN,
-            });
-        }
-        if self.peer_id.len() > MAX_PEER_ID_LEN {
-            return Err(DecodeError::FieldTooLong {
-                field: "peer_id",
-                len: self.peer_id.len(),
-                max: MAX_PEER_ID_LEN,
-            });
-        }
+        check_ids(&self.run_id, &self.peer_id)?;
         if self.base_round > self.round {
             return Err(DecodeError::BadHeader("base round after round"));
         }
@@ -123,6 +94,212 @@ impl Update {
     pub fn decode_payload(&self, limits: &WireLimits) -> Result<DecodedUpdate, DecodeError> {
         decode_payload(&self.codec, &self.payload, limits.model_len)
     }
+}
+
+/// `[FORMAT_VERSION] ++ postcard(value)`: the framing of every gradswarm message.
+pub fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain owned data into a Vec cannot fail; fall back to the bare version byte if
+    // postcard ever disagrees, which every receiver rejects as malformed.
+    postcard::to_extend(value, vec![FORMAT_VERSION]).unwrap_or_else(|_| vec![FORMAT_VERSION])
+}
+
+/// Parses `[FORMAT_VERSION] ++ postcard(T)` from untrusted bytes of at most `max_bytes`, with no
+/// trailing bytes. Allocation is bounded by the input's size (postcard never pre-allocates more
+/// than the bytes it has).
+pub fn decode_versioned<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<T, DecodeError> {
+    if bytes.len() > max_bytes {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            max: max_bytes,
+        });
+    }
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let (value, rest): (T, _) =
+        postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+/// The gossipsub topic that carries a run's updates.
+pub fn updates_topic(run_id: &str) -> String {
+    format!("/gradswarm/{run_id}/updates/1")
+}
+
+/// The gossipsub topic that carries a run's heartbeats.
+pub fn heartbeat_topic(run_id: &str) -> String {
+    format!("/gradswarm/{run_id}/heartbeat/1")
+}
+
+/// Largest accepted heartbeat, in bytes.
+pub const MAX_HEARTBEAT_BYTES: usize = 512;
+
+/// A peer's periodic "I am here": its round, a checksum of its parameters and its latest loss.
+/// Peers count the live swarm from these and spot replicas that drifted apart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The run.
+    pub run_id: String,
+    /// Hash of the model configuration.
+    pub model_hash: ModelHash,
+    /// The sender's peer id bytes.
+    pub peer_id: Vec<u8>,
+    /// The round the sender is on (its parameters are θ_round).
+    pub round: u64,
+    /// [`params_checksum`] of θ_round.
+    pub checksum: u64,
+    /// The sender's latest training loss (nats per byte); NaN before its first step.
+    pub loss: f32,
+}
+
+impl Heartbeat {
+    /// Serializes the heartbeat, version byte first.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+
+    /// Parses and checks a heartbeat from untrusted bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let hb: Heartbeat = decode_versioned(bytes, MAX_HEARTBEAT_BYTES)?;
+        check_ids(&hb.run_id, &hb.peer_id)?;
+        Ok(hb)
+    }
+}
+
+/// A checksum of a parameter vector's exact bits: equal replicas give equal checksums.
+pub fn params_checksum(params: &[f32]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for chunk in params.chunks(4096) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        h.update(&bytes);
+    }
+    h.digest()
+}
+
+/// A replica's whole training state, what a late joiner fetches: the round, θ and the optimizer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerState {
+    /// The round θ belongs to.
+    pub round: u64,
+    /// Optimizer steps taken (the learning-rate schedule's position).
+    pub step: u64,
+    /// θ, flat (the model's documented order).
+    pub params: Vec<f32>,
+    /// Named optimizer tensors (AdamW moments, outer momentum), each flat.
+    pub optimizer: Vec<(String, Vec<f32>)>,
+    /// Updates the optimizer has applied (AdamW's bias correction).
+    pub optimizer_steps: u64,
+}
+
+impl PeerState {
+    /// Serializes the state, version byte first.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+
+    /// Parses a state of a model with `model_len` parameters from untrusted bytes, checking every
+    /// vector's length.
+    pub fn from_bytes(bytes: &[u8], model_len: usize) -> Result<Self, DecodeError> {
+        let state: PeerState = decode_versioned(bytes, Self::max_bytes(model_len))?;
+        if state.params.len() != model_len {
+            return Err(DecodeError::BadHeader(
+                "state parameter count differs from the model",
+            ));
+        }
+        if state.optimizer.len() > MAX_STATE_TENSORS
+            || state
+                .optimizer
+                .iter()
+                .any(|(n, v)| n.len() > 256 || v.len() > model_len)
+        {
+            return Err(DecodeError::BadHeader(
+                "state optimizer tensors out of range",
+            ));
+        }
+        if !state.params.iter().all(|v| v.is_finite()) {
+            return Err(DecodeError::BadHeader("state parameters are not finite"));
+        }
+        Ok(state)
+    }
+
+    /// Largest encoding of a state of a model with `model_len` parameters (θ and two moments,
+    /// plus an outer momentum and names).
+    pub fn max_bytes(model_len: usize) -> usize {
+        4 * (4 * model_len + 64) + 64 * 1024
+    }
+}
+
+/// Most named optimizer tensors a state may carry.
+pub const MAX_STATE_TENSORS: usize = 1024;
+
+/// Bytes of state per chunk of a state transfer.
+pub const STATE_CHUNK_BYTES: usize = 1 << 20;
+
+/// A request to a peer, over the `/gradswarm/state/1` protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Chunk `chunk` of the peer's state snapshot `snapshot` (0: its latest; the answer names it).
+    State {
+        /// The run, so a peer of another run answers with an error rather than its state.
+        run_id: String,
+        /// Hash of the model configuration.
+        model_hash: ModelHash,
+        /// Snapshot id (0 for the latest).
+        snapshot: u64,
+        /// Chunk index.
+        chunk: u32,
+    },
+}
+
+/// A peer's answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// One chunk of a serialized [`PeerState`].
+    StateChunk {
+        /// The snapshot these bytes belong to; later chunks must ask for it.
+        snapshot: u64,
+        /// The snapshot's round.
+        round: u64,
+        /// This chunk's index.
+        chunk: u32,
+        /// Total chunks.
+        chunks: u32,
+        /// Total bytes of the serialized state.
+        total_bytes: u64,
+        /// The chunk's bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The request could not be served (another run, no snapshot yet, a snapshot since replaced).
+    Error(String),
+}
+
+/// Largest request or response frame on the wire.
+pub const MAX_RPC_BYTES: usize = STATE_CHUNK_BYTES + 4096;
+
+fn check_ids(run_id: &str, peer_id: &[u8]) -> Result<(), DecodeError> {
+    if run_id.len() > MAX_RUN_ID_LEN {
+        return Err(DecodeError::FieldTooLong {
+            field: "run_id",
+            len: run_id.len(),
+            max: MAX_RUN_ID_LEN,
+        });
+    }
+    if peer_id.len() > MAX_PEER_ID_LEN {
+        return Err(DecodeError::FieldTooLong {
+            field: "peer_id",
+            len: peer_id.len(),
+            max: MAX_PEER_ID_LEN,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -190,5 +367,41 @@ mod tests {
             Update::from_bytes(&trailing, &limits),
             Err(DecodeError::TrailingBytes(1))
         );
+    }
+
+    #[test]
+    fn heartbeats_and_states_round_trip_and_reject_lies() {
+        let hb = Heartbeat {
+            run_id: "r".into(),
+            model_hash: [1; 32],
+            peer_id: vec![4; 38],
+            round: 7,
+            checksum: params_checksum(&[1.0, 2.0]),
+            loss: 2.5,
+        };
+        assert_eq!(Heartbeat::from_bytes(&hb.to_bytes()), Ok(hb));
+        assert!(Heartbeat::from_bytes(&[FORMAT_VERSION; 600]).is_err());
+        assert_ne!(params_checksum(&[1.0, 2.0]), params_checksum(&[1.0, 2.5]));
+
+        let state = PeerState {
+            round: 3,
+            step: 9,
+            params: vec![0.5; 10],
+            optimizer: vec![("m".into(), vec![0.1; 10])],
+            optimizer_steps: 9,
+        };
+        assert_eq!(
+            PeerState::from_bytes(&state.to_bytes(), 10),
+            Ok(state.clone())
+        );
+        assert!(PeerState::from_bytes(&state.to_bytes(), 11).is_err());
+        let mut nan = state.clone();
+        nan.params[3] = f32::NAN;
+        assert!(PeerState::from_bytes(&nan.to_bytes(), 10).is_err());
+        let mut long = state;
+        long.optimizer[0].1 = vec![0.0; 11];
+        assert!(PeerState::from_bytes(&long.to_bytes(), 10).is_err());
+        let bytes = PeerState::default().to_bytes();
+        assert!(PeerState::from_bytes(&bytes[..bytes.len() - 1], 0).is_err());
     }
 }

@@ -19,7 +19,7 @@ pub use data::{Batch, Corpus, Sampler};
 pub use device::{BackendKind, DeviceChoice, SelectedDevice};
 pub use error::ModelError;
 pub use gpt::Gpt;
-pub use trainer::{StepReport, Trainer};
+pub use trainer::{NamedVectors, StepReport, Trainer};
 
 /// Re-exported so that dependants name the same burn.
 pub use burn;

@@ -15,6 +15,9 @@ use crate::error::ModelError;
 use crate::gpt::Gpt;
 use crate::params::{self, ParamSpec};
 
+/// Named flat f32 vectors (optimizer state, in the order and names of checkpoints).
+pub type NamedVectors = Vec<(String, Vec<f32>)>;
+
 /// What one optimizer step reports.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepReport {
@@ -237,6 +240,25 @@ impl Trainer {
         Ok(())
     }
 
+    /// Adds `delta` to the aggregate of a round applied `rounds_ago` rounds back, as if it had
+    /// been there in time (late updates; see `OuterOptimizer::apply_late`).
+    pub fn apply_late_update(
+        &mut self,
+        outer: &mut OuterOptimizer,
+        delta: &[f32],
+        rounds_ago: u64,
+    ) -> Result<(), ModelError> {
+        let mut theta = self.parameters()?;
+        if delta.len() != theta.len() {
+            return Err(ModelError::ParamLength {
+                got: delta.len(),
+                expected: theta.len(),
+            });
+        }
+        outer.apply_late(&mut theta, delta, rounds_ago);
+        self.set_parameters(&theta)
+    }
+
     /// θ ← OuterOpt(θ, aggregate): applies an aggregated update to the parameters.
     pub fn apply_update(
         &mut self,
@@ -252,6 +274,77 @@ impl Trainer {
         }
         outer.apply(&mut theta, aggregate);
         self.set_parameters(&theta)
+    }
+
+    /// The optimizer's state as named flat vectors (`optimizer.exp_avg.<param>`,
+    /// `optimizer.exp_avg_sq.<param>`, as in checkpoints) and its update count.
+    pub fn optimizer_state(&self) -> Result<(u64, NamedVectors), ModelError> {
+        let mut out = Vec::new();
+        for (name, m) in &self.optimizer.moments {
+            for (kind, t) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
+                let values = t
+                    .clone()
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| ModelError::Readback(format!("{e:?}")))?;
+                out.push((format!("optimizer.{kind}.{name}"), values));
+            }
+        }
+        Ok((self.optimizer.steps, out))
+    }
+
+    /// Replaces the step counter and the optimizer's state with another replica's (a late joiner's
+    /// warm start). Tensors of unknown names or wrong lengths are errors; nothing changes then.
+    pub fn set_optimizer_state(
+        &mut self,
+        step: u64,
+        optimizer_steps: u64,
+        tensors: &[(String, Vec<f32>)],
+    ) -> Result<(), ModelError> {
+        let sizes: std::collections::BTreeMap<String, usize> = self
+            .layout()
+            .into_iter()
+            .map(|s| {
+                let n = s.len();
+                (s.name, n)
+            })
+            .collect();
+        let dev = self.device.clone().without_autodiff();
+        let mut optimizer = AdamW::new(&self.config);
+        optimizer.steps = optimizer_steps;
+        let mut halves: std::collections::BTreeMap<String, (Option<Tensor<1>>, Option<Tensor<1>>)> =
+            Default::default();
+        for (key, values) in tensors {
+            let (kind, name) = key
+                .strip_prefix("optimizer.exp_avg_sq.")
+                .map(|n| (1, n))
+                .or_else(|| key.strip_prefix("optimizer.exp_avg.").map(|n| (0, n)))
+                .ok_or_else(|| ModelError::Config(format!("unknown optimizer tensor {key}")))?;
+            if sizes.get(name) != Some(&values.len()) {
+                return Err(ModelError::Config(format!(
+                    "optimizer tensor {key} does not fit the model"
+                )));
+            }
+            let t = Tensor::from_data(TensorData::new(values.clone(), [values.len()]), &dev);
+            let slot = halves.entry(name.to_string()).or_default();
+            if kind == 0 {
+                slot.0 = Some(t)
+            } else {
+                slot.1 = Some(t)
+            }
+        }
+        for (name, pair) in halves {
+            if let (Some(exp_avg), Some(exp_avg_sq)) = pair {
+                optimizer.moments.insert(
+                    name,
+                    crate::adamw::Moments {
+                        exp_avg,
+                        exp_avg_sq,
+                    },
+                );
+            }
+        }
+        self.restore(step, optimizer);
+        Ok(())
     }
 
     /// Restores the step counter and optimizer (from a checkpoint).

@@ -1,0 +1,358 @@
+//! Round bookkeeping: which updates count in which round, with what weight, and what is dropped.
+//!
+//! A peer on round `r` collects updates (DESIGN.md §3, step 4–5). Every update belongs to the round
+//! it was published for, and counts there with weight `samples × s(τ)`, `τ = round − base_round`,
+//! or is dropped past `τ_max`: both fixed by the publisher, so every receiver weighs it the same.
+//! An update for a round this peer already closed is *late*: it is added to that round as a
+//! [`Correction`] (the round's set before and after), which the outer optimizer applies as if it
+//! had been there in time ([`crate::OuterOptimizer::apply_late`]). So replicas that end up with
+//! the same updates end up with the same θ whatever order they arrived in — counting a late update
+//! in the round it happens to arrive in would make each replica's θ depend on its own arrival times.
+//! Closing a round hands back its entries in a fixed order (base round, then peer id), so replicas
+//! that hold the same set aggregate it to the same bits.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::staleness::{DropCounts, DropReason, StalenessPolicy};
+
+/// One update that counts in a closed round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Accepted<T> {
+    /// The sender's peer id bytes.
+    pub peer: Vec<u8>,
+    /// The round it was published for (and counts in).
+    pub round: u64,
+    /// The round its parameters came from.
+    pub base_round: u64,
+    /// Its staleness, `round − base_round`.
+    pub tau: u64,
+    /// Its aggregation weight: samples × s(τ).
+    pub weight: f64,
+    /// The decoded update.
+    pub payload: T,
+}
+
+/// Late updates added to a round closed earlier: its set before and after they came.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Correction<T> {
+    /// The earlier round.
+    pub round: u64,
+    /// Its updates as they were aggregated (in deterministic order).
+    pub before: Vec<Accepted<T>>,
+    /// Its updates with the late ones (in deterministic order).
+    pub after: Vec<Accepted<T>>,
+}
+
+impl<T> Correction<T> {
+    /// The late updates themselves.
+    pub fn added(&self) -> impl Iterator<Item = &Accepted<T>> {
+        self.after.iter().filter(|a| {
+            !self
+                .before
+                .iter()
+                .any(|b| b.peer == a.peer && b.round == a.round)
+        })
+    }
+}
+
+/// What closing a round gives: the updates that count, corrections of earlier rounds, and what
+/// was dropped at closing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Closed<T> {
+    /// The round that was closed.
+    pub round: u64,
+    /// Updates that count in it, in deterministic order.
+    pub accepted: Vec<Accepted<T>>,
+    /// Earlier rounds that late updates joined, oldest first.
+    pub corrections: Vec<Correction<T>>,
+    /// Updates dropped when the round closed (too stale by then).
+    pub dropped: DropCounts,
+}
+
+struct Pending<T> {
+    base_round: u64,
+    samples: u64,
+    payload: T,
+}
+
+/// The updates a peer holds for its open and future rounds, the late ones, and the recent rounds'
+/// sets (to correct them).
+pub struct RoundBook<T> {
+    policy: StalenessPolicy,
+    current: u64,
+    pending: BTreeMap<u64, BTreeMap<Vec<u8>, Pending<T>>>,
+    late: BTreeMap<u64, BTreeMap<Vec<u8>, Pending<T>>>,
+    closed: BTreeMap<u64, Vec<Accepted<T>>>,
+    seen: BTreeSet<(u64, Vec<u8>)>,
+}
+
+impl<T: Clone> RoundBook<T> {
+    /// An empty book whose open round is `round`.
+    pub fn new(policy: StalenessPolicy, round: u64) -> Self {
+        Self {
+            policy,
+            current: round,
+            pending: BTreeMap::new(),
+            late: BTreeMap::new(),
+            closed: BTreeMap::new(),
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// The open round.
+    pub fn round(&self) -> u64 {
+        self.current
+    }
+
+    /// How far ahead of the open round an update may be published and still be kept (further
+    /// ahead is a liar or a clock far off, and keeping it would let one peer fill our memory), and
+    /// how many closed rounds late updates may still correct.
+    pub fn horizon(&self) -> u64 {
+        2 * self.policy.tau_max + 2
+    }
+
+    /// Offers an update that `peer` published for `round`, computed from `base_round`'s parameters
+    /// with `samples` samples. Kept for its round (or as a late part of it), or dropped with a reason.
+    pub fn offer(
+        &mut self,
+        peer: &[u8],
+        round: u64,
+        base_round: u64,
+        samples: u64,
+        payload: T,
+    ) -> Result<(), DropReason> {
+        if base_round > round || round > self.current.saturating_add(self.horizon()) {
+            return Err(DropReason::FromFuture);
+        }
+        if self.seen.contains(&(round, peer.to_vec())) {
+            return Err(DropReason::Duplicate);
+        }
+        self.policy.weight(round, base_round)?;
+        let entry = Pending {
+            base_round,
+            samples,
+            payload,
+        };
+        let slot = if round >= self.current {
+            &mut self.pending
+        } else if self.closed.contains_key(&round) {
+            &mut self.late
+        } else {
+            // Closed so long ago that we no longer hold its set: too late to correct.
+            return Err(DropReason::TooStale);
+        };
+        slot.entry(round).or_default().insert(peer.to_vec(), entry);
+        self.seen.insert((round, peer.to_vec()));
+        Ok(())
+    }
+
+    /// Whether the open round holds an update from every peer in `peers`.
+    pub fn has_all<'a>(&self, peers: impl IntoIterator<Item = &'a [u8]>) -> bool {
+        let open = self.pending.get(&self.current);
+        peers
+            .into_iter()
+            .all(|p| open.is_some_and(|m| m.contains_key(p)))
+    }
+
+    /// Peers whose update for the open round is in.
+    pub fn arrived(&self) -> impl Iterator<Item = &[u8]> {
+        self.pending
+            .get(&self.current)
+            .into_iter()
+            .flat_map(|m| m.keys().map(Vec::as_slice))
+    }
+
+    /// The latest round any peer has published for: past the open round means others moved on.
+    pub fn latest_published(&self) -> Option<u64> {
+        self.pending.keys().next_back().copied()
+    }
+
+    fn accept(
+        &self,
+        round: u64,
+        entries: BTreeMap<Vec<u8>, Pending<T>>,
+        into: &mut Vec<Accepted<T>>,
+        dropped: &mut DropCounts,
+    ) {
+        for (peer, p) in entries {
+            match self.policy.weight(round, p.base_round) {
+                Ok(s) => into.push(Accepted {
+                    peer,
+                    round,
+                    base_round: p.base_round,
+                    tau: round - p.base_round,
+                    weight: p.samples as f64 * f64::from(s),
+                    payload: p.payload,
+                }),
+                Err(reason) => dropped.record(reason),
+            }
+        }
+        into.sort_by(|a, b| (a.base_round, &a.peer).cmp(&(b.base_round, &b.peer)));
+    }
+
+    /// Closes the open round: its updates count, weighted by samples × s(τ); late updates join
+    /// their earlier rounds as corrections. The next round opens.
+    pub fn close(&mut self) -> Closed<T> {
+        let round = self.current;
+        let mut dropped = DropCounts::default();
+        let mut accepted = Vec::new();
+        let open = self.pending.remove(&round).unwrap_or_default();
+        self.accept(round, open, &mut accepted, &mut dropped);
+        let mut corrections = Vec::new();
+        for (earlier, entries) in std::mem::take(&mut self.late) {
+            let Some(before) = self.closed.get(&earlier).cloned() else {
+                continue;
+            };
+            let mut after = before.clone();
+            self.accept(earlier, entries, &mut after, &mut dropped);
+            self.closed.insert(earlier, after.clone());
+            corrections.push(Correction {
+                round: earlier,
+                before,
+                after,
+            });
+        }
+        self.closed.insert(round, accepted.clone());
+        self.current += 1;
+        // Rounds past the horizon can no longer be corrected, nor their duplicates told apart.
+        let oldest = self.current.saturating_sub(self.horizon());
+        self.closed = self.closed.split_off(&oldest);
+        self.seen = self.seen.split_off(&(oldest, Vec::new()));
+        Closed {
+            round,
+            accepted,
+            corrections,
+            dropped,
+        }
+    }
+
+    /// Moves the open round to `round` (after a state sync), forgetting what belongs before it.
+    pub fn reset(&mut self, round: u64) {
+        self.current = round;
+        self.pending = self.pending.split_off(&round);
+        self.late.clear();
+        self.closed.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book() -> RoundBook<u32> {
+        RoundBook::new(
+            StalenessPolicy {
+                alpha: 1.0,
+                tau_max: 2,
+            },
+            5,
+        )
+    }
+
+    #[test]
+    fn a_round_closes_with_its_updates_in_peer_order() {
+        let mut b = book();
+        b.offer(b"b", 5, 5, 10, 2).unwrap();
+        b.offer(b"a", 5, 5, 30, 1).unwrap();
+        assert!(b.has_all([&b"a"[..], &b"b"[..]]));
+        assert!(!b.has_all([&b"a"[..], &b"c"[..]]));
+        let closed = b.close();
+        assert_eq!(closed.round, 5);
+        let got: Vec<_> = closed
+            .accepted
+            .iter()
+            .map(|a| (a.peer.clone(), a.weight, a.payload))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(b"a".to_vec(), 30.0, 1), (b"b".to_vec(), 10.0, 2)]
+        );
+        assert_eq!(b.round(), 6);
+    }
+
+    #[test]
+    fn late_updates_correct_their_round_and_too_old_ones_drop() {
+        let mut b = book();
+        b.offer(b"a", 5, 5, 4, 1).unwrap();
+        b.close(); // round 5 closes with a's update
+        b.close(); // round 6 closes empty
+        // On round 7: an update published for round 5 (computed on 4, τ = 1) is late: it joins 5.
+        b.offer(b"slow", 5, 4, 8, 9).unwrap();
+        // Computed on 2: τ = 3 > τ_max: dropped at once.
+        assert_eq!(b.offer(b"older", 5, 2, 8, 9), Err(DropReason::TooStale));
+        let closed = b.close();
+        assert!(closed.accepted.is_empty());
+        assert_eq!(closed.corrections.len(), 1);
+        let c = &closed.corrections[0];
+        assert_eq!(c.round, 5);
+        assert_eq!(c.before.len(), 1);
+        // Ordered by base round: the late one (base 4) comes first.
+        assert_eq!(c.after[0].peer, b"slow".to_vec());
+        assert_eq!(c.after[0].tau, 1);
+        assert!((c.after[0].weight - 8.0 / 2.0).abs() < 1e-6);
+        assert_eq!(c.added().count(), 1);
+        // A round past the horizon can no longer be corrected.
+        for _ in 0..b.horizon() {
+            b.close();
+        }
+        assert_eq!(b.offer(b"z", 5, 5, 1, 0), Err(DropReason::TooStale));
+        // A future update waits for its round; one past the horizon is refused.
+        let r = b.round();
+        b.offer(b"fast", r + 3, r + 3, 1, 0).unwrap();
+        assert_eq!(b.latest_published(), Some(r + 3));
+        assert_eq!(
+            b.offer(b"liar", r + 100, r + 100, 1, 0),
+            Err(DropReason::FromFuture)
+        );
+        assert_eq!(b.offer(b"liar", 8, 9, 1, 0), Err(DropReason::FromFuture));
+    }
+
+    #[test]
+    fn an_update_computed_too_long_before_its_round_is_dropped() {
+        let mut b = book();
+        // Published for round 7 but computed on round 3: τ = 4 > τ_max.
+        assert_eq!(b.offer(b"x", 7, 3, 1, 0), Err(DropReason::TooStale));
+        b.offer(b"y", 7, 5, 1, 0).unwrap();
+        b.close();
+        b.close();
+        let closed = b.close();
+        assert_eq!(closed.accepted.len(), 1);
+        assert_eq!(closed.accepted[0].tau, 2);
+    }
+
+    #[test]
+    fn a_round_ends_with_the_same_set_whatever_the_arrival_order() {
+        let mut early = book();
+        let mut late = book();
+        for b in [&mut early, &mut late] {
+            b.offer(b"a", 5, 5, 1, 1).unwrap();
+        }
+        early.offer(b"b", 5, 5, 1, 2).unwrap();
+        let on_time = early.close().accepted;
+        late.close();
+        late.close();
+        late.offer(b"b", 5, 5, 1, 2).unwrap();
+        let closed = late.close();
+        assert_eq!(closed.corrections[0].after, on_time);
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let mut b = book();
+        b.offer(b"a", 5, 5, 1, 0).unwrap();
+        assert_eq!(b.offer(b"a", 5, 5, 1, 0), Err(DropReason::Duplicate));
+        b.close();
+        assert_eq!(b.offer(b"a", 5, 5, 1, 0), Err(DropReason::Duplicate));
+    }
+
+    #[test]
+    fn reset_jumps_to_a_synced_round() {
+        let mut b = book();
+        b.offer(b"a", 6, 6, 1, 0).unwrap();
+        b.offer(b"a", 9, 9, 1, 1).unwrap();
+        b.reset(9);
+        assert_eq!(b.round(), 9);
+        assert!(b.has_all([&b"a"[..]]));
+        assert_eq!(b.close().accepted[0].payload, 1);
+    }
+}
