@@ -1,4 +1,4 @@
-//! The node's TOML configuration: `[run]`, `[model]`, `[train]`, `[data]`. Every key is optional;
+//! The node's TOML configuration: `[run]`, `[model]`, `[train]`, `[data]`, `[swarm]`. Every key is optional;
 //! `configs/default.toml` lists them all with their defaults. Unknown keys are errors, so a typo
 //! never silently falls back to a default.
 
@@ -30,6 +30,68 @@ impl Default for RunConfig {
     }
 }
 
+/// What a peer sends each round (`[swarm] mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwarmMode {
+    /// One local step per round, averaged every round.
+    Gradient,
+    /// `local_steps` local steps per round (DiLoCo-style), outer Nesterov.
+    LocalSteps,
+}
+
+/// How this node joins a swarm (`gradswarm join`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwarmConfig {
+    /// `gradient` or `local_steps`.
+    pub mode: SwarmMode,
+    /// H: local steps per round in `local_steps` mode.
+    pub local_steps: u64,
+    /// Top-k density in parts per million (10000 = top-1%).
+    pub top_k_per_million: u32,
+    /// Staleness decay α of 1/(1+τ)^α.
+    pub alpha: f32,
+    /// Updates staler than this many rounds are dropped.
+    pub tau_max: u64,
+    /// `weighted_mean`, `trimmed_mean` (with `trim`) or `centered_clip`.
+    pub aggregation: gradswarm_core::AggregationRule,
+    /// Stop after this many rounds (0: until Ctrl-C).
+    pub rounds: u64,
+    /// Checkpoint every this many rounds (0: only when leaving).
+    pub checkpoint_every: u64,
+    /// Addresses to listen on.
+    pub listen: Vec<String>,
+    /// Bootstrap nodes (full multiaddrs with /p2p/); `gradswarm join ADDR…` adds to these.
+    pub bootstrap: Vec<String>,
+    /// Find peers on the LAN with mDNS when no bootstrap node is given.
+    pub mdns: bool,
+    /// Validation loss every this many rounds (0: never).
+    pub eval_every: u64,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        Self {
+            mode: SwarmMode::Gradient,
+            local_steps: 8,
+            top_k_per_million: 10_000,
+            alpha: 0.5,
+            tau_max: 4,
+            aggregation: gradswarm_core::AggregationRule::WeightedMean,
+            rounds: 0,
+            checkpoint_every: 100,
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".into(),
+                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            eval_every: 50,
+        }
+    }
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,6 +104,8 @@ pub struct NodeConfig {
     pub train: TrainConfig,
     /// `[data]`.
     pub data: DataConfig,
+    /// `[swarm]`.
+    pub swarm: SwarmConfig,
 }
 
 impl NodeConfig {
@@ -70,6 +134,19 @@ impl NodeConfig {
         self.model.validate()?;
         self.train.validate()?;
         self.data.validate()?;
+        if self.swarm.mode == SwarmMode::LocalSteps && self.swarm.local_steps == 0 {
+            anyhow::bail!("swarm.local_steps must be at least 1");
+        }
+        if self.swarm.top_k_per_million == 0 || self.swarm.top_k_per_million > 1_000_000 {
+            anyhow::bail!("swarm.top_k_per_million must be 1 to 1000000");
+        }
+        if !(self.swarm.alpha.is_finite() && self.swarm.alpha >= 0.0) {
+            anyhow::bail!("swarm.alpha must be a non-negative number");
+        }
+        for a in self.swarm.listen.iter().chain(&self.swarm.bootstrap) {
+            a.parse::<gradswarm_net::Multiaddr>()
+                .with_context(|| format!("swarm address {a:?} is not a multiaddr"))?;
+        }
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
-//! `gradswarm`: the desktop node. Today: `train` (the default job), `eval`, `sample` and `bench`;
-//! `join` arrives with the swarm.
+//! `gradswarm`: the desktop node: `train` (the default job, alone), `join` (a swarm), `eval`,
+//! `sample` and `bench`.
 
 mod config;
+mod join;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,6 +43,20 @@ enum Command {
         /// Continue from OUT/checkpoint.safetensors.
         #[arg(long)]
         resume: bool,
+        /// Where to train.
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+    },
+    /// Join a swarm: train the run's model together with other peers.
+    Join {
+        /// Bootstrap multiaddrs (with /p2p/<id>); none: find peers on the LAN with mDNS.
+        addrs: Vec<String>,
+        /// TOML config (see configs/default.toml, `[swarm]`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output folder for checkpoints and this peer's identity key.
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Where to train.
         #[arg(long, value_enum)]
         device: Option<DeviceArg>,
@@ -138,6 +153,12 @@ fn main() -> ExitCode {
             resume,
             device.map(Into::into),
         ),
+        Command::Join {
+            addrs,
+            config,
+            out,
+            device,
+        } => join::join(config.as_deref(), addrs, out, device.map(Into::into)),
         Command::Eval {
             checkpoint,
             text,

@@ -1,0 +1,378 @@
+//! The network task: polls the swarm, validates what arrives, executes the runtime's commands.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, StreamExt};
+use gradswarm_core::wire::{heartbeat_topic, updates_topic};
+use gradswarm_core::{DropReason, Heartbeat, Response, Update, WireLimits};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
+use tracing::{debug, info, warn};
+
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::{
+    Command, NetConfig, NetError, NetEvent, NetHandle, PROTOCOL_VERSION, Role, StateServer, Topic,
+};
+
+/// Events waiting for the runtime beyond this are dropped (and logged): the network task must
+/// never block on a busy runtime, and a flood must not grow memory without bound.
+const EVENT_QUEUE: usize = 4096;
+
+/// Runs one node's swarm until [`NetHandle::shutdown`] or until every handle is dropped.
+pub struct Driver {
+    swarm: Swarm<Behaviour>,
+    config: NetConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    updates: IdentTopic,
+    heartbeats: IdentTopic,
+    state_server: Option<StateServer>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
+    joined: HashSet<PeerId>,
+    lost_events: u64,
+}
+
+impl Driver {
+    /// Subscribes to the run's topics, listens and dials the bootstrap nodes; returns the handle,
+    /// the event stream and the driver to poll.
+    pub fn new(
+        mut swarm: Swarm<Behaviour>,
+        config: NetConfig,
+    ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Self), NetError> {
+        let updates = IdentTopic::new(updates_topic(&config.run_id));
+        let heartbeats = IdentTopic::new(heartbeat_topic(&config.run_id));
+        for topic in [&updates, &heartbeats] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(topic)
+                .map_err(|e| NetError::Gossip(e.to_string()))?;
+        }
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Transport(format!("listen on {addr}: {e}")))?;
+        }
+        for addr in &config.bootstrap {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                let mut plain = addr.clone();
+                plain.pop();
+                swarm.behaviour_mut().kad.add_address(&peer, plain);
+            }
+            swarm
+                .dial(addr.clone())
+                .map_err(|e| NetError::Transport(format!("dial {addr}: {e}")))?;
+        }
+        let (command_tx, commands) = mpsc::unbounded();
+        let (events, event_rx) = mpsc::channel(EVENT_QUEUE);
+        let handle = NetHandle {
+            commands: command_tx,
+            local_peer_id: *swarm.local_peer_id(),
+        };
+        let driver = Self {
+            swarm,
+            config,
+            commands,
+            events,
+            updates,
+            heartbeats,
+            state_server: None,
+            pending: HashMap::new(),
+            joined: HashSet::new(),
+            lost_events: 0,
+        };
+        Ok((handle, event_rx, driver))
+    }
+
+    /// Polls the swarm and the command queue until shut down.
+    pub async fn run(mut self) {
+        let mut discovery_every = Duration::from_secs(1);
+        let mut discovery = futures_timer::Delay::new(discovery_every).fuse();
+        loop {
+            futures::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.next() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.on_command(command),
+                },
+                _ = discovery => {
+                    // Walk the DHT for peers of the run: often at first, then every half minute.
+                    if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+                        debug!("no known peers to walk the DHT from yet");
+                    }
+                    discovery_every = (discovery_every * 2).min(Duration::from_secs(30));
+                    discovery = futures_timer::Delay::new(discovery_every).fuse();
+                }
+            }
+        }
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(NetError::Stopped));
+        }
+        info!("network task stopped");
+    }
+
+    fn emit(&mut self, event: NetEvent) {
+        // Bootstrap nodes have no runtime to feed, only a console to print addresses on.
+        if self.config.role == Role::Bootstrap && !matches!(event, NetEvent::Listening(_)) {
+            return;
+        }
+        if let Err(e) = self.events.try_send(event)
+            && e.is_full()
+        {
+            self.lost_events += 1;
+            warn!(
+                lost = self.lost_events,
+                "peer runtime is not keeping up; event dropped"
+            );
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish { topic, bytes } => {
+                let topic = match topic {
+                    Topic::Updates => self.updates.clone(),
+                    Topic::Heartbeat => self.heartbeats.clone(),
+                };
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    // No peers yet, or a duplicate: the round loop carries on either way.
+                    debug!("publish: {e}");
+                }
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+                self.pending.insert(id, reply);
+            }
+            Command::ServeState(server) => self.state_server = Some(server),
+            Command::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    warn!("dial {addr}: {e}");
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address
+                    .with_p2p(*self.swarm.local_peer_id())
+                    .unwrap_or_else(|a| a);
+                info!("listening on {full}");
+                self.emit(NetEvent::Listening(full));
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                debug!("connected to {peer_id}");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if self.joined.remove(&peer_id) => self.emit(NetEvent::PeerLeft(peer_id)),
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(event) => self.on_gossip(event),
+            BehaviourEvent::Rpc(event) => self.on_rpc(event),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != PROTOCOL_VERSION {
+                    return;
+                }
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                for addr in info.listen_addrs {
+                    kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => self.connect(peer),
+            #[cfg(not(target_arch = "wasm32"))]
+            BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    self.connect(peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Peers keep a direct connection to every peer they learn of, so gossip meshes form; bootstrap
+    /// nodes only answer.
+    fn connect(&mut self, peer: PeerId) {
+        if self.config.role == Role::Peer
+            && peer != *self.swarm.local_peer_id()
+            && !self.swarm.is_connected(&peer)
+            && let Err(e) = self.swarm.dial(peer)
+        {
+            debug!("dial {peer}: {e}");
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let from = message.source.unwrap_or(propagation_source);
+                let verdict = if message.topic == self.updates.hash() {
+                    self.check_update(from, &message.data)
+                } else if message.topic == self.heartbeats.hash() {
+                    self.check_heartbeat(from, &message.data)
+                } else {
+                    Err(DropReason::ForeignRun)
+                };
+                let acceptance = match verdict {
+                    Ok(event) => {
+                        if let Some(event) = event {
+                            self.emit(event);
+                        }
+                        MessageAcceptance::Accept
+                    }
+                    Err(reason) => {
+                        debug!("rejected a message from {from}: {reason}");
+                        self.emit(NetEvent::Dropped { from, reason });
+                        MessageAcceptance::Reject
+                    }
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            gossipsub::Event::Subscribed { peer_id, topic }
+                if topic == self.updates.hash() && self.joined.insert(peer_id) =>
+            {
+                self.emit(NetEvent::PeerJoined(peer_id));
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic }
+                if topic == self.updates.hash() && self.joined.remove(&peer_id) =>
+            {
+                self.emit(NetEvent::PeerLeft(peer_id));
+            }
+            _ => {}
+        }
+    }
+
+    /// Parses, checks and decodes an update; bootstrap nodes check only what they can without the
+    /// model (framing, run id, sender).
+    fn check_update(&self, from: PeerId, data: &[u8]) -> Result<Option<NetEvent>, DropReason> {
+        let limits = self.config.limits.unwrap_or(WireLimits {
+            max_message_bytes: self.config.max_message_bytes,
+            max_samples: u64::MAX,
+            model_len: usize::MAX,
+        });
+        let update = Update::from_bytes(data, &limits).map_err(|_| DropReason::Malformed)?;
+        if update.run_id != self.config.run_id {
+            return Err(DropReason::ForeignRun);
+        }
+        if update.peer_id != from.to_bytes() {
+            return Err(DropReason::SenderMismatch);
+        }
+        let Some(model_hash) = self.config.model_hash else {
+            return Ok(None);
+        };
+        if update.model_hash != model_hash {
+            return Err(DropReason::ForeignModel);
+        }
+        let decoded = update
+            .decode_payload(&limits)
+            .map_err(|_| DropReason::Malformed)?;
+        if !decoded.values.iter().all(|v| v.is_finite()) {
+            return Err(DropReason::NonFinite);
+        }
+        Ok(Some(NetEvent::Update {
+            from,
+            update: Arc::new(update),
+            decoded: Arc::new(decoded),
+            bytes: data.len(),
+        }))
+    }
+
+    fn check_heartbeat(&self, from: PeerId, data: &[u8]) -> Result<Option<NetEvent>, DropReason> {
+        let heartbeat = Heartbeat::from_bytes(data).map_err(|_| DropReason::Malformed)?;
+        if heartbeat.run_id != self.config.run_id {
+            return Err(DropReason::ForeignRun);
+        }
+        if heartbeat.peer_id != from.to_bytes() {
+            return Err(DropReason::SenderMismatch);
+        }
+        if self
+            .config
+            .model_hash
+            .is_some_and(|h| h != heartbeat.model_hash)
+        {
+            return Err(DropReason::ForeignModel);
+        }
+        Ok(Some(NetEvent::Heartbeat { from, heartbeat }))
+    }
+
+    fn on_rpc(&mut self, event: request_response::Event<gradswarm_core::Request, Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let response = match &self.state_server {
+                        Some(server) => server(&request),
+                        None => Response::Error("this node serves no state".into()),
+                    };
+                    if self
+                        .swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(channel, response)
+                        .is_err()
+                    {
+                        debug!("{peer} went away before its state chunk was sent");
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A multiaddr's peer id, when it ends in `/p2p/<id>`.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}

@@ -1,0 +1,257 @@
+//! gradswarm's network: one libp2p [`NetworkBehaviour`](libp2p::swarm::NetworkBehaviour) and the
+//! task that drives it.
+//!
+//! The peer runtime never touches libp2p types. It talks to a [`NetHandle`] (commands in) and a
+//! stream of [`NetEvent`]s (validated messages out), while [`Driver::run`] polls the swarm as a
+//! plain future, so the same code runs under tokio on the desktop and under wasm-bindgen-futures in
+//! the browser. What arrives from the network is checked here, before the peer sees it: gossipsub
+//! runs in strict, application-validated mode, and every update is parsed and decoded against the
+//! model's wire limits; what fails is rejected (the sender's gossipsub score drops), counted and
+//! reported as [`NetEvent::Dropped`].
+
+mod behaviour;
+mod driver;
+mod rpc;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+
+use std::sync::Arc;
+
+use futures::channel::{mpsc, oneshot};
+use gradswarm_core::{DecodedUpdate, DropReason, Heartbeat, ModelHash, Request, Response, Update};
+use thiserror::Error;
+
+pub use behaviour::{Behaviour, BehaviourEvent};
+pub use driver::{Driver, peer_of};
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+
+/// Identify's protocol version: peers of other protocol versions are not added to the routing table.
+pub const PROTOCOL_VERSION: &str = "/gradswarm/1.0.0";
+/// The Kademlia protocol name: gradswarm's DHT is separate from the public IPFS one.
+pub const KAD_PROTOCOL: &str = "/gradswarm/kad/1.0.0";
+/// The request-response protocol that serves state to late joiners.
+pub const STATE_PROTOCOL: &str = "/gradswarm/state/1";
+
+/// What a node is in the swarm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A training peer: gossips updates, serves its state.
+    Peer,
+    /// A bootstrap node: Kademlia server, circuit relay server, forwards the run's gossip.
+    Bootstrap,
+}
+
+/// How to set a node's network up.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Peer or bootstrap.
+    pub role: Role,
+    /// The run whose topics to join.
+    pub run_id: String,
+    /// The model's configuration hash; `None` (bootstrap nodes) accepts any model's updates.
+    pub model_hash: Option<ModelHash>,
+    /// Limits every update must meet; `None` (bootstrap nodes) only checks headers.
+    pub limits: Option<gradswarm_core::WireLimits>,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap nodes to dial (with their `/p2p/<id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS (native only).
+    pub mdns: bool,
+    /// Largest gossipsub message (an encoded update).
+    pub max_message_bytes: usize,
+    /// How often gossipsub's mesh maintenance runs; short in tests so meshes form quickly.
+    pub gossip_heartbeat: std::time::Duration,
+}
+
+impl NetConfig {
+    /// A peer's network for `run_id`, listening on loopback TCP (any port).
+    pub fn peer(run_id: &str, model_hash: ModelHash, limits: gradswarm_core::WireLimits) -> Self {
+        Self {
+            role: Role::Peer,
+            run_id: run_id.to_string(),
+            model_hash: Some(model_hash),
+            max_message_bytes: limits.max_message_bytes,
+            limits: Some(limits),
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            gossip_heartbeat: std::time::Duration::from_millis(500),
+        }
+    }
+
+    /// A bootstrap node's network, forwarding `run_id`'s gossip up to `max_message_bytes`.
+    pub fn bootstrap(run_id: &str, max_message_bytes: usize) -> Self {
+        Self {
+            role: Role::Bootstrap,
+            run_id: run_id.to_string(),
+            model_hash: None,
+            limits: None,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            max_message_bytes,
+            gossip_heartbeat: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+/// Which of the run's topics a message goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topic {
+    /// `/gradswarm/<run_id>/updates/1`.
+    Updates,
+    /// `/gradswarm/<run_id>/heartbeat/1`.
+    Heartbeat,
+}
+
+/// Answers state requests from other peers (set by the peer runtime; called on the network task).
+pub type StateServer = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+
+/// What the peer runtime asks of the network.
+pub enum Command {
+    /// Publishes bytes on one of the run's topics.
+    Publish {
+        /// Which topic.
+        topic: Topic,
+        /// The encoded message.
+        bytes: Vec<u8>,
+    },
+    /// Sends a request to a peer; the answer (or why there is none) comes back on `reply`.
+    Request {
+        /// The peer to ask.
+        peer: PeerId,
+        /// The request.
+        request: Request,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Response, NetError>>,
+    },
+    /// Sets the function that answers state requests.
+    ServeState(StateServer),
+    /// Dials an address.
+    Dial(Multiaddr),
+    /// Closes the swarm and ends [`Driver::run`].
+    Shutdown,
+}
+
+/// What the network hands the peer runtime: only messages that passed validation, and counts of
+/// those that did not.
+#[derive(Clone, Debug)]
+pub enum NetEvent {
+    /// The swarm listens on a new address (with `/p2p/<id>` appended).
+    Listening(Multiaddr),
+    /// A valid update for this run and model, with its payload decoded.
+    Update {
+        /// The peer that signed it.
+        from: PeerId,
+        /// The message.
+        update: Arc<Update>,
+        /// Its decoded values.
+        decoded: Arc<DecodedUpdate>,
+        /// Size of the gossip message.
+        bytes: usize,
+    },
+    /// A valid heartbeat.
+    Heartbeat {
+        /// The peer that signed it.
+        from: PeerId,
+        /// The heartbeat.
+        heartbeat: Heartbeat,
+    },
+    /// A message that was rejected, and why.
+    Dropped {
+        /// The peer that signed it (or forwarded it when unsigned).
+        from: PeerId,
+        /// Why.
+        reason: DropReason,
+    },
+    /// A peer joined the run's update topic.
+    PeerJoined(PeerId),
+    /// A peer left the run's update topic or disconnected.
+    PeerLeft(PeerId),
+}
+
+/// Network errors.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// The transport could not be built or could not listen.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The gossip layer refused the configuration or a publish.
+    #[error("gossipsub: {0}")]
+    Gossip(String),
+    /// A request failed (timeout, connection closed, unsupported protocol).
+    #[error("request to {peer} failed: {reason}")]
+    Request {
+        /// The peer asked.
+        peer: PeerId,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The network task has ended.
+    #[error("the network task has stopped")]
+    Stopped,
+    /// A key file could not be read or written.
+    #[error("identity key {path}: {reason}")]
+    Identity {
+        /// The key file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The peer runtime's side of the network: send commands; events arrive on the receiver that
+/// [`Driver::new`] returned with it.
+#[derive(Clone)]
+pub struct NetHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    local_peer_id: PeerId,
+}
+
+impl NetHandle {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// Publishes on one of the run's topics. Fire-and-forget: a publish with no peers yet is not
+    /// an error the round loop could act on, so it is only logged by the network task.
+    pub fn publish(&self, topic: Topic, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.send(Command::Publish { topic, bytes })
+    }
+
+    /// Asks `peer` and waits for its answer.
+    pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Request {
+            peer,
+            request,
+            reply,
+        })?;
+        answer.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Installs the function that answers state requests.
+    pub fn serve_state(&self, server: StateServer) -> Result<(), NetError> {
+        self.send(Command::ServeState(server))
+    }
+
+    /// Dials an address.
+    pub fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.send(Command::Dial(addr))
+    }
+
+    /// Stops the network task.
+    pub fn shutdown(&self) {
+        // Already stopped is fine: that is what was asked.
+        let _ = self.commands.unbounded_send(Command::Shutdown);
+    }
+
+    fn send(&self, command: Command) -> Result<(), NetError> {
+        self.commands
+            .unbounded_send(command)
+            .map_err(|_| NetError::Stopped)
+    }
+}

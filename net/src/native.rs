@@ -1,0 +1,108 @@
+//! Desktop transports (TCP + noise + yamux, QUIC, WebSocket, DNS) on tokio, and identity key files.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use libp2p::identity::Keypair;
+use libp2p::{noise, tcp, yamux};
+
+use crate::behaviour::Behaviour;
+use crate::{Driver, NetConfig, NetError, NetEvent, NetHandle};
+
+/// Builds a native swarm for `config` with identity `key`. Call inside a tokio runtime; spawn
+/// [`Driver::run`] on it.
+pub async fn build(
+    config: NetConfig,
+    key: Keypair,
+) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Driver), NetError> {
+    let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let behaviour_config = config.clone();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| transport(&e))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| transport(&e))?
+        .with_websocket(noise::Config::new, yamux::Config::default)
+        .await
+        .map_err(|e| transport(&e))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| transport(&e))?
+        .with_behaviour(|key, relay_client| {
+            Behaviour::new(key, relay_client, &behaviour_config)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .map_err(|e| transport(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Driver::new(swarm, config)
+}
+
+/// Loads the ed25519 identity at `path`, or creates one there (owner-only permissions) if the file
+/// does not exist: a bootstrap node keeps its peer id, so the addresses peers were given stay valid.
+pub fn load_or_create_identity(path: &Path) -> Result<Keypair, NetError> {
+    let err = |reason: String| NetError::Identity {
+        path: path.display().to_string(),
+        reason,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| err(format!("not a libp2p key file: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            }
+            write_private(path, &bytes).map_err(|e| err(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_persists_and_garbage_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("gs-id-{}", std::process::id()));
+        let path = dir.join("id.key");
+        let _ = std::fs::remove_file(&path);
+        let a = load_or_create_identity(&path).unwrap();
+        let b = load_or_create_identity(&path).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"not a key").unwrap();
+        assert!(matches!(
+            load_or_create_identity(&path),
+            Err(NetError::Identity { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,222 @@
+//! `gradswarm join`: this machine becomes a peer of a run.
+//!
+//! The network runs on a tokio runtime; the round loop (which blocks while training) on a thread of
+//! its own. One status line updates in place; Ctrl-C finishes the round, checkpoints and leaves.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use gradswarm_core::{CodecDescriptor, OuterConfig, StalenessPolicy, WireLimits};
+use gradswarm_model::{BackendKind, Checkpoint, Corpus, Trainer, checkpoint};
+use gradswarm_net::{Multiaddr, NetConfig, native};
+use gradswarm_peer::{Mode, Peer, PeerConfig, PeerSummary, RoundReport, stop_pair};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::{NodeConfig, SwarmMode};
+
+/// The peer configuration a node config asks for.
+pub fn peer_config(cfg: &NodeConfig) -> PeerConfig {
+    let mode = match cfg.swarm.mode {
+        SwarmMode::Gradient => Mode::Gradient,
+        SwarmMode::LocalSteps => Mode::LocalSteps {
+            h: cfg.swarm.local_steps,
+        },
+    };
+    let mut p = PeerConfig::new(&cfg.run.id, mode);
+    p.codec = CodecDescriptor::top_k_int8_zstd(cfg.swarm.top_k_per_million);
+    p.staleness = StalenessPolicy {
+        alpha: cfg.swarm.alpha,
+        tau_max: cfg.swarm.tau_max,
+    };
+    p.aggregation = cfg.swarm.aggregation;
+    p.rounds = (cfg.swarm.rounds > 0).then_some(cfg.swarm.rounds);
+    p.eval_every = cfg.swarm.eval_every;
+    if let Mode::Gradient = mode {
+        p.outer = OuterConfig::Sgd { lr: 1.0 };
+    }
+    p
+}
+
+fn status_line(r: &RoundReport) -> String {
+    let stale = if r.staleness.is_empty() {
+        0.0
+    } else {
+        r.staleness.iter().sum::<u64>() as f64 / r.staleness.len() as f64
+    };
+    let val = r.val_loss.map_or(String::new(), |v| format!(" val {v:.3}"));
+    format!(
+        "round {} loss {:.3}{val} peers {} updates {} up {} B down {} B staleness {stale:.2} drops {}",
+        r.round,
+        r.loss,
+        r.peers,
+        r.updates,
+        r.bytes_up,
+        r.bytes_down,
+        r.drops.total()
+    )
+}
+
+/// Runs `gradswarm join`.
+pub fn join(
+    config: Option<&Path>,
+    addrs: Vec<String>,
+    out: Option<PathBuf>,
+    device: Option<gradswarm_model::DeviceChoice>,
+) -> anyhow::Result<()> {
+    let mut cfg = NodeConfig::load(config)?;
+    cfg.swarm.bootstrap.extend(addrs);
+    if let Some(o) = out {
+        cfg.run.out = o;
+    }
+    if let Some(d) = device {
+        cfg.run.device = d;
+    }
+    cfg.validate()?;
+    let corpus = Arc::new(Corpus::load(&cfg.data, cfg.model.context)?);
+    let selected = crate::pick_device(cfg.run.device)?;
+    std::fs::create_dir_all(&cfg.run.out)
+        .with_context(|| format!("creating {}", cfg.run.out.display()))?;
+    let ckpt_path = cfg.run.out.join("checkpoint.safetensors");
+    let (trainer, resume_round) = if ckpt_path.exists() {
+        let ckpt = Checkpoint::load(&ckpt_path)?;
+        if ckpt.meta.run_id != cfg.run.id || ckpt.meta.model_config != cfg.model {
+            bail!(
+                "{} belongs to another run or model; pass --out to start elsewhere",
+                ckpt_path.display()
+            );
+        }
+        let t = ckpt.into_trainer(&ckpt_path, &cfg.train, &selected.device)?;
+        eprintln!(
+            "resuming from {} (round {})",
+            ckpt_path.display(),
+            ckpt.meta.round
+        );
+        (t, Some(ckpt.meta.round))
+    } else {
+        (
+            Trainer::new(&cfg.model, &cfg.train, &selected.device)?,
+            None,
+        )
+    };
+    let peer_cfg = peer_config(&cfg);
+    let wgpu = match (selected.kind, &selected.wgpu) {
+        (BackendKind::Wgpu, Some(setup)) => Some((setup.device.clone(), setup.queue.clone())),
+        _ => None,
+    };
+    let (codec, kind) = gradswarm_shaders::codec_for(peer_cfg.codec, wgpu)?;
+    let on = match kind {
+        gradswarm_shaders::CodecKind::Gpu => "WGSL kernels on the training device",
+        gradswarm_shaders::CodecKind::Cpu => "CPU",
+    };
+    eprintln!(
+        "codec: top-{} ppm + int8 + zstd ({on})",
+        cfg.swarm.top_k_per_million
+    );
+
+    let n = trainer.num_params();
+    let max_samples = cfg.train.batch_size as u64 * peer_cfg.mode.local_steps() * 64;
+    let mut net_cfg = NetConfig::peer(
+        &cfg.run.id,
+        cfg.model.hash(),
+        WireLimits::for_model(n, max_samples),
+    );
+    net_cfg.listen = parse_all(&cfg.swarm.listen)?;
+    net_cfg.bootstrap = parse_all(&cfg.swarm.bootstrap)?;
+    net_cfg.mdns = cfg.swarm.mdns && net_cfg.bootstrap.is_empty();
+    if net_cfg.mdns {
+        eprintln!("no bootstrap node given: looking for peers on the LAN (mDNS)");
+    }
+    let key = native::load_or_create_identity(&cfg.run.out.join("identity.key"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (net, events, driver) = runtime.block_on(native::build(net_cfg, key))?;
+    eprintln!("peer id {}", net.local_peer_id());
+    runtime.spawn(driver.run());
+
+    let (stop, stop_rx) = stop_pair();
+    let ctrl_c = stop.clone();
+    runtime.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nleaving after this round (Ctrl-C again to force)…");
+            ctrl_c.stop();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let every = cfg.swarm.checkpoint_every;
+    let run_id = cfg.run.id.clone();
+    let path = ckpt_path.clone();
+    let peer_net = net.clone();
+    let thread = std::thread::Builder::new()
+        .name("round-loop".into())
+        .spawn(move || -> anyhow::Result<PeerSummary> {
+            let mut peer = Peer::new(peer_cfg, trainer, corpus, codec, peer_net, events, stop_rx)?;
+            if let Some(r) = resume_round {
+                peer.resume_at(r);
+            }
+            let line_bar = bar.clone();
+            let (ckpt_path, ckpt_run) = (path.clone(), run_id.clone());
+            peer.set_observer(Box::new(move |r, trainer| {
+                if every > 0 && (r.round + 1) % every == 0 {
+                    // The round loop goes on whatever the disk says; the next checkpoint may work.
+                    if let Err(e) =
+                        checkpoint::save(&ckpt_path, trainer, &ckpt_run, r.round + 1, &[])
+                    {
+                        tracing::warn!("checkpoint at round {}: {e}", r.round + 1);
+                    }
+                }
+                let line = status_line(r);
+                if line_bar.is_hidden() {
+                    if r.round % 10 == 0 || r.val_loss.is_some() {
+                        eprintln!("{line}");
+                    }
+                } else {
+                    line_bar.set_message(line);
+                    line_bar.tick();
+                }
+            }));
+            let result = futures::executor::block_on(peer.run());
+            bar.finish_and_clear();
+            // Whatever happened, the replica so far is worth keeping.
+            checkpoint::save(&path, peer.trainer(), &run_id, peer.round(), &[])?;
+            eprintln!("checkpoint: {} (round {})", path.display(), peer.round());
+            Ok(result?)
+        })?;
+    let summary = thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the round loop panicked"))??;
+    net.shutdown();
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let out = serde_json::json!({
+        "peer_id": summary.peer_id,
+        "rounds": summary.rounds.len(),
+        "start_round": summary.start_round,
+        "synced_from": summary.synced_from,
+        "final_loss": summary.rounds.iter().rev().find(|r| r.loss.is_finite()).map(|r| r.loss),
+        "drops": summary.drops,
+        "checkpoint": ckpt_path,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn parse_all(addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("{a:?} is not a multiaddr"))
+        })
+        .collect()
+}

@@ -1,0 +1,16 @@
+//! The runtime of one gradswarm peer: the round loop of DESIGN.md §3.
+//!
+//! A [`Peer`] owns a [`Trainer`](gradswarm_model::Trainer), a codec with error feedback and a
+//! [`RoundBook`](gradswarm_core::RoundBook), and talks to the network only through
+//! [`gradswarm_net::NetHandle`] and its event stream. [`Peer::run`] is a plain future that uses
+//! nothing but `futures` and `futures-timer`: the desktop node runs it on a thread of its own
+//! (training blocks), the browser on wasm-bindgen-futures.
+
+mod config;
+mod report;
+mod runtime;
+mod state;
+
+pub use config::{Mode, PeerConfig};
+pub use report::{PeerSummary, RoundReport};
+pub use runtime::{Observer, Peer, PeerError, StopHandle, stop_pair};

@@ -1,0 +1,58 @@
+//! What a peer reports per round (the harness's report rows, the node's status line).
+
+use gradswarm_core::DropCounts;
+use serde::Serialize;
+
+/// One round as one peer saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RoundReport {
+    /// The round closed.
+    pub round: u64,
+    /// Mean training loss of this round's local steps (nats per byte); NaN in a catch-up round.
+    pub loss: f32,
+    /// Validation loss, when evaluated this round.
+    pub val_loss: Option<f64>,
+    /// Samples this peer has trained on so far.
+    pub samples: u64,
+    /// Live peers besides this one.
+    pub peers: usize,
+    /// Updates that counted in this round (this peer's own included).
+    pub updates: usize,
+    /// Staleness τ of each update that counted.
+    pub staleness: Vec<u64>,
+    /// Updates dropped since the previous report, by reason.
+    pub drops: DropCounts,
+    /// Bytes of this peer's own update message.
+    pub bytes_up: u64,
+    /// Bytes of gossip messages received since the previous report.
+    pub bytes_down: u64,
+    /// Seconds of local training.
+    pub compute_s: f64,
+    /// Seconds encoding (and decoding our own update).
+    pub encode_s: f64,
+    /// Seconds waiting for others' updates.
+    pub network_s: f64,
+    /// Checksum of θ after the round.
+    pub checksum: u64,
+    /// True when this round was closed while catching up (no own update in it).
+    pub catch_up: bool,
+}
+
+/// What a peer did over its whole run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PeerSummary {
+    /// The peer's id (base58).
+    pub peer_id: String,
+    /// The round the peer started on (non-zero when it synced from a peer).
+    pub start_round: u64,
+    /// The peer that served its state, if it synced.
+    pub synced_from: Option<String>,
+    /// Every round's report.
+    pub rounds: Vec<RoundReport>,
+    /// All drops, by reason.
+    pub drops: DropCounts,
+    /// Updates received from each other peer that counted, keyed by peer id (base58).
+    pub counted_from: std::collections::BTreeMap<String, u64>,
+    /// θ at the end.
+    pub final_params: Vec<f32>,
+}

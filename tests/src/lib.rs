@@ -1,0 +1,277 @@
+//! gradswarm's local multi-peer harness: a bootstrap node and N peers in one process, on real
+//! loopback sockets with real libp2p, each peer's round loop on a thread of its own.
+//!
+//! The end-to-end tests (`tests/swarm.rs`) drive it; every wait is on an event (a round report)
+//! with a deadline, never a sleep.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use gradswarm_core::{CpuCodec, WireLimits};
+use gradswarm_model::burn::prelude::Device;
+use gradswarm_model::{Corpus, DataConfig, ModelConfig, TrainConfig, Trainer};
+use gradswarm_net::{Multiaddr, NetConfig, NetHandle, native};
+use gradswarm_peer::{Peer, PeerConfig, PeerSummary, RoundReport, StopHandle, stop_pair};
+
+/// The workspace's bundled corpus.
+pub fn corpus_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/shakespeare.txt")
+}
+
+/// Loads the bundled corpus for a model of context `context`.
+pub fn load_corpus(context: usize) -> Result<Arc<Corpus>> {
+    let data = DataConfig {
+        path: corpus_path(),
+        ..DataConfig::default()
+    };
+    Ok(Arc::new(Corpus::load(&data, context)?))
+}
+
+/// A round report from peer `index`.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Which peer (in the order they were started).
+    pub peer: usize,
+    /// The report.
+    pub round: RoundReport,
+}
+
+/// What the peers' threads tell the harness.
+enum Event {
+    /// A peer finished a round.
+    Round(Report),
+    /// A peer's run ended with this error: waiting on its reports would only time out.
+    Failed(usize, String),
+}
+
+/// A running in-process peer.
+pub struct PeerProc {
+    /// Its network handle (to kill it: shut the network down).
+    pub net: NetHandle,
+    stop: StopHandle,
+    thread: Option<JoinHandle<Result<PeerSummary>>>,
+}
+
+impl PeerProc {
+    /// Asks the peer to stop after its round and waits for its summary.
+    pub fn stop(self) -> Result<PeerSummary> {
+        self.stop.stop();
+        self.join()
+    }
+
+    /// Kills the peer: its network goes away mid-round, as a crashed process's would.
+    pub fn kill(mut self) {
+        self.net.shutdown();
+        self.stop.stop();
+        // Its thread ends on its own; what it returns no longer matters.
+        self.thread.take();
+    }
+
+    /// Waits for the peer to finish its configured rounds.
+    pub fn join(mut self) -> Result<PeerSummary> {
+        let thread = self
+            .thread
+            .take()
+            .ok_or_else(|| anyhow!("already joined"))?;
+        let summary = thread
+            .join()
+            .map_err(|_| anyhow!("peer thread panicked"))??;
+        self.net.shutdown();
+        Ok(summary)
+    }
+}
+
+/// A bootstrap node and the peers started against it.
+pub struct LocalSwarm {
+    runtime: tokio::runtime::Runtime,
+    /// The bootstrap node's TCP address (with `/p2p/<id>`).
+    pub bootstrap: Multiaddr,
+    bootstrap_net: NetHandle,
+    reports_tx: std_mpsc::Sender<Event>,
+    /// Every round report of every peer in arrival order, and peers that ended with an error.
+    reports: std_mpsc::Receiver<Event>,
+    started: usize,
+}
+
+impl LocalSwarm {
+    /// Starts a bootstrap node for `run_id` on a loopback port.
+    pub fn start(run_id: &str) -> Result<Self> {
+        // RUST_LOG=gradswarm_peer=debug shows a test's rounds; a second init (another test) is a no-op.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let (bootstrap_net, bootstrap) = runtime.block_on(async {
+            let mut config = NetConfig::bootstrap(run_id, 16 << 20);
+            config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+            config.gossip_heartbeat = Duration::from_millis(200);
+            let key = gradswarm_net::Keypair::generate_ed25519();
+            let (handle, mut events, driver) = native::build(config, key).await?;
+            tokio::spawn(driver.run());
+            let addr = tokio::time::timeout(Duration::from_secs(10), async {
+                use futures::StreamExt;
+                while let Some(event) = events.next().await {
+                    if let gradswarm_net::NetEvent::Listening(addr) = event {
+                        return Some(addr);
+                    }
+                }
+                None
+            })
+            .await
+            .context("bootstrap did not start listening")?
+            .ok_or_else(|| anyhow!("bootstrap stopped"))?;
+            anyhow::Ok((handle, addr))
+        })?;
+        let (reports_tx, reports) = std_mpsc::channel();
+        Ok(Self {
+            runtime,
+            bootstrap,
+            bootstrap_net,
+            reports_tx,
+            reports,
+            started: 0,
+        })
+    }
+
+    /// Starts a peer training `model`/`train` under `config`; it first waits for `min_peers`
+    /// other peers. Returns its index (in report order) and its handle.
+    pub fn spawn_peer(
+        &mut self,
+        config: PeerConfig,
+        model: &ModelConfig,
+        train: &TrainConfig,
+        corpus: Arc<Corpus>,
+        min_peers: usize,
+    ) -> Result<(usize, PeerProc)> {
+        let index = self.started;
+        self.started += 1;
+        let model = model.clone();
+        let train = train.clone();
+        let trainer = Trainer::new(&model, &train, &Device::flex())?;
+        let n = trainer.num_params();
+        let limits =
+            WireLimits::for_model(n, train.batch_size as u64 * 64 * config.mode.local_steps());
+        let mut net_config = NetConfig::peer(&config.run_id, model.hash(), limits);
+        net_config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+        net_config.bootstrap = vec![self.bootstrap.clone()];
+        net_config.gossip_heartbeat = Duration::from_millis(200);
+        let key = gradswarm_net::Keypair::generate_ed25519();
+        let (net, events, driver) = self.runtime.block_on(native::build(net_config, key))?;
+        self.runtime.spawn(driver.run());
+        let codec = Box::new(CpuCodec::new(config.codec)?);
+        let (stop, stop_rx) = stop_pair();
+        let tx = self.reports_tx.clone();
+        let round_tx = tx.clone();
+        let peer_net = net.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("peer-{index}"))
+            .spawn(move || -> Result<PeerSummary> {
+                let mut peer =
+                    Peer::new(config, trainer, corpus, codec, peer_net, events, stop_rx)?;
+                peer.wait_for_peers(min_peers);
+                peer.set_observer(Box::new(move |round, _| {
+                    // The test may have finished listening; the peer carries on regardless.
+                    let _ = round_tx.send(Event::Round(Report {
+                        peer: index,
+                        round: round.clone(),
+                    }));
+                }));
+                let result = futures::executor::block_on(peer.run());
+                if let Err(e) = &result {
+                    let _ = tx.send(Event::Failed(index, e.to_string()));
+                }
+                Ok(result?)
+            })?;
+        Ok((
+            index,
+            PeerProc {
+                net,
+                stop,
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// Waits until `pred` holds for a report, collecting every report seen meanwhile into `log`;
+    /// fails after `timeout`.
+    pub fn wait_for(
+        &self,
+        log: &mut Vec<Report>,
+        timeout: Duration,
+        mut pred: impl FnMut(&Report) -> bool,
+    ) -> Result<Report> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no matching round report within {timeout:?}");
+            }
+            match self.reports.recv_timeout(left) {
+                Ok(Event::Round(report)) => {
+                    log.push(report.clone());
+                    if pred(&report) {
+                        return Ok(report);
+                    }
+                }
+                Ok(Event::Failed(peer, error)) => bail!("peer {peer} failed: {error}"),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("no matching round report within {timeout:?}")
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => bail!("all peers ended"),
+            }
+        }
+    }
+
+    /// Runs a future on the swarm's network runtime (a rogue node in a test, say).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// Spawns a task on the swarm's network runtime.
+    pub fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(f);
+    }
+}
+
+impl Drop for LocalSwarm {
+    fn drop(&mut self) {
+        self.bootstrap_net.shutdown();
+    }
+}
+
+/// Relative L2 distance of each vector from their mean: max_i ‖θ_i − θ̄‖ / ‖θ̄‖.
+pub fn max_divergence(params: &[&[f32]]) -> f64 {
+    let Some(first) = params.first() else {
+        return 0.0;
+    };
+    let n = first.len();
+    let mut mean = vec![0.0f64; n];
+    for p in params {
+        for (m, &v) in mean.iter_mut().zip(p.iter()) {
+            *m += f64::from(v) / params.len() as f64;
+        }
+    }
+    let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt().max(1e-30);
+    params
+        .iter()
+        .map(|p| {
+            p.iter()
+                .zip(&mean)
+                .map(|(&v, m)| (f64::from(v) - m).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                / norm
+        })
+        .fold(0.0, f64::max)
+}

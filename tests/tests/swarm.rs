@@ -1,0 +1,357 @@
+//! End-to-end: a bootstrap node and real peers on loopback train one model together.
+//!
+//! Every wait is on a round report with a deadline. The model is tiny so that 20+ rounds of three
+//! peers take seconds on two cores.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gradswarm_core::{DropReason, StalenessPolicy, Update};
+use gradswarm_harness::{LocalSwarm, Report, load_corpus, max_divergence};
+use gradswarm_model::{Corpus, ModelConfig, TrainConfig};
+use gradswarm_peer::{Mode, PeerConfig, PeerSummary};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// One swarm at a time: five swarms of 3–4 peers on two cores would make every round's timing,
+/// which the slow-peer and join tests depend on, a matter of scheduling.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding the lock poisoned it; the next test is still valid.
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn tiny_model() -> ModelConfig {
+    ModelConfig {
+        layers: 1,
+        d_model: 32,
+        heads: 2,
+        context: 32,
+        mlp_ratio: 2,
+        tied_head: false,
+    }
+}
+
+fn tiny_train() -> TrainConfig {
+    TrainConfig {
+        steps: 1000,
+        batch_size: 8,
+        micro_batch_size: 8,
+        lr: 1e-2,
+        min_lr: 1e-3,
+        warmup_steps: 3,
+        ..TrainConfig::default()
+    }
+}
+
+fn config(run_id: &str, rounds: u64) -> PeerConfig {
+    let mut c = PeerConfig::new(run_id, Mode::Gradient);
+    c.rounds = Some(rounds);
+    // Top-10%: the tiny model has 20k parameters, so top-1% would send only ~200 per round.
+    c.codec = gradswarm_core::CodecDescriptor::top_k_int8_zstd(100_000);
+    c.join_wait = Duration::from_millis(500);
+    c.min_wait = Duration::from_millis(300);
+    c.peer_timeout = Duration::from_secs(10);
+    c
+}
+
+fn corpus() -> Arc<Corpus> {
+    load_corpus(tiny_model().context).expect("bundled corpus")
+}
+
+fn mean(xs: impl Iterator<Item = f32>) -> f32 {
+    let v: Vec<f32> = xs.filter(|x| x.is_finite()).collect();
+    v.iter().sum::<f32>() / v.len().max(1) as f32
+}
+
+/// First-3 vs last-3 rounds' mean training loss of a peer's own rounds.
+fn loss_fell(summary: &PeerSummary) -> (f32, f32) {
+    let own: Vec<f32> = summary
+        .rounds
+        .iter()
+        .filter(|r| !r.catch_up)
+        .map(|r| r.loss)
+        .collect();
+    let first = mean(own.iter().take(3).copied());
+    let last = mean(own.iter().rev().take(3).copied());
+    (first, last)
+}
+
+#[test]
+fn three_peers_train_together_and_agree() {
+    let _serial = serial();
+    let mut swarm = LocalSwarm::start("e2e-three").unwrap();
+    let corpus = corpus();
+    let peers: Vec<_> = (0..3)
+        .map(|_| {
+            swarm
+                .spawn_peer(
+                    config("e2e-three", 20),
+                    &tiny_model(),
+                    &tiny_train(),
+                    corpus.clone(),
+                    2,
+                )
+                .unwrap()
+                .1
+        })
+        .collect();
+    let summaries: Vec<PeerSummary> = peers.into_iter().map(|p| p.join().unwrap()).collect();
+    for s in &summaries {
+        assert_eq!(
+            s.rounds.len(),
+            20,
+            "peer {} ran {} rounds",
+            s.peer_id,
+            s.rounds.len()
+        );
+        let (first, last) = loss_fell(s);
+        assert!(
+            last < first - 0.5,
+            "loss of {} went {first} → {last}",
+            s.peer_id
+        );
+        for other in &summaries {
+            if other.peer_id != s.peer_id {
+                let counted = s.counted_from.get(&other.peer_id).copied().unwrap_or(0);
+                assert!(
+                    counted >= 18,
+                    "{} counted {counted} updates of {}",
+                    s.peer_id,
+                    other.peer_id
+                );
+            }
+        }
+    }
+    let params: Vec<&[f32]> = summaries
+        .iter()
+        .map(|s| s.final_params.as_slice())
+        .collect();
+    let divergence = max_divergence(&params);
+    eprintln!("final replica divergence {divergence:.3e}");
+    assert!(divergence < 1e-3, "replicas diverged: {divergence}");
+}
+
+#[test]
+fn a_late_joiner_syncs_the_swarm_state() {
+    let _serial = serial();
+    let mut swarm = LocalSwarm::start("e2e-join").unwrap();
+    let corpus = corpus();
+    // The early peers train until stopped, so the joiner always has someone to sync from.
+    let early: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = config("e2e-join", 0);
+            c.rounds = None;
+            swarm
+                .spawn_peer(c, &tiny_model(), &tiny_train(), corpus.clone(), 2)
+                .unwrap()
+                .1
+        })
+        .collect();
+    let mut log = Vec::new();
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| r.round.round >= 10)
+        .unwrap();
+    let mut late_config = config("e2e-join", 0);
+    late_config.rounds = None;
+    let (late_index, late) = swarm
+        .spawn_peer(late_config, &tiny_model(), &tiny_train(), corpus.clone(), 1)
+        .unwrap();
+    let first_late = swarm
+        .wait_for(&mut log, DEADLINE, |r| {
+            r.peer == late_index && !r.round.catch_up
+        })
+        .unwrap();
+    let late_summary = late.stop().unwrap();
+    let early: Vec<PeerSummary> = early.into_iter().map(|p| p.stop().unwrap()).collect();
+    assert!(
+        late_summary.synced_from.is_some(),
+        "the joiner did not sync"
+    );
+    assert!(
+        late_summary.start_round >= 10,
+        "joined at round {}",
+        late_summary.start_round
+    );
+    // The swarm's loss around the round the joiner trained first, from the early peers.
+    let at = first_late.round.round;
+    let swarm_loss = mean(
+        log.iter()
+            .filter(|r: &&Report| {
+                r.peer != late_index && r.round.round + 2 >= at && r.round.round <= at
+            })
+            .map(|r| r.round.loss),
+    );
+    let fresh_loss = mean(early.iter().map(|s| s.rounds[0].loss));
+    let joined_loss = first_late.round.loss;
+    assert!(
+        (joined_loss - swarm_loss).abs() < 0.25 * (fresh_loss - swarm_loss),
+        "joiner's first loss {joined_loss}: swarm {swarm_loss}, fresh model {fresh_loss}"
+    );
+}
+
+#[test]
+fn a_killed_peer_leaves_the_others_training() {
+    let _serial = serial();
+    let mut swarm = LocalSwarm::start("e2e-kill").unwrap();
+    let corpus = corpus();
+    let mut peers: Vec<_> = (0..3)
+        .map(|_| {
+            swarm
+                .spawn_peer(
+                    config("e2e-kill", 20),
+                    &tiny_model(),
+                    &tiny_train(),
+                    corpus.clone(),
+                    2,
+                )
+                .unwrap()
+                .1
+        })
+        .collect();
+    let mut log = Vec::new();
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| r.peer == 2 && r.round.round >= 8)
+        .unwrap();
+    peers.pop().unwrap().kill();
+    let survivors: Vec<PeerSummary> = peers.into_iter().map(|p| p.join().unwrap()).collect();
+    for s in &survivors {
+        assert_eq!(s.rounds.last().map(|r| r.round), Some(19));
+        assert_eq!(
+            s.rounds.last().map(|r| r.peers),
+            Some(1),
+            "the dead peer is still counted live"
+        );
+        let (first, last) = loss_fell(s);
+        assert!(last < first - 0.5, "loss went {first} → {last}");
+    }
+}
+
+#[test]
+fn a_slow_peer_is_weighted_and_too_stale_updates_are_dropped() {
+    let _serial = serial();
+    let mut swarm = LocalSwarm::start("e2e-slow").unwrap();
+    let corpus = corpus();
+    let mut fast = config("e2e-slow", 60);
+    // The slow peer computes for ~5 fast compute phases while a fast round takes ~2: its updates
+    // arrive 2–4 rounds late, on both sides of τ_max.
+    fast.staleness = StalenessPolicy {
+        alpha: 0.5,
+        tau_max: 3,
+    };
+    // Do not wait for the slow peer: the deadline is what makes it late.
+    fast.deadline_factor = 1.0;
+    fast.min_wait = Duration::from_millis(1);
+    let mut slow = fast.clone();
+    slow.slowdown = 5.0;
+    let (_, a) = swarm
+        .spawn_peer(
+            fast.clone(),
+            &tiny_model(),
+            &tiny_train(),
+            corpus.clone(),
+            2,
+        )
+        .unwrap();
+    let (_, b) = swarm
+        .spawn_peer(fast, &tiny_model(), &tiny_train(), corpus.clone(), 2)
+        .unwrap();
+    let (_, s) = swarm
+        .spawn_peer(slow, &tiny_model(), &tiny_train(), corpus.clone(), 2)
+        .unwrap();
+    let slow_id = s.net.local_peer_id().to_base58();
+    let fast: Vec<PeerSummary> = [a, b].into_iter().map(|p| p.join().unwrap()).collect();
+    s.stop().expect("the slow peer ended with an error");
+    for f in &fast {
+        eprintln!(
+            "fast peer: staleness per round {:?}, drops {:?}",
+            f.rounds
+                .iter()
+                .map(|r| r.staleness.clone())
+                .collect::<Vec<_>>(),
+            f.drops,
+        );
+        let stale_counted: usize = f
+            .rounds
+            .iter()
+            .map(|r| r.staleness.iter().filter(|&&t| t >= 1).count())
+            .sum();
+        assert!(stale_counted >= 1, "no late update was weighted in");
+        assert!(f.counted_from.get(&slow_id).copied().unwrap_or(0) >= 1);
+        assert!(
+            f.drops.get(DropReason::TooStale) >= 1,
+            "nothing was too stale: {:?}",
+            f.drops
+        );
+        let (first, last) = loss_fell(f);
+        assert!(last < first - 0.5, "loss went {first} → {last}");
+    }
+}
+
+#[test]
+fn foreign_and_malformed_messages_are_rejected_and_counted() {
+    let _serial = serial();
+    let mut swarm = LocalSwarm::start("e2e-rogue").unwrap();
+    let corpus = corpus();
+    let (_, honest) = swarm
+        .spawn_peer(
+            config("e2e-rogue", 16),
+            &tiny_model(),
+            &tiny_train(),
+            corpus.clone(),
+            1,
+        )
+        .unwrap();
+    // The rogue is a real libp2p node of the same run that publishes garbage and a foreign update.
+    let mut rogue_config = config("e2e-rogue", 1_000_000);
+    rogue_config.codec = gradswarm_core::CodecDescriptor::top_k_int8_zstd(100_000);
+    let (_, rogue) = swarm
+        .spawn_peer(
+            rogue_config,
+            &tiny_model(),
+            &tiny_train(),
+            corpus.clone(),
+            1,
+        )
+        .unwrap();
+    let mut log = Vec::new();
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| r.peer == 0 && r.round.round >= 3)
+        .unwrap();
+    let me = rogue.net.local_peer_id().to_bytes();
+    let foreign = Update {
+        run_id: "another-run".into(),
+        model_hash: tiny_model().hash(),
+        peer_id: me.clone(),
+        round: 4,
+        base_round: 4,
+        samples: 8,
+        codec: gradswarm_core::CodecDescriptor::top_k_int8_zstd(100_000),
+        payload: vec![],
+    };
+    rogue
+        .net
+        .publish(gradswarm_net::Topic::Updates, vec![1, 2, 3, 4, 5])
+        .unwrap();
+    rogue
+        .net
+        .publish(gradswarm_net::Topic::Updates, foreign.to_bytes())
+        .unwrap();
+    rogue
+        .net
+        .publish(gradswarm_net::Topic::Heartbeat, vec![0xff; 40])
+        .unwrap();
+    let honest = honest.join().unwrap();
+    rogue.kill();
+    assert_eq!(honest.rounds.len(), 16, "the honest peer stopped early");
+    assert!(
+        honest.drops.get(DropReason::Malformed) >= 2,
+        "{:?}",
+        honest.drops
+    );
+    assert!(
+        honest.drops.get(DropReason::ForeignRun) >= 1,
+        "{:?}",
+        honest.drops
+    );
+}
