@@ -58,6 +58,8 @@ impl Behaviour {
         );
         let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
         kad_config.set_query_timeout(Duration::from_secs(30));
+        // The driver bootstraps on its own timer, and only peers do.
+        kad_config.set_periodic_bootstrap_interval(None);
         let mut kad = kad::Behaviour::with_config(id, MemoryStore::new(id), kad_config);
         // Native nodes answer DHT queries: on a LAN or loopback autonat cannot confirm an external
         // address, and in client mode nobody would add them to a routing table.

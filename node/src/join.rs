@@ -3,7 +3,7 @@
 //! The network runs on a tokio runtime; the round loop (which blocks while training) on a thread of
 //! its own. One status line updates in place; Ctrl-C finishes the round, checkpoints and leaves.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,22 @@ use gradswarm_peer::{Mode, Peer, PeerConfig, PeerSummary, RoundReport, stop_pair
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{NodeConfig, SwarmMode};
+
+/// What `gradswarm join` was asked on its command line (flags override the config file).
+pub struct JoinArgs {
+    /// The TOML config file (None: the default config).
+    pub config: Option<PathBuf>,
+    /// Bootstrap multiaddrs, added to `swarm.bootstrap`.
+    pub addrs: Vec<String>,
+    /// The output folder (checkpoints, identity key).
+    pub out: Option<PathBuf>,
+    /// Where to train.
+    pub device: Option<gradswarm_model::DeviceChoice>,
+    /// Listen addresses replacing `swarm.listen` (none: keep the config's).
+    pub listen: Vec<String>,
+    /// Rounds to run, replacing `swarm.rounds`.
+    pub rounds: Option<u64>,
+}
 
 /// The peer configuration a node config asks for.
 pub fn peer_config(cfg: &NodeConfig) -> PeerConfig {
@@ -59,19 +75,20 @@ fn status_line(r: &RoundReport) -> String {
 }
 
 /// Runs `gradswarm join`.
-pub fn join(
-    config: Option<&Path>,
-    addrs: Vec<String>,
-    out: Option<PathBuf>,
-    device: Option<gradswarm_model::DeviceChoice>,
-) -> anyhow::Result<()> {
-    let mut cfg = NodeConfig::load(config)?;
-    cfg.swarm.bootstrap.extend(addrs);
-    if let Some(o) = out {
+pub fn join(args: JoinArgs) -> anyhow::Result<()> {
+    let mut cfg = NodeConfig::load(args.config.as_deref())?;
+    cfg.swarm.bootstrap.extend(args.addrs);
+    if let Some(o) = args.out {
         cfg.run.out = o;
     }
-    if let Some(d) = device {
+    if let Some(d) = args.device {
         cfg.run.device = d;
+    }
+    if !args.listen.is_empty() {
+        cfg.swarm.listen = args.listen;
+    }
+    if let Some(r) = args.rounds {
+        cfg.swarm.rounds = r;
     }
     cfg.validate()?;
     let corpus = Arc::new(Corpus::load(&cfg.data, cfg.model.context)?);

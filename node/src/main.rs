@@ -60,6 +60,12 @@ enum Command {
         /// Where to train.
         #[arg(long, value_enum)]
         device: Option<DeviceArg>,
+        /// Addresses to listen on (repeatable), replacing the config's `swarm.listen`.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Stop after this many rounds (replacing `swarm.rounds`; 0: until Ctrl-C).
+        #[arg(long)]
+        rounds: Option<u64>,
     },
     /// Loss of a checkpoint on a text file, as one JSON object.
     Eval {
@@ -134,7 +140,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -158,7 +164,16 @@ fn main() -> ExitCode {
             config,
             out,
             device,
-        } => join::join(config.as_deref(), addrs, out, device.map(Into::into)),
+            listen,
+            rounds,
+        } => join::join(join::JoinArgs {
+            config,
+            addrs,
+            out,
+            device: device.map(Into::into),
+            listen,
+            rounds,
+        }),
         Command::Eval {
             checkpoint,
             text,
