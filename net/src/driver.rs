@@ -44,6 +44,7 @@ impl Driver {
     pub fn new(
         mut swarm: Swarm<Behaviour>,
         config: NetConfig,
+        wire: std::sync::Arc<crate::WireCounters>,
     ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Self), NetError> {
         let updates = IdentTopic::new(updates_topic(&config.run_id));
         let heartbeats = IdentTopic::new(heartbeat_topic(&config.run_id));
@@ -74,6 +75,7 @@ impl Driver {
         let handle = NetHandle {
             commands: command_tx,
             local_peer_id: *swarm.local_peer_id(),
+            wire,
         };
         let driver = Self {
             swarm,

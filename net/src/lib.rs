@@ -10,6 +10,7 @@
 //! reported as [`NetEvent::Dropped`].
 
 mod behaviour;
+mod counting;
 mod driver;
 mod rpc;
 
@@ -23,6 +24,7 @@ use gradswarm_core::{DecodedUpdate, DropReason, Heartbeat, ModelHash, Request, R
 use thiserror::Error;
 
 pub use behaviour::{Behaviour, BehaviourEvent};
+pub use counting::{Counting, WireCounters};
 pub use driver::{Driver, peer_of};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
 
@@ -208,9 +210,15 @@ pub enum NetError {
 pub struct NetHandle {
     commands: mpsc::UnboundedSender<Command>,
     local_peer_id: PeerId,
+    wire: Arc<WireCounters>,
 }
 
 impl NetHandle {
+    /// Bytes this node's counted connections (native TCP) have sent and received so far.
+    pub fn wire_bytes(&self) -> (u64, u64) {
+        (self.wire.sent(), self.wire.received())
+    }
+
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id

@@ -4,11 +4,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::channel::mpsc;
+use libp2p::core::{Transport, upgrade};
 use libp2p::identity::Keypair;
 use libp2p::{noise, tcp, yamux};
+use std::sync::Arc;
 
 use crate::behaviour::Behaviour;
-use crate::{Driver, NetConfig, NetError, NetEvent, NetHandle};
+use crate::{Counting, Driver, NetConfig, NetError, NetEvent, NetHandle, WireCounters};
 
 /// Builds a native swarm for `config` with identity `key`. Call inside a tokio runtime; spawn
 /// [`Driver::run`] on it.
@@ -18,15 +20,25 @@ pub async fn build(
 ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Driver), NetError> {
     let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
     let behaviour_config = config.clone();
+    let wire = Arc::new(WireCounters::default());
+    let counters = wire.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| transport(&e))?
         .with_quic()
+        // TCP as `with_tcp` builds it, with every connection's bytes counted below noise.
+        .with_other_transport(move |key| {
+            let noise = noise::Config::new(key)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .map(move |stream, _| Counting::new(stream, counters.clone()))
+                    .upgrade(upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .boxed(),
+            )
+        })
+        .map_err(|e| transport(&e))?
         .with_dns()
         .map_err(|e| transport(&e))?
         .with_websocket(noise::Config::new, yamux::Config::default)
@@ -41,7 +53,7 @@ pub async fn build(
         .map_err(|e| transport(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
-    Driver::new(swarm, config)
+    Driver::new(swarm, config, wire)
 }
 
 /// Loads the ed25519 identity at `path`, or creates one there (owner-only permissions) if the file
