@@ -205,6 +205,9 @@ impl Peer {
         }
         self.summary.drops = self.drops.clone();
         self.summary.final_params = self.trainer.parameters()?;
+        // A joiner asking after our last round still gets our state while the network lives.
+        self.snapshots.set_round(self.book.round());
+        self.snapshots.publish(&self.snapshot()?);
         Ok(self.summary.clone())
     }
 

@@ -17,6 +17,12 @@ use gradswarm_model::{Corpus, DataConfig, ModelConfig, TrainConfig, Trainer};
 use gradswarm_net::{Multiaddr, NetConfig, NetHandle, native};
 use gradswarm_peer::{Peer, PeerConfig, PeerSummary, RoundReport, StopHandle, stop_pair};
 
+pub mod baseline;
+pub mod plot;
+pub mod report;
+pub mod run;
+pub mod scenario;
+
 /// The workspace's bundled corpus.
 pub fn corpus_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/shakespeare.txt")
@@ -38,6 +44,12 @@ pub struct Report {
     pub peer: usize,
     /// The report.
     pub round: RoundReport,
+    /// Bytes the peer's transport had sent by the end of the round.
+    pub wire_sent: u64,
+    /// Bytes the peer's transport had received by the end of the round.
+    pub wire_received: u64,
+    /// θ after the round, on rounds that are multiples of [`LocalSwarm::snapshot_every`].
+    pub params: Option<Arc<Vec<f32>>>,
 }
 
 /// What the peers' threads tell the harness.
@@ -54,6 +66,8 @@ pub struct PeerProc {
     pub net: NetHandle,
     stop: StopHandle,
     thread: Option<JoinHandle<Result<PeerSummary>>>,
+    index: usize,
+    killed: Arc<std::sync::Mutex<std::collections::BTreeSet<usize>>>,
 }
 
 impl PeerProc {
@@ -65,6 +79,11 @@ impl PeerProc {
 
     /// Kills the peer: its network goes away mid-round, as a crashed process's would.
     pub fn kill(mut self) {
+        // Its run ends with an error now, which is no reason to stop waiting on the others.
+        self.killed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.index);
         self.net.shutdown();
         self.stop.stop();
         // Its thread ends on its own; what it returns no longer matters.
@@ -95,6 +114,10 @@ pub struct LocalSwarm {
     /// Every round report of every peer in arrival order, and peers that ended with an error.
     reports: std_mpsc::Receiver<Event>,
     started: usize,
+    killed: Arc<std::sync::Mutex<std::collections::BTreeSet<usize>>>,
+    /// Attach θ to the reports of rounds `r` with `(r + 1) % snapshot_every == 0` (0: never), so
+    /// that replica divergence can be measured along the run.
+    pub snapshot_every: u64,
 }
 
 impl LocalSwarm {
@@ -138,6 +161,8 @@ impl LocalSwarm {
             reports_tx,
             reports,
             started: 0,
+            killed: Arc::default(),
+            snapshot_every: 0,
         })
     }
 
@@ -171,17 +196,27 @@ impl LocalSwarm {
         let tx = self.reports_tx.clone();
         let round_tx = tx.clone();
         let peer_net = net.clone();
+        let counted_net = net.clone();
+        let snapshot_every = self.snapshot_every;
         let thread = std::thread::Builder::new()
             .name(format!("peer-{index}"))
             .spawn(move || -> Result<PeerSummary> {
                 let mut peer =
                     Peer::new(config, trainer, corpus, codec, peer_net, events, stop_rx)?;
                 peer.wait_for_peers(min_peers);
-                peer.set_observer(Box::new(move |round, _| {
+                peer.set_observer(Box::new(move |round, trainer| {
+                    let (wire_sent, wire_received) = counted_net.wire_bytes();
+                    let params = (snapshot_every > 0
+                        && (round.round + 1).is_multiple_of(snapshot_every))
+                    .then(|| trainer.parameters().ok().map(Arc::new))
+                    .flatten();
                     // The test may have finished listening; the peer carries on regardless.
                     let _ = round_tx.send(Event::Round(Report {
                         peer: index,
                         round: round.clone(),
+                        wire_sent,
+                        wire_received,
+                        params,
                     }));
                 }));
                 let result = futures::executor::block_on(peer.run());
@@ -196,6 +231,8 @@ impl LocalSwarm {
                 net,
                 stop,
                 thread: Some(thread),
+                index,
+                killed: self.killed.clone(),
             },
         ))
     }
@@ -221,7 +258,12 @@ impl LocalSwarm {
                         return Ok(report);
                     }
                 }
-                Ok(Event::Failed(peer, error)) => bail!("peer {peer} failed: {error}"),
+                Ok(Event::Failed(peer, error)) => {
+                    let killed = self.killed.lock().unwrap_or_else(|p| p.into_inner());
+                    if !killed.contains(&peer) {
+                        bail!("peer {peer} failed: {error}");
+                    }
+                }
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {
                     bail!("no matching round report within {timeout:?}")
                 }

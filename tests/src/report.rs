@@ -1,0 +1,245 @@
+//! The harness report (DESIGN.md §8): per peer and per round what happened, the baseline trained
+//! in the same run, and a `summary` of headline ratios that one line of jq can compare.
+
+use std::collections::BTreeMap;
+
+use gradswarm_core::DropCounts;
+use serde::Serialize;
+
+use crate::baseline::Baseline;
+use crate::scenario::Scenario;
+
+/// One round as one peer saw it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundRow {
+    /// The round.
+    pub round: u64,
+    /// Mean training loss of its local steps (null in a catch-up round).
+    pub loss: Option<f32>,
+    /// Validation loss, on evaluation rounds.
+    pub val_loss: Option<f64>,
+    /// Samples this peer trained on so far.
+    pub samples: u64,
+    /// Bytes the peer's transport sent during the round (all protocols, framing included).
+    pub wire_bytes_up: u64,
+    /// Bytes the peer's transport received during the round.
+    pub wire_bytes_down: u64,
+    /// Bytes of the peer's own update message.
+    pub update_bytes_up: u64,
+    /// Bytes of update and heartbeat messages it received.
+    pub update_bytes_down: u64,
+    /// How many counted updates had each staleness τ (index = τ).
+    pub staleness_histogram: Vec<u64>,
+    /// Updates dropped during the round, by reason.
+    pub drops: DropCounts,
+    /// Live peers besides this one.
+    pub peers: usize,
+    /// Seconds of local training.
+    pub compute_s: f64,
+    /// Seconds encoding.
+    pub encode_s: f64,
+    /// Seconds collecting the others' updates.
+    pub network_s: f64,
+}
+
+/// One peer's run.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerRow {
+    /// Start order.
+    pub index: usize,
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// The round it started on (non-zero for a late joiner).
+    pub start_round: u64,
+    /// The peer that served its state, when it joined late.
+    pub synced_from: Option<String>,
+    /// Whether it was killed.
+    pub killed: bool,
+    /// Every round.
+    pub rounds: Vec<RoundRow>,
+    /// All its drops, by reason.
+    pub drops: DropCounts,
+}
+
+/// Replica divergence at one round: max ‖θ_i − θ̄‖ / ‖θ̄‖ over the peers that reported θ.
+#[derive(Clone, Debug, Serialize)]
+pub struct DivergenceRow {
+    /// The round.
+    pub round: u64,
+    /// Peers compared.
+    pub peers: usize,
+    /// The divergence.
+    pub divergence: f64,
+}
+
+/// The numbers to compare runs by.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Peers in the scenario.
+    pub peers: usize,
+    /// Rounds per peer.
+    pub rounds: u64,
+    /// Local steps per round.
+    pub local_steps: u64,
+    /// Model parameters.
+    pub parameters: usize,
+    /// Dense fp32 bytes one peer sends per step in an all-reduce (4 bytes × parameters; a ring
+    /// all-reduce sends 2(N−1)/N times that, so this is the conservative side).
+    pub dense_bytes_per_peer_per_step: f64,
+    /// gradswarm's transport bytes sent per peer per local step (mean over peers).
+    pub wire_bytes_per_peer_per_step: f64,
+    /// Its update messages' bytes per peer per local step (what the codec alone produced).
+    pub update_bytes_per_peer_per_step: f64,
+    /// dense ÷ wire bytes per peer per step.
+    pub bytes_ratio_vs_dense: f64,
+    /// The validation loss both runs are timed to.
+    pub target_val_loss: f64,
+    /// Samples (all peers) until the swarm's validation loss first reached the target.
+    pub samples_to_target: Option<u64>,
+    /// The same for the baseline.
+    pub baseline_samples_to_target: Option<u64>,
+    /// samples_to_target ÷ baseline_samples_to_target (null when either never reached it).
+    pub samples_to_target_ratio: Option<f64>,
+    /// The swarm's last validation loss (mean over peers).
+    pub final_val_loss: Option<f64>,
+    /// The baseline's last validation loss.
+    pub baseline_final_val_loss: Option<f64>,
+    /// The largest replica divergence at the end of the run.
+    pub max_replica_divergence: f64,
+    /// (encode + network) ÷ (compute + encode + network), summed over peers and rounds.
+    pub comm_fraction: f64,
+    /// Updates dropped, all peers, by reason.
+    pub drops: DropCounts,
+    /// Wall time of the swarm run.
+    pub wall_s: f64,
+    /// Wall time of the baseline run.
+    pub baseline_wall_s: Option<f64>,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The headline numbers.
+    pub summary: Summary,
+    /// What was run.
+    pub scenario: Scenario,
+    /// Per peer, per round.
+    pub peers: Vec<PeerRow>,
+    /// Replica divergence along the run.
+    pub divergence: Vec<DivergenceRow>,
+    /// The dense synchronous baseline, if trained.
+    pub baseline: Option<Baseline>,
+}
+
+/// The swarm's validation curve: per evaluated round, (samples of all peers so far, mean val loss).
+pub fn swarm_curve(peers: &[PeerRow]) -> Vec<(u64, u64, f64)> {
+    let mut by_round: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for p in peers {
+        for r in &p.rounds {
+            if let Some(v) = r.val_loss {
+                by_round.entry(r.round).or_default().push(v);
+            }
+        }
+    }
+    by_round
+        .into_iter()
+        .map(|(round, vals)| {
+            // Samples of all peers by the end of `round`: each peer's count at its latest row ≤ round.
+            let samples = peers
+                .iter()
+                .filter_map(|p| p.rounds.iter().rev().find(|r| r.round <= round))
+                .map(|r| r.samples)
+                .sum();
+            (round, samples, vals.iter().sum::<f64>() / vals.len() as f64)
+        })
+        .collect()
+}
+
+/// The first point of `curve` (samples, loss) at or below `target`.
+pub fn samples_to(curve: impl IntoIterator<Item = (u64, f64)>, target: f64) -> Option<u64> {
+    curve
+        .into_iter()
+        .find(|&(_, loss)| loss <= target)
+        .map(|(s, _)| s)
+}
+
+/// Builds the summary from the rows.
+pub fn summarize(
+    scenario: &Scenario,
+    parameters: usize,
+    peers: &[PeerRow],
+    divergence: f64,
+    baseline: Option<&Baseline>,
+    wall_s: f64,
+) -> Summary {
+    let h = scenario.h();
+    let per_peer = |f: &dyn Fn(&RoundRow) -> u64| -> f64 {
+        let rates: Vec<f64> = peers
+            .iter()
+            .filter(|p| !p.rounds.is_empty())
+            .map(|p| {
+                let total: u64 = p.rounds.iter().map(f).sum();
+                total as f64 / (p.rounds.len() as u64 * h) as f64
+            })
+            .collect();
+        rates.iter().sum::<f64>() / rates.len().max(1) as f64
+    };
+    let wire = per_peer(&|r| r.wire_bytes_up);
+    let update = per_peer(&|r| r.update_bytes_up);
+    let dense = 4.0 * parameters as f64;
+    let curve = swarm_curve(peers);
+    let samples_to_target = samples_to(
+        curve.iter().map(|&(_, s, l)| (s, l)),
+        scenario.target_val_loss,
+    );
+    let baseline_samples_to_target = baseline.and_then(|b| {
+        samples_to(
+            b.rounds.iter().map(|r| (r.samples, r.val_loss)),
+            scenario.target_val_loss,
+        )
+    });
+    let (mut comm, mut all) = (0.0, 0.0);
+    let mut drops = DropCounts::default();
+    for p in peers {
+        drops.merge(&p.drops);
+        for r in &p.rounds {
+            comm += r.encode_s + r.network_s;
+            all += r.compute_s + r.encode_s + r.network_s;
+        }
+    }
+    Summary {
+        peers: scenario.peers,
+        rounds: scenario.rounds,
+        local_steps: h,
+        parameters,
+        dense_bytes_per_peer_per_step: dense,
+        wire_bytes_per_peer_per_step: wire,
+        update_bytes_per_peer_per_step: update,
+        bytes_ratio_vs_dense: if wire > 0.0 { dense / wire } else { 0.0 },
+        target_val_loss: scenario.target_val_loss,
+        samples_to_target,
+        baseline_samples_to_target,
+        samples_to_target_ratio: samples_to_target
+            .zip(baseline_samples_to_target)
+            .map(|(a, b)| a as f64 / b.max(1) as f64),
+        final_val_loss: curve.last().map(|&(_, _, l)| l),
+        baseline_final_val_loss: baseline.and_then(|b| b.rounds.last().map(|r| r.val_loss)),
+        max_replica_divergence: divergence,
+        comm_fraction: if all > 0.0 { comm / all } else { 0.0 },
+        drops,
+        wall_s,
+        baseline_wall_s: baseline.map(|b| b.wall_s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_to_target_is_the_first_point_at_or_below_it() {
+        let curve = [(10, 3.0), (20, 2.4), (30, 2.6), (40, 2.0)];
+        assert_eq!(samples_to(curve, 2.5), Some(20));
+        assert_eq!(samples_to(curve, 1.0), None);
+    }
+}

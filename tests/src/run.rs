@@ -1,0 +1,227 @@
+//! Runs a scenario: the swarm (bootstrap + peers on loopback), then the baseline, then the report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use gradswarm_core::DropCounts;
+use gradswarm_model::Trainer;
+use gradswarm_model::burn::prelude::Device;
+
+use crate::report::{DivergenceRow, PeerRow, Report, RoundRow, summarize};
+use crate::scenario::Scenario;
+use crate::{LocalSwarm, PeerProc, load_corpus, max_divergence};
+
+/// How long the run may go without any peer closing a round before it is called stuck.
+const STALL: Duration = Duration::from_secs(600);
+
+fn row(r: &crate::Report, previous: Option<&crate::Report>) -> RoundRow {
+    let rr = &r.round;
+    let mut hist = Vec::new();
+    for &tau in &rr.staleness {
+        let tau = tau as usize;
+        if hist.len() <= tau {
+            hist.resize(tau + 1, 0);
+        }
+        hist[tau] += 1;
+    }
+    RoundRow {
+        round: rr.round,
+        loss: rr.loss.is_finite().then_some(rr.loss),
+        val_loss: rr.val_loss,
+        samples: rr.samples,
+        wire_bytes_up: r.wire_sent - previous.map_or(0, |p| p.wire_sent),
+        wire_bytes_down: r.wire_received - previous.map_or(0, |p| p.wire_received),
+        update_bytes_up: rr.bytes_up,
+        update_bytes_down: rr.bytes_down,
+        staleness_histogram: hist,
+        drops: rr.drops.clone(),
+        peers: rr.peers,
+        compute_s: rr.compute_s,
+        encode_s: rr.encode_s,
+        network_s: rr.network_s,
+    }
+}
+
+/// Runs `scenario`; `log` hears one line per evaluation (progress for long runs).
+pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
+    scenario.validate()?;
+    let corpus = load_corpus(scenario.model.context)?;
+    let train = scenario.train_config();
+    let parameters = Trainer::new(&scenario.model, &train, &Device::flex())?.num_params();
+    let started = Instant::now();
+    let mut swarm = LocalSwarm::start(&scenario.name)?;
+    swarm.snapshot_every = scenario.eval_every;
+
+    let initial = scenario.initial_peers();
+    let mut procs: BTreeMap<usize, PeerProc> = BTreeMap::new();
+    let mut pending: Vec<usize> = Vec::new();
+    for index in 0..scenario.peers {
+        if scenario.spec(index).and_then(|p| p.join_at_round).is_some() {
+            pending.push(index);
+        }
+    }
+    // Peers start in index order; the harness's own numbering follows spawn order.
+    let mut harness_index: BTreeMap<usize, usize> = BTreeMap::new();
+    for index in (0..scenario.peers).filter(|i| !pending.contains(i)) {
+        let (h, p) = swarm.spawn_peer(
+            scenario.peer_config(index),
+            &scenario.model,
+            &train,
+            corpus.clone(),
+            initial - 1,
+        )?;
+        harness_index.insert(h, index);
+        procs.insert(index, p);
+    }
+
+    let mut reports: BTreeMap<usize, Vec<crate::Report>> = BTreeMap::new();
+    let mut thetas: BTreeMap<u64, Vec<Arc<Vec<f32>>>> = BTreeMap::new();
+    let mut divergence = Vec::new();
+    let mut killed = BTreeSet::new();
+    let mut finished = BTreeSet::new();
+    let mut log_rows = Vec::new();
+    let last = scenario.rounds - 1;
+    while finished.len() + killed.len() < scenario.peers {
+        let r = swarm
+            .wait_for(&mut log_rows, STALL, |_| true)
+            .context("waiting for the next round")?;
+        log_rows.clear();
+        let Some(&index) = harness_index.get(&r.peer) else {
+            bail!("a report from unknown peer {}", r.peer);
+        };
+        let round = r.round.round;
+        if let Some(theta) = &r.params {
+            let set = thetas.entry(round).or_default();
+            set.push(theta.clone());
+            if set.len() >= procs.len() {
+                let views: Vec<&[f32]> = set.iter().map(|t| t.as_slice()).collect();
+                divergence.push(DivergenceRow {
+                    round,
+                    peers: views.len(),
+                    divergence: max_divergence(&views),
+                });
+                thetas.remove(&round);
+            }
+        }
+        if let Some(v) = r.round.val_loss
+            && index == *procs.keys().next().unwrap_or(&0)
+        {
+            log(&format!(
+                "round {round}/{} val loss {v:.3} loss {:.3} ({:.0} s)",
+                scenario.rounds,
+                r.round.loss,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        if round >= last {
+            finished.insert(index);
+        }
+        reports.entry(index).or_default().push(r);
+        // Late joiners and kills, once the swarm is far enough.
+        let swarm_round = round;
+        for joiner in pending.clone() {
+            let at = scenario
+                .spec(joiner)
+                .and_then(|p| p.join_at_round)
+                .unwrap_or(0);
+            if swarm_round >= at {
+                log(&format!("peer {joiner} joins at round {swarm_round}"));
+                let (h, p) = swarm.spawn_peer(
+                    scenario.peer_config(joiner),
+                    &scenario.model,
+                    &train,
+                    corpus.clone(),
+                    1,
+                )?;
+                harness_index.insert(h, joiner);
+                procs.insert(joiner, p);
+                pending.retain(|&j| j != joiner);
+            }
+        }
+        if let Some(kill_at) = scenario.spec(index).and_then(|p| p.kill_at_round)
+            && round >= kill_at
+            && let Some(p) = procs.remove(&index)
+        {
+            // Its rows so far stay in the report.
+            log(&format!("peer {index} killed at round {round}"));
+            killed.insert(index);
+            p.kill();
+        }
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+
+    let mut peers = Vec::new();
+    let mut finals = Vec::new();
+    for (index, p) in std::mem::take(&mut procs) {
+        let summary = p.join().with_context(|| format!("peer {index}"))?;
+        finals.push(summary.final_params.clone());
+        let rows = reports.remove(&index).unwrap_or_default();
+        peers.push(PeerRow {
+            index,
+            peer_id: summary.peer_id,
+            start_round: summary.start_round,
+            synced_from: summary.synced_from,
+            killed: false,
+            rounds: rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| row(r, i.checked_sub(1).map(|j| &rows[j])))
+                .collect(),
+            drops: summary.drops,
+        });
+    }
+    for index in killed {
+        let rows = reports.remove(&index).unwrap_or_default();
+        let mut drops = DropCounts::default();
+        for r in &rows {
+            drops.merge(&r.round.drops);
+        }
+        peers.push(PeerRow {
+            index,
+            peer_id: String::new(),
+            start_round: rows.first().map_or(0, |r| r.round.round),
+            synced_from: None,
+            killed: true,
+            rounds: rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| row(r, i.checked_sub(1).map(|j| &rows[j])))
+                .collect(),
+            drops,
+        });
+    }
+    peers.sort_by_key(|p| p.index);
+    let views: Vec<&[f32]> = finals.iter().map(Vec::as_slice).collect();
+    let final_divergence = max_divergence(&views);
+    drop(swarm);
+
+    let baseline = if scenario.baseline {
+        log("baseline: dense fp32 synchronous all-reduce, same peers and batches");
+        let b = crate::baseline::run(scenario, &corpus, |r| {
+            log(&format!(
+                "baseline round {}/{} val loss {:.3}",
+                r.round, scenario.rounds, r.val_loss
+            ))
+        })?;
+        Some(b)
+    } else {
+        None
+    };
+    let summary = summarize(
+        scenario,
+        parameters,
+        &peers,
+        final_divergence,
+        baseline.as_ref(),
+        wall_s,
+    );
+    Ok(Report {
+        summary,
+        scenario: scenario.clone(),
+        peers,
+        divergence,
+        baseline,
+    })
+}

@@ -1,0 +1,224 @@
+//! A scenario: who takes part in a harness run, how they train, and who joins late, runs slow or
+//! dies (a TOML file; `bench/four-peers.toml` is one).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use gradswarm_core::{CodecDescriptor, StalenessPolicy};
+use gradswarm_model::{ModelConfig, TrainConfig};
+use gradswarm_peer::{Mode, PeerConfig};
+use serde::{Deserialize, Serialize};
+
+/// How peers train between exchanges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScenarioMode {
+    /// H = 1: peers average every step.
+    Gradient,
+    /// H = `local_steps`, DiLoCo-style outer Nesterov.
+    LocalSteps,
+}
+
+/// One peer's part when it is not an ordinary one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    /// Which peer (0-based, in start order).
+    pub index: usize,
+    /// Its compute takes this many times longer (1: normal).
+    #[serde(default = "one")]
+    pub slowdown: f64,
+    /// It starts once the swarm has closed this round, and syncs state first.
+    #[serde(default)]
+    pub join_at_round: Option<u64>,
+    /// It is killed (its network cut mid-round) once it has closed this round.
+    #[serde(default)]
+    pub kill_at_round: Option<u64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A harness run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Its name, also the run id.
+    pub name: String,
+    /// Peers in the swarm (late joiners included).
+    pub peers: usize,
+    /// Rounds each peer runs.
+    pub rounds: u64,
+    /// Gradient or local-steps mode.
+    pub mode: ScenarioMode,
+    /// H in local-steps mode.
+    #[serde(default = "default_local_steps")]
+    pub local_steps: u64,
+    /// Top-k density in coordinates per million (then int8 + zstd).
+    #[serde(default = "default_top_k")]
+    pub top_k_per_million: u32,
+    /// Staleness weight exponent α.
+    #[serde(default = "default_alpha")]
+    pub alpha: f32,
+    /// Updates staler than this many rounds are dropped.
+    #[serde(default = "default_tau_max")]
+    pub tau_max: u64,
+    /// Validation loss (and replica divergence) every this many rounds.
+    #[serde(default = "default_eval_every")]
+    pub eval_every: u64,
+    /// Validation batches per evaluation.
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    /// The validation loss whose samples-to-reach the summary compares with the baseline's.
+    pub target_val_loss: f64,
+    /// Train the dense synchronous all-reduce baseline in the same run.
+    #[serde(default = "yes")]
+    pub baseline: bool,
+    /// The model (default: the default job's).
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Each peer's trainer (`batch_size` is per peer; `steps` is set from rounds × H).
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Peers that are slow, late or killed.
+    #[serde(default)]
+    pub peer: Vec<PeerSpec>,
+}
+
+fn default_local_steps() -> u64 {
+    8
+}
+fn default_top_k() -> u32 {
+    10_000
+}
+fn default_alpha() -> f32 {
+    0.5
+}
+fn default_tau_max() -> u64 {
+    4
+}
+fn default_eval_every() -> u64 {
+    10
+}
+fn default_eval_batches() -> usize {
+    8
+}
+fn yes() -> bool {
+    true
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading scenario {}", path.display()))?;
+        let s: Self =
+            toml::from_str(&text).with_context(|| format!("scenario {}", path.display()))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Refuses scenarios that cannot run.
+    pub fn validate(&self) -> Result<()> {
+        if self.peers == 0 || self.rounds == 0 {
+            bail!("a scenario needs at least one peer and one round");
+        }
+        if self.eval_every == 0 {
+            bail!("eval_every must be positive (the report's curves are made of evaluations)");
+        }
+        if !self.target_val_loss.is_finite() || self.target_val_loss <= 0.0 {
+            bail!("target_val_loss must be a positive number");
+        }
+        for p in &self.peer {
+            if p.index >= self.peers {
+                bail!("[[peer]] index {} but only {} peers", p.index, self.peers);
+            }
+            if !(p.slowdown >= 1.0 && p.slowdown.is_finite()) {
+                bail!("peer {}: slowdown must be ≥ 1", p.index);
+            }
+        }
+        if self.initial_peers() == 0 {
+            bail!("every peer joins late: nobody starts the run");
+        }
+        self.model.validate()?;
+        Ok(())
+    }
+
+    /// Local steps per round.
+    pub fn h(&self) -> u64 {
+        match self.mode {
+            ScenarioMode::Gradient => 1,
+            ScenarioMode::LocalSteps => self.local_steps.max(1),
+        }
+    }
+
+    /// The special part of peer `index`, if any.
+    pub fn spec(&self, index: usize) -> Option<&PeerSpec> {
+        self.peer.iter().find(|p| p.index == index)
+    }
+
+    /// Peers that start at round 0.
+    pub fn initial_peers(&self) -> usize {
+        (0..self.peers)
+            .filter(|&i| self.spec(i).and_then(|p| p.join_at_round).is_none())
+            .count()
+    }
+
+    /// Each peer's trainer configuration: the schedule spans the whole run.
+    pub fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            steps: self.rounds * self.h(),
+            ..self.train.clone()
+        }
+    }
+
+    /// Peer `index`'s round-protocol settings.
+    pub fn peer_config(&self, index: usize) -> PeerConfig {
+        let mode = match self.mode {
+            ScenarioMode::Gradient => Mode::Gradient,
+            ScenarioMode::LocalSteps => Mode::LocalSteps { h: self.h() },
+        };
+        let mut c = PeerConfig::new(&self.name, mode);
+        c.codec = CodecDescriptor::top_k_int8_zstd(self.top_k_per_million);
+        c.staleness = StalenessPolicy {
+            alpha: self.alpha,
+            tau_max: self.tau_max,
+        };
+        c.rounds = Some(self.rounds);
+        c.eval_every = self.eval_every;
+        c.eval_batches = self.eval_batches;
+        if let Some(spec) = self.spec(index) {
+            c.slowdown = spec.slowdown;
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_parses_and_bad_ones_are_refused() {
+        let ok = r#"
+            name = "t"
+            peers = 3
+            rounds = 10
+            mode = "local_steps"
+            target_val_loss = 2.5
+            [[peer]]
+            index = 2
+            join_at_round = 4
+        "#;
+        let s: Scenario = toml::from_str(ok).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.h(), 8);
+        assert_eq!(s.initial_peers(), 2);
+        assert_eq!(s.train_config().steps, 80);
+        let bad_index = ok.replace("index = 2", "index = 3");
+        let s: Scenario = toml::from_str(&bad_index).unwrap();
+        assert!(s.validate().is_err());
+        assert!(toml::from_str::<Scenario>(&ok.replace("rounds", "roundz")).is_err());
+    }
+}
