@@ -180,6 +180,7 @@ fn draw(
     chart
         .configure_mesh()
         .x_desc("samples (all peers)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("nats / byte")
         .draw()
         .map_err(|e| err(&e))?;
@@ -225,6 +226,7 @@ fn draw(
     chart
         .configure_mesh()
         .x_desc("samples (all peers)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("bytes (log)")
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .draw()
