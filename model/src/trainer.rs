@@ -248,15 +248,9 @@ impl Trainer {
         delta: &[f32],
         rounds_ago: u64,
     ) -> Result<(), ModelError> {
-        let mut theta = self.parameters()?;
-        if delta.len() != theta.len() {
-            return Err(ModelError::ParamLength {
-                got: delta.len(),
-                expected: theta.len(),
-            });
-        }
-        outer.apply_late(&mut theta, delta, rounds_ago);
-        self.set_parameters(&theta)
+        self.move_theta(delta.len(), |theta| {
+            outer.apply_late(theta, delta, rounds_ago)
+        })
     }
 
     /// θ ← OuterOpt(θ, aggregate): applies an aggregated update to the parameters.
@@ -265,14 +259,19 @@ impl Trainer {
         outer: &mut OuterOptimizer,
         aggregate: &[f32],
     ) -> Result<(), ModelError> {
+        self.move_theta(aggregate.len(), |theta| outer.apply(theta, aggregate))
+    }
+
+    /// Reads θ, checks an update of length `len` fits it, lets `step` move it, and writes it back.
+    fn move_theta(&mut self, len: usize, step: impl FnOnce(&mut [f32])) -> Result<(), ModelError> {
         let mut theta = self.parameters()?;
-        if aggregate.len() != theta.len() {
+        if len != theta.len() {
             return Err(ModelError::ParamLength {
-                got: aggregate.len(),
+                got: len,
                 expected: theta.len(),
             });
         }
-        outer.apply(&mut theta, aggregate);
+        step(&mut theta);
         self.set_parameters(&theta)
     }
 
