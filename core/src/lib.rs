@@ -33,5 +33,6 @@ pub use round::{Accepted, Closed, Correction, RoundBook};
 pub use shard::ShardKey;
 pub use staleness::{DropCounts, DropReason, StalenessPolicy};
 pub use wire::{
-    FORMAT_VERSION, Heartbeat, ModelHash, PeerState, Request, Response, Update, WireLimits,
+    Announce, Digest, FORMAT_VERSION, Heartbeat, ModelHash, PeerState, Request, Response, Update,
+    UpdateGossip, WireLimits,
 };

@@ -71,11 +71,15 @@ pub enum DropReason {
     Duplicate,
     /// The update names another peer than the one that signed it.
     SenderMismatch,
+    /// An announced update whose payload no peer served (the announcer left, say).
+    Unfetchable,
+    /// A pulled payload that is not what its announcement promised (size, digest or header).
+    PayloadMismatch,
 }
 
 impl DropReason {
     /// Every reason, in report order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         Self::TooStale,
         Self::FromFuture,
         Self::ForeignRun,
@@ -86,6 +90,8 @@ impl DropReason {
         Self::NormOutlier,
         Self::Duplicate,
         Self::SenderMismatch,
+        Self::Unfetchable,
+        Self::PayloadMismatch,
     ];
 
     /// A short stable name for reports and metrics.
@@ -101,6 +107,8 @@ impl DropReason {
             Self::NormOutlier => "norm_outlier",
             Self::Duplicate => "duplicate",
             Self::SenderMismatch => "sender_mismatch",
+            Self::Unfetchable => "unfetchable",
+            Self::PayloadMismatch => "payload_mismatch",
         }
     }
 }

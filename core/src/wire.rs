@@ -3,6 +3,12 @@
 //! Bytes on the wire: `[FORMAT_VERSION] ++ postcard(Update)`. The version byte comes first so a
 //! future format can be told apart before anything else is parsed. [`Update::from_bytes`] checks the
 //! message size before parsing and every field after, so hostile bytes give a [`DecodeError`].
+//!
+//! The updates topic carries an [`UpdateGossip`]: a small update whole, or the [`Announce`] of a
+//! larger one, which receivers pull once over request-response ([`Request::Update`]). Gossipsub
+//! forwards every message to every mesh peer, so a payload gossiped whole crosses each link of the
+//! mesh, several times per receiver; an announcement is a hundred bytes and the payload then
+//! travels once to each peer that wants it (DESIGN.md §4).
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +46,116 @@ pub struct Update {
     /// The codec's output.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+}
+
+/// SHA-256 of an update's bytes: what an announcement promises and a pulled payload must match.
+pub type Digest = [u8; 32];
+
+/// The digest of an encoded update.
+pub fn digest(bytes: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// Largest accepted message on the updates topic when it is an announcement: it is all header.
+pub const MAX_ANNOUNCE_BYTES: usize = 512;
+
+/// "I have an update for round `round`, `bytes` long, with this digest: pull it from me."
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Announce {
+    /// The run.
+    pub run_id: String,
+    /// Hash of the model configuration.
+    pub model_hash: ModelHash,
+    /// The publisher's peer id bytes (the update's `peer_id`).
+    pub peer_id: Vec<u8>,
+    /// The update's round.
+    pub round: u64,
+    /// The update's base round.
+    pub base_round: u64,
+    /// The update's sample count.
+    pub samples: u64,
+    /// Length of the encoded update.
+    pub bytes: u64,
+    /// [`digest`] of the encoded update.
+    pub digest: Digest,
+}
+
+impl Announce {
+    /// The announcement of `update`, whose encoding is `bytes`.
+    pub fn of(update: &Update, bytes: &[u8]) -> Self {
+        Self {
+            run_id: update.run_id.clone(),
+            model_hash: update.model_hash,
+            peer_id: update.peer_id.clone(),
+            round: update.round,
+            base_round: update.base_round,
+            samples: update.samples,
+            bytes: bytes.len() as u64,
+            digest: digest(bytes),
+        }
+    }
+
+    /// Checks the header against `limits` (the same bounds an update's header must meet).
+    pub fn check(&self, limits: &WireLimits) -> Result<(), DecodeError> {
+        check_ids(&self.run_id, &self.peer_id)?;
+        if self.base_round > self.round {
+            return Err(DecodeError::BadHeader("base round after round"));
+        }
+        if self.samples == 0 || self.samples > limits.max_samples {
+            return Err(DecodeError::BadHeader("sample count out of range"));
+        }
+        if self.bytes == 0 || self.bytes > limits.max_message_bytes as u64 {
+            return Err(DecodeError::BadHeader("announced size out of range"));
+        }
+        Ok(())
+    }
+
+    /// Whether `bytes`, parsed as `update`, is what this announcement promised.
+    pub fn matches(&self, update: &Update, bytes: &[u8]) -> bool {
+        bytes.len() as u64 == self.bytes
+            && digest(bytes) == self.digest
+            && update.run_id == self.run_id
+            && update.model_hash == self.model_hash
+            && update.peer_id == self.peer_id
+            && update.round == self.round
+            && update.base_round == self.base_round
+            && update.samples == self.samples
+    }
+}
+
+/// One message on the updates topic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum UpdateGossip {
+    /// A small update, whole.
+    Inline(Update),
+    /// A larger update's announcement; its payload is pulled from the sender.
+    Announce(Announce),
+}
+
+impl UpdateGossip {
+    /// Serializes the message, version byte first.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+
+    /// Parses and checks a message of the updates topic from untrusted bytes.
+    pub fn from_bytes(bytes: &[u8], limits: &WireLimits) -> Result<Self, DecodeError> {
+        let message: UpdateGossip = decode_versioned(bytes, limits.max_message_bytes)?;
+        match &message {
+            UpdateGossip::Inline(update) => update.check(limits)?,
+            UpdateGossip::Announce(announce) => {
+                if bytes.len() > MAX_ANNOUNCE_BYTES {
+                    return Err(DecodeError::TooLarge {
+                        size: bytes.len(),
+                        max: MAX_ANNOUNCE_BYTES,
+                    });
+                }
+                announce.check(limits)?
+            }
+        }
+        Ok(message)
+    }
 }
 
 /// Hard limits a receiver applies to updates before and while parsing them.
@@ -242,9 +358,17 @@ pub const MAX_STATE_TENSORS: usize = 1024;
 /// Bytes of state per chunk of a state transfer.
 pub const STATE_CHUNK_BYTES: usize = 1 << 20;
 
-/// A request to a peer, over the `/gradswarm/state/1` protocol.
+/// A request to a peer: state chunks over `/gradswarm/state/1`, announced updates over
+/// `/gradswarm/update/1`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
+    /// The encoded update with this digest (announced on the updates topic).
+    Update {
+        /// The run.
+        run_id: String,
+        /// The announced digest.
+        digest: Digest,
+    },
     /// Chunk `chunk` of the peer's state snapshot `snapshot` (0: its latest; the answer names it).
     State {
         /// The run, so a peer of another run answers with an error rather than its state.
@@ -277,6 +401,8 @@ pub enum Response {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// An encoded update, as pulled with [`Request::Update`].
+    Update(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The request could not be served (another run, no snapshot yet, a snapshot since replaced).
     Error(String),
 }
@@ -367,6 +493,66 @@ mod tests {
             Update::from_bytes(&trailing, &limits),
             Err(DecodeError::TrailingBytes(1))
         );
+    }
+
+    #[test]
+    fn announcements_round_trip_match_only_their_update_and_stay_small() {
+        let limits = WireLimits::for_model(1000, 1 << 20);
+        let update = sample();
+        let bytes = update.to_bytes();
+        let announce = Announce::of(&update, &bytes);
+        assert!(announce.matches(&update, &bytes));
+        let message = UpdateGossip::Announce(announce.clone());
+        let wire = message.to_bytes();
+        assert!(wire.len() < MAX_ANNOUNCE_BYTES, "{} bytes", wire.len());
+        assert_eq!(UpdateGossip::from_bytes(&wire, &limits), Ok(message));
+        let inline = UpdateGossip::Inline(update.clone());
+        assert_eq!(
+            UpdateGossip::from_bytes(&inline.to_bytes(), &limits),
+            Ok(inline)
+        );
+
+        // Another payload, another header, or a cut-off copy is not what was announced.
+        let mut other = update.clone();
+        other.payload[0] ^= 1;
+        assert!(!announce.matches(&other, &other.to_bytes()));
+        let mut later = update.clone();
+        later.round += 1;
+        assert!(!announce.matches(&later, &bytes));
+        assert!(!announce.matches(&update, &bytes[..bytes.len() - 1]));
+
+        // Lying headers are refused before anything is pulled.
+        for bad in [
+            Announce {
+                bytes: limits.max_message_bytes as u64 + 1,
+                ..announce.clone()
+            },
+            Announce {
+                bytes: 0,
+                ..announce.clone()
+            },
+            Announce {
+                base_round: announce.round + 1,
+                ..announce.clone()
+            },
+            Announce {
+                samples: 0,
+                ..announce.clone()
+            },
+        ] {
+            let wire = UpdateGossip::Announce(bad).to_bytes();
+            assert!(UpdateGossip::from_bytes(&wire, &limits).is_err());
+        }
+        // An "announcement" padded past the announcement limit is refused whole.
+        let padded = UpdateGossip::Announce(Announce {
+            run_id: "r".repeat(64),
+            peer_id: vec![1; 64],
+            ..announce
+        });
+        let mut wire = padded.to_bytes();
+        assert!(UpdateGossip::from_bytes(&wire, &limits).is_ok());
+        wire.resize(MAX_ANNOUNCE_BYTES + 1, 0);
+        assert!(UpdateGossip::from_bytes(&wire, &limits).is_err());
     }
 
     #[test]

@@ -88,6 +88,38 @@ proptest! {
         }
     }
 
+    /// With decay β, what was sent plus the residual is the β-discounted sum of the inputs, where
+    /// the discount applies to what was still unsent: e_t = β e_{t−1} + Δ_t − D(c_t).
+    #[test]
+    fn decaying_error_feedback_discounts_only_the_unsent(
+        len in 1usize..600,
+        rounds in 1usize..6,
+        decay in 0.5f32..1.0,
+        seed in any::<u64>(),
+    ) {
+        let descriptor = CodecDescriptor::top_k_int8_zstd(50_000);
+        let mut codec = CpuCodec::new(descriptor).expect("valid descriptor");
+        let mut ef = ErrorFeedback::with_decay(len, decay);
+        let mut rng = SplitMix::new(seed);
+        // The reference residual, in f64: e ← β e + Δ − D(c).
+        let mut reference = vec![0.0f64; len];
+        let mut scale = 1.0f64;
+        for r in 0..rounds {
+            let delta: Vec<f32> = (0..len).map(|_| (rng.normal() * 3.0) as f32).collect();
+            let payload = ef.encode(&mut codec, &delta, RngKey::new(seed, r as u64)).expect("encodes");
+            let decoded = decode_payload(&descriptor, &payload, len).expect("own payload decodes");
+            for ((e, d), c) in reference.iter_mut().zip(&delta).zip(decoded.to_dense()) {
+                *e = f64::from(decay) * *e + f64::from(*d) - f64::from(c);
+                scale = scale.max(e.abs()).max(f64::from(d.abs()));
+            }
+        }
+        let tol = 4.0 * rounds as f64 * f64::from(f32::EPSILON) * scale;
+        for (i, (&e, r)) in ef.residual().iter().zip(&reference).enumerate() {
+            let e = f64::from(e);
+            prop_assert!((e - r).abs() <= tol, "coordinate {i}: residual {e}, reference {r}");
+        }
+    }
+
     /// Stochastic rounding stays within one quantum and its mean error vanishes.
     #[test]
     fn stochastic_rounding_is_unbiased_within_one_quantum(
@@ -442,6 +474,17 @@ fn bad_deltas_leave_the_residual_untouched() {
         );
         assert_eq!(ef.residual(), &before[..]);
     }
+    // A decaying residual is not decayed by an encode that failed.
+    let mut ef = ErrorFeedback::with_decay(4, 0.5);
+    ef.encode(&mut codec, &[1.0, 2.0, 3.0, 4.0], RngKey::new(1, 0))
+        .expect("encodes");
+    let before = ef.residual().to_vec();
+    assert!(before.iter().any(|&e| e != 0.0), "{before:?}");
+    assert!(
+        ef.encode(&mut codec, &[f32::NAN; 4], RngKey::new(1, 1))
+            .is_err()
+    );
+    assert_eq!(ef.residual(), &before[..]);
 }
 
 #[test]

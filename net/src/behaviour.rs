@@ -11,7 +11,9 @@ use libp2p::{
 };
 
 use crate::rpc::RpcCodec;
-use crate::{KAD_PROTOCOL, NetConfig, NetError, PROTOCOL_VERSION, Role, STATE_PROTOCOL};
+use crate::{
+    KAD_PROTOCOL, NetConfig, NetError, PROTOCOL_VERSION, Role, STATE_PROTOCOL, UPDATE_PROTOCOL,
+};
 
 #[cfg(not(target_arch = "wasm32"))]
 type Mdns = libp2p::mdns::tokio::Behaviour;
@@ -32,6 +34,8 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     /// State transfer to late joiners.
     pub rpc: request_response::Behaviour<RpcCodec>,
+    /// Pulls of announced updates.
+    pub pull: request_response::Behaviour<RpcCodec>,
     /// Reservations on relays, for peers behind NAT.
     pub relay_client: relay::client::Behaviour,
     /// Circuit relay v2 server (bootstrap nodes).
@@ -73,8 +77,9 @@ impl Behaviour {
             .validate_messages()
             .max_transmit_size(config.max_message_bytes)
             .heartbeat_interval(config.gossip_heartbeat)
-            // Updates are large: peers that already hold one say so instead of receiving it again.
-            .idontwant_message_size_threshold(16 * 1024)
+            // Inline updates are small (larger ones are announced and pulled), but a peer that
+            // already holds one still says so rather than receive it again.
+            .idontwant_message_size_threshold(1024)
             .build()
             .map_err(|e| NetError::Gossip(e.to_string()))?;
         let mut gossipsub = gossipsub::Behaviour::new(
@@ -95,6 +100,15 @@ impl Behaviour {
             )],
             request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
         );
+        // A pull is one update (≤ a dense copy of θ): it either comes quickly or from someone else.
+        let pull = request_response::Behaviour::with_codec(
+            RpcCodec,
+            [(
+                StreamProtocol::new(UPDATE_PROTOCOL),
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        );
         let relay_server = (config.role == Role::Bootstrap)
             .then(|| relay::Behaviour::new(id, relay::Config::default()));
         let autonat = autonat::Behaviour::new(
@@ -110,6 +124,7 @@ impl Behaviour {
             kad,
             gossipsub,
             rpc,
+            pull,
             relay_client,
             relay_server: relay_server.into(),
             dcutr: dcutr::Behaviour::new(id),

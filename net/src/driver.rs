@@ -7,7 +7,9 @@ use std::time::Duration;
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 use gradswarm_core::wire::{heartbeat_topic, updates_topic};
-use gradswarm_core::{DropReason, Heartbeat, Response, Update, WireLimits};
+use gradswarm_core::{
+    Announce, DropReason, Heartbeat, Request, Response, Update, UpdateGossip, WireLimits,
+};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
@@ -16,6 +18,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
 use tracing::{debug, info, warn};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::store::UpdateStore;
 use crate::{
     Command, NetConfig, NetError, NetEvent, NetHandle, PROTOCOL_VERSION, Role, StateServer, Topic,
 };
@@ -23,6 +26,22 @@ use crate::{
 /// Events waiting for the runtime beyond this are dropped (and logged): the network task must
 /// never block on a busy runtime, and a flood must not grow memory without bound.
 const EVENT_QUEUE: usize = 4096;
+
+/// Announced updates being pulled at once, at most; announcements beyond are ignored (not
+/// forwarded, not held against anyone), so a flood of announcements cannot queue unbounded work.
+const MAX_PULLS: usize = 256;
+
+/// Updates kept to serve pulls: enough for a few rounds of a large swarm.
+const STORE_ENTRIES: usize = 1024;
+
+/// An announcement whose payload is being pulled; its gossipsub verdict waits for the payload.
+struct Pull {
+    message_id: gossipsub::MessageId,
+    propagation_source: PeerId,
+    announce: Announce,
+    /// Peers asked so far (the announcer first, then the peer that forwarded the announcement).
+    asked: Vec<PeerId>,
+}
 
 /// Runs one node's swarm until [`NetHandle::shutdown`] or until every handle is dropped.
 pub struct Driver {
@@ -36,6 +55,8 @@ pub struct Driver {
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
     joined: HashSet<PeerId>,
     lost_events: u64,
+    store: UpdateStore,
+    pulls: HashMap<OutboundRequestId, Pull>,
 }
 
 impl Driver {
@@ -77,8 +98,12 @@ impl Driver {
             local_peer_id: *swarm.local_peer_id(),
             wire,
         };
+        // Own and pulled updates, up to a few dense copies of θ.
+        let store_bytes = config.max_message_bytes.saturating_mul(8).max(64 << 20);
         let driver = Self {
             swarm,
+            store: UpdateStore::new(store_bytes, STORE_ENTRIES),
+            pulls: HashMap::new(),
             config,
             commands,
             events,
@@ -137,6 +162,24 @@ impl Driver {
 
     fn on_command(&mut self, command: Command) {
         match command {
+            Command::PublishUpdate { update, bytes } => {
+                let message = if bytes.len() <= self.config.inline_update_bytes {
+                    UpdateGossip::Inline(update)
+                } else {
+                    let announce = Announce::of(&update, &bytes);
+                    self.store.insert(announce.digest, Arc::new(bytes));
+                    UpdateGossip::Announce(announce)
+                };
+                let topic = self.updates.clone();
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(topic, message.to_bytes())
+                {
+                    debug!("publish update: {e}");
+                }
+            }
             Command::Publish { topic, bytes } => {
                 let topic = match topic {
                     Topic::Updates => self.updates.clone(),
@@ -191,6 +234,7 @@ impl Driver {
         match event {
             BehaviourEvent::Gossipsub(event) => self.on_gossip(event),
             BehaviourEvent::Rpc(event) => self.on_rpc(event),
+            BehaviourEvent::Pull(event) => self.on_pull(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocol_version != PROTOCOL_VERSION {
                     return;
@@ -233,29 +277,21 @@ impl Driver {
             } => {
                 let from = message.source.unwrap_or(propagation_source);
                 let verdict = if message.topic == self.updates.hash() {
-                    self.check_update(from, &message.data)
+                    match self.check_update_gossip(from, &message.data) {
+                        Ok(Gossiped::Announced(announce)) => {
+                            // The verdict waits for the payload: forwarded only once it is here.
+                            self.start_pull(message_id, propagation_source, from, announce);
+                            return;
+                        }
+                        Ok(Gossiped::Event(event)) => Ok(event),
+                        Err(reason) => Err(reason),
+                    }
                 } else if message.topic == self.heartbeats.hash() {
                     self.check_heartbeat(from, &message.data)
                 } else {
                     Err(DropReason::ForeignRun)
                 };
-                let acceptance = match verdict {
-                    Ok(event) => {
-                        if let Some(event) = event {
-                            self.emit(event);
-                        }
-                        MessageAcceptance::Accept
-                    }
-                    Err(reason) => {
-                        debug!("rejected a message from {from}: {reason}");
-                        self.emit(NetEvent::Dropped { from, reason });
-                        MessageAcceptance::Reject
-                    }
-                };
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+                self.conclude(&message_id, &propagation_source, from, verdict);
             }
             gossipsub::Event::Subscribed { peer_id, topic }
                 if topic == self.updates.hash() && self.joined.insert(peer_id) =>
@@ -271,29 +307,103 @@ impl Driver {
         }
     }
 
-    /// Parses, checks and decodes an update; bootstrap nodes check only what they can without the
-    /// model (framing, run id, sender).
-    fn check_update(&self, from: PeerId, data: &[u8]) -> Result<Option<NetEvent>, DropReason> {
-        let limits = self.config.limits.unwrap_or(WireLimits {
+    /// Hands the verdict on a gossip message to gossipsub (which forwards only accepted ones and
+    /// scores the sender of rejected ones down) and what passed, or why it failed, to the runtime.
+    fn conclude(
+        &mut self,
+        message_id: &gossipsub::MessageId,
+        propagation_source: &PeerId,
+        from: PeerId,
+        verdict: Result<Option<NetEvent>, DropReason>,
+    ) {
+        let acceptance = match verdict {
+            Ok(event) => {
+                if let Some(event) = event {
+                    self.emit(event);
+                }
+                MessageAcceptance::Accept
+            }
+            Err(reason) => {
+                debug!("rejected a message from {from}: {reason}");
+                self.emit(NetEvent::Dropped { from, reason });
+                MessageAcceptance::Reject
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(message_id, propagation_source, acceptance);
+    }
+
+    /// The limits updates are checked against; bootstrap nodes, which know no model, only bound
+    /// the size.
+    fn limits(&self) -> WireLimits {
+        self.config.limits.unwrap_or(WireLimits {
             max_message_bytes: self.config.max_message_bytes,
             max_samples: u64::MAX,
             model_len: usize::MAX,
-        });
-        let update = Update::from_bytes(data, &limits).map_err(|_| DropReason::Malformed)?;
-        if update.run_id != self.config.run_id {
+        })
+    }
+
+    /// Checks what the updates topic brought: an inline update is checked whole; an announcement
+    /// is checked as far as its header goes, and then pulled (bootstrap nodes only forward it).
+    fn check_update_gossip(&self, from: PeerId, data: &[u8]) -> Result<Gossiped, DropReason> {
+        let limits = self.limits();
+        match UpdateGossip::from_bytes(data, &limits).map_err(|_| DropReason::Malformed)? {
+            UpdateGossip::Inline(update) => self
+                .check_update(from, update, data.len())
+                .map(Gossiped::Event),
+            UpdateGossip::Announce(announce) => {
+                self.check_header(
+                    from,
+                    &announce.run_id,
+                    &announce.peer_id,
+                    announce.model_hash,
+                )?;
+                if self.config.model_hash.is_none() || self.store.contains(&announce.digest) {
+                    // A bootstrap node forwards announcements without pulling; a peer that holds
+                    // the update already (its own, or pulled) has nothing to fetch.
+                    return Ok(Gossiped::Event(None));
+                }
+                Ok(Gossiped::Announced(announce))
+            }
+        }
+    }
+
+    /// The header checks every message of the run passes: run, signer, model.
+    fn check_header(
+        &self,
+        from: PeerId,
+        run_id: &str,
+        peer_id: &[u8],
+        model_hash: gradswarm_core::ModelHash,
+    ) -> Result<(), DropReason> {
+        if run_id != self.config.run_id {
             return Err(DropReason::ForeignRun);
         }
-        if update.peer_id != from.to_bytes() {
+        if peer_id != from.to_bytes() {
             return Err(DropReason::SenderMismatch);
         }
-        let Some(model_hash) = self.config.model_hash else {
-            return Ok(None);
-        };
-        if update.model_hash != model_hash {
+        if self.config.model_hash.is_some_and(|h| h != model_hash) {
             return Err(DropReason::ForeignModel);
         }
+        Ok(())
+    }
+
+    /// Checks and decodes a parsed update (inline, or pulled after its announcement); bootstrap
+    /// nodes check only what they can without the model (run id, sender).
+    fn check_update(
+        &self,
+        from: PeerId,
+        update: Update,
+        bytes: usize,
+    ) -> Result<Option<NetEvent>, DropReason> {
+        self.check_header(from, &update.run_id, &update.peer_id, update.model_hash)?;
+        if self.config.model_hash.is_none() {
+            return Ok(None);
+        }
         let decoded = update
-            .decode_payload(&limits)
+            .decode_payload(&self.limits())
             .map_err(|_| DropReason::Malformed)?;
         if !decoded.values.iter().all(|v| v.is_finite()) {
             return Err(DropReason::NonFinite);
@@ -302,25 +412,154 @@ impl Driver {
             from,
             update: Arc::new(update),
             decoded: Arc::new(decoded),
-            bytes: data.len(),
+            bytes,
         }))
+    }
+
+    /// Asks the announcer for the announced update.
+    fn start_pull(
+        &mut self,
+        message_id: gossipsub::MessageId,
+        propagation_source: PeerId,
+        from: PeerId,
+        announce: Announce,
+    ) {
+        if self.pulls.len() >= MAX_PULLS {
+            warn!(
+                "{} pulls in flight; ignoring an announcement from {from}",
+                self.pulls.len()
+            );
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    MessageAcceptance::Ignore,
+                );
+            return;
+        }
+        let pull = Pull {
+            message_id,
+            propagation_source,
+            announce,
+            asked: Vec::new(),
+        };
+        self.ask(pull, from);
+    }
+
+    fn ask(&mut self, mut pull: Pull, peer: PeerId) {
+        let request = Request::Update {
+            run_id: self.config.run_id.clone(),
+            digest: pull.announce.digest,
+        };
+        pull.asked.push(peer);
+        let id = self.swarm.behaviour_mut().pull.send_request(&peer, request);
+        self.pulls.insert(id, pull);
+    }
+
+    /// A pull ended: with bytes to check, or with nothing (then the forwarder is asked, if it was
+    /// someone else; a forwarder only forwards announcements whose payload it pulled).
+    fn finish_pull(&mut self, pull: Pull, answer: Result<Vec<u8>, String>) {
+        let from = PeerId::from_bytes(&pull.announce.peer_id).unwrap_or(pull.propagation_source);
+        let bytes = match answer {
+            Ok(bytes) => bytes,
+            Err(reason) => {
+                if !pull.asked.contains(&pull.propagation_source) {
+                    debug!("pull from {from} failed ({reason}); asking the forwarder");
+                    let forwarder = pull.propagation_source;
+                    self.ask(pull, forwarder);
+                    return;
+                }
+                debug!("announced update of {from} unavailable: {reason}");
+                self.emit(NetEvent::Dropped {
+                    from,
+                    reason: DropReason::Unfetchable,
+                });
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &pull.message_id,
+                        &pull.propagation_source,
+                        MessageAcceptance::Ignore,
+                    );
+                return;
+            }
+        };
+        let verdict = Update::from_bytes(&bytes, &self.limits())
+            .map_err(|_| DropReason::PayloadMismatch)
+            .and_then(|update| {
+                if pull.announce.matches(&update, &bytes) {
+                    Ok(update)
+                } else {
+                    Err(DropReason::PayloadMismatch)
+                }
+            })
+            .and_then(|update| self.check_update(from, update, bytes.len()));
+        if verdict.is_ok() {
+            self.store.insert(pull.announce.digest, Arc::new(bytes));
+        }
+        self.conclude(&pull.message_id, &pull.propagation_source, from, verdict);
+    }
+
+    fn on_pull(&mut self, event: request_response::Event<Request, Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let response = match request {
+                        Request::Update { run_id, digest } if run_id == self.config.run_id => self
+                            .store
+                            .get(&digest)
+                            .map(|b| Response::Update(b.as_ref().clone()))
+                            .unwrap_or_else(|| Response::Error("no such update here".into())),
+                        _ => Response::Error("not an update of this run".into()),
+                    };
+                    if self
+                        .swarm
+                        .behaviour_mut()
+                        .pull
+                        .send_response(channel, response)
+                        .is_err()
+                    {
+                        debug!("{peer} went away before its update was sent");
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(pull) = self.pulls.remove(&request_id) {
+                        let answer = match response {
+                            Response::Update(bytes) => Ok(bytes),
+                            Response::Error(e) => Err(e),
+                            Response::StateChunk { .. } => Err("answered with state".into()),
+                        };
+                        self.finish_pull(pull, answer);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(pull) = self.pulls.remove(&request_id) {
+                    self.finish_pull(pull, Err(error.to_string()));
+                }
+            }
+            _ => {}
+        }
     }
 
     fn check_heartbeat(&self, from: PeerId, data: &[u8]) -> Result<Option<NetEvent>, DropReason> {
         let heartbeat = Heartbeat::from_bytes(data).map_err(|_| DropReason::Malformed)?;
-        if heartbeat.run_id != self.config.run_id {
-            return Err(DropReason::ForeignRun);
-        }
-        if heartbeat.peer_id != from.to_bytes() {
-            return Err(DropReason::SenderMismatch);
-        }
-        if self
-            .config
-            .model_hash
-            .is_some_and(|h| h != heartbeat.model_hash)
-        {
-            return Err(DropReason::ForeignModel);
-        }
+        self.check_header(
+            from,
+            &heartbeat.run_id,
+            &heartbeat.peer_id,
+            heartbeat.model_hash,
+        )?;
         Ok(Some(NetEvent::Heartbeat { from, heartbeat }))
     }
 
@@ -369,6 +608,14 @@ impl Driver {
             _ => {}
         }
     }
+}
+
+/// What a message of the updates topic turned out to be.
+enum Gossiped {
+    /// Done with: an event for the runtime, or nothing (a bootstrap node's view).
+    Event(Option<NetEvent>),
+    /// An announcement whose payload must be pulled.
+    Announced(Announce),
 }
 
 /// A multiaddr's peer id, when it ends in `/p2p/<id>`.

@@ -13,6 +13,7 @@ mod behaviour;
 mod counting;
 mod driver;
 mod rpc;
+mod store;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
@@ -21,12 +22,16 @@ use std::sync::Arc;
 
 use futures::channel::{mpsc, oneshot};
 use gradswarm_core::{DecodedUpdate, DropReason, Heartbeat, ModelHash, Request, Response, Update};
+
+/// Updates up to this many encoded bytes are gossiped whole; larger ones are announced and pulled.
+pub const DEFAULT_INLINE_UPDATE_BYTES: usize = 2048;
 use thiserror::Error;
 
 pub use behaviour::{Behaviour, BehaviourEvent};
 pub use counting::{Counting, WireCounters};
 pub use driver::{Driver, peer_of};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+pub use store::UpdateStore;
 
 /// Identify's protocol version: peers of other protocol versions are not added to the routing table.
 pub const PROTOCOL_VERSION: &str = "/gradswarm/1.0.0";
@@ -34,6 +39,8 @@ pub const PROTOCOL_VERSION: &str = "/gradswarm/1.0.0";
 pub const KAD_PROTOCOL: &str = "/gradswarm/kad/1.0.0";
 /// The request-response protocol that serves state to late joiners.
 pub const STATE_PROTOCOL: &str = "/gradswarm/state/1";
+/// The request-response protocol that serves announced updates.
+pub const UPDATE_PROTOCOL: &str = "/gradswarm/update/1";
 
 /// What a node is in the swarm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +72,8 @@ pub struct NetConfig {
     pub max_message_bytes: usize,
     /// How often gossipsub's mesh maintenance runs; short in tests so meshes form quickly.
     pub gossip_heartbeat: std::time::Duration,
+    /// Updates up to this size are gossiped whole, larger ones announced and pulled (0: always pull).
+    pub inline_update_bytes: usize,
 }
 
 impl NetConfig {
@@ -80,6 +89,7 @@ impl NetConfig {
             bootstrap: Vec::new(),
             mdns: false,
             gossip_heartbeat: std::time::Duration::from_millis(500),
+            inline_update_bytes: DEFAULT_INLINE_UPDATE_BYTES,
         }
     }
 
@@ -95,6 +105,7 @@ impl NetConfig {
             mdns: false,
             max_message_bytes,
             gossip_heartbeat: std::time::Duration::from_millis(500),
+            inline_update_bytes: DEFAULT_INLINE_UPDATE_BYTES,
         }
     }
 }
@@ -113,7 +124,14 @@ pub type StateServer = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
 /// What the peer runtime asks of the network.
 pub enum Command {
-    /// Publishes bytes on one of the run's topics.
+    /// Publishes this node's update: whole when small, else announced and served on request.
+    PublishUpdate {
+        /// The update.
+        update: Update,
+        /// Its encoding (`update.to_bytes()`).
+        bytes: Vec<u8>,
+    },
+    /// Publishes raw bytes on one of the run's topics.
     Publish {
         /// Which topic.
         topic: Topic,
@@ -151,7 +169,7 @@ pub enum NetEvent {
         update: Arc<Update>,
         /// Its decoded values.
         decoded: Arc<DecodedUpdate>,
-        /// Size of the gossip message.
+        /// Size of the encoded update.
         bytes: usize,
     },
     /// A valid heartbeat.
@@ -224,7 +242,17 @@ impl NetHandle {
         self.local_peer_id
     }
 
-    /// Publishes on one of the run's topics. Fire-and-forget: a publish with no peers yet is not
+    /// Publishes this node's update on the updates topic: a small one whole, a larger one as an
+    /// announcement that peers pull from (DESIGN.md §4). Returns the update's encoded size.
+    /// Fire-and-forget, like [`Self::publish`].
+    pub fn publish_update(&self, update: Update) -> Result<usize, NetError> {
+        let bytes = update.to_bytes();
+        let len = bytes.len();
+        self.send(Command::PublishUpdate { update, bytes })?;
+        Ok(len)
+    }
+
+    /// Publishes raw bytes on one of the run's topics. Fire-and-forget: a publish with no peers yet is not
     /// an error the round loop could act on, so it is only logged by the network task.
     pub fn publish(&self, topic: Topic, bytes: Vec<u8>) -> Result<(), NetError> {
         self.send(Command::Publish { topic, bytes })

@@ -43,6 +43,8 @@ pub struct PeerConfig {
     pub aggregation: AggregationRule,
     /// How the aggregate moves θ (SGD lr 1 in gradient mode, Nesterov in local-steps mode).
     pub outer: OuterConfig,
+    /// The error-feedback residual is multiplied by this before each encode (1: kept whole).
+    pub feedback_decay: f32,
     /// Stop after this round (None: until stopped).
     pub rounds: Option<u64>,
     /// A round's collection ends this many median compute times after publishing…
@@ -82,6 +84,7 @@ impl PeerConfig {
                     momentum: 0.9,
                 },
             },
+            feedback_decay: 1.0,
             rounds: None,
             deadline_factor: 2.0,
             min_wait: Duration::from_millis(500),

@@ -135,7 +135,7 @@ impl Peer {
             outer: OuterOptimizer::new(config.outer),
             validator: UpdateValidator::new(n, config.max_norm_ratio, 3, 32),
             aggregator: config.aggregation.build(),
-            feedback: ErrorFeedback::new(n),
+            feedback: ErrorFeedback::with_decay(n, config.feedback_decay),
             limits: WireLimits::for_model(n, max_samples),
             summary: PeerSummary {
                 peer_id: me.to_base58(),
@@ -203,12 +203,35 @@ impl Peer {
                 self.stopped = true;
             }
         }
+        if !self.stopped {
+            self.linger().await;
+        }
         self.summary.drops = self.drops.clone();
         self.summary.final_params = self.trainer.parameters()?;
         // A joiner asking after our last round still gets our state while the network lives.
         self.snapshots.set_round(self.book.round());
         self.snapshots.publish(&self.snapshot()?);
         Ok(self.summary.clone())
+    }
+
+    /// After the last round, stays until every live peer has closed that round too, or a round
+    /// deadline passes: peers pull announced updates from their publisher, so one that left at
+    /// once would take its last update with it.
+    async fn linger(&mut self) {
+        let round = self.book.round();
+        let until = self.deadline_after(Instant::now());
+        while !self.stopped && Instant::now() < until {
+            let behind = self
+                .live()
+                .filter(|p| self.peers.get(*p).is_some_and(|s| s.round < round))
+                .count();
+            if behind == 0 {
+                break;
+            }
+            if let Some(event) = self.next_event(until).await {
+                self.on_event(event);
+            }
+        }
     }
 
     fn live(&self) -> impl Iterator<Item = &PeerId> {
@@ -649,15 +672,13 @@ impl Peer {
             let own = update
                 .decode_payload(&self.limits)
                 .map_err(|e| PeerError::Sync(format!("own update does not decode: {e}")))?;
-            let bytes = update.to_bytes();
-            report.bytes_up = bytes.len() as u64;
             if let Err(reason) =
                 self.book
                     .offer(&update.peer_id, round, base, samples, Arc::new(own))
             {
                 self.record_drop(reason);
             }
-            self.net.publish(Topic::Updates, bytes)?;
+            report.bytes_up = self.net.publish_update(update)? as u64;
         }
         report.encode_s = t1.elapsed().as_secs_f64();
 

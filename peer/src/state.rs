@@ -84,7 +84,10 @@ impl Snapshots {
             model_hash,
             snapshot,
             chunk,
-        } = request;
+        } = request
+        else {
+            return Response::Error("not a state request".into());
+        };
         if *run_id != self.run_id || *model_hash != self.model_hash {
             return Response::Error("another run or model".into());
         }
@@ -196,6 +199,11 @@ pub(crate) async fn fetch(
                         return PeerState::from_bytes(&buf, model_len)
                             .map_err(|e| PeerError::Sync(format!("state from {peer}: {e}")));
                     }
+                }
+                Response::Update(_) => {
+                    return Err(PeerError::Sync(format!(
+                        "{peer} answered a state request with an update"
+                    )));
                 }
                 Response::Error(reason) => {
                     debug!("state from {peer}: {reason}");

@@ -1,10 +1,12 @@
 //! The baseline every report carries: exact synchronous all-reduce of dense fp32 updates, in
-//! process, with the same peers, shards, batches, schedule and outer optimizer as the swarm.
+//! process, with the same peers, shards, batches and schedule as the swarm, and the mode's
+//! standard outer optimizer (SGD lr 1 per step; DiLoCo's Nesterov 0.7/0.9 with local steps).
 //!
 //! Each of N workers takes H local steps from the shared θ on its own shard, exactly as a peer
 //! does; the N dense updates are averaged (weighted by samples, all equal) with no compression,
-//! no staleness and no one missing, and the average moves θ through the same outer optimizer. What
-//! differs from the swarm is only what gradswarm adds: the codec, gossip and asynchrony.
+//! no staleness and no one missing, and the average moves θ through the outer optimizer. What
+//! differs from the swarm is what gradswarm adds: the codec, gossip and asynchrony (and the outer
+//! optimizer, when a scenario gives the swarm another).
 
 use std::sync::Arc;
 
@@ -63,7 +65,7 @@ pub fn run(
         train.batch_size,
         scenario.model.context,
     );
-    let mut outer = OuterOptimizer::new(scenario.peer_config(0).outer);
+    let mut outer = OuterOptimizer::new(scenario.baseline_outer());
     let h = scenario.h();
     let mut samples = 0u64;
     let mut rounds = Vec::new();

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use gradswarm_core::{CodecDescriptor, StalenessPolicy};
+use gradswarm_core::{CodecDescriptor, OuterConfig, StalenessPolicy};
 use gradswarm_model::{ModelConfig, TrainConfig};
 use gradswarm_peer::{Mode, PeerConfig};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,10 @@ fn one() -> f64 {
     1.0
 }
 
+fn one_f32() -> f32 {
+    1.0
+}
+
 /// A harness run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +62,17 @@ pub struct Scenario {
     /// Top-k density in coordinates per million (then int8 + zstd).
     #[serde(default = "default_top_k")]
     pub top_k_per_million: u32,
+    /// The peers' outer optimizer (default: SGD lr 1 in gradient mode, Nesterov 0.7/0.9 in
+    /// local-steps mode, as DiLoCo).
+    #[serde(default)]
+    pub outer: Option<OuterConfig>,
+    /// The baseline's outer optimizer (default: the mode's default, not `outer`: the baseline is
+    /// the best-known dense method, whatever the swarm tries).
+    #[serde(default)]
+    pub baseline_outer: Option<OuterConfig>,
+    /// Error-feedback residual decay before each encode (1: kept whole).
+    #[serde(default = "one_f32")]
+    pub feedback_decay: f32,
     /// Staleness weight exponent α.
     #[serde(default = "default_alpha")]
     pub alpha: f32,
@@ -138,6 +153,9 @@ impl Scenario {
                 bail!("peer {}: slowdown must be ≥ 1", p.index);
             }
         }
+        if !(self.feedback_decay > 0.0 && self.feedback_decay <= 1.0) {
+            bail!("feedback_decay must be in (0, 1]");
+        }
         if self.initial_peers() == 0 {
             bail!("every peer joins late: nobody starts the run");
         }
@@ -173,14 +191,27 @@ impl Scenario {
         }
     }
 
-    /// Peer `index`'s round-protocol settings.
-    pub fn peer_config(&self, index: usize) -> PeerConfig {
-        let mode = match self.mode {
+    fn peer_mode(&self) -> Mode {
+        match self.mode {
             ScenarioMode::Gradient => Mode::Gradient,
             ScenarioMode::LocalSteps => Mode::LocalSteps { h: self.h() },
-        };
-        let mut c = PeerConfig::new(&self.name, mode);
+        }
+    }
+
+    /// The baseline's outer optimizer.
+    pub fn baseline_outer(&self) -> OuterConfig {
+        self.baseline_outer
+            .unwrap_or_else(|| PeerConfig::new(&self.name, self.peer_mode()).outer)
+    }
+
+    /// Peer `index`'s round-protocol settings.
+    pub fn peer_config(&self, index: usize) -> PeerConfig {
+        let mut c = PeerConfig::new(&self.name, self.peer_mode());
         c.codec = CodecDescriptor::top_k_int8_zstd(self.top_k_per_million);
+        if let Some(outer) = self.outer {
+            c.outer = outer;
+        }
+        c.feedback_decay = self.feedback_decay;
         c.staleness = StalenessPolicy {
             alpha: self.alpha,
             tau_max: self.tau_max,

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gradswarm_core::{DropReason, StalenessPolicy, Update};
+use gradswarm_core::{
+    Announce, DropCounts, DropReason, StalenessPolicy, Update, UpdateGossip, WireLimits,
+};
 use gradswarm_harness::{LocalSwarm, Report, load_corpus, max_divergence};
 use gradswarm_model::{Corpus, ModelConfig, TrainConfig};
 use gradswarm_peer::{Mode, PeerConfig, PeerSummary};
@@ -335,7 +337,10 @@ fn foreign_and_malformed_messages_are_rejected_and_counted() {
         .unwrap();
     rogue
         .net
-        .publish(gradswarm_net::Topic::Updates, foreign.to_bytes())
+        .publish(
+            gradswarm_net::Topic::Updates,
+            UpdateGossip::Inline(foreign).to_bytes(),
+        )
         .unwrap();
     rogue
         .net
@@ -354,4 +359,114 @@ fn foreign_and_malformed_messages_are_rejected_and_counted() {
         "{:?}",
         honest.drops
     );
+}
+
+#[test]
+fn announced_updates_that_lie_or_vanish_are_dropped_and_counted() {
+    let _serial = serial();
+    let run = "e2e-pull";
+    let mut swarm = LocalSwarm::start(run).unwrap();
+    let (_, honest) = swarm
+        .spawn_peer(
+            config(run, 100_000),
+            &tiny_model(),
+            &tiny_train(),
+            corpus(),
+            0,
+        )
+        .unwrap();
+    // The rogue is a bare libp2p node of the run: it announces updates and serves what it likes.
+    let mut net_config = gradswarm_net::NetConfig::peer(
+        run,
+        tiny_model().hash(),
+        WireLimits::for_model(1 << 20, 1 << 20),
+    );
+    net_config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    net_config.bootstrap = vec![swarm.bootstrap.clone()];
+    net_config.gossip_heartbeat = Duration::from_millis(200);
+    let key = gradswarm_net::Keypair::generate_ed25519();
+    let (rogue, mut rogue_events, driver) = swarm
+        .block_on(gradswarm_net::native::build(net_config, key))
+        .unwrap();
+    swarm.spawn(driver.run());
+    // It can reach the honest peer once it has seen it join the updates topic.
+    let honest_id = honest.net.local_peer_id();
+    swarm
+        .block_on(async {
+            use futures::StreamExt;
+            let joined = async {
+                while let Some(event) = rogue_events.next().await {
+                    if matches!(event, gradswarm_net::NetEvent::PeerJoined(p) if p == honest_id) {
+                        return;
+                    }
+                }
+            };
+            tokio::time::timeout(DEADLINE, joined).await
+        })
+        .expect("the rogue never saw the honest peer");
+
+    // 1. A real announcement of an update whose payload is garbage: pulled, then malformed.
+    let garbage = Update {
+        run_id: run.into(),
+        model_hash: tiny_model().hash(),
+        peer_id: rogue.local_peer_id().to_bytes(),
+        round: 1,
+        base_round: 1,
+        samples: 8,
+        codec: gradswarm_core::CodecDescriptor::top_k_int8_zstd(100_000),
+        payload: vec![0xA5; 4000],
+    };
+    rogue.publish_update(garbage.clone()).unwrap();
+    // 2. An announcement whose header lies about the payload the rogue serves for its digest.
+    let bytes = garbage.to_bytes();
+    let lie = Announce {
+        round: 2,
+        base_round: 2,
+        ..Announce::of(&garbage, &bytes)
+    };
+    rogue
+        .publish(
+            gradswarm_net::Topic::Updates,
+            UpdateGossip::Announce(lie).to_bytes(),
+        )
+        .unwrap();
+    // 3. An announcement of a payload nobody holds.
+    let vanished = Announce {
+        digest: [0xAB; 32],
+        round: 3,
+        base_round: 3,
+        ..Announce::of(&garbage, &bytes)
+    };
+    rogue
+        .publish(
+            gradswarm_net::Topic::Updates,
+            UpdateGossip::Announce(vanished).to_bytes(),
+        )
+        .unwrap();
+
+    let mut seen = DropCounts::default();
+    let mut log = Vec::new();
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| {
+            seen.merge(&r.round.drops);
+            [
+                DropReason::Malformed,
+                DropReason::PayloadMismatch,
+                DropReason::Unfetchable,
+            ]
+            .iter()
+            .all(|&reason| seen.get(reason) >= 1)
+        })
+        .unwrap_or_else(|e| panic!("{e}; drops so far {seen:?}"));
+    let honest = honest.stop().unwrap();
+    rogue.shutdown();
+    assert!(honest.rounds.len() >= 2, "the honest peer stopped early");
+    for reason in [
+        DropReason::Malformed,
+        DropReason::PayloadMismatch,
+        DropReason::Unfetchable,
+    ] {
+        assert_eq!(honest.drops.get(reason), 1, "{reason}: {:?}", honest.drops);
+    }
+    assert_eq!(honest.drops.total(), 3, "{:?}", honest.drops);
 }

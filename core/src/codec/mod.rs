@@ -269,24 +269,50 @@ impl Codec for CpuCodec {
 #[derive(Clone, Debug, Default)]
 pub struct ErrorFeedback {
     residual: Vec<f32>,
+    decay: f32,
 }
 
 impl ErrorFeedback {
-    /// A zero residual for a vector of `len` coordinates.
+    /// A zero residual for a vector of `len` coordinates, kept whole (decay 1).
     pub fn new(len: usize) -> Self {
+        Self::with_decay(len, 1.0)
+    }
+
+    /// A zero residual that decays by `decay` before each encode: `u = Δ + decay · e`.
+    ///
+    /// Why: with local steps, a sparse codec sends few coordinates per round and the local
+    /// optimizer re-discovers the unsent part next round, so a whole residual keeps counting it
+    /// again; a decaying one (SparseLoCo, Sarfi et al. 2025) acts as the outer momentum instead.
+    /// `decay` outside (0, 1] is taken as 1.
+    pub fn with_decay(len: usize, decay: f32) -> Self {
         Self {
             residual: vec![0.0; len],
+            decay: if decay > 0.0 && decay <= 1.0 {
+                decay
+            } else {
+                1.0
+            },
         }
     }
 
-    /// Encodes `delta` plus the residual with `codec`, keeping what was not sent.
+    /// Encodes `delta` plus the (decayed) residual with `codec`, keeping what was not sent. On
+    /// error the residual is left as it was, decay included.
     pub fn encode(
         &mut self,
         codec: &mut dyn Codec,
         delta: &[f32],
         key: RngKey,
     ) -> Result<Vec<u8>, EncodeError> {
-        codec.encode(delta, &mut self.residual, key)
+        if self.decay == 1.0 {
+            return codec.encode(delta, &mut self.residual, key);
+        }
+        let kept = self.residual.clone();
+        self.residual.iter_mut().for_each(|e| *e *= self.decay);
+        let result = codec.encode(delta, &mut self.residual, key);
+        if result.is_err() {
+            self.residual = kept;
+        }
+        result
     }
 
     /// What has been computed but not yet sent.
