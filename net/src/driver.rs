@@ -31,6 +31,9 @@ const EVENT_QUEUE: usize = 4096;
 /// forwarded, not held against anyone), so a flood of announcements cannot queue unbounded work.
 const MAX_PULLS: usize = 256;
 
+/// How long before a peer that could not be reached directly is looked for again.
+const FIND_BACKOFF: Duration = Duration::from_secs(10);
+
 /// Updates kept to serve pulls: enough for a few rounds of a large swarm.
 const STORE_ENTRIES: usize = 1024;
 
@@ -57,6 +60,7 @@ pub struct Driver {
     lost_events: u64,
     store: UpdateStore,
     pulls: HashMap<OutboundRequestId, Pull>,
+    finding: HashMap<PeerId, web_time::Instant>,
 }
 
 impl Driver {
@@ -104,6 +108,7 @@ impl Driver {
             swarm,
             store: UpdateStore::new(store_bytes, STORE_ENTRIES),
             pulls: HashMap::new(),
+            finding: HashMap::new(),
             config,
             commands,
             events,
@@ -245,6 +250,21 @@ impl Driver {
                 }
             }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => self.connect(peer),
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(Ok(found)),
+                ..
+            }) => {
+                // The answer to `find`: dial the peer looked for if the DHT knows where it is.
+                for info in found.peers {
+                    if self.finding.contains_key(&info.peer_id) && !info.addrs.is_empty() {
+                        let kad = &mut self.swarm.behaviour_mut().kad;
+                        for addr in info.addrs {
+                            kad.add_address(&info.peer_id, addr);
+                        }
+                        self.connect(info.peer_id);
+                    }
+                }
+            }
             #[cfg(not(target_arch = "wasm32"))]
             BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
@@ -268,6 +288,29 @@ impl Driver {
         }
     }
 
+    /// Dials `peer` if not connected; without an address for it, asks the DHT where it is (the
+    /// answer's routing update dials it). At most once per [`FIND_BACKOFF`] per peer.
+    fn find(&mut self, peer: PeerId) {
+        if self.config.role != Role::Peer
+            || peer == *self.swarm.local_peer_id()
+            || self.swarm.is_connected(&peer)
+            || self
+                .finding
+                .get(&peer)
+                .is_some_and(|t| t.elapsed() < FIND_BACKOFF)
+        {
+            return;
+        }
+        if self.finding.len() >= 1024 {
+            // Sources are cheap to mint: forget the lookups whose backoff has passed.
+            self.finding.retain(|_, t| t.elapsed() < FIND_BACKOFF);
+        }
+        self.finding.insert(peer, web_time::Instant::now());
+        if self.swarm.dial(peer).is_err() {
+            self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        }
+    }
+
     fn on_gossip(&mut self, event: gossipsub::Event) {
         match event {
             gossipsub::Event::Message {
@@ -276,6 +319,11 @@ impl Driver {
                 message,
             } => {
                 let from = message.source.unwrap_or(propagation_source);
+                // A peer heard of only through others: connect to it directly, so that pulls go
+                // straight to it and its leaving is seen as a closed connection.
+                if from != propagation_source {
+                    self.find(from);
+                }
                 let verdict = if message.topic == self.updates.hash() {
                     match self.check_update_gossip(from, &message.data) {
                         Ok(Gossiped::Announced(announce)) => {

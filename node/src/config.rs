@@ -56,6 +56,11 @@ pub struct SwarmConfig {
     pub tau_max: u64,
     /// `weighted_mean`, `trimmed_mean` (with `trim`) or `centered_clip`.
     pub aggregation: gradswarm_core::AggregationRule,
+    /// How the aggregate moves θ (absent: SGD lr 1), e.g. `{ kind = "nesterov", lr = 0.7, momentum = 0.9 }`.
+    pub outer: Option<gradswarm_core::OuterConfig>,
+    /// Error-feedback residual decay per round, in (0, 1] (absent: 1 in gradient mode, 0.9 in
+    /// local-steps mode).
+    pub feedback_decay: Option<f32>,
     /// Stop after this many rounds (0: until Ctrl-C).
     pub rounds: u64,
     /// Checkpoint every this many rounds (0: only when leaving).
@@ -79,6 +84,8 @@ impl Default for SwarmConfig {
             alpha: 0.5,
             tau_max: 4,
             aggregation: gradswarm_core::AggregationRule::WeightedMean,
+            outer: None,
+            feedback_decay: None,
             rounds: 0,
             checkpoint_every: 100,
             listen: vec![
@@ -139,6 +146,13 @@ impl NodeConfig {
         }
         if self.swarm.top_k_per_million == 0 || self.swarm.top_k_per_million > 1_000_000 {
             anyhow::bail!("swarm.top_k_per_million must be 1 to 1000000");
+        }
+        if self
+            .swarm
+            .feedback_decay
+            .is_some_and(|d| !(d > 0.0 && d <= 1.0))
+        {
+            anyhow::bail!("swarm.feedback_decay must be in (0, 1]");
         }
         if !(self.swarm.alpha.is_finite() && self.swarm.alpha >= 0.0) {
             anyhow::bail!("swarm.alpha must be a non-negative number");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use gradswarm_core::{CodecDescriptor, OuterConfig, StalenessPolicy, WireLimits};
+use gradswarm_core::{CodecDescriptor, StalenessPolicy, WireLimits};
 use gradswarm_model::{BackendKind, Checkpoint, Corpus, Trainer, checkpoint};
 use gradswarm_net::{Multiaddr, NetConfig, native};
 use gradswarm_peer::{Mode, Peer, PeerConfig, PeerSummary, RoundReport, stop_pair};
@@ -49,8 +49,11 @@ pub fn peer_config(cfg: &NodeConfig) -> PeerConfig {
     p.aggregation = cfg.swarm.aggregation;
     p.rounds = (cfg.swarm.rounds > 0).then_some(cfg.swarm.rounds);
     p.eval_every = cfg.swarm.eval_every;
-    if let Mode::Gradient = mode {
-        p.outer = OuterConfig::Sgd { lr: 1.0 };
+    if let Some(outer) = cfg.swarm.outer {
+        p.outer = outer;
+    }
+    if let Some(decay) = cfg.swarm.feedback_decay {
+        p.feedback_decay = decay;
     }
     p
 }

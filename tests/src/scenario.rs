@@ -40,10 +40,6 @@ fn one() -> f64 {
     1.0
 }
 
-fn one_f32() -> f32 {
-    1.0
-}
-
 /// A harness run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,17 +58,17 @@ pub struct Scenario {
     /// Top-k density in coordinates per million (then int8 + zstd).
     #[serde(default = "default_top_k")]
     pub top_k_per_million: u32,
-    /// The peers' outer optimizer (default: SGD lr 1 in gradient mode, Nesterov 0.7/0.9 in
-    /// local-steps mode, as DiLoCo).
+    /// The peers' outer optimizer (default: the peer's, SGD lr 1).
     #[serde(default)]
     pub outer: Option<OuterConfig>,
-    /// The baseline's outer optimizer (default: the mode's default, not `outer`: the baseline is
-    /// the best-known dense method, whatever the swarm tries).
+    /// The baseline's outer optimizer (default: the mode's standard dense method, not `outer`:
+    /// the baseline is the best-known dense method, whatever the swarm tries).
     #[serde(default)]
     pub baseline_outer: Option<OuterConfig>,
-    /// Error-feedback residual decay before each encode (1: kept whole).
-    #[serde(default = "one_f32")]
-    pub feedback_decay: f32,
+    /// Error-feedback residual decay before each encode (default: the peer's, 1 in gradient
+    /// mode and 0.9 in local-steps mode).
+    #[serde(default)]
+    pub feedback_decay: Option<f32>,
     /// Staleness weight exponent α.
     #[serde(default = "default_alpha")]
     pub alpha: f32,
@@ -153,7 +149,7 @@ impl Scenario {
                 bail!("peer {}: slowdown must be ≥ 1", p.index);
             }
         }
-        if !(self.feedback_decay > 0.0 && self.feedback_decay <= 1.0) {
+        if self.feedback_decay.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {
             bail!("feedback_decay must be in (0, 1]");
         }
         if self.initial_peers() == 0 {
@@ -198,10 +194,16 @@ impl Scenario {
         }
     }
 
-    /// The baseline's outer optimizer.
+    /// The baseline's outer optimizer: data-parallel SGD lr 1 per step, DiLoCo's Nesterov
+    /// (0.7, 0.9) with local steps, unless the scenario says otherwise.
     pub fn baseline_outer(&self) -> OuterConfig {
-        self.baseline_outer
-            .unwrap_or_else(|| PeerConfig::new(&self.name, self.peer_mode()).outer)
+        self.baseline_outer.unwrap_or(match self.mode {
+            ScenarioMode::Gradient => OuterConfig::Sgd { lr: 1.0 },
+            ScenarioMode::LocalSteps => OuterConfig::Nesterov {
+                lr: 0.7,
+                momentum: 0.9,
+            },
+        })
     }
 
     /// Peer `index`'s round-protocol settings.
@@ -211,7 +213,9 @@ impl Scenario {
         if let Some(outer) = self.outer {
             c.outer = outer;
         }
-        c.feedback_decay = self.feedback_decay;
+        if let Some(decay) = self.feedback_decay {
+            c.feedback_decay = decay;
+        }
         c.staleness = StalenessPolicy {
             alpha: self.alpha,
             tau_max: self.tau_max,
