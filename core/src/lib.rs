@@ -11,6 +11,7 @@
 //! - [`outer`]: the outer optimizer (SGD, DiLoCo-style Nesterov) over flat parameter vectors.
 //! - [`shard`]: rendezvous hashing of data chunks over live peers.
 //! - [`synthetic`]: seeded gradient-like vectors for tests and benchmarks.
+//! - [`topology`]: averaging topologies (whose updates a round waits for): broadcast.
 
 pub mod aggregate;
 pub mod codec;
@@ -20,6 +21,7 @@ pub mod round;
 pub mod shard;
 pub mod staleness;
 pub mod synthetic;
+pub mod topology;
 pub mod wire;
 
 pub use aggregate::{AggregateError, AggregationRule, Aggregator, UpdateValidator, Weighted};
@@ -32,6 +34,7 @@ pub use outer::{OuterConfig, OuterOptimizer};
 pub use round::{Accepted, Closed, Correction, RoundBook};
 pub use shard::ShardKey;
 pub use staleness::{DropCounts, DropReason, StalenessPolicy};
+pub use topology::{Averaging, AveragingConfig, Broadcast};
 pub use wire::{
     Announce, Digest, FORMAT_VERSION, Heartbeat, ModelHash, PeerState, Request, Response, Update,
     UpdateGossip, WireLimits,

@@ -56,6 +56,8 @@ pub struct SwarmConfig {
     pub tau_max: u64,
     /// `weighted_mean`, `trimmed_mean` (with `trim`) or `centered_clip`.
     pub aggregation: gradswarm_core::AggregationRule,
+    /// Whose updates a round waits for: `broadcast` (every live peer).
+    pub averaging: gradswarm_core::AveragingConfig,
     /// How the aggregate moves θ (absent: SGD lr 1), e.g. `{ kind = "nesterov", lr = 0.7, momentum = 0.9 }`.
     pub outer: Option<gradswarm_core::OuterConfig>,
     /// Error-feedback residual decay per round, in (0, 1] (absent: 1 in gradient mode, 0.9 in
@@ -84,6 +86,7 @@ impl Default for SwarmConfig {
             alpha: 0.5,
             tau_max: 4,
             aggregation: gradswarm_core::AggregationRule::WeightedMean,
+            averaging: gradswarm_core::AveragingConfig::Broadcast,
             outer: None,
             feedback_decay: None,
             rounds: 0,

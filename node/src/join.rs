@@ -47,6 +47,7 @@ pub fn peer_config(cfg: &NodeConfig) -> PeerConfig {
         tau_max: cfg.swarm.tau_max,
     };
     p.aggregation = cfg.swarm.aggregation;
+    p.averaging = cfg.swarm.averaging;
     p.rounds = (cfg.swarm.rounds > 0).then_some(cfg.swarm.rounds);
     p.eval_every = cfg.swarm.eval_every;
     if let Some(outer) = cfg.swarm.outer {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use gradswarm_core::{AggregationRule, CodecDescriptor, OuterConfig, StalenessPolicy};
+use gradswarm_core::{
+    AggregationRule, AveragingConfig, CodecDescriptor, OuterConfig, StalenessPolicy,
+};
 use serde::{Deserialize, Serialize};
 
 /// What a peer sends each round.
@@ -41,6 +43,8 @@ pub struct PeerConfig {
     pub staleness: StalenessPolicy,
     /// How updates are combined.
     pub aggregation: AggregationRule,
+    /// Whose updates a round waits for (broadcast: every live peer).
+    pub averaging: AveragingConfig,
     /// How the aggregate moves θ (SGD lr 1 by default; Nesterov is there for dense codecs).
     pub outer: OuterConfig,
     /// The error-feedback residual is multiplied by this before each encode (1: kept whole).
@@ -77,6 +81,7 @@ impl PeerConfig {
             codec: CodecDescriptor::top_k_int8_zstd(10_000),
             staleness: StalenessPolicy::default(),
             aggregation: AggregationRule::WeightedMean,
+            averaging: AveragingConfig::Broadcast,
             // Local steps with a sparse codec: measured (bench/four-peers-h8), DiLoCo's Nesterov
             // on top-1% pseudo-gradients with error feedback diverged (val 2.84, rising), with or
             // without residual decay, while SGD lr 1 on a residual decaying by 0.9 — whose

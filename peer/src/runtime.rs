@@ -8,9 +8,9 @@ use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
 use gradswarm_core::wire::params_checksum;
 use gradswarm_core::{
-    Accepted, Aggregator, Codec, DecodedUpdate, DropCounts, EncodeError, ErrorFeedback, Heartbeat,
-    ModelHash, OuterOptimizer, PeerState, RngKey, RoundBook, ShardKey, Update, UpdateValidator,
-    Weighted, WireLimits,
+    Accepted, Aggregator, Averaging, Codec, DecodedUpdate, DropCounts, EncodeError, ErrorFeedback,
+    Heartbeat, ModelHash, OuterOptimizer, PeerState, RngKey, RoundBook, ShardKey, Update,
+    UpdateValidator, Weighted, WireLimits,
 };
 use gradswarm_model::data::validation_batches;
 use gradswarm_model::{Batch, Corpus, ModelError, Trainer};
@@ -91,6 +91,7 @@ pub struct Peer {
     outer: OuterOptimizer,
     validator: UpdateValidator,
     aggregator: Box<dyn Aggregator + Send>,
+    averaging: Box<dyn Averaging>,
     snapshots: Arc<Snapshots>,
     compute_times: VecDeque<f64>,
     drops: DropCounts,
@@ -135,6 +136,7 @@ impl Peer {
             outer: OuterOptimizer::new(config.outer),
             validator: UpdateValidator::new(n, config.max_norm_ratio, 3, 32),
             aggregator: config.aggregation.build(),
+            averaging: config.averaging.build(),
             feedback: ErrorFeedback::with_decay(n, config.feedback_decay),
             limits: WireLimits::for_model(n, max_samples),
             summary: PeerSummary {
@@ -682,13 +684,16 @@ impl Peer {
         }
         report.encode_s = t1.elapsed().as_secs_f64();
 
-        // Collect until every live peer's update is in, someone moved on, or the deadline.
+        // Collect until every partner's update is in (every live peer's, with broadcast),
+        // someone moved on, or the deadline.
         let t2 = Instant::now();
         let deadline = self.deadline_after(t2);
         loop {
             let round = self.book.round();
             let live: Vec<Vec<u8>> = self.live().map(|p| p.to_bytes()).collect();
-            if self.book.has_all(live.iter().map(Vec::as_slice))
+            let me = self.me.to_bytes();
+            let partners = self.averaging.partners(round, &me, &live);
+            if self.book.has_all(partners)
                 || self.book.latest_published().is_some_and(|r| r > round)
                 || self.stopped
             {

@@ -461,7 +461,10 @@ fn announced_updates_that_lie_or_vanish_are_dropped_and_counted() {
     let honest = honest.stop().unwrap();
     rogue.shutdown();
     // It trained on through all of it (and stopped only when asked).
-    assert!(!honest.rounds.is_empty(), "the honest peer never closed a round");
+    assert!(
+        !honest.rounds.is_empty(),
+        "the honest peer never closed a round"
+    );
     for reason in [
         DropReason::Malformed,
         DropReason::PayloadMismatch,
