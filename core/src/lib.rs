@@ -11,10 +11,12 @@
 //! - [`outer`]: the outer optimizer (SGD, DiLoCo-style Nesterov) over flat parameter vectors.
 //! - [`shard`]: rendezvous hashing of data chunks over live peers.
 //! - [`synthetic`]: seeded gradient-like vectors for tests and benchmarks.
+//! - [`drift`]: the drift sketch heartbeats carry and pairwise averaging of drifted replicas.
 //! - [`topology`]: averaging topologies (whose updates a round waits for): broadcast.
 
 pub mod aggregate;
 pub mod codec;
+pub mod drift;
 mod error;
 pub mod outer;
 pub mod round;
@@ -29,6 +31,7 @@ pub use codec::{
     Codec, CodecDescriptor, Compress, CpuCodec, DecodedUpdate, ErrorFeedback, Quantize, RngKey,
     Sparsify,
 };
+pub use drift::DriftSketch;
 pub use error::{DecodeError, EncodeError};
 pub use outer::{OuterConfig, OuterOptimizer};
 pub use round::{Accepted, Closed, Correction, RoundBook};

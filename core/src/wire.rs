@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecDescriptor, DecodedUpdate, decode_payload};
+use crate::drift::DriftSketch;
 use crate::error::DecodeError;
 
 /// The update format this build writes and reads.
@@ -273,6 +274,8 @@ pub struct Heartbeat {
     pub checksum: u64,
     /// The sender's latest training loss (nats per byte); NaN before its first step.
     pub loss: f32,
+    /// A sketch of θ_round, to estimate how far replicas drifted apart (empty before round 0 closes).
+    pub sketch: DriftSketch,
 }
 
 impl Heartbeat {
@@ -285,6 +288,7 @@ impl Heartbeat {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let hb: Heartbeat = decode_versioned(bytes, MAX_HEARTBEAT_BYTES)?;
         check_ids(&hb.run_id, &hb.peer_id)?;
+        hb.sketch.check()?;
         Ok(hb)
     }
 }
@@ -377,6 +381,19 @@ pub enum Request {
         model_hash: ModelHash,
         /// Snapshot id (0 for the latest).
         snapshot: u64,
+        /// Chunk index.
+        chunk: u32,
+    },
+    /// Chunk `chunk` of the peer's θ at the start of round `round` (f32 little-endian, the
+    /// model's flat order), for pairwise averaging: both peers of a pair read each other's
+    /// replica of the same round, so that their two halves of the averaging meet exactly.
+    Params {
+        /// The run.
+        run_id: String,
+        /// Hash of the model configuration.
+        model_hash: ModelHash,
+        /// The round whose starting θ is asked for.
+        round: u64,
         /// Chunk index.
         chunk: u32,
     },
@@ -564,9 +581,24 @@ mod tests {
             round: 7,
             checksum: params_checksum(&[1.0, 2.0]),
             loss: 2.5,
+            sketch: DriftSketch::of(&[1.0, 2.0]),
         };
-        assert_eq!(Heartbeat::from_bytes(&hb.to_bytes()), Ok(hb));
+        assert_eq!(Heartbeat::from_bytes(&hb.to_bytes()), Ok(hb.clone()));
         assert!(Heartbeat::from_bytes(&[FORMAT_VERSION; 600]).is_err());
+        // The largest honest heartbeat fits its limit; a sketch with a NaN is refused.
+        let largest = Heartbeat {
+            run_id: "r".repeat(MAX_RUN_ID_LEN),
+            peer_id: vec![0xff; MAX_PEER_ID_LEN],
+            round: u64::MAX,
+            checksum: u64::MAX,
+            sketch: DriftSketch::of(&vec![1e30; 10_000]),
+            ..hb.clone()
+        };
+        assert!(largest.to_bytes().len() <= MAX_HEARTBEAT_BYTES);
+        assert!(Heartbeat::from_bytes(&largest.to_bytes()).is_ok());
+        let mut nan = hb;
+        nan.sketch.buckets[0] = f32::NAN;
+        assert!(Heartbeat::from_bytes(&nan.to_bytes()).is_err());
         assert_ne!(params_checksum(&[1.0, 2.0]), params_checksum(&[1.0, 2.5]));
 
         let state = PeerState {

@@ -63,6 +63,9 @@ pub struct SwarmConfig {
     /// Error-feedback residual decay per round, in (0, 1] (absent: 1 in gradient mode, 0.9 in
     /// local-steps mode).
     pub feedback_decay: Option<f32>,
+    /// Replicas further apart than this (relative L2, estimated from heartbeats) reconcile by
+    /// pairwise averaging (absent: 1e-4; `inf`: never).
+    pub drift_tolerance: Option<f64>,
     /// Stop after this many rounds (0: until Ctrl-C).
     pub rounds: u64,
     /// Checkpoint every this many rounds (0: only when leaving).
@@ -89,6 +92,7 @@ impl Default for SwarmConfig {
             averaging: gradswarm_core::AveragingConfig::Broadcast,
             outer: None,
             feedback_decay: None,
+            drift_tolerance: None,
             rounds: 0,
             checkpoint_every: 100,
             listen: vec![
@@ -157,6 +161,13 @@ impl NodeConfig {
         {
             anyhow::bail!("swarm.feedback_decay must be in (0, 1]");
         }
+        if self
+            .swarm
+            .drift_tolerance
+            .is_some_and(|t| t.is_nan() || t <= 0.0)
+        {
+            anyhow::bail!("swarm.drift_tolerance must be positive (inf: never reconcile)");
+        }
         if !(self.swarm.alpha.is_finite() && self.swarm.alpha >= 0.0) {
             anyhow::bail!("swarm.alpha must be a non-negative number");
         }
@@ -184,5 +195,16 @@ mod tests {
         assert!(toml::from_str::<NodeConfig>("[model]\nlayer = 3\n").is_err());
         let c: NodeConfig = toml::from_str("[model]\nheads = 3\n").expect("parses");
         assert!(c.validate().is_err());
+        for bad in ["0.0", "-1e-4", "nan"] {
+            let text = format!("[swarm]\ndrift_tolerance = {bad}\n");
+            let c: NodeConfig = toml::from_str(&text).expect("parses");
+            assert!(
+                c.validate().is_err(),
+                "drift_tolerance = {bad} was accepted"
+            );
+        }
+        let never: NodeConfig = toml::from_str("[swarm]\ndrift_tolerance = inf\n").expect("parses");
+        assert!(never.validate().is_ok());
+        assert_eq!(crate::join::peer_config(&never).drift_tolerance, None);
     }
 }

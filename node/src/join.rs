@@ -56,6 +56,9 @@ pub fn peer_config(cfg: &NodeConfig) -> PeerConfig {
     if let Some(decay) = cfg.swarm.feedback_decay {
         p.feedback_decay = decay;
     }
+    if let Some(tolerance) = cfg.swarm.drift_tolerance {
+        p.drift_tolerance = tolerance.is_finite().then_some(tolerance);
+    }
     p
 }
 

@@ -69,6 +69,9 @@ pub struct PeerConfig {
     pub max_norm_ratio: f64,
     /// Experiments only: stretch each round's compute by this factor (1: none), to play a slow peer.
     pub slowdown: f64,
+    /// Replicas whose heartbeat sketches put them further apart than this (relative L2) reconcile
+    /// by pairwise averaging (None: never).
+    pub drift_tolerance: Option<f64>,
 }
 
 impl PeerConfig {
@@ -101,6 +104,9 @@ impl PeerConfig {
             eval_batches: 4,
             max_norm_ratio: 50.0,
             slowdown: 1.0,
+            // Last-bit differences of updates applied in another order read as ~1e-7; one missed
+            // update of the default job as ~1e-3.
+            drift_tolerance: Some(1e-4),
         }
     }
 }

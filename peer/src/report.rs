@@ -36,6 +36,8 @@ pub struct RoundReport {
     pub checksum: u64,
     /// True when this round was closed while catching up (no own update in it).
     pub catch_up: bool,
+    /// Pairwise averagings with a drifted replica since the previous report.
+    pub reconciled: u64,
 }
 
 /// What a peer did over its whole run.
@@ -53,6 +55,8 @@ pub struct PeerSummary {
     pub drops: DropCounts,
     /// Updates received from each other peer that counted, keyed by peer id (base58).
     pub counted_from: std::collections::BTreeMap<String, u64>,
+    /// Pairwise averagings with drifted replicas, keyed by the partner's peer id (base58).
+    pub reconciled_with: std::collections::BTreeMap<String, u64>,
     /// θ at the end.
     pub final_params: Vec<f32>,
 }

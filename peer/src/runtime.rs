@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::mpsc;
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use gradswarm_core::drift::{pull_halfway, relative_distance};
 use gradswarm_core::wire::params_checksum;
 use gradswarm_core::{
-    Accepted, Aggregator, Averaging, Codec, DecodedUpdate, DropCounts, EncodeError, ErrorFeedback,
-    Heartbeat, ModelHash, OuterOptimizer, PeerState, RngKey, RoundBook, ShardKey, Update,
-    UpdateValidator, Weighted, WireLimits,
+    Accepted, Aggregator, Averaging, Codec, DecodedUpdate, DriftSketch, DropCounts, EncodeError,
+    ErrorFeedback, Heartbeat, ModelHash, OuterOptimizer, PeerState, RngKey, RoundBook, ShardKey,
+    Update, UpdateValidator, Weighted, WireLimits,
 };
 use gradswarm_model::data::validation_batches;
 use gradswarm_model::{Batch, Corpus, ModelError, Trainer};
@@ -66,6 +68,24 @@ struct Seen {
     round: u64,
 }
 
+/// This replica at the start of a round: what a partner's snapshot of that round is compared with.
+struct Mark {
+    round: u64,
+    params: Arc<Vec<f32>>,
+    checksum: u64,
+    sketch: DriftSketch,
+}
+
+/// Memory the marks of past rounds may take (at least two rounds are kept whatever the model).
+const MARK_BUDGET_BYTES: usize = 64 << 20;
+
+/// After a pairwise averaging, heartbeats of the next this many rounds are not looked at: they
+/// may predate the partners' halves of the averaging, and acting on them would overshoot.
+const RECONCILE_BACKOFF: u64 = 3;
+
+/// A pairwise averaging in flight: the partner, the round, and the partner's θ of that round.
+type Reconciling = BoxFuture<'static, (PeerId, u64, Result<Vec<f32>, PeerError>)>;
+
 /// Called after every round with its report and the trainer (to checkpoint it, say).
 pub type Observer = Box<dyn FnMut(&RoundReport, &Trainer) + Send>;
 
@@ -102,6 +122,18 @@ pub struct Peer {
     min_peers: usize,
     summary: PeerSummary,
     observer: Option<Observer>,
+    /// Whether the round loop runs (drift is only looked at once this peer has joined).
+    running: bool,
+    marks: VecDeque<Mark>,
+    max_marks: usize,
+    reconciling: Option<Reconciling>,
+    /// Per partner, the first heartbeat round whose drift is looked at again.
+    reconcile_after: BTreeMap<PeerId, u64>,
+    /// The first heartbeat round whose drift is looked at again, after an averaging.
+    quiet_until: u64,
+    /// Heartbeats of rounds this peer has not reached yet, looked at once it has.
+    early_heartbeats: BTreeMap<PeerId, Heartbeat>,
+    reconciled_pending: u64,
 }
 
 impl Peer {
@@ -166,6 +198,14 @@ impl Peer {
             last_loss: f32::NAN,
             min_peers: 0,
             observer: None,
+            running: false,
+            marks: VecDeque::new(),
+            max_marks: (MARK_BUDGET_BYTES / (4 * n).max(1)).clamp(2, 16),
+            reconciling: None,
+            reconcile_after: BTreeMap::new(),
+            quiet_until: 0,
+            early_heartbeats: BTreeMap::new(),
+            reconciled_pending: 0,
         })
     }
 
@@ -199,6 +239,9 @@ impl Peer {
     pub async fn run(&mut self) -> Result<PeerSummary, PeerError> {
         self.join().await?;
         self.summary.start_round = self.book.round();
+        self.running = true;
+        let params = self.trainer.parameters()?;
+        self.mark(params);
         while !self.stopped && self.config.rounds.is_none_or(|r| self.book.round() < r) {
             self.run_round().await?;
             if self.stop.next().now_or_never().flatten().is_some() {
@@ -262,26 +305,164 @@ impl Peer {
         }
     }
 
-    /// The next network event before `until`; None on timeout or stop.
+    /// The next network event before `until`; None on timeout, stop, or when a pairwise
+    /// averaging's state transfer completed (it is applied here, between two events).
     async fn next_event(&mut self, until: Instant) -> Option<NetEvent> {
+        enum Wake {
+            Net(Option<NetEvent>),
+            Timeout,
+            Stop,
+            Reconciled(PeerId, u64, Result<Vec<f32>, PeerError>),
+        }
         let remaining = until.saturating_duration_since(Instant::now());
         let mut timeout = futures_timer::Delay::new(remaining).fuse();
         let events = &mut self.events;
         let stop = &mut self.stop;
-        futures::select! {
-            event = events.next() => {
+        let reconciling = &mut self.reconciling;
+        let reconciled = async move {
+            match reconciling {
+                Some(transfer) => transfer.await,
+                None => futures::future::pending().await,
+            }
+        }
+        .fuse();
+        futures::pin_mut!(reconciled);
+        let wake = futures::select! {
+            event = events.next() => Wake::Net(event),
+            _ = timeout => Wake::Timeout,
+            _ = stop.next() => Wake::Stop,
+            (peer, round, theirs) = reconciled => Wake::Reconciled(peer, round, theirs),
+        };
+        match wake {
+            Wake::Net(event) => {
                 if event.is_none() {
                     // The network task ended: nothing more will arrive.
                     self.stopped = true;
                 }
                 event
             }
-            _ = timeout => None,
-            _ = stop.next() => {
+            Wake::Timeout => None,
+            Wake::Stop => {
                 self.stopped = true;
                 None
             }
+            Wake::Reconciled(peer, round, theirs) => {
+                self.reconciling = None;
+                if let Err(e) = self.finish_reconcile(peer, round, theirs) {
+                    warn!("pairwise averaging with {peer} not applied: {e}");
+                }
+                None
+            }
         }
+    }
+
+    /// Remembers this replica, θ = `params`, at the start of the open round, for pairwise
+    /// averaging later.
+    fn mark(&mut self, params: Vec<f32>) {
+        if self.config.drift_tolerance.is_none() {
+            return;
+        }
+        let round = self.book.round();
+        let params = Arc::new(params);
+        self.snapshots.mark(round, params.clone(), self.max_marks);
+        self.marks.retain(|m| m.round < round);
+        self.marks.push_back(Mark {
+            round,
+            checksum: params_checksum(&params),
+            sketch: DriftSketch::of(&params),
+            params,
+        });
+        while self.marks.len() > self.max_marks {
+            self.marks.pop_front();
+        }
+    }
+
+    /// Starts a pairwise averaging with `from` when its heartbeat's sketch puts its replica
+    /// further from ours, at the same round, than the drift tolerance.
+    fn check_drift(&mut self, from: PeerId, heartbeat: &Heartbeat) {
+        let Some(tolerance) = self.config.drift_tolerance else {
+            return;
+        };
+        // State comes from a peer we are connected to, one transfer at a time.
+        if !self.running || self.reconciling.is_some() || !self.joined.contains(&from) {
+            return;
+        }
+        if heartbeat.round < self.quiet_until
+            || self
+                .reconcile_after
+                .get(&from)
+                .is_some_and(|&r| heartbeat.round < r)
+        {
+            return;
+        }
+        let Some(mark) = self.marks.iter().find(|m| m.round == heartbeat.round) else {
+            if heartbeat.round > self.book.round() {
+                self.early_heartbeats.insert(from, heartbeat.clone());
+            }
+            return;
+        };
+        if mark.checksum == heartbeat.checksum {
+            return;
+        }
+        let Some(drift) = mark.sketch.relative_distance(&heartbeat.sketch) else {
+            return;
+        };
+        if drift <= tolerance {
+            return;
+        }
+        info!(
+            "replica of {from} is ~{drift:.1e} from ours at round {}: averaging with it",
+            heartbeat.round
+        );
+        self.reconcile_after
+            .insert(from, self.book.round() + RECONCILE_BACKOFF);
+        let net = self.net.clone();
+        let run_id = self.config.run_id.clone();
+        let (model_hash, n) = (self.model_hash, self.trainer.num_params());
+        let round = heartbeat.round;
+        self.reconciling = Some(
+            async move {
+                let theirs = state::fetch_params(&net, from, &run_id, model_hash, round, n).await;
+                (from, round, theirs)
+            }
+            .boxed(),
+        );
+    }
+
+    /// Applies this peer's half of a pairwise averaging with `peer` (DESIGN.md §3: replicas that
+    /// drift reconcile pairwise): θ moves halfway to the partner's replica, as of `round`. The
+    /// partner, having seen the same two heartbeats, applies the other half with our θ of the
+    /// same round, so the difference of that round vanishes and updates applied since carry over.
+    fn finish_reconcile(
+        &mut self,
+        peer: PeerId,
+        round: u64,
+        theirs: Result<Vec<f32>, PeerError>,
+    ) -> Result<(), PeerError> {
+        let theirs = theirs?;
+        let Some(mark) = self.marks.iter().find(|m| m.round == round) else {
+            return Err(PeerError::Sync(format!(
+                "this peer no longer remembers its replica of round {round}"
+            )));
+        };
+        let mine = mark.params.clone();
+        let drift = relative_distance(&mine, &theirs);
+        if self.config.drift_tolerance.is_none_or(|t| drift <= t) {
+            debug!("replica of {peer} at round {round} is {drift:.1e} from ours: close enough");
+            return Ok(());
+        }
+        let mut theta = self.trainer.parameters()?;
+        pull_halfway(&mut theta, &mine, &theirs);
+        self.trainer.set_parameters(&theta)?;
+        self.quiet_until = self.book.round() + RECONCILE_BACKOFF;
+        info!("averaged with {peer}'s replica of round {round} (it was {drift:.1e} from ours)");
+        self.reconciled_pending += 1;
+        *self
+            .summary
+            .reconciled_with
+            .entry(peer.to_base58())
+            .or_default() += 1;
+        Ok(())
     }
 
     fn on_event(&mut self, event: NetEvent) {
@@ -314,8 +495,9 @@ impl Peer {
                 }
             }
             NetEvent::Heartbeat { from, heartbeat } => {
-                self.bytes_down += 64;
+                self.bytes_down += heartbeat.to_bytes().len() as u64;
                 self.touch(from, Some(heartbeat.round));
+                self.check_drift(from, &heartbeat);
             }
             NetEvent::Dropped { from, reason } => {
                 debug!("message from {from} rejected: {reason}");
@@ -331,6 +513,8 @@ impl Peer {
                 info!("peer {peer} left");
                 self.peers.remove(&peer);
                 self.joined.remove(&peer);
+                self.early_heartbeats.remove(&peer);
+                self.reconcile_after.remove(&peer);
                 self.gone.insert(peer, Instant::now());
             }
             NetEvent::Listening(addr) => info!("listening on {addr}"),
@@ -338,11 +522,14 @@ impl Peer {
     }
 
     fn heartbeat(&self) {
-        let checksum = self
-            .trainer
-            .parameters()
-            .map(|p| params_checksum(&p))
-            .unwrap_or(0);
+        let (checksum, sketch) = match self.marks.back() {
+            Some(m) if m.round == self.book.round() => (m.checksum, m.sketch.clone()),
+            _ => self
+                .trainer
+                .parameters()
+                .map(|p| (params_checksum(&p), DriftSketch::of(&p)))
+                .unwrap_or_default(),
+        };
         let hb = Heartbeat {
             run_id: self.config.run_id.clone(),
             model_hash: self.model_hash,
@@ -350,6 +537,7 @@ impl Peer {
             round: self.book.round(),
             checksum,
             loss: self.last_loss,
+            sketch,
         };
         if let Err(e) = self.net.publish(Topic::Heartbeat, hb.to_bytes()) {
             debug!("heartbeat: {e}");
@@ -580,6 +768,7 @@ impl Peer {
         report.samples = self.samples;
         report.bytes_down = std::mem::take(&mut self.bytes_down);
         report.drops = std::mem::take(&mut self.drops_pending);
+        report.reconciled = std::mem::take(&mut self.reconciled_pending);
         if self.config.eval_every > 0 && (report.round + 1).is_multiple_of(self.config.eval_every) {
             report.val_loss = Some(self.trainer.evaluate(&self.val)?);
         }
@@ -587,7 +776,17 @@ impl Peer {
             "round {} closed: loss {:.3}, {} updates, staleness {:?}, {} live peers",
             report.round, report.loss, report.updates, report.staleness, report.peers
         );
-        self.snapshots.set_round(self.book.round());
+        self.mark(params);
+        let round = self.book.round();
+        let (now, later): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut self.early_heartbeats)
+                .into_iter()
+                .partition(|(_, hb)| hb.round <= round);
+        self.early_heartbeats = later;
+        for (from, heartbeat) in now {
+            self.check_drift(from, &heartbeat);
+        }
+        self.snapshots.set_round(round);
         if self.snapshots.wanted() {
             let state = self.snapshot()?;
             self.snapshots.publish(&state);

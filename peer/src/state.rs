@@ -3,7 +3,11 @@
 //! Snapshots are made lazily: a request for chunk 0 marks one as wanted, and the round loop
 //! serializes its replica at the end of the next round. A joiner that asks in between is told to
 //! retry, so a snapshot it receives is never older than the round the server is on.
+//!
+//! For pairwise averaging, a peer also serves θ at the start of each of its last few rounds
+//! (its *marks*), by round: the two peers of a pair read each other's replica of one round.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +45,7 @@ pub(crate) struct Snapshots {
     round: AtomicU64,
     next_id: AtomicU64,
     current: Mutex<Option<Arc<Snapshot>>>,
+    marks: Mutex<VecDeque<(u64, Arc<Vec<f32>>)>>,
 }
 
 impl Snapshots {
@@ -52,7 +57,18 @@ impl Snapshots {
             round: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             current: Mutex::new(None),
+            marks: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// Serves θ at the start of `round` (older marks beyond `keep` are forgotten).
+    pub(crate) fn mark(&self, round: u64, params: Arc<Vec<f32>>, keep: usize) {
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        marks.retain(|(r, _)| *r < round);
+        marks.push_back((round, params));
+        while marks.len() > keep {
+            marks.pop_front();
+        }
     }
 
     /// Whether a joiner is waiting for a fresh snapshot.
@@ -79,14 +95,25 @@ impl Snapshots {
 
     /// Answers a state request (called on the network task).
     pub(crate) fn serve(&self, request: &Request) -> Response {
-        let Request::State {
-            run_id,
-            model_hash,
-            snapshot,
-            chunk,
-        } = request
-        else {
-            return Response::Error("not a state request".into());
+        let (run_id, model_hash, snapshot, chunk) = match request {
+            Request::State {
+                run_id,
+                model_hash,
+                snapshot,
+                chunk,
+            } => (run_id, model_hash, snapshot, chunk),
+            Request::Params {
+                run_id,
+                model_hash,
+                round,
+                chunk,
+            } => {
+                if *run_id != self.run_id || *model_hash != self.model_hash {
+                    return Response::Error("another run or model".into());
+                }
+                return self.serve_mark(*round, *chunk);
+            }
+            Request::Update { .. } => return Response::Error("not a state request".into()),
         };
         if *run_id != self.run_id || *model_hash != self.model_hash {
             return Response::Error("another run or model".into());
@@ -128,6 +155,34 @@ impl Snapshots {
     }
 }
 
+impl Snapshots {
+    fn serve_mark(&self, round: u64, chunk: u32) -> Response {
+        let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((_, params)) = marks.iter().find(|(r, _)| *r == round) else {
+            return Response::Error(format!("no replica of round {round} here"));
+        };
+        let floats_per_chunk = STATE_CHUNK_BYTES / 4;
+        let chunks = params.len().div_ceil(floats_per_chunk).max(1);
+        let index = chunk as usize;
+        if index >= chunks {
+            return Response::Error("no such chunk".into());
+        }
+        let start = index * floats_per_chunk;
+        let end = (start + floats_per_chunk).min(params.len());
+        Response::StateChunk {
+            snapshot: round,
+            round,
+            chunk,
+            chunks: chunks as u32,
+            total_bytes: params.len() as u64 * 4,
+            bytes: params[start..end]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        }
+    }
+}
+
 /// Fetches `peer`'s state, chunk by chunk, retrying while it prepares a snapshot.
 pub(crate) async fn fetch(
     net: &NetHandle,
@@ -136,7 +191,60 @@ pub(crate) async fn fetch(
     model_hash: ModelHash,
     model_len: usize,
 ) -> Result<PeerState, PeerError> {
+    let request = |snapshot, chunk| Request::State {
+        run_id: run_id.to_string(),
+        model_hash,
+        snapshot,
+        chunk,
+    };
     let max = PeerState::max_bytes(model_len);
+    let (_, bytes) = fetch_chunks(net, peer, request, max, true).await?;
+    PeerState::from_bytes(&bytes, model_len)
+        .map_err(|e| PeerError::Sync(format!("state from {peer}: {e}")))
+}
+
+/// Fetches `peer`'s θ at the start of `round` (one of its marks), for pairwise averaging.
+pub(crate) async fn fetch_params(
+    net: &NetHandle,
+    peer: PeerId,
+    run_id: &str,
+    model_hash: ModelHash,
+    round: u64,
+    model_len: usize,
+) -> Result<Vec<f32>, PeerError> {
+    let request = |_, chunk| Request::Params {
+        run_id: run_id.to_string(),
+        model_hash,
+        round,
+        chunk,
+    };
+    let (got, bytes) = fetch_chunks(net, peer, request, model_len * 4, false).await?;
+    if got != round || bytes.len() != model_len * 4 {
+        return Err(PeerError::Sync(format!(
+            "{peer} sent θ of round {got} ({} bytes) for round {round}",
+            bytes.len()
+        )));
+    }
+    let params: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if params.iter().any(|v| !v.is_finite()) {
+        return Err(PeerError::Sync(format!("{peer} sent a non-finite θ")));
+    }
+    Ok(params)
+}
+
+/// Fetches a chunked answer from `peer`: `request(snapshot, chunk)` asks for one chunk; at most
+/// `max` bytes in all. Error answers are retried (a snapshot being prepared) when `retry`.
+/// Returns the answer's round and its bytes.
+async fn fetch_chunks(
+    net: &NetHandle,
+    peer: PeerId,
+    request: impl Fn(u64, u32) -> Request,
+    max: usize,
+    retry: bool,
+) -> Result<(u64, Vec<u8>), PeerError> {
     let mut attempts = 0;
     'again: loop {
         attempts += 1;
@@ -147,13 +255,7 @@ pub(crate) async fn fetch(
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = 0u32;
         loop {
-            let request = Request::State {
-                run_id: run_id.to_string(),
-                model_hash,
-                snapshot,
-                chunk,
-            };
-            let response = match net.request(peer, request).await {
+            let response = match net.request(peer, request(snapshot, chunk)).await {
                 Ok(r) => r,
                 Err(gradswarm_net::NetError::Stopped) => {
                     return Err(gradswarm_net::NetError::Stopped.into());
@@ -168,6 +270,7 @@ pub(crate) async fn fetch(
             match response {
                 Response::StateChunk {
                     snapshot: id,
+                    round,
                     chunk: got,
                     chunks,
                     total_bytes,
@@ -196,8 +299,7 @@ pub(crate) async fn fetch(
                         if buf.len() != total {
                             return Err(PeerError::Sync(format!("{peer} sent a short state")));
                         }
-                        return PeerState::from_bytes(&buf, model_len)
-                            .map_err(|e| PeerError::Sync(format!("state from {peer}: {e}")));
+                        return Ok((round, buf));
                     }
                 }
                 Response::Update(_) => {
@@ -205,12 +307,74 @@ pub(crate) async fn fetch(
                         "{peer} answered a state request with an update"
                     )));
                 }
+                Response::Error(reason) if !retry => {
+                    return Err(PeerError::Sync(format!("{peer}: {reason}")));
+                }
                 Response::Error(reason) => {
                     debug!("state from {peer}: {reason}");
                     futures_timer::Delay::new(RETRY_DELAY).await;
                     continue 'again;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params_request(run_id: &str, round: u64, chunk: u32) -> Request {
+        Request::Params {
+            run_id: run_id.into(),
+            model_hash: [7; 32],
+            round,
+            chunk,
+        }
+    }
+
+    #[test]
+    fn marks_are_served_by_round_in_chunks_and_forgotten_in_order() {
+        let snapshots = Snapshots::new("run", [7; 32]);
+        // Two and a bit chunks' worth of floats.
+        let n = STATE_CHUNK_BYTES / 2 + 3;
+        for round in 0..4u64 {
+            let theta: Vec<f32> = (0..n).map(|j| (j as f32) + round as f32 * 0.5).collect();
+            snapshots.mark(round, Arc::new(theta), 3);
+        }
+        let mut bytes = Vec::new();
+        for chunk in 0..3 {
+            match snapshots.serve(&params_request("run", 2, chunk)) {
+                Response::StateChunk {
+                    round,
+                    chunks,
+                    total_bytes,
+                    bytes: b,
+                    ..
+                } => {
+                    assert_eq!((round, chunks, total_bytes), (2, 3, n as u64 * 4));
+                    bytes.extend_from_slice(&b);
+                }
+                other => panic!("chunk {chunk}: {other:?}"),
+            }
+        }
+        let got: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(got.len(), n);
+        assert!(got.iter().enumerate().all(|(j, &v)| v == j as f32 + 1.0));
+        // Round 0 was forgotten (three kept), round 9 never was; another run is refused.
+        for refused in [
+            params_request("run", 0, 0),
+            params_request("run", 9, 0),
+            params_request("run", 2, 3),
+            params_request("other", 2, 0),
+        ] {
+            assert!(
+                matches!(snapshots.serve(&refused), Response::Error(_)),
+                "{refused:?} was served"
+            );
         }
     }
 }

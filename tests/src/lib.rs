@@ -176,15 +176,25 @@ impl LocalSwarm {
         corpus: Arc<Corpus>,
         min_peers: usize,
     ) -> Result<(usize, PeerProc)> {
+        let trainer = Trainer::new(model, train, &Device::flex())?;
+        self.spawn_trainer(config, trainer, corpus, min_peers)
+    }
+
+    /// Starts a peer around a trainer made by the caller (whose replica a test may have moved).
+    pub fn spawn_trainer(
+        &mut self,
+        config: PeerConfig,
+        trainer: Trainer,
+        corpus: Arc<Corpus>,
+        min_peers: usize,
+    ) -> Result<(usize, PeerProc)> {
         let index = self.started;
         self.started += 1;
-        let model = model.clone();
-        let train = train.clone();
-        let trainer = Trainer::new(&model, &train, &Device::flex())?;
         let n = trainer.num_params();
-        let limits =
-            WireLimits::for_model(n, train.batch_size as u64 * 64 * config.mode.local_steps());
-        let mut net_config = NetConfig::peer(&config.run_id, model.hash(), limits);
+        let batch = trainer.config().batch_size as u64;
+        let limits = WireLimits::for_model(n, batch * 64 * config.mode.local_steps());
+        let model_hash = trainer.model_config().hash();
+        let mut net_config = NetConfig::peer(&config.run_id, model_hash, limits);
         net_config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
         net_config.bootstrap = vec![self.bootstrap.clone()];
         net_config.gossip_heartbeat = Duration::from_millis(200);

@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use gradswarm_core::drift::relative_distance;
 use gradswarm_core::{
     Announce, DropCounts, DropReason, StalenessPolicy, Update, UpdateGossip, WireLimits,
 };
 use gradswarm_harness::{LocalSwarm, Report, load_corpus, max_divergence};
-use gradswarm_model::{Corpus, ModelConfig, TrainConfig};
+use gradswarm_model::burn::prelude::Device;
+use gradswarm_model::{Corpus, ModelConfig, TrainConfig, Trainer};
 use gradswarm_peer::{Mode, PeerConfig, PeerSummary};
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -227,6 +229,77 @@ fn a_killed_peer_leaves_the_others_training() {
         let (first, last) = loss_fell(s);
         assert!(last < first - 0.5, "loss went {first} → {last}");
     }
+}
+
+#[test]
+fn drifted_replicas_reconcile_by_pairwise_averaging() {
+    let _serial = serial();
+    let mut swarm = LocalSwarm::start("e2e-drift").unwrap();
+    let corpus = corpus();
+    let mut peers = Vec::new();
+    for i in 0..3 {
+        let mut trainer =
+            Trainer::new(&tiny_model(), &tiny_train(), &Device::flex()).expect("trainer");
+        if i == 2 {
+            // This replica starts 1% (relative L2) away from the others', as after a restart from
+            // another checkpoint. The same aggregates applied to every replica keep that gap.
+            let theta = trainer.parameters().expect("θ");
+            let moved: Vec<f32> = theta
+                .iter()
+                .enumerate()
+                .map(|(j, v)| if j % 2 == 0 { v * 1.01 } else { v * 0.99 })
+                .collect();
+            assert!((relative_distance(&theta, &moved) - 0.01).abs() < 1e-4);
+            trainer.set_parameters(&moved).expect("θ");
+        }
+        // Rounds of the tiny model take milliseconds, a state transfer several of them: 40
+        // rounds leave room for a second averaging when the first pairs did not all meet.
+        let config = config("e2e-drift", 40);
+        peers.push(
+            swarm
+                .spawn_trainer(config, trainer, corpus.clone(), 2)
+                .unwrap()
+                .1,
+        );
+    }
+    let summaries: Vec<PeerSummary> = peers.into_iter().map(|p| p.join().unwrap()).collect();
+    for s in &summaries {
+        let (first, last) = loss_fell(s);
+        assert!(
+            last < first - 0.5,
+            "loss of {} went {first} → {last}",
+            s.peer_id
+        );
+    }
+    // The drifted peer averaged with the others, and they with it.
+    let drifted = &summaries[2];
+    assert!(
+        !drifted.reconciled_with.is_empty(),
+        "the drifted peer never averaged"
+    );
+    assert!(
+        summaries[..2]
+            .iter()
+            .all(|s| s.reconciled_with.contains_key(&drifted.peer_id)),
+        "a peer never averaged with the drifted one: {:?}",
+        summaries
+            .iter()
+            .map(|s| &s.reconciled_with)
+            .collect::<Vec<_>>()
+    );
+    let params: Vec<&[f32]> = summaries
+        .iter()
+        .map(|s| s.final_params.as_slice())
+        .collect();
+    let divergence = max_divergence(&params);
+    eprintln!(
+        "final replica divergence {divergence:.3e}; averagings {:?}",
+        summaries
+            .iter()
+            .map(|s| &s.reconciled_with)
+            .collect::<Vec<_>>()
+    );
+    assert!(divergence < 1e-3, "replicas still apart: {divergence}");
 }
 
 #[test]

@@ -1,0 +1,184 @@
+//! Replica drift: a small linear sketch of θ that heartbeats carry, so that peers can tell how far
+//! apart two replicas are without sending θ, and the pairwise-averaging rule that pulls them back.
+//!
+//! Why a sketch and not only the checksum: replicas that took the same updates in a different
+//! order (an update late at one peer and in time at another) differ in the last bits forever, so
+//! their checksums never match again although they are one replica for every purpose. Fetching θ
+//! whenever checksums differ would cost a full model per round. The sketch is a count sketch
+//! (AMS): coordinate j adds `sign(j) · θ_j` to bucket `h(j)`, so the sketch of a difference is the
+//! difference of sketches and `‖S(a) − S(b)‖²` is an unbiased estimate of `‖a − b‖²`
+//! (relative standard deviation √(2/[`SKETCH_BUCKETS`]) ≈ 25%): last-bit noise reads as ~1e-7,
+//! a missed update as ~1e-3, and only the latter is worth a state transfer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::DecodeError;
+
+/// Buckets of a [`DriftSketch`]: 128 bytes in every heartbeat.
+pub const SKETCH_BUCKETS: usize = 32;
+
+/// A count sketch of a parameter vector and its L2 norm.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriftSketch {
+    /// Bucket sums (empty: no sketch, e.g. before the first round).
+    pub buckets: Vec<f32>,
+    /// ‖θ‖₂, the scale relative distances are measured against.
+    pub norm: f32,
+}
+
+/// A fixed 64-bit mix (SplitMix64's finalizer): bucket and sign of a coordinate index.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl DriftSketch {
+    /// The sketch of `params` (sums in f64, so that rounding stays far below any drift that matters).
+    pub fn of(params: &[f32]) -> Self {
+        let mut sums = [0.0f64; SKETCH_BUCKETS];
+        let mut norm = 0.0f64;
+        for (j, &v) in params.iter().enumerate() {
+            let h = mix(j as u64);
+            let v = f64::from(v);
+            let signed = if h >> 63 == 0 { v } else { -v };
+            sums[(h as usize) % SKETCH_BUCKETS] += signed;
+            norm += v * v;
+        }
+        Self {
+            buckets: sums.iter().map(|&s| s as f32).collect(),
+            norm: norm.sqrt() as f32,
+        }
+    }
+
+    /// Whether this is a real sketch (heartbeats before the first round carry none).
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    /// Checks a sketch from the network: the right bucket count (or none), finite, a norm ≥ 0.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        if !self.buckets.is_empty() && self.buckets.len() != SKETCH_BUCKETS {
+            return Err(DecodeError::BadHeader(
+                "drift sketch has the wrong bucket count",
+            ));
+        }
+        if let Some(at) = self.buckets.iter().position(|b| !b.is_finite()) {
+            return Err(DecodeError::NonFinite { at });
+        }
+        if !self.norm.is_finite() || self.norm < 0.0 {
+            return Err(DecodeError::BadHeader(
+                "drift sketch norm is not a finite length",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Estimated ‖a − b‖ / ‖a‖ of the vectors behind two sketches; None when either is empty.
+    pub fn relative_distance(&self, other: &Self) -> Option<f64> {
+        if self.is_empty() || other.is_empty() || self.buckets.len() != other.buckets.len() {
+            return None;
+        }
+        let d2: f64 = self
+            .buckets
+            .iter()
+            .zip(&other.buckets)
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+            .sum();
+        Some(d2.sqrt() / f64::from(self.norm).max(1e-30))
+    }
+}
+
+/// Exact ‖a − b‖ / ‖a‖ (f64 sums); vectors of different lengths are infinitely far apart.
+pub fn relative_distance(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    let (mut d2, mut n2) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        d2 += (f64::from(x) - f64::from(y)).powi(2);
+        n2 += f64::from(x).powi(2);
+    }
+    d2.sqrt() / n2.sqrt().max(1e-30)
+}
+
+/// Pairwise averaging, applied late: `theta += (theirs_then − mine_then) / 2`.
+///
+/// `mine_then` and `theirs_then` are both replicas at the same earlier round; `theta` is this
+/// replica now. When both peers of a pair apply it, their difference at that round vanishes, and
+/// updates applied since (the same on both) carry over unchanged: rounds need not stop for it.
+pub fn pull_halfway(theta: &mut [f32], mine_then: &[f32], theirs_then: &[f32]) {
+    for ((t, &m), &o) in theta.iter_mut().zip(mine_then).zip(theirs_then) {
+        *t += 0.5 * (o - m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic;
+
+    #[test]
+    fn the_sketch_tells_real_drift_from_rounding_noise() {
+        let a = synthetic::gradient_like(100_000, 7);
+        let norm = relative_distance(&a, &vec![0.0; a.len()]);
+        assert!((norm - 1.0).abs() < 1e-12);
+        // Last-bit noise: one ulp on every coordinate.
+        let noisy: Vec<f32> = a.iter().map(|v| f32::from_bits(v.to_bits() ^ 1)).collect();
+        // A real drift: a tenth of an update's worth on 1% of the coordinates.
+        let mut drifted = a.clone();
+        for (j, v) in drifted.iter_mut().enumerate().step_by(100) {
+            *v += 0.3 * a[(j * 7) % a.len()];
+        }
+        let sa = DriftSketch::of(&a);
+        let noise = sa.relative_distance(&DriftSketch::of(&noisy)).unwrap();
+        let exact = relative_distance(&a, &drifted);
+        let estimate = sa.relative_distance(&DriftSketch::of(&drifted)).unwrap();
+        assert!(noise < 1e-6, "rounding noise read as {noise}");
+        assert!(exact > 1e-2, "the drift is {exact}");
+        assert!(
+            estimate > exact / 3.0 && estimate < exact * 3.0,
+            "estimate {estimate} of {exact}"
+        );
+        assert_eq!(sa.relative_distance(&DriftSketch::default()), None);
+    }
+
+    #[test]
+    fn both_halves_of_a_pair_meet_and_keep_later_updates() {
+        let mine = synthetic::gradient_like(1000, 1);
+        let theirs = synthetic::gradient_like(1000, 2);
+        let later = synthetic::gradient_like(1000, 3);
+        // Both applied the same update since the round they compare.
+        let mut a: Vec<f32> = mine.iter().zip(&later).map(|(m, l)| m + l).collect();
+        let mut b: Vec<f32> = theirs.iter().zip(&later).map(|(t, l)| t + l).collect();
+        pull_halfway(&mut a, &mine, &theirs);
+        pull_halfway(&mut b, &theirs, &mine);
+        assert!(relative_distance(&a, &b) < 1e-6);
+        let mid: Vec<f32> = mine
+            .iter()
+            .zip(&theirs)
+            .zip(&later)
+            .map(|((m, t), l)| 0.5 * (m + t) + l)
+            .collect();
+        assert!(relative_distance(&mid, &a) < 1e-6);
+    }
+
+    #[test]
+    fn hostile_sketches_are_refused() {
+        let good = DriftSketch::of(&[1.0, -2.0, 3.0]);
+        assert_eq!(good.check(), Ok(()));
+        assert_eq!(DriftSketch::default().check(), Ok(()));
+        let short = DriftSketch {
+            buckets: vec![0.0; 3],
+            norm: 1.0,
+        };
+        assert!(short.check().is_err());
+        let mut nan = good.clone();
+        nan.buckets[5] = f32::NAN;
+        assert_eq!(nan.check(), Err(DecodeError::NonFinite { at: 5 }));
+        let mut negative = good;
+        negative.norm = -1.0;
+        assert!(negative.check().is_err());
+    }
+}
