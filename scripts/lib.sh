@@ -35,3 +35,27 @@ gs_wasm_cargo() {
   CC_wasm32_unknown_unknown=clang-22 AR_wasm32_unknown_unknown=llvm-ar-22 \
     /usr/bin/cargo "$@" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort
 }
+
+# wasm-bindgen's CLI, built from crates.io once (no prebuilt one is reachable; see WASM.md) and cached.
+GS_WASM_TOOLS="${GS_WASM_TOOLS:-$HOME/.cache/wasm-tools}"
+
+# Builds wasm-bindgen-cli at the exact wasm-bindgen version of Cargo.lock, unless the cached one is it.
+gs_wasm_bindgen_ensure() {
+  local want have
+  want=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
+  have=$("$GS_WASM_TOOLS/bin/wasm-bindgen" --version 2>/dev/null | awk '{print $2}' || true)
+  if [ "$have" != "$want" ]; then
+    echo "building wasm-bindgen-cli $want (once; cached in $GS_WASM_TOOLS; ~8 min on 2 cores)"
+    # Not --locked: its lock file names a webpki-roots version this registry lacks (WASM.md).
+    CARGO_TARGET_DIR="$GS_WASM_TOOLS/target" \
+      cargo install --quiet --root "$GS_WASM_TOOLS" wasm-bindgen-cli --version "=$want"
+  fi
+}
+
+# Builds the browser peer into web/www/pkg/ (the wasm module and its JS glue).
+gs_build_web() {
+  gs_wasm_bindgen_ensure
+  gs_wasm_cargo build --release --locked -p gradswarm-web
+  "$GS_WASM_TOOLS/bin/wasm-bindgen" --target web --no-typescript --out-dir web/www/pkg \
+    "${GS_WASM_TARGET_DIR:-$HOME/.cache/gradswarm-wasm-target}/wasm32-unknown-unknown/release/gradswarm_web.wasm"
+}

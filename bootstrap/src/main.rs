@@ -3,10 +3,13 @@
 //! its full multiaddrs so they can be handed to `gradswarm join`.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use gradswarm_net::{Multiaddr, NetConfig, native};
+
+mod web;
 
 /// gradswarm's bootstrap and relay node.
 #[derive(Parser, Debug)]
@@ -27,6 +30,16 @@ struct Args {
     /// Largest gossip message forwarded, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_message_bytes: usize,
+    /// Also serve the browser peer's page on http://127.0.0.1:PORT (0: any free port), with this
+    /// node's WebSocket address filled in.
+    #[arg(long, value_name = "PORT")]
+    web: Option<u16>,
+    /// The page's folder (built by `scripts/build-web`).
+    #[arg(long, default_value = "web/www")]
+    web_root: PathBuf,
+    /// The training text the page's peer trains on (the run's corpus).
+    #[arg(long, default_value = "data/shakespeare.txt")]
+    corpus: PathBuf,
 }
 
 fn listen_addrs(host: std::net::IpAddr, port: u16) -> Result<Vec<Multiaddr>> {
@@ -71,12 +84,40 @@ async fn main() -> Result<()> {
         args.run_id
     );
     let net = tokio::spawn(driver.run());
+    let ws_addrs = Arc::new(Mutex::new(Vec::new()));
+    if let Some(port) = args.web {
+        if !args.web_root.join("index.html").is_file() {
+            anyhow::bail!(
+                "--web: {} has no index.html (run scripts/build-web first)",
+                args.web_root.display()
+            );
+        }
+        let state = web::WebState {
+            run_id: args.run_id.clone(),
+            ws_addrs: ws_addrs.clone(),
+            root: args.web_root.clone(),
+            corpus: args.corpus.clone(),
+        };
+        // The page is for volunteers on this machine's browser: loopback only.
+        let bound = web::serve(([127, 0, 0, 1], port).into(), state).await?;
+        println!("page: http://{bound}/");
+    }
     // Bootstrap nodes emit no events but their listen addresses, which are printed as they come.
     let printer = tokio::spawn(async move {
         use futures::StreamExt;
         while let Some(event) = events.next().await {
             if let gradswarm_net::NetEvent::Listening(addr) = event {
                 println!("listening on {addr}");
+                // The page is served on loopback, so its browser dials this node on loopback.
+                let text = addr.to_string();
+                if text.contains("/ws/")
+                    && (text.starts_with("/ip4/127.") || text.starts_with("/ip6/::1/"))
+                {
+                    ws_addrs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(text);
+                }
             }
         }
     });

@@ -99,6 +99,8 @@ pub fn adapters() -> Vec<wgpu::AdapterInfo> {
         .collect()
 }
 
+// The browser build never initialises wgpu synchronously, so nothing there describes an adapter.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 fn describe(info: &wgpu::AdapterInfo) -> String {
     format!(
         "{} ({:?}, {:?}, driver {} {})",
@@ -117,6 +119,16 @@ fn cpu(reason: Option<String>) -> SelectedDevice {
     }
 }
 
+#[cfg(target_arch = "wasm32")]
+fn wgpu_device(_: DeviceKind) -> Result<SelectedDevice, ModelError> {
+    // A browser cannot block on WebGPU's adapter request; its peer trains on the CPU backend
+    // until the trainer reads tensors back asynchronously.
+    Err(ModelError::Device(
+        "WebGPU needs asynchronous initialisation in the browser; this build trains on the CPU backend".into(),
+    ))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 fn wgpu_device(kind: DeviceKind) -> Result<SelectedDevice, ModelError> {
     let (device, setup) = Device::wgpu_options()
         .device_kind(kind)

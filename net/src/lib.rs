@@ -17,6 +17,8 @@ mod store;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 use std::sync::Arc;
 

@@ -30,6 +30,8 @@ pub struct JoinArgs {
     pub listen: Vec<String>,
     /// Rounds to run, replacing `swarm.rounds`.
     pub rounds: Option<u64>,
+    /// Other peers to wait for before the first round.
+    pub min_peers: usize,
 }
 
 /// The peer configuration a node config asks for.
@@ -182,6 +184,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
     let run_id = cfg.run.id.clone();
     let path = ckpt_path.clone();
     let peer_net = net.clone();
+    let min_peers = args.min_peers;
     let thread = std::thread::Builder::new()
         .name("round-loop".into())
         .spawn(move || -> anyhow::Result<PeerSummary> {
@@ -189,6 +192,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
             if let Some(r) = resume_round {
                 peer.resume_at(r);
             }
+            peer.wait_for_peers(min_peers);
             let line_bar = bar.clone();
             let (ckpt_path, ckpt_run) = (path.clone(), run_id.clone());
             peer.set_observer(Box::new(move |r, trainer| {
@@ -229,6 +233,10 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
         "synced_from": summary.synced_from,
         "final_loss": summary.rounds.iter().rev().find(|r| r.loss.is_finite()).map(|r| r.loss),
         "drops": summary.drops,
+        // Whose updates counted here, and the training throughput (for comparisons across peers).
+        "counted_from": summary.counted_from,
+        "samples": summary.rounds.iter().map(|r| r.samples).max().unwrap_or(0),
+        "compute_s": summary.rounds.iter().map(|r| r.compute_s).sum::<f64>(),
         "checkpoint": ckpt_path,
     });
     println!("{out}");

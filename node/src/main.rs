@@ -66,6 +66,9 @@ enum Command {
         /// Stop after this many rounds (replacing `swarm.rounds`; 0: until Ctrl-C).
         #[arg(long)]
         rounds: Option<u64>,
+        /// Wait for this many other peers before the first round (a swarm that starts together).
+        #[arg(long, default_value_t = 0)]
+        min_peers: usize,
     },
     /// Loss of a checkpoint on a text file, as one JSON object.
     Eval {
@@ -166,7 +169,9 @@ fn main() -> ExitCode {
             device,
             listen,
             rounds,
+            min_peers,
         } => join::join(join::JoinArgs {
+            min_peers,
             config,
             addrs,
             out,

@@ -1,0 +1,132 @@
+//! `--web`: serves the browser peer's page over HTTP, with this node's WebSocket address filled
+//! in, so that a volunteer only opens a URL.
+//!
+//! Routes: `/bootstrap.json` (the run id and this node's `/ws` multiaddrs, which the page dials),
+//! `/corpus.txt` (the training text), and every other path a file under the page's folder
+//! (`web/www/`, where `scripts/build-web` puts the wasm package too).
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+/// What the page server shares with the network task.
+#[derive(Clone)]
+pub struct WebState {
+    /// The run id.
+    pub run_id: String,
+    /// This node's WebSocket multiaddrs with `/p2p/<id>`, as they start listening.
+    pub ws_addrs: Arc<Mutex<Vec<String>>>,
+    /// The page's folder.
+    pub root: PathBuf,
+    /// The training text.
+    pub corpus: PathBuf,
+}
+
+/// Serves the page on `addr` until the process ends; returns the bound address.
+pub async fn serve(addr: SocketAddr, state: WebState) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the page server to {addr}"))?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/bootstrap.json", get(bootstrap_json))
+        .route("/corpus.txt", get(corpus))
+        .fallback(get(file))
+        .with_state(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("page server stopped: {e}");
+        }
+    });
+    Ok(bound)
+}
+
+async fn bootstrap_json(State(state): State<WebState>) -> Response {
+    let addrs = state
+        .ws_addrs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let body = serde_json::json!({ "run_id": state.run_id, "bootstrap": addrs }).to_string();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn corpus(State(state): State<WebState>) -> Response {
+    send(&state.corpus).await
+}
+
+async fn file(State(state): State<WebState>, uri: Uri) -> Response {
+    let path = uri.path().trim_start_matches('/');
+    let path = if path.is_empty() { "index.html" } else { path };
+    match safe_join(&state.root, path) {
+        Some(full) => send(&full).await,
+        None => (StatusCode::BAD_REQUEST, "bad path").into_response(),
+    }
+}
+
+/// `root/rel` if `rel` names something inside `root` (no `..`, no absolute paths).
+fn safe_join(root: &Path, rel: &str) -> Option<PathBuf> {
+    let rel = Path::new(rel);
+    rel.components()
+        .all(|c| matches!(c, Component::Normal(_)))
+        .then(|| root.join(rel))
+}
+
+async fn send(path: &Path) -> Response {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, content_type(path)),
+                // The page is rebuilt often while developing; a stale wasm would not match its JS.
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (StatusCode::NOT_FOUND, "not found").into_response()
+        }
+        Err(e) => {
+            tracing::warn!("serving {}: {e}", path.display());
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file").into_response()
+        }
+    }
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        // instantiateStreaming insists on this type.
+        Some("wasm") => "application/wasm",
+        Some("json") => "application/json",
+        Some("txt") => "text/plain; charset=utf-8",
+        Some("png") => "image/png",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_outside_the_page_folder_are_refused() {
+        let root = Path::new("/srv/www");
+        assert_eq!(
+            safe_join(root, "pkg/gradswarm_web.js"),
+            Some(PathBuf::from("/srv/www/pkg/gradswarm_web.js"))
+        );
+        for bad in ["../etc/passwd", "pkg/../../x", "/etc/passwd", "./x"] {
+            assert_eq!(safe_join(root, bad), None, "{bad}");
+        }
+    }
+}

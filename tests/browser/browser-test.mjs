@@ -1,0 +1,143 @@
+// The browser end-to-end test (scripts/browser-test): a bootstrap node serving the page, one
+// native peer, and Debian's Chromium as the browser peer. The browser joins, trains ≥ 10 rounds,
+// its loss falls, and the native peer's summary counts the browser's updates. Every wait is on an
+// event (a line printed, a DOM attribute) with a deadline.
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import readline from "node:readline";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
+const bin = process.env.GS_BIN_DIR ?? path.join(os.homedir(), ".cache/gradswarm-target/debug");
+const artifacts = process.env.GS_ARTIFACTS ?? path.join(root, "runs/browser-test");
+const ROUNDS = 12;
+const DEADLINE_MS = 8 * 60 * 1000;
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gs-browser-"));
+fs.mkdirSync(artifacts, { recursive: true });
+const children = [];
+
+function fail(message) {
+  console.error(`browser-test: FAIL: ${message}`);
+  for (const c of children) c.kill("SIGKILL");
+  process.exit(1);
+}
+
+// Starts a process; `waitFor(re)` resolves with the first stdout line matching re.
+function start(name, cmd, args) {
+  const child = spawn(cmd, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  children.push(child);
+  const lines = [];
+  const waiters = [];
+  const log = fs.createWriteStream(path.join(artifacts, `${name}.log`));
+  readline.createInterface({ input: child.stdout }).on("line", (line) => {
+    lines.push(line);
+    log.write(`${line}\n`);
+    for (const w of waiters.splice(0)) (w.re.test(line) ? w.resolve(line) : waiters.push(w));
+  });
+  child.stderr.on("data", (d) => log.write(d));
+  const waitFor = (re, ms = 60_000) =>
+    new Promise((resolve, reject) => {
+      const hit = lines.find((l) => re.test(l));
+      if (hit) return resolve(hit);
+      waiters.push({ re, resolve });
+      setTimeout(() => reject(new Error(`${name}: no line matching ${re} within ${ms} ms`)), ms);
+    });
+  const exited = new Promise((resolve) => child.on("exit", (code) => resolve({ code, lines })));
+  return { child, waitFor, exited };
+}
+
+const tiny = {
+  model: { layers: 1, d_model: 32, heads: 2, context: 32, mlp_ratio: 2 },
+  train: { steps: 100000, batch_size: 8, micro_batch_size: 8, lr: 0.01, min_lr: 0.001, warmup_steps: 3 },
+};
+
+try {
+  const boot = start("bootstrap", path.join(bin, "gradswarm-bootstrap"), [
+    "--run-id", "browser-e2e", "--host", "127.0.0.1", "--port", "0",
+    "--key", path.join(tmp, "bootstrap.key"), "--web", "0",
+    "--web-root", path.join(root, "web/www"), "--corpus", path.join(root, "data/shakespeare.txt"),
+  ]);
+  const page = (await boot.waitFor(/^page: http:/)).slice("page: ".length);
+  const tcp = (await boot.waitFor(/^listening on \/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\//)).slice("listening on ".length);
+  await boot.waitFor(/^listening on .*\/ws\/p2p\//);
+
+  const native = start("native-peer", path.join(bin, "gradswarm"), [
+    "join", tcp, "--config", path.join(root, "tests/browser/peer.toml"),
+    "--out", path.join(tmp, "native"), "--rounds", String(ROUNDS), "--min-peers", "1",
+  ]);
+
+  const context = await chromium.launchPersistentContext(path.join(tmp, "profile"), {
+    executablePath: process.env.GS_CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox", "--disable-gpu-sandbox", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--disable-quic", "--enable-unsafe-webgpu",
+    ],
+  });
+  const tab = context.pages()[0] ?? (await context.newPage());
+  const consoleLog = fs.createWriteStream(path.join(artifacts, "browser-console.log"));
+  tab.on("console", (m) => consoleLog.write(`${m.type()}: ${m.text()}\n`));
+  tab.on("pageerror", (e) => consoleLog.write(`pageerror: ${e.message}\n`));
+  const options = encodeURIComponent(JSON.stringify({ rounds: ROUNDS, min_peers: 1, ...tiny }));
+  await tab.goto(`${page}?options=${options}`);
+  await tab.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout: 120_000 });
+  const ready = await tab.evaluate(() => document.body.dataset.state);
+  if (ready !== "ready") fail(`page did not load: ${await tab.textContent("#error")}`);
+  const clicked = Date.now();
+  await tab.click("#join");
+  await tab.waitForFunction(() => Number(document.body.dataset.rounds ?? 0) >= 1 || ["error", "done"].includes(document.body.dataset.state), null, { timeout: DEADLINE_MS });
+  const firstRoundMs = Date.now() - clicked;
+  await tab.waitForFunction(
+    (n) => Number(document.body.dataset.rounds ?? 0) >= n || ["error", "done"].includes(document.body.dataset.state),
+    10, { timeout: DEADLINE_MS },
+  );
+  await tab.screenshot({ path: path.join(artifacts, "page.png"), fullPage: true });
+  const seen = await tab.evaluate(() => ({
+    state: document.body.dataset.state,
+    rounds: Number(document.body.dataset.rounds ?? 0),
+    adapter: document.body.dataset.adapter,
+    error: document.getElementById("error").textContent,
+    peer: document.getElementById("peer").textContent,
+    reports: window.gsReports ?? [],
+  }));
+  if (seen.state === "error") fail(`the page shows an error: ${seen.error}`);
+  if (seen.rounds < 10) fail(`the browser peer completed ${seen.rounds} rounds`);
+  const own = seen.reports.filter((r) => !r.catch_up && Number.isFinite(r.loss)).map((r) => r.loss);
+  const mean = (xs) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  const first = mean(own.slice(0, 3));
+  const last = mean(own.slice(-3));
+  if (!(last < first - 0.3)) fail(`the browser's loss did not fall: ${first.toFixed(3)} → ${last.toFixed(3)}`);
+  const compute = seen.reports.reduce((a, r) => a + r.compute_s, 0);
+  const samples = Math.max(...seen.reports.map((r) => r.samples));
+  const browserTokS = (samples * tiny.model.context) / Math.max(1e-9, compute);
+
+  const { code, lines } = await Promise.race([
+    native.exited,
+    new Promise((_, reject) => setTimeout(() => reject(new Error("the native peer did not finish")), DEADLINE_MS)),
+  ]);
+  if (code !== 0) fail(`the native peer exited with ${code}`);
+  const summary = JSON.parse(lines.filter((l) => l.startsWith("{")).pop() ?? "{}");
+  const counted = summary.counted_from?.[seen.peer] ?? 0;
+  if (counted < 5) fail(`the native peer counted ${counted} updates of the browser peer ${seen.peer}`);
+  const nativeTokS = (summary.samples * tiny.model.context) / Math.max(1e-9, summary.compute_s);
+  await context.close();
+  const result = {
+    adapter: seen.adapter,
+    browser_rounds: seen.rounds,
+    browser_loss_first3: first,
+    browser_loss_last3: last,
+    native_counted_browser_updates: counted,
+    time_to_first_round_s: firstRoundMs / 1000,
+    browser_tokens_per_s: browserTokS,
+    native_tokens_per_s: nativeTokS,
+    screenshot: path.join(artifacts, "page.png"),
+  };
+  fs.writeFileSync(path.join(artifacts, "result.json"), JSON.stringify(result, null, 2));
+  console.log(`browser-test: ok ${JSON.stringify(result)}`);
+  for (const c of children) c.kill("SIGTERM");
+  process.exit(0);
+} catch (e) {
+  fail(e?.stack ?? String(e));
+}

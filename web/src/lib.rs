@@ -1,0 +1,205 @@
+//! gradswarm's browser peer: a tab that joins a run as an equal peer.
+//!
+//! The page (`web/www/`) calls [`join`] with the run's options and the corpus bytes; this builds
+//! the same [`Peer`](gradswarm_peer::Peer) the desktop node runs, on libp2p over WebSocket
+//! (`gradswarm_net::web`), and drives it with wasm-bindgen-futures. Round reports go to a
+//! JavaScript callback. Training runs on burn's CPU backend inside wasm for now; WebGPU needs the
+//! trainer's asynchronous read-back, which the browser requires (it cannot block on the GPU).
+#![cfg(target_arch = "wasm32")]
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use gradswarm_core::{CpuCodec, WireLimits};
+use gradswarm_model::burn::prelude::Device;
+use gradswarm_model::{Corpus, DataConfig, ModelConfig, TrainConfig, Trainer};
+use gradswarm_net::{Keypair, Multiaddr, NetConfig};
+use gradswarm_peer::{Mode, Peer, PeerConfig, RoundReport, StopHandle, stop_pair};
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::*;
+
+/// Sets up panic messages and logs on the browser console (runs when the module loads).
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+    // INFO and up: libp2p's TRACE lines, printed through the console, slowed rounds to a crawl.
+    let config = tracing_wasm::WASMLayerConfigBuilder::new()
+        .set_max_level(tracing::Level::INFO)
+        .build();
+    tracing_wasm::set_as_global_default_with_config(config);
+}
+
+/// What the page passes to [`join`] (a plain JavaScript object).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinOptions {
+    /// The run to join: it must match the native peers' `swarm.run_id`.
+    pub run_id: String,
+    /// Multiaddrs of nodes to dial (a bootstrap node's `/ws` address, with `/p2p/<id>`).
+    pub bootstrap: Vec<String>,
+    /// Rounds to run (absent: until [`BrowserPeer::leave`]).
+    #[serde(default)]
+    pub rounds: Option<u64>,
+    /// Other peers to wait for before the first round.
+    #[serde(default)]
+    pub min_peers: usize,
+    /// The model (absent: the default job's); it must match the run's.
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
+    /// The trainer (absent: the default job's).
+    #[serde(default)]
+    pub train: Option<TrainConfig>,
+}
+
+/// What the page is told after each round: a [`RoundReport`] in JavaScript's terms (numbers
+/// that fit a double; the parameter checksum, a random 64-bit value, stays out).
+#[derive(Serialize)]
+struct PageReport {
+    round: f64,
+    loss: f32,
+    val_loss: Option<f64>,
+    samples: f64,
+    peers: usize,
+    updates: usize,
+    staleness: Vec<f64>,
+    drops: std::collections::BTreeMap<String, f64>,
+    bytes_up: f64,
+    bytes_down: f64,
+    compute_s: f64,
+    encode_s: f64,
+    network_s: f64,
+    catch_up: bool,
+    reconciled: f64,
+}
+
+impl From<&RoundReport> for PageReport {
+    fn from(r: &RoundReport) -> Self {
+        Self {
+            round: r.round as f64,
+            loss: r.loss,
+            val_loss: r.val_loss,
+            samples: r.samples as f64,
+            peers: r.peers,
+            updates: r.updates,
+            staleness: r.staleness.iter().map(|&t| t as f64).collect(),
+            drops: r
+                .drops
+                .iter()
+                .map(|(reason, n)| (reason.as_str().to_string(), n as f64))
+                .collect(),
+            bytes_up: r.bytes_up as f64,
+            bytes_down: r.bytes_down as f64,
+            compute_s: r.compute_s,
+            encode_s: r.encode_s,
+            network_s: r.network_s,
+            catch_up: r.catch_up,
+            reconciled: r.reconciled as f64,
+        }
+    }
+}
+
+/// A running browser peer.
+#[wasm_bindgen]
+pub struct BrowserPeer {
+    stop: StopHandle,
+    peer_id: String,
+}
+
+#[wasm_bindgen]
+impl BrowserPeer {
+    /// This peer's libp2p id (base58).
+    #[wasm_bindgen(getter)]
+    pub fn peer_id(&self) -> String {
+        self.peer_id.clone()
+    }
+
+    /// Leaves the run after the current round: to the others, a tab that left.
+    pub fn leave(&self) {
+        self.stop.stop();
+    }
+}
+
+fn js_error(context: &str, e: impl std::fmt::Display) -> JsError {
+    JsError::new(&format!("{context}: {e}"))
+}
+
+/// Joins the run: `options` as [`JoinOptions`], `corpus` the training text's bytes, `on_round`
+/// called with each round's report (an object shaped like [`RoundReport`]) and `on_end` with an
+/// error message or null when the peer stops.
+#[wasm_bindgen]
+pub fn join(
+    options: JsValue,
+    corpus: Vec<u8>,
+    on_round: js_sys::Function,
+    on_end: js_sys::Function,
+) -> Result<BrowserPeer, JsError> {
+    let options: JoinOptions =
+        serde_wasm_bindgen::from_value(options).map_err(|e| js_error("join options", e))?;
+    let model = options.model.unwrap_or_default();
+    let train = options.train.unwrap_or_default();
+    let corpus = Corpus::from_bytes(corpus, &DataConfig::default(), model.context)
+        .map_err(|e| js_error("corpus", e))?;
+    let bootstrap = options
+        .bootstrap
+        .iter()
+        .map(|a| a.parse::<Multiaddr>().map_err(|e| js_error(a, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let trainer =
+        Trainer::new(&model, &train, &Device::flex()).map_err(|e| js_error("model", e))?;
+    let mut config = PeerConfig::new(&options.run_id, Mode::Gradient);
+    config.rounds = options.rounds;
+    let n = trainer.num_params();
+    let limits = WireLimits::for_model(n, train.batch_size as u64 * 64 * config.mode.local_steps());
+    let mut net_config = NetConfig::peer(&config.run_id, model.hash(), limits);
+    net_config.bootstrap = bootstrap;
+    let key = Keypair::generate_ed25519();
+    let (net, events, driver) =
+        gradswarm_net::web::build(net_config, key).map_err(|e| js_error("network", e))?;
+    let peer_id = net.local_peer_id().to_base58();
+    wasm_bindgen_futures::spawn_local(driver.run());
+
+    let codec = Box::new(CpuCodec::new(config.codec).map_err(|e| js_error("codec", e))?);
+    let (stop, stop_rx) = stop_pair();
+    let mut peer = Peer::new(
+        config,
+        trainer,
+        Arc::new(corpus),
+        codec,
+        net.clone(),
+        events,
+        stop_rx,
+    )
+    .map_err(|e| js_error("peer", e))?;
+    peer.wait_for_peers(options.min_peers);
+    // The observer must be Send (native peers run on threads); JavaScript values are not, so
+    // reports cross a channel to a task that calls the page.
+    let (reports, mut received) = mpsc::unbounded::<RoundReport>();
+    peer.set_observer(Box::new(move |report, _| {
+        let _ = reports.unbounded_send(report.clone());
+    }));
+    wasm_bindgen_futures::spawn_local(async move {
+        while let Some(report) = received.next().await {
+            // JSON-compatible: drop counts arrive as a plain object, not a JavaScript Map.
+            let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+            match PageReport::from(&report).serialize(&serializer) {
+                Ok(value) => {
+                    if let Err(e) = on_round.call1(&JsValue::NULL, &value) {
+                        tracing::warn!("the page's round callback failed: {e:?}");
+                    }
+                }
+                Err(e) => tracing::warn!("round {} not shown: {e}", report.round),
+            }
+        }
+    });
+    wasm_bindgen_futures::spawn_local(async move {
+        let result = peer.run().await;
+        net.shutdown();
+        let end = match result {
+            Ok(_) => JsValue::NULL,
+            Err(e) => JsValue::from_str(&e.to_string()),
+        };
+        let _ = on_end.call1(&JsValue::NULL, &end);
+    });
+    Ok(BrowserPeer { stop, peer_id })
+}

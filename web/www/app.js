@@ -1,0 +1,134 @@
+// The page of a browser peer: loads the wasm peer, joins the run the serving node names, and
+// shows what the peer reports each round. State for tests is on <body data-state data-rounds>.
+import init, { join } from "./pkg/gradswarm_web.js";
+
+const $ = (id) => document.getElementById(id);
+const losses = [];
+let peer = null;
+let bytesUp = 0;
+let bytesDown = 0;
+const drops = {};
+
+function fail(message) {
+  $("error").hidden = false;
+  $("error").textContent = message;
+  $("status").textContent = "error";
+  document.body.dataset.state = "error";
+}
+
+function fmtBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1 << 20) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / (1 << 20)).toFixed(2)} MiB`;
+}
+
+function draw() {
+  const c = $("chart");
+  const g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  const pts = losses.filter((p) => Number.isFinite(p.loss));
+  if (pts.length < 2) return;
+  const lo = Math.min(...pts.map((p) => p.loss));
+  const hi = Math.max(...pts.map((p) => p.loss));
+  const r0 = pts[0].round;
+  const r1 = pts[pts.length - 1].round;
+  const x = (r) => 40 + ((r - r0) / Math.max(1, r1 - r0)) * (c.width - 50);
+  const y = (l) => 10 + (1 - (l - lo) / Math.max(1e-9, hi - lo)) * (c.height - 40);
+  g.strokeStyle = "#999";
+  g.fillStyle = "#444";
+  g.font = "12px sans-serif";
+  g.fillText(hi.toFixed(2), 2, 14);
+  g.fillText(lo.toFixed(2), 2, c.height - 30);
+  g.fillText(`round ${r0}`, 40, c.height - 8);
+  g.fillText(`round ${r1}`, c.width - 70, c.height - 8);
+  g.strokeStyle = "#1565c0";
+  g.lineWidth = 2;
+  g.beginPath();
+  pts.forEach((p, i) => (i ? g.lineTo(x(p.round), y(p.loss)) : g.moveTo(x(p.round), y(p.loss))));
+  g.stroke();
+}
+
+window.gsReports = [];
+
+function onRound(r) {
+  window.gsReports.push(r);
+  losses.push({ round: r.round, loss: r.loss });
+  bytesUp += r.bytes_up;
+  bytesDown += r.bytes_down;
+  for (const [reason, n] of Object.entries(r.drops ?? {})) {
+    if (typeof n === "number") drops[reason] = (drops[reason] ?? 0) + n;
+  }
+  const st = r.staleness ?? [];
+  $("round").textContent = r.round;
+  $("peers").textContent = r.peers;
+  $("loss").textContent = Number.isFinite(r.loss) ? r.loss.toFixed(3) : "catching up";
+  $("bytes").textContent = `${fmtBytes(bytesUp)} / ${fmtBytes(bytesDown)}`;
+  $("staleness").textContent = st.length ? (st.reduce((a, b) => a + b, 0) / st.length).toFixed(2) : "–";
+  const d = Object.entries(drops).filter(([, n]) => n > 0);
+  $("drops").textContent = d.length ? d.map(([k, n]) => `${k} ${n}`).join(", ") : "none";
+  document.body.dataset.rounds = String(losses.length);
+  document.body.dataset.lastLoss = String(r.loss);
+  if (losses.length === 1) document.body.dataset.firstLoss = String(r.loss);
+  draw();
+}
+
+function onEnd(error) {
+  $("join").disabled = false;
+  $("leave").disabled = true;
+  peer = null;
+  if (error) {
+    fail(`the peer stopped: ${error}`);
+  } else {
+    $("status").textContent = "left the run";
+    document.body.dataset.state = "done";
+  }
+}
+
+async function adapterText() {
+  // Training runs on burn's CPU backend inside wasm for now; say what WebGPU would offer.
+  if (!navigator.gpu) return "CPU (burn flex in wasm); this browser has no WebGPU";
+  const adapter = await navigator.gpu.requestAdapter();
+  if (!adapter) return "CPU (burn flex in wasm); WebGPU has no adapter here";
+  const info = adapter.info ?? {};
+  const name = [info.vendor, info.architecture].filter(Boolean).join(" ") || "unknown";
+  return `CPU (burn flex in wasm); WebGPU adapter ${name}${info.isFallbackAdapter ? " (software)" : ""} not used yet`;
+}
+
+async function main() {
+  try {
+    await init();
+    const [boot, corpus] = await Promise.all([
+      fetch("bootstrap.json").then((r) => (r.ok ? r.json() : Promise.reject(new Error(`bootstrap.json: HTTP ${r.status}`)))),
+      fetch("corpus.txt").then((r) => (r.ok ? r.arrayBuffer() : Promise.reject(new Error(`corpus.txt: HTTP ${r.status}`)))),
+    ]);
+    // ?options={...} adds join options (rounds, model, train), e.g. for a test's tiny model.
+    const extra = new URLSearchParams(location.search).get("options");
+    const options = { run_id: boot.run_id, bootstrap: boot.bootstrap, ...(extra ? JSON.parse(extra) : {}) };
+    if (!options.bootstrap.length) throw new Error("the serving node has no WebSocket address yet; reload in a moment");
+    $("run").textContent = options.run_id;
+    $("adapter").textContent = await adapterText();
+    document.body.dataset.adapter = $("adapter").textContent;
+    $("status").textContent = "ready";
+    document.body.dataset.state = "ready";
+    $("join").disabled = false;
+    $("join").onclick = () => {
+      try {
+        peer = join(options, new Uint8Array(corpus), onRound, onEnd);
+        $("peer").textContent = peer.peer_id;
+        $("status").textContent = "training";
+        document.body.dataset.state = "running";
+        $("join").disabled = true;
+        $("leave").disabled = false;
+      } catch (e) {
+        fail(String(e?.message ?? e));
+      }
+    };
+    $("leave").onclick = () => peer?.leave();
+  } catch (e) {
+    fail(String(e?.message ?? e));
+  }
+}
+
+window.addEventListener("error", (e) => fail(String(e.message)));
+window.addEventListener("unhandledrejection", (e) => fail(String(e.reason?.message ?? e.reason)));
+main();
