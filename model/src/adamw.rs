@@ -13,7 +13,6 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 use crate::config::TrainConfig;
-use crate::error::ModelError;
 use crate::gpt::Gpt;
 use crate::params::PathTracker;
 
@@ -40,13 +39,6 @@ pub struct AdamW {
     pub moments: BTreeMap<String, Moments>,
 }
 
-/// What one optimizer step did.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepStats {
-    /// Global gradient norm before clipping.
-    pub grad_norm: f32,
-}
-
 impl AdamW {
     /// A fresh optimizer from the training configuration.
     pub fn new(config: &TrainConfig) -> Self {
@@ -61,25 +53,17 @@ impl AdamW {
         }
     }
 
-    /// Applies one update with learning rate `lr` and returns the updated model.
-    pub fn step(
-        &mut self,
-        lr: f64,
-        model: Gpt,
-        mut grads: GradientsParams,
-    ) -> Result<(Gpt, StepStats), ModelError> {
-        let mut norm = SquaredNorm {
-            grads: &grads,
-            acc: None,
-        };
+    /// Σ‖g‖² over every parameter of `model` that has a gradient, as a one-element device tensor
+    /// (None when none has): the trainer reads it back together with the loss, in one transfer.
+    pub fn squared_norm(model: &Gpt, grads: &GradientsParams) -> Option<Tensor<1>> {
+        let mut norm = SquaredNorm { grads, acc: None };
         model.visit(&mut norm);
-        let grad_norm = match norm.acc {
-            Some(sq) => sq
-                .try_into_scalar::<f32>()
-                .map_err(|e| ModelError::Readback(format!("{e:?}")))?
-                .sqrt(),
-            None => 0.0,
-        };
+        norm.acc
+    }
+
+    /// Applies one update with learning rate `lr` and returns the updated model; `grad_norm` is
+    /// the global gradient norm (the square root of [`AdamW::squared_norm`]), for clipping.
+    pub fn step(&mut self, lr: f64, model: Gpt, mut grads: GradientsParams, grad_norm: f32) -> Gpt {
         let clip = if self.grad_clip > 0.0 && f64::from(grad_norm) > self.grad_clip {
             (self.grad_clip / (f64::from(grad_norm) + 1e-6)) as f32
         } else {
@@ -97,12 +81,11 @@ impl AdamW {
             bias1,
             bias2,
         };
-        let model = model.map(&mut update);
-        Ok((model, StepStats { grad_norm }))
+        model.map(&mut update)
     }
 }
 
-/// Σ‖g‖² over all parameters, as a device tensor (one readback per step).
+/// Σ‖g‖² over all parameters, as a device tensor.
 struct SquaredNorm<'a> {
     grads: &'a GradientsParams,
     acc: Option<Tensor<1>>,

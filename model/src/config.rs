@@ -78,6 +78,9 @@ impl ModelConfig {
     }
 }
 
+/// The most threads [`TrainConfig::threads`] may ask for.
+pub const MAX_THREADS: usize = 64;
+
 /// How one peer trains locally.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -89,6 +92,11 @@ pub struct TrainConfig {
     /// Sequences per forward/backward pass; `batch_size` must be a multiple. Smaller values
     /// accumulate gradients over several passes and save memory.
     pub micro_batch_size: usize,
+    /// On the CPU backend, each micro-batch is split into this many shards whose forward and
+    /// backward passes run on their own threads (1: one thread). The split, not the machine,
+    /// decides the numerics, so a run reproduces on any core count. Ignored on wgpu, whose
+    /// device runs one queue.
+    pub threads: usize,
     /// Peak learning rate of AdamW.
     pub lr: f64,
     /// Learning rate at the end of the cosine decay.
@@ -121,6 +129,7 @@ impl Default for TrainConfig {
             steps: 2000,
             batch_size: 32,
             micro_batch_size: 32,
+            threads: 2,
             lr: 3e-3,
             min_lr: 3e-4,
             warmup_steps: 100,
@@ -146,6 +155,11 @@ impl TrainConfig {
         }
         if !self.batch_size.is_multiple_of(self.micro_batch_size) {
             return bad("train.batch_size must be a multiple of train.micro_batch_size");
+        }
+        if !(1..=MAX_THREADS).contains(&self.threads) {
+            return Err(ModelError::Config(format!(
+                "train.threads must be between 1 and {MAX_THREADS}"
+            )));
         }
         if !positive(self.lr) || !non_negative(self.min_lr) {
             return bad("train.lr must be positive and train.min_lr non-negative");

@@ -99,8 +99,6 @@ pub fn adapters() -> Vec<wgpu::AdapterInfo> {
         .collect()
 }
 
-// The browser build never initialises wgpu synchronously, so nothing there describes an adapter.
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 fn describe(info: &wgpu::AdapterInfo) -> String {
     format!(
         "{} ({:?}, {:?}, driver {} {})",
@@ -121,11 +119,62 @@ fn cpu(reason: Option<String>) -> SelectedDevice {
 
 #[cfg(target_arch = "wasm32")]
 fn wgpu_device(_: DeviceKind) -> Result<SelectedDevice, ModelError> {
-    // A browser cannot block on WebGPU's adapter request; its peer trains on the CPU backend
-    // until the trainer reads tensors back asynchronously.
+    // A browser cannot block on WebGPU's adapter request: use `select_async` there.
     Err(ModelError::Device(
-        "WebGPU needs asynchronous initialisation in the browser; this build trains on the CPU backend".into(),
+        "WebGPU must be initialised asynchronously in the browser (select_async)".into(),
     ))
+}
+
+/// Whether an adapter renders in software (SwiftShader, lavapipe, llvmpipe, WARP). Browsers do
+/// not tell the device type through WebGPU (wgpu reports `Other`), so names count too.
+fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    if info.device_type == wgpu::DeviceType::Cpu {
+        return true;
+    }
+    let text = format!("{} {} {}", info.name, info.driver, info.driver_info).to_lowercase();
+    [
+        "swiftshader",
+        "llvmpipe",
+        "lavapipe",
+        "softpipe",
+        "microsoft basic render",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
+}
+
+/// [`select`] without blocking, for the browser (WebGPU's adapter and device requests are
+/// asynchronous there): `gpu` takes burn's wgpu backend on whatever adapter the browser offers;
+/// `auto` takes it unless the adapter is a software one, or there is none, and says why it fell
+/// back to the CPU backend. Natively it is [`select`].
+pub async fn select_async(choice: DeviceChoice) -> Result<SelectedDevice, ModelError> {
+    if cfg!(not(target_arch = "wasm32")) || choice == DeviceChoice::Cpu {
+        return select(choice);
+    }
+    match Device::wgpu_options().init_with_setup_async().await {
+        Ok((device, setup)) => {
+            let info = setup.adapter.get_info();
+            if choice == DeviceChoice::Auto && is_software(&info) {
+                return Ok(cpu(Some(format!(
+                    "only the software WebGPU adapter {} (slower than the CPU backend); CPU fallback",
+                    describe(&info)
+                ))));
+            }
+            Ok(SelectedDevice {
+                device,
+                kind: BackendKind::Wgpu,
+                summary: format!("wgpu: {}", describe(&info)),
+                fallback_reason: None,
+                wgpu: Some(setup),
+            })
+        }
+        Err(e) if choice == DeviceChoice::Auto => Ok(cpu(Some(format!(
+            "no WebGPU adapter ({e:?}): CPU fallback"
+        )))),
+        Err(e) => Err(ModelError::Device(format!(
+            "WebGPU initialisation failed: {e:?}"
+        ))),
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -153,7 +202,7 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, ModelError> {
             let found = adapters();
             let Some(best) = found
                 .iter()
-                .find(|a| a.device_type != wgpu::DeviceType::Cpu)
+                .find(|a| !is_software(a))
                 .or_else(|| found.first())
             else {
                 return Err(ModelError::Device(
@@ -166,10 +215,7 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, ModelError> {
         }
         DeviceChoice::Auto => {
             let found = adapters();
-            match found
-                .iter()
-                .find(|a| a.device_type != wgpu::DeviceType::Cpu)
-            {
+            match found.iter().find(|a| !is_software(a)) {
                 Some(hw) => wgpu_device(kind_of(hw.device_type)),
                 None => {
                     let reason = match found.first() {

@@ -48,6 +48,14 @@ pub enum ModelError {
         /// The loss value.
         loss: f32,
     },
+    /// A backward pass left parameters without a gradient (the step was not applied).
+    #[error("backward pass gave gradients for {got} of the model's {expected} parameter tensors")]
+    MissingGradients {
+        /// Tensors with a gradient.
+        got: usize,
+        /// Parameter tensors in the model.
+        expected: usize,
+    },
     /// A flat parameter vector has the wrong length.
     #[error("parameter vector has {got} values, the model has {expected}")]
     ParamLength {

@@ -11,6 +11,7 @@ pub mod device;
 mod error;
 pub mod gpt;
 pub mod params;
+mod readback;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta};

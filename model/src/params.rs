@@ -10,6 +10,7 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
+use burn::tensor::Transaction;
 
 use gradswarm_core::codec::rng::splitmix64;
 use gradswarm_core::synthetic::SplitMix;
@@ -17,6 +18,7 @@ use gradswarm_core::synthetic::SplitMix;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::gpt::Gpt;
+use crate::readback;
 
 /// Where one parameter tensor sits in the flat vector.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,33 +96,38 @@ pub fn layout(model: &Gpt) -> Vec<ParamSpec> {
 }
 
 struct Reader {
-    out: Vec<f32>,
-    error: Option<String>,
+    tx: Option<Transaction>,
+    count: usize,
 }
 
 impl ModuleVisitor for Reader {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.error.is_some() {
-            return;
-        }
-        match param.val().try_into_vec_as::<f32>() {
-            Ok(values) => self.out.extend(values),
-            Err(e) => self.error = Some(format!("{e:?}")),
-        }
+        self.tx = self.tx.take().map(|tx| tx.register(param.val()));
+        self.count += 1;
     }
+}
+
+/// One read of every parameter (see the module docs for the order), and how many tensors it
+/// holds: execute it with [`crate::readback`] and concatenate.
+pub(crate) fn read_all(model: &Gpt) -> (Transaction, usize) {
+    let mut r = Reader {
+        tx: Some(Transaction::default()),
+        count: 0,
+    };
+    model.visit(&mut r);
+    (r.tx.unwrap_or_default(), r.count)
 }
 
 /// Reads every parameter into one flat vector (see the module docs for the order).
 pub fn to_flat(model: &Gpt) -> Result<Vec<f32>, ModelError> {
-    let mut r = Reader {
-        out: Vec::with_capacity(model.num_params()),
-        error: None,
-    };
-    model.visit(&mut r);
-    match r.error {
-        Some(e) => Err(ModelError::Readback(e)),
-        None => Ok(r.out),
-    }
+    let (tx, n) = read_all(model);
+    readback::concat(readback::execute(tx)?, n)
+}
+
+/// [`to_flat`] without blocking (the browser's WebGPU cannot block on a read).
+pub async fn to_flat_async(model: &Gpt) -> Result<Vec<f32>, ModelError> {
+    let (tx, n) = read_all(model);
+    readback::concat(readback::execute_async(tx).await?, n)
 }
 
 struct Writer<'a> {

@@ -5,6 +5,7 @@
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
+use burn::tensor::Transaction;
 use gradswarm_core::OuterOptimizer;
 use gradswarm_core::synthetic::SplitMix;
 
@@ -14,6 +15,7 @@ use crate::data::{Batch, Sampler};
 use crate::error::ModelError;
 use crate::gpt::Gpt;
 use crate::params::{self, ParamSpec};
+use crate::readback;
 
 /// Named flat f32 vectors (optimizer state, in the order and names of checkpoints).
 pub type NamedVectors = Vec<(String, Vec<f32>)>;
@@ -40,6 +42,10 @@ pub struct Trainer {
     model_config: ModelConfig,
     config: TrainConfig,
     device: Device,
+    /// Whether the device is burn's CPU backend, where shards of a batch run on threads.
+    on_cpu: bool,
+    /// Parameter tensors in the model: every step must bring a gradient for each.
+    tensors: usize,
     step: u64,
 }
 
@@ -53,17 +59,21 @@ impl Trainer {
     ) -> Result<Self, ModelError> {
         model_config.validate()?;
         config.validate()?;
+        let on_cpu = device.clone().without_autodiff() == Device::flex();
         let device = device.clone().autodiff();
         let model = Gpt::new(model_config, &device);
         // Overwrite burn's draws (from a process-global RNG) with θ₀ that every peer computes alike.
         let init = params::initial(model_config, &params::layout(&model), config.seed);
         let model = params::from_flat(model, &init)?;
+        let tensors = params::layout(&model).len();
         Ok(Self {
             model,
             optimizer: AdamW::new(config),
             model_config: model_config.clone(),
             config: config.clone(),
             device,
+            on_cpu,
+            tensors,
             step: 0,
         })
     }
@@ -106,31 +116,109 @@ impl Trainer {
     /// One optimizer step on `batch` (`config.batch_size` sequences, accumulated over micro-batches).
     /// A non-finite loss is an error and leaves the model and optimizer untouched.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepReport, ModelError> {
+        let (grads, tx) = self.backward(batch)?;
+        let read = readback::execute(tx)?;
+        self.finish_step(batch, grads, read)
+    }
+
+    /// [`Trainer::train_step`] without blocking on the device (the browser's WebGPU).
+    pub async fn train_step_async(&mut self, batch: &Batch) -> Result<StepReport, ModelError> {
+        let (grads, tx) = self.backward(batch)?;
+        let read = readback::execute_async(tx).await?;
+        self.finish_step(batch, grads, read)
+    }
+
+    /// Forward and backward passes over `batch`'s micro-batches: the accumulated gradients, and
+    /// the one read the optimizer step waits for (the mean loss, then Σ‖g‖² for clipping).
+    fn backward(&mut self, batch: &Batch) -> Result<(GradientsParams, Transaction), ModelError> {
+        if batch.batch == 0 {
+            return Err(ModelError::Config("empty batch".into()));
+        }
         let micro = self.config.micro_batch_size.min(batch.batch).max(1);
-        let parts = batch.batch.div_ceil(micro);
+        let threads = if self.on_cpu { self.config.threads } else { 1 };
         let mut accumulator = GradientsAccumulator::<Gpt>::new();
         let mut total: Option<Tensor<1>> = None;
-        for p in 0..parts {
-            let rows = batch.rows(p * micro..((p + 1) * micro).min(batch.batch));
-            let (ids, targets) = rows.to_tensors(&self.device);
-            let loss = self.model.loss(ids, targets);
-            let scaled = loss.clone().div_scalar(parts as f32);
-            accumulator.accumulate(
-                &self.model,
-                GradientsParams::from_grads(scaled.backward(), &self.model),
-            );
-            let value = loss.detach();
-            total = Some(match total {
-                Some(t) => t + value,
-                None => value,
+        for start in (0..batch.batch).step_by(micro) {
+            let rows = batch.rows(start..(start + micro).min(batch.batch));
+            for (grads, loss) in self.shard_passes(&rows, batch.batch, threads) {
+                accumulator.accumulate(&self.model, grads);
+                total = Some(match total {
+                    Some(t) => t + loss,
+                    None => loss,
+                });
+            }
+        }
+        let Some(total) = total else {
+            return Err(ModelError::Config("empty batch".into()));
+        };
+        let grads = accumulator.grads();
+        // One transaction holds tensors of one kind: the loss leaves the autodiff graph like Σ‖g‖².
+        let mut tx = Transaction::default().register(total.inner());
+        if let Some(sq) = AdamW::squared_norm(&self.model, &grads) {
+            tx = tx.register(sq);
+        }
+        Ok((grads, tx))
+    }
+
+    /// The passes over one micro-batch, split into up to `threads` shards of rows: each shard's
+    /// gradients of its share of the step's loss (rows / `of` of the mean), and that share,
+    /// detached. In shard order, so the sum does not depend on scheduling.
+    fn shard_passes(
+        &self,
+        rows: &Batch,
+        of: usize,
+        threads: usize,
+    ) -> Vec<(GradientsParams, Tensor<1>)> {
+        let shards = threads.min(rows.batch).max(1);
+        let per = rows.batch.div_ceil(shards);
+        let parts: Vec<Batch> = (0..rows.batch)
+            .step_by(per)
+            .map(|s| rows.rows(s..(s + per).min(rows.batch)))
+            .collect();
+        let pass = |model: &Gpt, part: &Batch| {
+            let (ids, targets) = part.to_tensors(&self.device);
+            let share = model
+                .loss(ids, targets)
+                .mul_scalar(part.batch as f32 / of as f32);
+            let grads = GradientsParams::from_grads(share.clone().backward(), model);
+            (grads, share.detach())
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        if parts.len() > 1 {
+            // Each thread works on a fork of the model: the same parameter ids, but its own
+            // autodiff graph, so that the backward passes do not serialise on one graph's lock.
+            return std::thread::scope(|scope| {
+                let handles: Vec<_> = parts
+                    .iter()
+                    .map(|part| {
+                        let model = self.model.clone().fork(&self.device);
+                        scope.spawn(move || pass(&model, part))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .collect()
             });
         }
-        let loss = match total {
-            Some(t) => t
-                .div_scalar(parts as f32)
-                .try_into_scalar::<f32>()
-                .map_err(|e| ModelError::Readback(format!("{e:?}")))?,
-            None => return Err(ModelError::Config("empty batch".into())),
+        parts.iter().map(|part| pass(&self.model, part)).collect()
+    }
+
+    /// The optimizer step of [`Trainer::backward`]'s gradients, once its read has arrived.
+    fn finish_step(
+        &mut self,
+        batch: &Batch,
+        grads: GradientsParams,
+        read: Vec<TensorData>,
+    ) -> Result<StepReport, ModelError> {
+        let mut read = read.into_iter();
+        let loss = readback::scalar(
+            read.next()
+                .ok_or_else(|| ModelError::Readback("no loss read".into()))?,
+        )?;
+        let grad_norm = match read.next() {
+            Some(sq) => readback::scalar(sq)?.sqrt(),
+            None => 0.0,
         };
         if !loss.is_finite() {
             return Err(ModelError::Diverged {
@@ -138,16 +226,22 @@ impl Trainer {
                 loss,
             });
         }
+        // A lost gradient would silently freeze a tensor: refuse the step instead.
+        if grads.len() != self.tensors {
+            return Err(ModelError::MissingGradients {
+                got: grads.len(),
+                expected: self.tensors,
+            });
+        }
         let lr = self.config.lr_at(self.step);
-        let (model, stats) = self
+        self.model = self
             .optimizer
-            .step(lr, self.model.clone(), accumulator.grads())?;
-        self.model = model;
+            .step(lr, self.model.clone(), grads, grad_norm);
         let report = StepReport {
             step: self.step,
             loss,
             lr,
-            grad_norm: stats.grad_norm,
+            grad_norm,
             tokens: batch.batch * batch.time,
         };
         self.step += 1;
@@ -169,19 +263,55 @@ impl Trainer {
             .collect()
     }
 
+    /// [`Trainer::local_steps`] without blocking on the device.
+    pub async fn local_steps_async(
+        &mut self,
+        sampler: &Sampler<'_>,
+        h: u64,
+    ) -> Result<Vec<StepReport>, ModelError> {
+        let (b, t) = (self.config.batch_size, self.model_config.context);
+        let mut reports = Vec::with_capacity(h as usize);
+        for _ in 0..h {
+            let batch = sampler.batch(self.step, b, t);
+            reports.push(self.train_step_async(&batch).await?);
+        }
+        Ok(reports)
+    }
+
     /// Mean loss in nats per byte over `batches`, weighted by the bytes each predicts.
     pub fn evaluate(&self, batches: &[Batch]) -> Result<f64, ModelError> {
+        let read = readback::execute(self.eval_losses(batches))?;
+        Self::mean_loss(batches, read)
+    }
+
+    /// [`Trainer::evaluate`] without blocking on the device.
+    pub async fn evaluate_async(&self, batches: &[Batch]) -> Result<f64, ModelError> {
+        let read = readback::execute_async(self.eval_losses(batches)).await?;
+        Self::mean_loss(batches, read)
+    }
+
+    /// Every batch's mean loss, as one read.
+    fn eval_losses(&self, batches: &[Batch]) -> Transaction {
         let model = self.model.valid();
         let device = self.device.clone().without_autodiff();
-        let (mut sum, mut count) = (0.0f64, 0usize);
-        for batch in batches {
+        batches.iter().fold(Transaction::default(), |tx, batch| {
             let (ids, targets) = batch.to_tensors(&device);
-            let loss = model
-                .loss(ids, targets)
-                .try_into_scalar::<f32>()
-                .map_err(|e| ModelError::Readback(format!("{e:?}")))?;
+            tx.register(model.loss(ids, targets))
+        })
+    }
+
+    fn mean_loss(batches: &[Batch], read: Vec<TensorData>) -> Result<f64, ModelError> {
+        if read.len() != batches.len() {
+            return Err(ModelError::Readback(format!(
+                "read {} losses for {} batches",
+                read.len(),
+                batches.len()
+            )));
+        }
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for (batch, loss) in batches.iter().zip(read) {
             let n = batch.batch * batch.time;
-            sum += f64::from(loss) * n as f64;
+            sum += f64::from(readback::scalar(loss)?) * n as f64;
             count += n;
         }
         Ok(if count == 0 {
@@ -234,6 +364,11 @@ impl Trainer {
         params::to_flat(&self.model)
     }
 
+    /// [`Trainer::parameters`] without blocking on the device.
+    pub async fn parameters_async(&self) -> Result<Vec<f32>, ModelError> {
+        params::to_flat_async(&self.model).await
+    }
+
     /// Replaces the parameters with `flat`; optimizer state is kept.
     pub fn set_parameters(&mut self, flat: &[f32]) -> Result<(), ModelError> {
         self.model = params::from_flat(self.model.clone(), flat)?;
@@ -278,16 +413,47 @@ impl Trainer {
     /// The optimizer's state as named flat vectors (`optimizer.exp_avg.<param>`,
     /// `optimizer.exp_avg_sq.<param>`, as in checkpoints) and its update count.
     pub fn optimizer_state(&self) -> Result<(u64, NamedVectors), ModelError> {
-        let mut out = Vec::new();
+        let (names, tx) = self.moments_read();
+        self.named(names, readback::execute(tx)?)
+    }
+
+    /// [`Trainer::optimizer_state`] without blocking on the device.
+    pub async fn optimizer_state_async(&self) -> Result<(u64, NamedVectors), ModelError> {
+        let (names, tx) = self.moments_read();
+        let read = readback::execute_async(tx).await?;
+        self.named(names, read)
+    }
+
+    /// Every moment tensor as one read, with the names they are stored under.
+    fn moments_read(&self) -> (Vec<String>, Transaction) {
+        let mut names = Vec::new();
+        let mut tx = Transaction::default();
         for (name, m) in &self.optimizer.moments {
             for (kind, t) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
-                let values = t
-                    .clone()
-                    .try_into_vec_as::<f32>()
-                    .map_err(|e| ModelError::Readback(format!("{e:?}")))?;
-                out.push((format!("optimizer.{kind}.{name}"), values));
+                names.push(format!("optimizer.{kind}.{name}"));
+                tx = tx.register(t.clone());
             }
         }
+        (names, tx)
+    }
+
+    fn named(
+        &self,
+        names: Vec<String>,
+        read: Vec<TensorData>,
+    ) -> Result<(u64, NamedVectors), ModelError> {
+        if read.len() != names.len() {
+            return Err(ModelError::Readback(format!(
+                "read {} optimizer tensors, expected {}",
+                read.len(),
+                names.len()
+            )));
+        }
+        let out = names
+            .into_iter()
+            .zip(read)
+            .map(|(name, data)| Ok((name, readback::floats(data)?)))
+            .collect::<Result<_, ModelError>>()?;
         Ok((self.optimizer.steps, out))
     }
 

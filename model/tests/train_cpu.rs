@@ -254,3 +254,72 @@ fn missing_data_and_bad_config_are_clear_errors() {
         Err(ModelError::Config(_))
     ));
 }
+
+#[test]
+fn shards_on_threads_take_the_same_step_as_one_pass() {
+    let m = tiny_model();
+    let corpus = corpus(m.context);
+    let base = tiny_train();
+    let sampler = corpus.sampler(me(), &[me()], 0, base.seed);
+    let run = |threads: usize, micro: usize| {
+        let t = TrainConfig {
+            threads,
+            micro_batch_size: micro,
+            ..base.clone()
+        };
+        let mut trainer = Trainer::new(&m, &t, &cpu()).expect("trainer");
+        let reports = trainer.local_steps(&sampler, 3).expect("trains");
+        (reports, trainer.parameters().expect("read"))
+    };
+    let (one, p1) = run(1, 8);
+    for (threads, micro) in [(2, 8), (3, 8), (2, 4)] {
+        let (many, pn) = run(threads, micro);
+        for (a, b) in one.iter().zip(&many) {
+            assert!(
+                (a.loss - b.loss).abs() < 1e-5 && (a.grad_norm - b.grad_norm).abs() < 1e-4,
+                "{threads} threads, micro {micro}: step {} loss {} vs {}, norm {} vs {}",
+                a.step,
+                a.loss,
+                b.loss,
+                a.grad_norm,
+                b.grad_norm
+            );
+        }
+        // Summation order differs, so bits may too; a lost shard would move θ by far more.
+        let diff = p1
+            .iter()
+            .zip(&pn)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff < 1e-4,
+            "{threads} threads: parameters differ by {diff}"
+        );
+    }
+}
+
+#[test]
+fn asynchronous_reads_equal_the_synchronous_ones() {
+    let (m, t) = (tiny_model(), tiny_train());
+    let corpus = corpus(m.context);
+    let sampler = corpus.sampler(me(), &[me()], 0, t.seed);
+    let val = gradswarm_model::data::validation_batches(&corpus, 2, t.batch_size, m.context);
+    let mut sync = Trainer::new(&m, &t, &cpu()).expect("trainer");
+    let mut not = Trainer::new(&m, &t, &cpu()).expect("trainer");
+    let a = sync.local_steps(&sampler, 2).expect("trains");
+    let b = futures::executor::block_on(not.local_steps_async(&sampler, 2)).expect("trains");
+    assert_eq!(a, b);
+    assert_eq!(
+        sync.parameters().expect("read"),
+        futures::executor::block_on(not.parameters_async()).expect("read")
+    );
+    assert_eq!(
+        sync.evaluate(&val).expect("eval"),
+        futures::executor::block_on(not.evaluate_async(&val)).expect("eval")
+    );
+    let (s1, o1) = sync.optimizer_state().expect("read");
+    let (s2, o2) = futures::executor::block_on(not.optimizer_state_async()).expect("read");
+    assert_eq!((s1, o1.len()), (s2, o2.len()));
+    assert_eq!(o1, o2);
+    assert_eq!(o1.len(), 2 * sync.layout().len());
+}

@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand};
 use gradswarm_core::shard::ShardKey;
 use gradswarm_model::data::{text_windows, validation_batches};
 use gradswarm_model::{
-    BackendKind, Checkpoint, Corpus, DeviceChoice, SelectedDevice, Trainer, checkpoint, device,
+    BackendKind, Checkpoint, Corpus, DeviceChoice, SelectedDevice, TrainConfig, Trainer,
+    checkpoint, device,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -396,9 +397,20 @@ fn bench(config: Option<&Path>, steps: u64, only: DeviceChoice) -> anyhow::Resul
     let me = ShardKey::of(b"bench");
     let sampler = corpus.sampler(me, &[me], 0, cfg.train.seed);
     let mut results = serde_json::Map::new();
-    // wgpu first: burn initialises a wgpu runtime once, before anything else touches it.
-    let targets = [("wgpu", DeviceChoice::Gpu), ("cpu", DeviceChoice::Cpu)];
-    for (name, choice) in targets {
+    // wgpu first: burn initialises a wgpu runtime once, before anything else touches it. The CPU
+    // backend runs twice when train.threads > 1: as configured, and on one thread as the baseline.
+    let single = TrainConfig {
+        threads: 1,
+        ..cfg.train.clone()
+    };
+    let mut targets = vec![
+        ("wgpu", DeviceChoice::Gpu, &cfg.train),
+        ("cpu", DeviceChoice::Cpu, &cfg.train),
+    ];
+    if cfg.train.threads > 1 {
+        targets.push(("cpu_1_thread", DeviceChoice::Cpu, &single));
+    }
+    for (name, choice, train) in targets {
         if only != DeviceChoice::Auto && only != choice {
             continue;
         }
@@ -411,36 +423,32 @@ fn bench(config: Option<&Path>, steps: u64, only: DeviceChoice) -> anyhow::Resul
             }
         };
         eprintln!("{name}: {}", selected.summary);
-        let mut trainer = Trainer::new(&cfg.model, &cfg.train, &selected.device)?;
+        let mut trainer = Trainer::new(&cfg.model, train, &selected.device)?;
         for s in 0..2 {
-            trainer.train_step(&sampler.batch(s, cfg.train.batch_size, cfg.model.context))?;
+            trainer.train_step(&sampler.batch(s, train.batch_size, cfg.model.context))?;
         }
         let t0 = Instant::now();
         let mut tokens = 0;
         for s in 0..steps {
             tokens += trainer
-                .train_step(&sampler.batch(2 + s, cfg.train.batch_size, cfg.model.context))?
+                .train_step(&sampler.batch(2 + s, train.batch_size, cfg.model.context))?
                 .tokens;
         }
         let rate = tokens as f64 / t0.elapsed().as_secs_f64();
         eprintln!("{name}: {rate:.0} tokens/s");
         results.insert(
             name.into(),
-            serde_json::json!({"adapter": selected.summary, "tokens_per_second": rate.round(), "steps": steps}),
+            serde_json::json!({"adapter": selected.summary, "tokens_per_second": rate.round(), "steps": steps, "threads": train.threads}),
         );
     }
-    if let (Some(g), Some(c)) = (
-        results
-            .get("wgpu")
-            .and_then(|v| v["tokens_per_second"].as_f64()),
-        results
-            .get("cpu")
-            .and_then(|v| v["tokens_per_second"].as_f64()),
-    ) {
-        results.insert(
-            "wgpu_over_cpu".into(),
-            serde_json::json!((g / c * 100.0).round() / 100.0),
-        );
+    let rate = |k: &str| results.get(k).and_then(|v| v["tokens_per_second"].as_f64());
+    let ratio = |a: f64, b: f64| serde_json::json!((a / b * 100.0).round() / 100.0);
+    let (wgpu, cpu, one) = (rate("wgpu"), rate("cpu"), rate("cpu_1_thread"));
+    if let (Some(g), Some(c)) = (wgpu, cpu) {
+        results.insert("wgpu_over_cpu".into(), ratio(g, c));
+    }
+    if let (Some(c), Some(one)) = (cpu, one) {
+        results.insert("cpu_threads_speedup".into(), ratio(c, one));
     }
     println!("{}", serde_json::Value::Object(results));
     Ok(())

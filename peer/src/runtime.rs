@@ -240,7 +240,7 @@ impl Peer {
         self.join().await?;
         self.summary.start_round = self.book.round();
         self.running = true;
-        let params = self.trainer.parameters()?;
+        let params = self.trainer.parameters_async().await?;
         self.mark(params);
         while !self.stopped && self.config.rounds.is_none_or(|r| self.book.round() < r) {
             self.run_round().await?;
@@ -252,10 +252,10 @@ impl Peer {
             self.linger().await;
         }
         self.summary.drops = self.drops.clone();
-        self.summary.final_params = self.trainer.parameters()?;
+        self.summary.final_params = self.trainer.parameters_async().await?;
         // A joiner asking after our last round still gets our state while the network lives.
         self.snapshots.set_round(self.book.round());
-        self.snapshots.publish(&self.snapshot()?);
+        self.snapshots.publish(&self.snapshot().await?);
         Ok(self.summary.clone())
     }
 
@@ -348,7 +348,7 @@ impl Peer {
             }
             Wake::Reconciled(peer, round, theirs) => {
                 self.reconciling = None;
-                if let Err(e) = self.finish_reconcile(peer, round, theirs) {
+                if let Err(e) = self.finish_reconcile(peer, round, theirs).await {
                     warn!("pairwise averaging with {peer} not applied: {e}");
                 }
                 None
@@ -433,7 +433,7 @@ impl Peer {
     /// drift reconcile pairwise): θ moves halfway to the partner's replica, as of `round`. The
     /// partner, having seen the same two heartbeats, applies the other half with our θ of the
     /// same round, so the difference of that round vanishes and updates applied since carry over.
-    fn finish_reconcile(
+    async fn finish_reconcile(
         &mut self,
         peer: PeerId,
         round: u64,
@@ -451,7 +451,7 @@ impl Peer {
             debug!("replica of {peer} at round {round} is {drift:.1e} from ours: close enough");
             return Ok(());
         }
-        let mut theta = self.trainer.parameters()?;
+        let mut theta = self.trainer.parameters_async().await?;
         pull_halfway(&mut theta, &mine, &theirs);
         self.trainer.set_parameters(&theta)?;
         self.quiet_until = self.book.round() + RECONCILE_BACKOFF;
@@ -637,15 +637,15 @@ impl Peer {
         Ok(())
     }
 
-    fn snapshot(&self) -> Result<PeerState, PeerError> {
-        let (optimizer_steps, mut optimizer) = self.trainer.optimizer_state()?;
+    async fn snapshot(&self) -> Result<PeerState, PeerError> {
+        let (optimizer_steps, mut optimizer) = self.trainer.optimizer_state_async().await?;
         if !self.outer.momentum().is_empty() {
             optimizer.push(("outer.momentum".into(), self.outer.momentum().to_vec()));
         }
         Ok(PeerState {
             round: self.book.round(),
             step: self.trainer.step(),
-            params: self.trainer.parameters()?,
+            params: self.trainer.parameters_async().await?,
             optimizer,
             optimizer_steps,
         })
@@ -661,8 +661,8 @@ impl Peer {
     }
 
     /// Local steps from the anchor θ_r; returns Δ = θ_r − θ_local (θ is reset to the anchor).
-    fn compute(&mut self) -> Result<(Vec<f32>, f32, u64), PeerError> {
-        let anchor = self.trainer.parameters()?;
+    async fn compute(&mut self) -> Result<(Vec<f32>, f32, u64), PeerError> {
+        let anchor = self.trainer.parameters_async().await?;
         let mut keys: Vec<ShardKey> = self
             .live()
             .map(|p| ShardKey::of(&p.to_bytes()))
@@ -675,8 +675,9 @@ impl Peer {
         let sampler = corpus.sampler(me, &keys, 0, seed);
         let reports = self
             .trainer
-            .local_steps(&sampler, self.config.mode.local_steps())?;
-        let local = self.trainer.parameters()?;
+            .local_steps_async(&sampler, self.config.mode.local_steps())
+            .await?;
+        let local = self.trainer.parameters_async().await?;
         self.trainer.set_parameters(&anchor)?;
         let delta = anchor.iter().zip(&local).map(|(a, l)| a - l).collect();
         let loss = reports.iter().map(|r| r.loss).sum::<f32>() / reports.len().max(1) as f32;
@@ -731,12 +732,13 @@ impl Peer {
     }
 
     /// Closes the open round: late parts of earlier rounds are applied as if they had been in time,
-    /// then this round's aggregate.
-    fn close_round(&mut self, report: &mut RoundReport) -> Result<(), PeerError> {
+    /// then this round's aggregate (θ is read and written once, whatever the number of parts).
+    async fn close_round(&mut self, report: &mut RoundReport) -> Result<(), PeerError> {
         let closed = self.book.close();
         self.drops.merge(&closed.dropped);
         self.drops_pending.merge(&closed.dropped);
         report.round = closed.round;
+        let mut moves: Vec<(Vec<f32>, Option<u64>)> = Vec::new();
         for correction in &closed.corrections {
             for added in correction.added() {
                 self.count_from(added, report);
@@ -748,21 +750,37 @@ impl Peer {
                 delta.iter_mut().zip(&before).for_each(|(d, b)| *d -= b);
             }
             // Rounds correction.round ..= closed.round − 1 have been applied since.
-            let rounds_ago = closed.round - correction.round;
-            self.trainer
-                .apply_late_update(&mut self.outer, &delta, rounds_ago)?;
+            moves.push((delta, Some(closed.round - correction.round)));
         }
         for accepted in &closed.accepted {
             self.count_from(accepted, report);
         }
         if let Some(aggregate) = self.aggregate(closed.round, &closed.accepted) {
-            self.trainer.apply_update(&mut self.outer, &aggregate)?;
+            moves.push((aggregate, None));
         }
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let mut theta = self.trainer.parameters_async().await?;
+        for (delta, rounds_ago) in &moves {
+            if delta.len() != theta.len() {
+                return Err(ModelError::ParamLength {
+                    got: delta.len(),
+                    expected: theta.len(),
+                }
+                .into());
+            }
+            match rounds_ago {
+                Some(ago) => self.outer.apply_late(&mut theta, delta, *ago),
+                None => self.outer.apply(&mut theta, delta),
+            }
+        }
+        self.trainer.set_parameters(&theta)?;
         Ok(())
     }
 
-    fn finish_report(&mut self, mut report: RoundReport) -> Result<(), PeerError> {
-        let params = self.trainer.parameters()?;
+    async fn finish_report(&mut self, mut report: RoundReport) -> Result<(), PeerError> {
+        let params = self.trainer.parameters_async().await?;
         report.checksum = params_checksum(&params);
         report.peers = self.live().count();
         report.samples = self.samples;
@@ -770,7 +788,7 @@ impl Peer {
         report.drops = std::mem::take(&mut self.drops_pending);
         report.reconciled = std::mem::take(&mut self.reconciled_pending);
         if self.config.eval_every > 0 && (report.round + 1).is_multiple_of(self.config.eval_every) {
-            report.val_loss = Some(self.trainer.evaluate(&self.val)?);
+            report.val_loss = Some(self.trainer.evaluate_async(&self.val).await?);
         }
         debug!(
             "round {} closed: loss {:.3}, {} updates, staleness {:?}, {} live peers",
@@ -788,7 +806,7 @@ impl Peer {
         }
         self.snapshots.set_round(round);
         if self.snapshots.wanted() {
-            let state = self.snapshot()?;
+            let state = self.snapshot().await?;
             self.snapshots.publish(&state);
             debug!("snapshot of round {} ready for joiners", state.round);
         }
@@ -810,7 +828,7 @@ impl Peer {
     async fn run_round(&mut self) -> Result<(), PeerError> {
         let base = self.book.round();
         let t0 = Instant::now();
-        let computed = match self.compute() {
+        let computed = match self.compute().await {
             Ok(c) => Some(c),
             Err(PeerError::Model(ModelError::Diverged { step, loss })) => {
                 // A NaN or infinite loss: send nothing this round, keep θ and the residual.
@@ -843,8 +861,8 @@ impl Peer {
                 catch_up: true,
                 ..Default::default()
             };
-            self.close_round(&mut report)?;
-            self.finish_report(report)?;
+            self.close_round(&mut report).await?;
+            self.finish_report(report).await?;
         }
 
         let mut report = RoundReport {
@@ -905,8 +923,8 @@ impl Peer {
             }
         }
         report.network_s = t2.elapsed().as_secs_f64();
-        self.close_round(&mut report)?;
-        self.finish_report(report)
+        self.close_round(&mut report).await?;
+        self.finish_report(report).await
     }
 }
 

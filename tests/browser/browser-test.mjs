@@ -12,7 +12,10 @@ import { chromium } from "playwright-core";
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
 const bin = process.env.GS_BIN_DIR ?? path.join(os.homedir(), ".cache/gradswarm-target/debug");
 const artifacts = process.env.GS_ARTIFACTS ?? path.join(root, "runs/browser-test");
-const ROUNDS = 12;
+const ROUNDS = Number(process.env.GS_ROUNDS ?? 12);
+// Where the browser peer trains: auto (WebGPU on a hardware adapter, else the CPU backend), gpu
+// (WebGPU on any adapter: here Chromium's SwiftShader) or cpu.
+const DEVICE = process.env.GS_DEVICE ?? "auto";
 const DEADLINE_MS = 8 * 60 * 1000;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gs-browser-"));
 fs.mkdirSync(artifacts, { recursive: true });
@@ -80,7 +83,12 @@ try {
   const consoleLog = fs.createWriteStream(path.join(artifacts, "browser-console.log"));
   tab.on("console", (m) => consoleLog.write(`${m.type()}: ${m.text()}\n`));
   tab.on("pageerror", (e) => consoleLog.write(`pageerror: ${e.message}\n`));
-  const options = encodeURIComponent(JSON.stringify({ rounds: ROUNDS, min_peers: 1, ...tiny }));
+  // The peer runs in a worker (web/www/worker.js): keep its console too.
+  tab.on("worker", (w) => {
+    consoleLog.write(`worker started: ${w.url()}\n`);
+    w.on("console", (m) => consoleLog.write(`worker ${m.type()}: ${m.text()}\n`));
+  });
+  const options = encodeURIComponent(JSON.stringify({ rounds: ROUNDS, min_peers: 1, device: DEVICE, ...tiny }));
   await tab.goto(`${page}?options=${options}`);
   await tab.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout: 120_000 });
   const ready = await tab.evaluate(() => document.body.dataset.state);
@@ -98,11 +106,13 @@ try {
     state: document.body.dataset.state,
     rounds: Number(document.body.dataset.rounds ?? 0),
     adapter: document.body.dataset.adapter,
+    webgpu: document.body.dataset.webgpu === "true",
     error: document.getElementById("error").textContent,
     peer: document.getElementById("peer").textContent,
     reports: window.gsReports ?? [],
   }));
   if (seen.state === "error") fail(`the page shows an error: ${seen.error}`);
+  if (DEVICE === "gpu" && !seen.webgpu) fail(`asked for WebGPU, the page trained on: ${seen.adapter}`);
   if (seen.rounds < 10) fail(`the browser peer completed ${seen.rounds} rounds`);
   const own = seen.reports.filter((r) => !r.catch_up && Number.isFinite(r.loss)).map((r) => r.loss);
   const mean = (xs) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
@@ -124,6 +134,8 @@ try {
   const nativeTokS = (summary.samples * tiny.model.context) / Math.max(1e-9, summary.compute_s);
   await context.close();
   const result = {
+    device: DEVICE,
+    webgpu: seen.webgpu,
     adapter: seen.adapter,
     browser_rounds: seen.rounds,
     browser_loss_first3: first,

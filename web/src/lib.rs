@@ -3,8 +3,9 @@
 //! The page (`web/www/`) calls [`join`] with the run's options and the corpus bytes; this builds
 //! the same [`Peer`](gradswarm_peer::Peer) the desktop node runs, on libp2p over WebSocket
 //! (`gradswarm_net::web`), and drives it with wasm-bindgen-futures. Round reports go to a
-//! JavaScript callback. Training runs on burn's CPU backend inside wasm for now; WebGPU needs the
-//! trainer's asynchronous read-back, which the browser requires (it cannot block on the GPU).
+//! JavaScript callback. Training runs on burn's wgpu backend over WebGPU where the browser offers
+//! a hardware adapter, else on burn's CPU backend inside wasm, and the page says which and why.
+//! Every read of the GPU is awaited (the trainer's `_async` methods): a tab cannot block on it.
 #![cfg(target_arch = "wasm32")]
 
 use std::sync::Arc;
@@ -12,8 +13,9 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::channel::mpsc;
 use gradswarm_core::{CpuCodec, WireLimits};
-use gradswarm_model::burn::prelude::Device;
-use gradswarm_model::{Corpus, DataConfig, ModelConfig, TrainConfig, Trainer};
+use gradswarm_model::{
+    BackendKind, Corpus, DataConfig, DeviceChoice, ModelConfig, TrainConfig, Trainer, device,
+};
 use gradswarm_net::{Keypair, Multiaddr, NetConfig};
 use gradswarm_peer::{Mode, Peer, PeerConfig, RoundReport, StopHandle, stop_pair};
 use serde::{Deserialize, Serialize};
@@ -50,6 +52,10 @@ pub struct JoinOptions {
     /// The trainer (absent: the default job's).
     #[serde(default)]
     pub train: Option<TrainConfig>,
+    /// Where to train: `auto` (WebGPU on a hardware adapter, else the CPU backend), `gpu`
+    /// (WebGPU on any adapter, software ones included) or `cpu`.
+    #[serde(default)]
+    pub device: DeviceChoice,
 }
 
 /// What the page is told after each round: a [`RoundReport`] in JavaScript's terms (numbers
@@ -104,6 +110,9 @@ impl From<&RoundReport> for PageReport {
 pub struct BrowserPeer {
     stop: StopHandle,
     peer_id: String,
+    adapter: String,
+    webgpu: bool,
+    fallback: Option<String>,
 }
 
 #[wasm_bindgen]
@@ -112,6 +121,24 @@ impl BrowserPeer {
     #[wasm_bindgen(getter)]
     pub fn peer_id(&self) -> String {
         self.peer_id.clone()
+    }
+
+    /// What trains: the WebGPU adapter (name, type, driver) or the CPU backend.
+    #[wasm_bindgen(getter)]
+    pub fn adapter(&self) -> String {
+        self.adapter.clone()
+    }
+
+    /// Whether training runs on WebGPU (else on the CPU backend inside wasm).
+    #[wasm_bindgen(getter)]
+    pub fn webgpu(&self) -> bool {
+        self.webgpu
+    }
+
+    /// Why the CPU backend was chosen under `auto`, when it was.
+    #[wasm_bindgen(getter)]
+    pub fn fallback(&self) -> Option<String> {
+        self.fallback.clone()
     }
 
     /// Leaves the run after the current round: to the others, a tab that left.
@@ -126,9 +153,10 @@ fn js_error(context: &str, e: impl std::fmt::Display) -> JsError {
 
 /// Joins the run: `options` as [`JoinOptions`], `corpus` the training text's bytes, `on_round`
 /// called with each round's report (an object shaped like [`RoundReport`]) and `on_end` with an
-/// error message or null when the peer stops.
+/// error message or null when the peer stops. Resolves once the device is chosen and the peer
+/// started.
 #[wasm_bindgen]
-pub fn join(
+pub async fn join(
     options: JsValue,
     corpus: Vec<u8>,
     on_round: js_sys::Function,
@@ -145,8 +173,15 @@ pub fn join(
         .iter()
         .map(|a| a.parse::<Multiaddr>().map_err(|e| js_error(a, e)))
         .collect::<Result<Vec<_>, _>>()?;
+    let selected = device::select_async(options.device)
+        .await
+        .map_err(|e| js_error("device", e))?;
+    match &selected.fallback_reason {
+        Some(why) => tracing::info!("training on {} ({why})", selected.summary),
+        None => tracing::info!("training on {}", selected.summary),
+    }
     let trainer =
-        Trainer::new(&model, &train, &Device::flex()).map_err(|e| js_error("model", e))?;
+        Trainer::new(&model, &train, &selected.device).map_err(|e| js_error("model", e))?;
     let mut config = PeerConfig::new(&options.run_id, Mode::Gradient);
     config.rounds = options.rounds;
     let n = trainer.num_params();
@@ -201,5 +236,11 @@ pub fn join(
         };
         let _ = on_end.call1(&JsValue::NULL, &end);
     });
-    Ok(BrowserPeer { stop, peer_id })
+    Ok(BrowserPeer {
+        stop,
+        peer_id,
+        adapter: selected.summary,
+        webgpu: selected.kind == BackendKind::Wgpu,
+        fallback: selected.fallback_reason,
+    })
 }

@@ -1,10 +1,10 @@
-// The page of a browser peer: loads the wasm peer, joins the run the serving node names, and
-// shows what the peer reports each round. State for tests is on <body data-state data-rounds>.
-import init, { join } from "./pkg/gradswarm_web.js";
+// The page of a browser peer: starts the wasm peer in a worker (worker.js), joins the run the
+// serving node names, and shows what the peer reports each round. State for tests is on
+// <body data-state data-rounds data-adapter data-webgpu>.
 
 const $ = (id) => document.getElementById(id);
 const losses = [];
-let peer = null;
+let worker = null;
 let bytesUp = 0;
 let bytesDown = 0;
 const drops = {};
@@ -75,7 +75,6 @@ function onRound(r) {
 function onEnd(error) {
   $("join").disabled = false;
   $("leave").disabled = true;
-  peer = null;
   if (error) {
     fail(`the peer stopped: ${error}`);
   } else {
@@ -84,46 +83,63 @@ function onEnd(error) {
   }
 }
 
-async function adapterText() {
-  // Training runs on burn's CPU backend inside wasm for now; say what WebGPU would offer.
-  if (!navigator.gpu) return "CPU (burn flex in wasm); this browser has no WebGPU";
+async function offeredText() {
+  // Before joining: what WebGPU offers here (the peer decides when it joins; see ?device=).
+  if (!navigator.gpu) return "this browser has no WebGPU: training will run on the CPU backend in wasm";
   const adapter = await navigator.gpu.requestAdapter();
-  if (!adapter) return "CPU (burn flex in wasm); WebGPU has no adapter here";
+  if (!adapter) return "WebGPU has no adapter here: training will run on the CPU backend in wasm";
   const info = adapter.info ?? {};
-  const name = [info.vendor, info.architecture].filter(Boolean).join(" ") || "unknown";
-  return `CPU (burn flex in wasm); WebGPU adapter ${name}${info.isFallbackAdapter ? " (software)" : ""} not used yet`;
+  const name = [info.vendor, info.architecture, info.description].filter(Boolean).join(" ") || "unknown";
+  return `WebGPU adapter ${name}${info.isFallbackAdapter ? " (software)" : ""} offered`;
+}
+
+function usedText(p) {
+  if (p.webgpu) return `WebGPU — ${p.adapter}`;
+  return `CPU (burn flex in wasm) — ${p.fallback ?? "asked for the CPU backend"}`;
 }
 
 async function main() {
   try {
-    await init();
     const [boot, corpus] = await Promise.all([
       fetch("bootstrap.json").then((r) => (r.ok ? r.json() : Promise.reject(new Error(`bootstrap.json: HTTP ${r.status}`)))),
       fetch("corpus.txt").then((r) => (r.ok ? r.arrayBuffer() : Promise.reject(new Error(`corpus.txt: HTTP ${r.status}`)))),
     ]);
-    // ?options={...} adds join options (rounds, model, train), e.g. for a test's tiny model.
+    // ?options={...} adds join options (rounds, model, train, device: auto|gpu|cpu), e.g. for a
+    // test's tiny model.
     const extra = new URLSearchParams(location.search).get("options");
     const options = { run_id: boot.run_id, bootstrap: boot.bootstrap, ...(extra ? JSON.parse(extra) : {}) };
     if (!options.bootstrap.length) throw new Error("the serving node has no WebSocket address yet; reload in a moment");
     $("run").textContent = options.run_id;
-    $("adapter").textContent = await adapterText();
-    document.body.dataset.adapter = $("adapter").textContent;
+    $("adapter").textContent = await offeredText();
     $("status").textContent = "ready";
     document.body.dataset.state = "ready";
     $("join").disabled = false;
     $("join").onclick = () => {
-      try {
-        peer = join(options, new Uint8Array(corpus), onRound, onEnd);
-        $("peer").textContent = peer.peer_id;
-        $("status").textContent = "training";
-        document.body.dataset.state = "running";
-        $("join").disabled = true;
-        $("leave").disabled = false;
-      } catch (e) {
-        fail(String(e?.message ?? e));
-      }
+      $("join").disabled = true;
+      $("status").textContent = "starting";
+      worker?.terminate();
+      worker = new Worker("worker.js", { type: "module" });
+      worker.onerror = (e) => fail(`the peer's worker failed: ${e.message ?? e}`);
+      worker.onmessage = ({ data }) => {
+        if (data.type === "round") onRound(data.report);
+        else if (data.type === "end") onEnd(data.error);
+        else if (data.type === "error") {
+          $("join").disabled = false;
+          fail(data.message);
+        } else if (data.type === "joined") {
+          $("peer").textContent = data.peer_id;
+          $("adapter").textContent = usedText(data);
+          document.body.dataset.adapter = $("adapter").textContent;
+          document.body.dataset.webgpu = String(data.webgpu);
+          $("status").textContent = "training";
+          document.body.dataset.state = "running";
+          $("leave").disabled = false;
+        }
+      };
+      // The corpus is copied to the worker; the page keeps its own for a later Join.
+      worker.postMessage({ type: "join", options, corpus: corpus.slice(0) });
     };
-    $("leave").onclick = () => peer?.leave();
+    $("leave").onclick = () => worker?.postMessage({ type: "leave" });
   } catch (e) {
     fail(String(e?.message ?? e));
   }

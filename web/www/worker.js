@@ -1,0 +1,39 @@
+// The browser peer's worker: the wasm peer runs here, off the page's thread, so that training on
+// the CPU backend (whose steps block while they compute) never freezes the page. The page sends
+// {type: "join", options, corpus} and {type: "leave"}; the worker answers with "joined", "round",
+// "end" and "error" messages.
+import init, { join } from "./pkg/gradswarm_web.js";
+
+let peer = null;
+const ready = init();
+
+self.onmessage = async (event) => {
+  const message = event.data;
+  if (message.type === "leave") {
+    peer?.leave();
+    return;
+  }
+  if (message.type !== "join" || peer) return;
+  try {
+    await ready;
+    peer = await join(
+      message.options,
+      new Uint8Array(message.corpus),
+      (report) => self.postMessage({ type: "round", report }),
+      (error) => {
+        peer = null;
+        self.postMessage({ type: "end", error });
+      },
+    );
+    self.postMessage({
+      type: "joined",
+      peer_id: peer.peer_id,
+      adapter: peer.adapter,
+      webgpu: peer.webgpu,
+      fallback: peer.fallback ?? null,
+    });
+  } catch (e) {
+    peer = null;
+    self.postMessage({ type: "error", message: String(e?.message ?? e) });
+  }
+};
