@@ -100,9 +100,20 @@ pub fn adapters() -> Vec<wgpu::AdapterInfo> {
 }
 
 fn describe(info: &wgpu::AdapterInfo) -> String {
+    // Browsers may keep the adapter's name and driver to themselves.
+    let name = if info.name.is_empty() {
+        "unnamed adapter"
+    } else {
+        &info.name
+    };
+    let driver = format!("{} {}", info.driver, info.driver_info);
+    let driver = match driver.trim() {
+        "" => String::new(),
+        d => format!(", driver {d}"),
+    };
     format!(
-        "{} ({:?}, {:?}, driver {} {})",
-        info.name, info.backend, info.device_type, info.driver, info.driver_info
+        "{name} ({:?}, {:?}{driver})",
+        info.backend, info.device_type
     )
 }
 

@@ -126,6 +126,9 @@ pub struct Peer {
     running: bool,
     marks: VecDeque<Mark>,
     max_marks: usize,
+    /// The checksum and sketch of θ at the start of the round they name, for heartbeats (kept
+    /// apart from the marks, which exist only when pairwise averaging is on).
+    fingerprint: Option<(u64, u64, DriftSketch)>,
     reconciling: Option<Reconciling>,
     /// Per partner, the first heartbeat round whose drift is looked at again.
     reconcile_after: BTreeMap<PeerId, u64>,
@@ -200,6 +203,7 @@ impl Peer {
             observer: None,
             running: false,
             marks: VecDeque::new(),
+            fingerprint: None,
             max_marks: (MARK_BUDGET_BYTES / (4 * n).max(1)).clamp(2, 16),
             reconciling: None,
             reconcile_after: BTreeMap::new(),
@@ -359,17 +363,19 @@ impl Peer {
     /// Remembers this replica, θ = `params`, at the start of the open round, for pairwise
     /// averaging later.
     fn mark(&mut self, params: Vec<f32>) {
+        let round = self.book.round();
+        let (checksum, sketch) = (params_checksum(&params), DriftSketch::of(&params));
+        self.fingerprint = Some((round, checksum, sketch.clone()));
         if self.config.drift_tolerance.is_none() {
             return;
         }
-        let round = self.book.round();
         let params = Arc::new(params);
         self.snapshots.mark(round, params.clone(), self.max_marks);
         self.marks.retain(|m| m.round < round);
         self.marks.push_back(Mark {
             round,
-            checksum: params_checksum(&params),
-            sketch: DriftSketch::of(&params),
+            checksum,
+            sketch,
             params,
         });
         while self.marks.len() > self.max_marks {
@@ -522,13 +528,13 @@ impl Peer {
     }
 
     fn heartbeat(&self) {
-        let (checksum, sketch) = match self.marks.back() {
-            Some(m) if m.round == self.book.round() => (m.checksum, m.sketch.clone()),
-            _ => self
-                .trainer
-                .parameters()
-                .map(|p| (params_checksum(&p), DriftSketch::of(&p)))
-                .unwrap_or_default(),
+        // No read of θ here: in a browser that would block on the GPU. Before the first round
+        // (or between a catch-up and its mark) there is no fingerprint, and partners skip the check.
+        let (checksum, sketch) = match &self.fingerprint {
+            Some((round, checksum, sketch)) if *round == self.book.round() => {
+                (*checksum, sketch.clone())
+            }
+            _ => Default::default(),
         };
         let hb = Heartbeat {
             run_id: self.config.run_id.clone(),

@@ -67,6 +67,8 @@ function onRound(r) {
   const d = Object.entries(drops).filter(([, n]) => n > 0);
   $("drops").textContent = d.length ? d.map(([k, n]) => `${k} ${n}`).join(", ") : "none";
   document.body.dataset.rounds = String(losses.length);
+  // Rounds this tab trained itself (catch-up rounds only apply what the swarm did meanwhile).
+  if (!r.catch_up) document.body.dataset.trained = String(Number(document.body.dataset.trained ?? 0) + 1);
   document.body.dataset.lastLoss = String(r.loss);
   if (losses.length === 1) document.body.dataset.firstLoss = String(r.loss);
   draw();

@@ -5,6 +5,12 @@
 import init, { join } from "./pkg/gradswarm_web.js";
 
 let peer = null;
+// A Rust panic surfaces as a RuntimeError ("unreachable") from inside a task: tell the page, which
+// would otherwise wait for rounds that never come. Deep stacks name the Rust frames that failed.
+Error.stackTraceLimit = 64;
+const failed = (message) => self.postMessage({ type: "error", message: `the peer crashed: ${message}` });
+self.addEventListener("error", (e) => failed(String(e.message ?? e)));
+self.addEventListener("unhandledrejection", (e) => failed(String(e.reason?.message ?? e.reason)));
 const ready = init();
 
 self.onmessage = async (event) => {

@@ -1,0 +1,318 @@
+//! Real processes on loopback: a `gradswarm-bootstrap` and three `gradswarm join` peers; one peer
+//! is killed (SIGKILL, no goodbye) mid-run and the other two finish their rounds, having counted
+//! its updates while it lived and each other's throughout. Plus the edges of `join`'s command line.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gradswarm");
+
+/// The bootstrap binary, built beside this package's by `cargo test --workspace`.
+fn bootstrap_bin() -> PathBuf {
+    Path::new(BIN).with_file_name(format!(
+        "gradswarm-bootstrap{}",
+        std::env::consts::EXE_SUFFIX
+    ))
+}
+
+/// A tiny model's join config in `dir` (loopback only, no mDNS).
+fn join_config(dir: &Path) -> PathBuf {
+    let path = dir.join("peer.toml");
+    let text = format!(
+        "[run]\nid = \"process-test\"\ndevice = \"cpu\"\n\
+         [model]\nlayers = 1\nd_model = 32\nheads = 2\ncontext = 32\nmlp_ratio = 2\n\
+         [train]\nbatch_size = 8\nmicro_batch_size = 8\nlr = 0.01\nmin_lr = 0.001\nwarmup_steps = 3\n\
+         [data]\npath = {data:?}\n\
+         [swarm]\ntop_k_per_million = 100000\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\neval_every = 0\n",
+        data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/shakespeare.txt"),
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A child whose output lines (stdout and stderr) arrive on a channel, so a test can wait for one.
+struct Watched {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watched {
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line (from now or already seen) that `hit` accepts, before `deadline` passes.
+    fn wait_for(&mut self, what: &str, hit: impl Fn(&str) -> bool, deadline: Duration) -> String {
+        if let Some(l) = self.seen.iter().find(|l| hit(l)) {
+            return l.clone();
+        }
+        let until = Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if hit(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {what} within {deadline:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits (with a deadline) for the process to exit, and returns its status and every line.
+    fn finish(mut self, deadline: Duration) -> (std::process::ExitStatus, Vec<String>) {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                // The reader threads end with the pipes; collect what they still hold.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+                    self.seen.push(line);
+                }
+                return (status, std::mem::take(&mut self.seen));
+            }
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => self.seen.push(line),
+                Err(_) if Instant::now() > until => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "the process did not exit within {deadline:?}:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn summary(lines: &[String]) -> serde_json::Value {
+    let json = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("join prints a JSON summary");
+    serde_json::from_str(json).expect("the summary is JSON")
+}
+
+#[test]
+fn a_killed_peer_process_leaves_the_others_training() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = join_config(dir.path());
+    let mut boot = Watched::spawn(Command::new(bootstrap_bin()).args([
+        "--run-id",
+        "process-test",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--key",
+        dir.path().join("bootstrap.key").to_str().expect("utf8"),
+    ]));
+    let addr = boot.wait_for(
+        "the bootstrap's TCP address",
+        |l| l.starts_with("listening on /ip4/127.0.0.1/tcp/") && l.contains("/p2p/"),
+        Duration::from_secs(60),
+    );
+    let addr = addr.trim_start_matches("listening on ").to_string();
+    let peer = |name: &str, rounds: &str| {
+        Watched::spawn(Command::new(BIN).args([
+            "join",
+            &addr,
+            "--config",
+            config.to_str().expect("utf8"),
+            "--out",
+            dir.path().join(name).to_str().expect("utf8"),
+            "--rounds",
+            rounds,
+            "--min-peers",
+            "2",
+        ]))
+    };
+    let mut victim = peer("victim", "100000");
+    let survivors = [peer("a", "30"), peer("b", "30")];
+    // The status line is printed every 10 rounds when stderr is not a terminal.
+    let victim_id = victim.wait_for(
+        "the victim's peer id",
+        |l| l.starts_with("peer id "),
+        Duration::from_secs(60),
+    );
+    let victim_id = victim_id.trim_start_matches("peer id ").to_string();
+    victim.wait_for(
+        "the victim's round 10",
+        |l| l.starts_with("round 10 "),
+        Duration::from_secs(180),
+    );
+    victim.child.kill().expect("SIGKILL the victim");
+    let _ = victim.child.wait();
+
+    let mut ids = Vec::new();
+    let mut summaries = Vec::new();
+    for mut s in survivors {
+        ids.push(
+            s.wait_for(
+                "a peer id",
+                |l| l.starts_with("peer id "),
+                Duration::from_secs(10),
+            )
+            .trim_start_matches("peer id ")
+            .to_string(),
+        );
+        let (status, lines) = s.finish(Duration::from_secs(300));
+        assert!(status.success(), "a survivor failed:\n{}", lines.join("\n"));
+        assert!(
+            !lines.iter().any(|l| l.contains("panicked")),
+            "a survivor panicked:\n{}",
+            lines.join("\n")
+        );
+        summaries.push(summary(&lines));
+    }
+    for (i, s) in summaries.iter().enumerate() {
+        let other = &ids[1 - i];
+        assert_eq!(s["rounds"], 30, "survivor {i} ran every round: {s}");
+        let counted = |id: &str| s["counted_from"][id].as_u64().unwrap_or(0);
+        assert!(
+            counted(&victim_id) >= 5,
+            "survivor {i} counted {} updates of the victim before it died: {s}",
+            counted(&victim_id)
+        );
+        assert!(
+            counted(&victim_id) < 30,
+            "the victim was dead for the last rounds, yet counted in all: {s}"
+        );
+        assert!(
+            counted(other) >= 25,
+            "survivor {i} counted {} of the other survivor's 30 updates: {s}",
+            counted(other)
+        );
+        let loss = s["final_loss"].as_f64().expect("a final loss");
+        assert!(loss < 4.5, "survivor {i} kept learning (final loss {loss})");
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("spawn gradswarm")
+}
+
+#[test]
+fn join_refuses_bad_command_lines_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = join_config(dir.path());
+    let config = config.to_str().expect("utf8");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["join", "not-a-multiaddr", "--config", config],
+            "not a multiaddr",
+        ),
+        (
+            &[
+                "join",
+                "--config",
+                config,
+                "--listen",
+                "/ip4/127.0.0.1/tcp/x",
+            ],
+            "not a multiaddr",
+        ),
+        (
+            &["join", "--config", "/nonexistent/peer.toml"],
+            "/nonexistent/peer.toml",
+        ),
+        (&["join", "--config", config, "--device", "tpu"], "tpu"),
+    ];
+    for (args, needle) in cases {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: stderr lacks {needle:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn join_refuses_a_checkpoint_of_another_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = join_config(dir.path());
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    // A checkpoint of another run id in the output folder: joining with it would mix two runs.
+    let other = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("process-test", "another-run");
+    let other_config = dir.path().join("other.toml");
+    std::fs::write(&other_config, other).expect("write");
+    let trained = run(&[
+        "train",
+        "--config",
+        other_config.to_str().expect("utf8"),
+        "--steps",
+        "1",
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(
+        trained.status.success(),
+        "train: {}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let joined = run(&[
+        "join",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--out",
+        out.to_str().expect("utf8"),
+        "--rounds",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&joined.stderr);
+    assert!(!joined.status.success(), "joined anyway: {stderr}");
+    assert!(
+        stderr.contains("belongs to another run or model"),
+        "unclear: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+}
