@@ -171,13 +171,7 @@ pub async fn select_async(choice: DeviceChoice) -> Result<SelectedDevice, ModelE
                     describe(&info)
                 ))));
             }
-            Ok(SelectedDevice {
-                device,
-                kind: BackendKind::Wgpu,
-                summary: format!("wgpu: {}", describe(&info)),
-                fallback_reason: None,
-                wgpu: Some(setup),
-            })
+            Ok(on_wgpu(device, setup))
         }
         Err(e) if choice == DeviceChoice::Auto => Ok(cpu(Some(format!(
             "no WebGPU adapter ({e:?}): CPU fallback"
@@ -194,14 +188,19 @@ fn wgpu_device(kind: DeviceKind) -> Result<SelectedDevice, ModelError> {
         .device_kind(kind)
         .init_with_setup()
         .map_err(|e| ModelError::Device(format!("wgpu initialisation failed: {e:?}")))?;
-    let info = setup.adapter.get_info();
-    Ok(SelectedDevice {
+    Ok(on_wgpu(device, setup))
+}
+
+/// A wgpu device, described by its adapter.
+fn on_wgpu(device: Device, setup: WgpuSetup) -> SelectedDevice {
+    let summary = format!("wgpu: {}", describe(&setup.adapter.get_info()));
+    SelectedDevice {
         device,
         kind: BackendKind::Wgpu,
-        summary: format!("wgpu: {}", describe(&info)),
+        summary,
         fallback_reason: None,
         wgpu: Some(setup),
-    })
+    }
 }
 
 /// Picks the device for `choice`. Call it before creating any tensor: burn initialises a wgpu
