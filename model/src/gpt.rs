@@ -8,10 +8,8 @@ use burn::nn::{
     Embedding, EmbeddingConfig, Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
 use burn::prelude::*;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
-use crate::config::{ModelConfig, VOCAB};
+use crate::config::{Activation, ModelConfig, VOCAB};
 
 /// Causal self-attention with one fused QKV projection.
 #[derive(Module, Debug)]
@@ -24,23 +22,27 @@ pub struct CausalSelfAttention {
 }
 
 impl CausalSelfAttention {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, t, d] = x.dims();
+    /// `x` is the residual stream flattened to `[batch·time, d_model]`.
+    fn forward(&self, x: Tensor<2>, mask: &Tensor<4>, b: usize, t: usize) -> Tensor<2> {
+        let [_, d] = x.dims();
         let hd = d / self.heads;
         let qkv = self.qkv.forward(x);
         let split = |i: usize| {
             qkv.clone()
-                .slice([0..b, 0..t, i * d..(i + 1) * d])
+                .slice([0..b * t, i * d..(i + 1) * d])
                 .reshape([b, t, self.heads, hd])
                 .swap_dims(1, 2)
         };
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
-        };
-        let y = attention(split(0), split(1), split(2), None, None, options);
-        self.proj.forward(y.swap_dims(1, 2).reshape([b, t, d]))
+        // Causal softmax(q·kᵀ/√hd)·v written out: burn's autodiff runs `attention` as a generic
+        // decomposition that rebuilds the mask and tracks a max with indices each call, and its
+        // softmax divides (a costly backward); here the mask is one untracked additive bias,
+        // the max is detached, and the normaliser multiplies by a reciprocal.
+        let scale = (hd as f64).powf(-0.5);
+        let scores = split(0).mul_scalar(scale).matmul(split(1).swap_dims(2, 3)) + mask.clone();
+        let top = scores.clone().detach().max_dim(3);
+        let e = (scores - top).exp();
+        let y = (e.clone() * e.sum_dim(3).recip()).matmul(split(2));
+        self.proj.forward(y.swap_dims(1, 2).reshape([b * t, d]))
     }
 }
 
@@ -57,17 +59,21 @@ pub struct Block {
     pub mlp_in: Linear,
     /// MLP projection.
     pub mlp_out: Linear,
-    act: Gelu,
+    gelu: Gelu,
+    /// ReLU² rather than GELU ([`Activation`]).
+    relu2: bool,
 }
 
 impl Block {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
-        let h = self.mlp_out.forward(
-            self.act
-                .forward(self.mlp_in.forward(self.norm2.forward(x.clone()))),
-        );
-        x + h
+    fn forward(&self, x: Tensor<2>, mask: &Tensor<4>, b: usize, t: usize) -> Tensor<2> {
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x), mask, b, t);
+        let h = self.mlp_in.forward(self.norm2.forward(x.clone()));
+        let h = if self.relu2 {
+            burn::tensor::activation::relu(h).square()
+        } else {
+            self.gelu.forward(h)
+        };
+        x + self.mlp_out.forward(h)
     }
 }
 
@@ -109,7 +115,8 @@ impl Gpt {
                 norm2: LayerNormConfig::new(d).init(device),
                 mlp_in: linear(d, config.mlp_ratio * d),
                 mlp_out: linear(config.mlp_ratio * d, d),
-                act: Gelu::new(),
+                gelu: Gelu::new(),
+                relu2: config.activation == Activation::Relu2,
             })
             .collect();
         Self {
@@ -131,35 +138,44 @@ impl Gpt {
 
     /// Logits `[batch, time, 256]` for byte ids `[batch, time]` (time ≤ context).
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let [_, t] = ids.dims();
+        let [b, t] = ids.dims();
+        self.logits(ids).reshape([b, t, VOCAB])
+    }
+
+    /// Logits `[batch·time, 256]`. The residual stream stays flattened to `[batch·time, d_model]`
+    /// so that every linear layer is one 2-D matmul: on `[batch, time, d]` burn runs one small
+    /// matmul per sequence, repacking the weight each time.
+    fn logits(&self, ids: Tensor<2, Int>) -> Tensor<2> {
+        let [b, t] = ids.dims();
         let d = self.position_embedding.dims()[1];
         let pos = self
             .position_embedding
             .val()
             .slice([0..t, 0..d])
             .unsqueeze::<3>();
-        let mut x = self.token_embedding.forward(ids) + pos;
+        let mut x = (self.token_embedding.forward(ids) + pos).reshape([b * t, d]);
+        // −∞ above the diagonal: a position attends to itself and the positions before it.
+        let device = x.device();
+        let mask = Tensor::<2>::zeros([t, t], &device)
+            .mask_fill(
+                Tensor::<2, Bool>::tril_mask([t, t], 0, &device),
+                f32::NEG_INFINITY,
+            )
+            .unsqueeze::<4>();
         for block in &self.blocks {
-            x = block.forward(x);
+            x = block.forward(x, &mask, b, t);
         }
         let x = self.final_norm.forward(x);
         match &self.head {
             Some(head) => head.forward(x),
-            None => x.matmul(
-                self.token_embedding
-                    .weight
-                    .val()
-                    .transpose()
-                    .unsqueeze::<3>(),
-            ),
+            None => x.matmul(self.token_embedding.weight.val().transpose()),
         }
     }
 
     /// Mean cross-entropy in nats per byte of predicting `targets` from `ids` (both `[batch, time]`).
     pub fn loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
-        let logits = self.forward(ids);
-        let [b, t, v] = logits.dims();
-        let logp = burn::tensor::activation::log_softmax(logits.reshape([b * t, v]), 1);
+        let [b, t] = ids.dims();
+        let logp = burn::tensor::activation::log_softmax(self.logits(ids), 1);
         let picked = logp.gather(1, targets.reshape([b * t, 1]));
         picked.mean().neg()
     }

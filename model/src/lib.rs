@@ -15,7 +15,7 @@ mod readback;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta};
-pub use config::{DataConfig, ModelConfig, TrainConfig, VOCAB};
+pub use config::{Activation, DataConfig, ModelConfig, TrainConfig, VOCAB};
 pub use data::{Batch, Corpus, Sampler};
 pub use device::{BackendKind, DeviceChoice, SelectedDevice};
 pub use error::ModelError;

@@ -47,6 +47,9 @@ pub struct Trainer {
     /// Parameter tensors in the model: every step must bring a gradient for each.
     tensors: usize,
     step: u64,
+    /// One single-thread rayon pool per shard thread (CPU backend, native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pools: Vec<rayon::ThreadPool>,
 }
 
 impl Trainer {
@@ -66,6 +69,12 @@ impl Trainer {
         let init = params::initial(model_config, &params::layout(&model), config.seed);
         let model = params::from_flat(model, &init)?;
         let tensors = params::layout(&model).len();
+        #[cfg(not(target_arch = "wasm32"))]
+        let pools = if on_cpu && config.threads > 1 {
+            shard_pools(config.threads)
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             model,
             optimizer: AdamW::new(config),
@@ -75,6 +84,8 @@ impl Trainer {
             on_cpu,
             tensors,
             step: 0,
+            #[cfg(not(target_arch = "wasm32"))]
+            pools,
         })
     }
 
@@ -188,11 +199,19 @@ impl Trainer {
             // Each thread works on a fork of the model: the same parameter ids, but its own
             // autodiff graph, so that the backward passes do not serialise on one graph's lock.
             return std::thread::scope(|scope| {
+                let pools = (0..parts.len()).map(|i| self.pools.get(i));
                 let handles: Vec<_> = parts
                     .iter()
-                    .map(|part| {
+                    .zip(pools)
+                    .map(|(part, pool)| {
                         let model = self.model.clone().fork(&self.device);
-                        scope.spawn(move || pass(&model, part))
+                        // Each shard's ops (gemm included) stay on its own thread: on the shared
+                        // global pool, the shards' threads and rayon's workers oversubscribed
+                        // the cores and handed every large op across threads.
+                        scope.spawn(move || match pool {
+                            Some(pool) => pool.install(|| pass(&model, part)),
+                            None => pass(&model, part),
+                        })
                     })
                     .collect();
                 handles
@@ -517,6 +536,24 @@ impl Trainer {
         self.step = step;
         self.optimizer = optimizer;
     }
+}
+
+/// `n` single-thread rayon pools, one per shard thread; none when a pool cannot be built (the
+/// shards then share rayon's global pool, which is slower but correct).
+#[cfg(not(target_arch = "wasm32"))]
+fn shard_pools(n: usize) -> Vec<rayon::ThreadPool> {
+    (0..n)
+        .map(|i| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(move |_| format!("gradswarm-shard-{i}"))
+                .build()
+        })
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| {
+            tracing::warn!("no per-shard thread pools ({e}): shards share the global pool");
+            Vec::new()
+        })
 }
 
 /// Samples a byte from logits at `temperature` (0: argmax).

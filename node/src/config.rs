@@ -66,6 +66,12 @@ pub struct SwarmConfig {
     /// Replicas further apart than this (relative L2, estimated from heartbeats) reconcile by
     /// pairwise averaging (absent: 1e-4; `inf`: never).
     pub drift_tolerance: Option<f64>,
+    /// Seconds a round waits at least for partners' updates before it closes without them
+    /// (absent: 0.5); it closes at once when all are in. Raise it to keep a much slower partner,
+    /// e.g. a browser tab on a software GPU, in step instead of dropping its too-stale updates.
+    pub min_wait: Option<f64>,
+    /// Seconds a round waits at most (absent: 60).
+    pub max_wait: Option<f64>,
     /// Stop after this many rounds (0: until Ctrl-C).
     pub rounds: u64,
     /// Checkpoint every this many rounds (0: only when leaving).
@@ -93,6 +99,8 @@ impl Default for SwarmConfig {
             outer: None,
             feedback_decay: None,
             drift_tolerance: None,
+            min_wait: None,
+            max_wait: None,
             rounds: 0,
             checkpoint_every: 100,
             listen: vec![
@@ -168,6 +176,19 @@ impl NodeConfig {
         {
             anyhow::bail!("swarm.drift_tolerance must be positive (inf: never reconcile)");
         }
+        for (key, wait) in [
+            ("min_wait", self.swarm.min_wait),
+            ("max_wait", self.swarm.max_wait),
+        ] {
+            if wait.is_some_and(|w| !(w.is_finite() && (0.0..=86_400.0).contains(&w))) {
+                anyhow::bail!("swarm.{key} must be 0 to 86400 seconds");
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.swarm.min_wait, self.swarm.max_wait)
+            && lo > hi
+        {
+            anyhow::bail!("swarm.min_wait ({lo} s) must not exceed swarm.max_wait ({hi} s)");
+        }
         if !(self.swarm.alpha.is_finite() && self.swarm.alpha >= 0.0) {
             anyhow::bail!("swarm.alpha must be a non-negative number");
         }
@@ -206,5 +227,24 @@ mod tests {
         let never: NodeConfig = toml::from_str("[swarm]\ndrift_tolerance = inf\n").expect("parses");
         assert!(never.validate().is_ok());
         assert_eq!(crate::join::peer_config(&never).drift_tolerance, None);
+    }
+
+    #[test]
+    fn round_waits_are_checked_and_reach_the_peer() {
+        for bad in [
+            "min_wait = -1.0",
+            "max_wait = nan",
+            "min_wait = inf",
+            "min_wait = 5.0\nmax_wait = 2.0",
+        ] {
+            let c: NodeConfig = toml::from_str(&format!("[swarm]\n{bad}\n")).expect("parses");
+            let err = c.validate().expect_err(bad).to_string();
+            assert!(err.contains("wait"), "{bad}: {err}");
+        }
+        let c: NodeConfig = toml::from_str("[swarm]\nmin_wait = 90.0\n").expect("parses");
+        c.validate().expect("min_wait alone is valid");
+        let p = crate::join::peer_config(&c);
+        assert_eq!(p.min_wait, std::time::Duration::from_secs(90));
+        assert!(p.max_wait >= p.min_wait, "max_wait {:?}", p.max_wait);
     }
 }

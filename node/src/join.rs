@@ -58,6 +58,14 @@ pub fn peer_config(cfg: &NodeConfig) -> PeerConfig {
     if let Some(decay) = cfg.swarm.feedback_decay {
         p.feedback_decay = decay;
     }
+    if let Some(lo) = cfg.swarm.min_wait {
+        p.min_wait = Duration::from_secs_f64(lo);
+    }
+    if let Some(hi) = cfg.swarm.max_wait {
+        p.max_wait = Duration::from_secs_f64(hi);
+    }
+    // One bound given alone still bounds the other: a min_wait above the default max_wait raises it.
+    p.max_wait = p.max_wait.max(p.min_wait);
     if let Some(tolerance) = cfg.swarm.drift_tolerance {
         p.drift_tolerance = tolerance.is_finite().then_some(tolerance);
     }

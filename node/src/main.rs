@@ -140,7 +140,15 @@ impl From<DeviceArg> for DeviceChoice {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its v3 `mimalloc.h`, which libmimalloc-sys builds).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> ExitCode {
+    // Never hand freed pages back to the kernel: the CPU backend frees and reallocates the same
+    // activation sizes every step, and each purge made the kernel zero those pages again on the
+    // next touch (clear_page: 7% of a step). Measured 4-7% more tokens/s; memory stays ≈ peak.
+    // SAFETY: called before any other thread exists, as mimalloc's option setters require.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -131,11 +131,10 @@ try {
   if (code !== 0) fail(`the native peer exited with ${code}`);
   const summary = JSON.parse(lines.filter((l) => l.startsWith("{")).pop() ?? "{}");
   const counted = summary.counted_from?.[seen.peer] ?? 0;
-  // On a software WebGPU adapter the tab is many times slower than the native peer, whose round
-  // deadline follows its own pace: it finishes its rounds before the tab's first one and leaves,
-  // and the tab trains on from the state it synced. Counting across that gap needs a deadline that
-  // follows the partners' pace too (not built yet), so only the CPU run asserts it.
-  if (DEVICE !== "gpu" && counted < 5) fail(`the native peer counted ${counted} updates of the browser peer ${seen.peer}`);
+  // On a software WebGPU adapter the tab is ~100x slower than the native peer; the native peer's
+  // config (peer.toml: swarm.min_wait) makes its rounds wait for the tab's update, so the tab's
+  // updates count in both runs instead of arriving too stale.
+  if (counted < 5) fail(`the native peer counted ${counted} updates of the browser peer ${seen.peer}`);
   const nativeTokS = (summary.samples * tiny.model.context) / Math.max(1e-9, summary.compute_s);
   await context.close();
   const result = {

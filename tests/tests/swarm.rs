@@ -33,6 +33,7 @@ fn tiny_model() -> ModelConfig {
         context: 32,
         mlp_ratio: 2,
         tied_head: false,
+        ..ModelConfig::default()
     }
 }
 

@@ -15,6 +15,7 @@ pub fn tiny_model() -> ModelConfig {
         context: 32,
         mlp_ratio: 2,
         tied_head: false,
+        ..ModelConfig::default()
     }
 }
 
