@@ -56,6 +56,9 @@ gs_wasm_bindgen_ensure() {
 gs_build_web() {
   gs_wasm_bindgen_ensure
   gs_wasm_cargo build --release --locked -p gradswarm-web
-  "$GS_WASM_TOOLS/bin/wasm-bindgen" --target web --no-typescript --out-dir web/www/pkg \
+  # Without its `name` section (function names for stack traces: half the module, 32 of 65 MB;
+  # 7.1 → 5.4 MB gzipped). Panics still reach the page with their message.
+  "$GS_WASM_TOOLS/bin/wasm-bindgen" --target web --no-typescript --remove-name-section \
+    --remove-producers-section --out-dir web/www/pkg \
     "${GS_WASM_TARGET_DIR:-$HOME/.cache/gradswarm-wasm-target}/wasm32-unknown-unknown/release/gradswarm_web.wasm"
 }
