@@ -4,9 +4,7 @@
 //! No backend type parameter: the tensors' `Device` picks wgpu or the CPU backend at run time.
 
 use burn::module::{Initializer, Param};
-use burn::nn::{
-    Embedding, EmbeddingConfig, Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig,
-};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::config::{Activation, ModelConfig, VOCAB};
@@ -59,8 +57,7 @@ pub struct Block {
     pub mlp_in: Linear,
     /// MLP projection.
     pub mlp_out: Linear,
-    gelu: Gelu,
-    /// ReLU² rather than GELU ([`Activation`]).
+    /// ReLU² rather than exact GELU ([`Activation`]).
     relu2: bool,
 }
 
@@ -71,7 +68,7 @@ impl Block {
         let h = if self.relu2 {
             burn::tensor::activation::relu(h).square()
         } else {
-            self.gelu.forward(h)
+            burn::tensor::activation::gelu(h)
         };
         x + self.mlp_out.forward(h)
     }
@@ -115,7 +112,6 @@ impl Gpt {
                 norm2: LayerNormConfig::new(d).init(device),
                 mlp_in: linear(d, config.mlp_ratio * d),
                 mlp_out: linear(config.mlp_ratio * d, d),
-                gelu: Gelu::new(),
                 relu2: config.activation == Activation::Relu2,
             })
             .collect();
