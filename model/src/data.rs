@@ -129,6 +129,27 @@ impl Batch {
         }
     }
 
+    /// The rows of `parts` in order, as one batch (the data-parallel global batch of N workers'
+    /// batches); the parts must share their sequence length.
+    pub fn concat(parts: &[Batch]) -> Result<Self, ModelError> {
+        let time = parts.first().map_or(0, |p| p.time);
+        if let Some(p) = parts.iter().find(|p| p.time != time) {
+            return Err(ModelError::Config(format!(
+                "batches of sequence lengths {time} and {} cannot be joined",
+                p.time
+            )));
+        }
+        Ok(Self {
+            batch: parts.iter().map(|p| p.batch).sum(),
+            time,
+            ids: parts.iter().flat_map(|p| p.ids.iter().copied()).collect(),
+            targets: parts
+                .iter()
+                .flat_map(|p| p.targets.iter().copied())
+                .collect(),
+        })
+    }
+
     /// The inputs and targets as tensors on `device`.
     pub fn to_tensors(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
         let shape = [self.batch, self.time];
@@ -215,4 +236,22 @@ pub fn text_windows(text: &[u8], time: usize, batch: usize) -> Vec<Batch> {
         out.push(Batch::from_windows(text, &[predicted - rest], rest));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concatenated_rows_are_the_batch_and_lengths_must_agree() {
+        let text: Vec<u8> = (0..200u8).collect();
+        let batch = Batch::from_windows(&text, &[0, 10, 20, 30, 40], 8);
+        let joined = Batch::concat(&[batch.rows(0..2), batch.rows(2..5)]).unwrap();
+        assert_eq!(joined, batch);
+        let other = Batch::from_windows(&text, &[0], 4);
+        assert!(matches!(
+            Batch::concat(&[batch, other]),
+            Err(ModelError::Config(_))
+        ));
+    }
 }

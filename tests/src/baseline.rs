@@ -1,23 +1,26 @@
-//! The baseline every report carries: exact synchronous all-reduce of dense fp32 updates, in
-//! process, with the same peers, shards, batches and schedule as the swarm, and the mode's
-//! standard outer optimizer (SGD lr 1 per step; DiLoCo's Nesterov 0.7/0.9 with local steps).
+//! The baseline every report carries, trained in process on the same corpus shards and the same
+//! per-step batches as the swarm's peers.
 //!
-//! Each of N workers takes H local steps from the shared θ on its own shard, exactly as a peer
-//! does; the N dense updates are averaged (weighted by samples, all equal) with no compression,
-//! no staleness and no one missing, and the average moves θ through the outer optimizer. What
-//! differs from the swarm is what gradswarm adds: the codec, gossip and asynchrony (and the outer
-//! optimizer, when a scenario gives the swarm another).
+//! - `data_parallel` (the default, DESIGN.md §8): exact synchronous all-reduce of dense fp32
+//!   gradients. One AdamW step per local step on the global batch, which is the N workers' batches
+//!   of that step side by side: the mean gradient over the global batch is the all-reduced mean
+//!   of the workers' gradients, so one trainer computes it exactly. This is the training the
+//!   swarm has to match per sample, whatever its mode.
+//! - `dense_swarm`: the swarm's own method without what gradswarm adds. N workers take H local
+//!   steps from the shared θ, their dense updates are averaged with nobody late or missing, and
+//!   the average moves θ through the outer optimizer (`baseline_outer`; DiLoCo's Nesterov 0.7/0.9
+//!   with local steps). It isolates the cost of the codec, gossip and asynchrony.
 
 use std::sync::Arc;
 
 use anyhow::Result;
 use gradswarm_core::{OuterOptimizer, ShardKey};
 use gradswarm_model::burn::prelude::Device;
-use gradswarm_model::data::validation_batches;
+use gradswarm_model::data::{Batch, validation_batches};
 use gradswarm_model::{Corpus, Trainer};
 use serde::Serialize;
 
-use crate::scenario::Scenario;
+use crate::scenario::{BaselineMethod, Scenario};
 
 /// One evaluated round of the baseline.
 #[derive(Clone, Debug, Serialize)]
@@ -45,6 +48,83 @@ pub struct Baseline {
 pub fn run(
     scenario: &Scenario,
     corpus: &Arc<Corpus>,
+    progress: impl FnMut(&BaselineRound),
+) -> Result<Baseline> {
+    match scenario.baseline_method {
+        BaselineMethod::DataParallel => data_parallel(scenario, corpus, progress),
+        BaselineMethod::DenseSwarm => dense_swarm(scenario, corpus, progress),
+    }
+}
+
+/// Shard keys as peers' would be: distinct and fixed, so each worker has its own data.
+fn worker_keys(n: usize) -> (Vec<ShardKey>, Vec<ShardKey>) {
+    let keys: Vec<ShardKey> = (0..n)
+        .map(|i| ShardKey::of(format!("baseline-worker-{i}").as_bytes()))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort_by_key(|k| k.value());
+    (keys, sorted)
+}
+
+/// Whether round `round` (0-based) of `scenario` ends with an evaluation.
+fn evaluates(scenario: &Scenario, round: u64) -> bool {
+    (round + 1).is_multiple_of(scenario.eval_every) || round + 1 == scenario.rounds
+}
+
+/// One trainer, one AdamW step per local step on the workers' batches of that step side by side.
+fn data_parallel(
+    scenario: &Scenario,
+    corpus: &Arc<Corpus>,
+    mut progress: impl FnMut(&BaselineRound),
+) -> Result<Baseline> {
+    let started = std::time::Instant::now();
+    let train = scenario.train_config();
+    let n = scenario.peers;
+    let mut trainer = Trainer::new(&scenario.model, &train, &Device::flex())?;
+    let (keys, sorted) = worker_keys(n);
+    let samplers: Vec<_> = keys
+        .iter()
+        .map(|key| corpus.sampler(*key, &sorted, 0, train.seed))
+        .collect();
+    let val = validation_batches(
+        corpus,
+        scenario.eval_batches,
+        train.batch_size,
+        scenario.model.context,
+    );
+    let (b, t) = (train.batch_size, scenario.model.context);
+    let mut samples = 0u64;
+    let mut rounds = Vec::new();
+    for round in 0..scenario.rounds {
+        let mut loss = 0.0f32;
+        for _ in 0..scenario.h() {
+            let step = trainer.step();
+            let parts: Vec<Batch> = samplers.iter().map(|s| s.batch(step, b, t)).collect();
+            let report = trainer.train_step(&Batch::concat(&parts)?)?;
+            loss += report.loss;
+            samples += (b * n) as u64;
+        }
+        if evaluates(scenario, round) {
+            let row = BaselineRound {
+                round,
+                samples,
+                loss: loss / scenario.h() as f32,
+                val_loss: trainer.evaluate(&val)?,
+            };
+            progress(&row);
+            rounds.push(row);
+        }
+    }
+    Ok(Baseline {
+        rounds,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// N workers, H local steps each from the shared θ, dense updates averaged, the outer optimizer.
+fn dense_swarm(
+    scenario: &Scenario,
+    corpus: &Arc<Corpus>,
     mut progress: impl FnMut(&BaselineRound),
 ) -> Result<Baseline> {
     let started = std::time::Instant::now();
@@ -53,12 +133,7 @@ pub fn run(
     let mut workers: Vec<Trainer> = (0..n)
         .map(|_| Trainer::new(&scenario.model, &train, &Device::flex()))
         .collect::<Result<_, _>>()?;
-    // Shard keys as peers' would be: distinct and fixed, so each worker has its own data.
-    let keys: Vec<ShardKey> = (0..n)
-        .map(|i| ShardKey::of(format!("baseline-worker-{i}").as_bytes()))
-        .collect();
-    let mut sorted = keys.clone();
-    sorted.sort_by_key(|k| k.value());
+    let (keys, sorted) = worker_keys(n);
     let val = validation_batches(
         corpus,
         scenario.eval_batches,
@@ -89,7 +164,7 @@ pub fn run(
         for worker in &mut workers {
             worker.set_parameters(&theta)?;
         }
-        if (round + 1).is_multiple_of(scenario.eval_every) || round + 1 == scenario.rounds {
+        if evaluates(scenario, round) {
             let row = BaselineRound {
                 round,
                 samples,
@@ -104,4 +179,59 @@ pub fn run(
         rounds,
         wall_s: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE_PEER: &str = r#"
+        name = "baseline-test"
+        peers = 1
+        rounds = 6
+        mode = "gradient"
+        eval_every = 2
+        eval_batches = 2
+        target_val_loss = 4.0
+        [model]
+        layers = 1
+        d_model = 32
+        heads = 2
+        context = 32
+        mlp_ratio = 2
+        [train]
+        batch_size = 4
+        micro_batch_size = 4
+        lr = 0.01
+        warmup_steps = 2
+    "#;
+
+    /// With one worker in gradient mode, averaging dense updates through SGD lr 1 is the worker's
+    /// own AdamW step: both baselines must then trace the same curve, which ties the
+    /// data-parallel path (batches side by side, one step) to the per-worker one.
+    #[test]
+    fn both_baselines_agree_on_one_worker_and_data_parallel_counts_the_global_batch() {
+        let mut scenario: Scenario = toml::from_str(ONE_PEER).unwrap();
+        let corpus = crate::load_corpus(scenario.model.context).unwrap();
+        let dp = run(&scenario, &corpus, |_| {}).unwrap();
+        scenario.baseline_method = BaselineMethod::DenseSwarm;
+        let swarm = run(&scenario, &corpus, |_| {}).unwrap();
+        assert_eq!(dp.rounds.len(), 3);
+        for (a, b) in dp.rounds.iter().zip(&swarm.rounds) {
+            assert_eq!((a.round, a.samples), (b.round, b.samples));
+            assert!((a.val_loss - b.val_loss).abs() < 1e-4, "{a:?} vs {b:?}");
+        }
+        assert!(
+            dp.rounds[2].val_loss < dp.rounds[0].val_loss,
+            "{:?}",
+            dp.rounds
+        );
+
+        // Three workers: each step trains on three batches at once, so samples triple.
+        scenario.baseline_method = BaselineMethod::DataParallel;
+        scenario.peers = 3;
+        let three = run(&scenario, &corpus, |_| {}).unwrap();
+        assert_eq!(three.rounds.last().map(|r| r.samples), Some(6 * 3 * 4));
+        assert!(three.rounds.iter().all(|r| r.val_loss.is_finite()));
+    }
 }

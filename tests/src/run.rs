@@ -198,7 +198,10 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
     drop(swarm);
 
     let baseline = if scenario.baseline {
-        log("baseline: dense fp32 synchronous all-reduce, same peers and batches");
+        log(&format!(
+            "baseline ({:?}): dense fp32, the same peers' batches",
+            scenario.baseline_method
+        ));
         let b = crate::baseline::run(scenario, &corpus, |r| {
             log(&format!(
                 "baseline round {}/{} val loss {:.3}",

@@ -19,6 +19,19 @@ pub enum ScenarioMode {
     LocalSteps,
 }
 
+/// What the baseline trained in the same run is (see `crate::baseline`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaselineMethod {
+    /// Synchronous all-reduce of dense fp32 gradients: one AdamW step on the global batch per
+    /// local step (DESIGN.md §8; what the summary's ratios are against).
+    #[default]
+    DataParallel,
+    /// The swarm's own mode with dense updates, nobody late and `baseline_outer`: isolates the
+    /// cost of the codec, gossip and asynchrony.
+    DenseSwarm,
+}
+
 /// One peer's part when it is not an ordinary one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,8 +74,11 @@ pub struct Scenario {
     /// The peers' outer optimizer (default: the peer's, SGD lr 1).
     #[serde(default)]
     pub outer: Option<OuterConfig>,
-    /// The baseline's outer optimizer (default: the mode's standard dense method, not `outer`:
-    /// the baseline is the best-known dense method, whatever the swarm tries).
+    /// What the baseline is: `data_parallel` (default) or `dense_swarm`.
+    #[serde(default)]
+    pub baseline_method: BaselineMethod,
+    /// The `dense_swarm` baseline's outer optimizer (default: the mode's standard dense method, not
+    /// `outer`: the baseline is the best-known dense method, whatever the swarm tries).
     #[serde(default)]
     pub baseline_outer: Option<OuterConfig>,
     /// Error-feedback residual decay before each encode (default: the peer's, 1 in gradient
@@ -194,7 +210,7 @@ impl Scenario {
         }
     }
 
-    /// The baseline's outer optimizer: data-parallel SGD lr 1 per step, DiLoCo's Nesterov
+    /// The `dense_swarm` baseline's outer optimizer: SGD lr 1 per step, DiLoCo's Nesterov
     /// (0.7, 0.9) with local steps, unless the scenario says otherwise.
     pub fn baseline_outer(&self) -> OuterConfig {
         self.baseline_outer.unwrap_or(match self.mode {
