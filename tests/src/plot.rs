@@ -33,6 +33,7 @@ struct Series {
     title: String,
     swarm_val: Vec<(f64, f64)>,
     baseline_val: Vec<(f64, f64)>,
+    baseline_label: &'static str,
     swarm_bytes: Vec<(f64, f64)>,
     dense_bytes: Vec<(f64, f64)>,
 }
@@ -90,10 +91,16 @@ fn series(report: &Value) -> Result<Series> {
             .map(|r| format!("{r:.2}"))
             .unwrap_or_else(|| "n/a".into()),
     );
+    // Reports written before the baseline had a method trained the dense swarm.
+    let baseline_label = match report["scenario"]["baseline_method"].as_str() {
+        Some("data_parallel") => "data-parallel (dense fp32 all-reduce)",
+        _ => "dense swarm (same mode, no codec)",
+    };
     Ok(Series {
         title,
         swarm_val,
         baseline_val,
+        baseline_label,
         swarm_bytes,
         dense_bytes,
     })
@@ -199,7 +206,7 @@ fn draw(
                 RED.stroke_width(2),
             ))
             .map_err(|e| err(&e))?
-            .label("dense synchronous all-reduce")
+            .label(s.baseline_label)
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(2)));
     }
     chart

@@ -81,3 +81,32 @@ fn a_scenario_runs_to_a_consistent_report_and_plots() {
     assert!(bytes.len() > 10_000 && bytes.starts_with(b"\x89PNG"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Local-steps mode with the peers' defaults (outer step and residual): three peers, H = 4, a
+/// sparse codec. Every peer's validation loss falls, the replicas stay identical, and the swarm's
+/// bytes per step are well below dense.
+#[test]
+fn local_steps_mode_trains_with_the_peer_defaults() {
+    let text = SCENARIO
+        .split("[[peer]]")
+        .next()
+        .unwrap()
+        .replace("name = \"harness-smoke\"", "name = \"harness-local-steps\"")
+        .replace("peers = 4", "peers = 3")
+        .replace("rounds = 60", "rounds = 16\nlocal_steps = 4")
+        .replace("mode = \"gradient\"", "mode = \"local_steps\"")
+        .replace("eval_every = 10", "eval_every = 5");
+    let mut scenario: Scenario = toml::from_str(&text).unwrap();
+    scenario.baseline = false;
+    let report = gradswarm_harness::run::run(&scenario, |_| {}).expect("the scenario runs");
+    assert_eq!(report.peers.len(), 3);
+    for p in &report.peers {
+        let vals: Vec<f64> = p.rounds.iter().filter_map(|r| r.val_loss).collect();
+        assert!(vals.len() >= 3, "{vals:?}");
+        assert!(vals[vals.len() - 1] < vals[0] - 0.2, "{vals:?}");
+        assert_eq!(p.rounds.last().map(|r| r.round), Some(15));
+    }
+    let s = &report.summary;
+    assert!(s.max_replica_divergence < 1e-3, "{s:?}");
+    assert!(s.bytes_ratio_vs_dense > 4.0, "{s:?}");
+}
