@@ -36,7 +36,7 @@ impl Default for RunConfig {
 pub enum SwarmMode {
     /// One local step per round, averaged every round.
     Gradient,
-    /// `local_steps` local steps per round (DiLoCo-style), outer Nesterov.
+    /// `local_steps` local steps per round (DiLoCo-style), their pseudo-gradient averaged.
     LocalSteps,
 }
 
@@ -58,10 +58,9 @@ pub struct SwarmConfig {
     pub aggregation: gradswarm_core::AggregationRule,
     /// Whose updates a round waits for: `broadcast` (every live peer).
     pub averaging: gradswarm_core::AveragingConfig,
-    /// How the aggregate moves θ (absent: SGD lr 1), e.g. `{ kind = "nesterov", lr = 0.7, momentum = 0.9 }`.
+    /// How the aggregate moves θ (absent: SGD, lr 1 in gradient mode and 3 in local-steps mode), e.g. `{ kind = "nesterov", lr = 0.7, momentum = 0.9 }`.
     pub outer: Option<gradswarm_core::OuterConfig>,
-    /// Error-feedback residual decay per round, in (0, 1] (absent: 1 in gradient mode, 0.9 in
-    /// local-steps mode).
+    /// Error-feedback residual decay per round, in (0, 1] (absent: 1, the residual kept whole).
     pub feedback_decay: Option<f32>,
     /// Replicas further apart than this (relative L2, estimated from heartbeats) reconcile by
     /// pairwise averaging (absent: 1e-4; `inf`: never).

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub enum ScenarioMode {
     /// H = 1: peers average every step.
     Gradient,
-    /// H = `local_steps`, DiLoCo-style outer Nesterov.
+    /// H = `local_steps`, DiLoCo-style: the peers average pseudo-gradients every round.
     LocalSteps,
 }
 
@@ -71,7 +71,7 @@ pub struct Scenario {
     /// Top-k density in coordinates per million (then int8 + zstd).
     #[serde(default = "default_top_k")]
     pub top_k_per_million: u32,
-    /// The peers' outer optimizer (default: the peer's, SGD lr 1).
+    /// The peers' outer optimizer (default: the peer's, SGD lr 1 in gradient mode, 3 with local steps).
     #[serde(default)]
     pub outer: Option<OuterConfig>,
     /// What the baseline is: `data_parallel` (default) or `dense_swarm`.
@@ -81,8 +81,7 @@ pub struct Scenario {
     /// `outer`: the baseline is the best-known dense method, whatever the swarm tries).
     #[serde(default)]
     pub baseline_outer: Option<OuterConfig>,
-    /// Error-feedback residual decay before each encode (default: the peer's, 1 in gradient
-    /// mode and 0.9 in local-steps mode).
+    /// Error-feedback residual decay before each encode (default: the peer's, 1).
     #[serde(default)]
     pub feedback_decay: Option<f32>,
     /// Staleness weight exponent α.
