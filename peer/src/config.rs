@@ -45,7 +45,7 @@ pub struct PeerConfig {
     pub aggregation: AggregationRule,
     /// Whose updates a round waits for (broadcast: every live peer).
     pub averaging: AveragingConfig,
-    /// How the aggregate moves θ (SGD lr 1 by default; Nesterov is there for dense codecs).
+    /// How the aggregate moves θ (SGD: lr 1 in gradient mode, 3 in local-steps mode by default).
     pub outer: OuterConfig,
     /// The error-feedback residual is multiplied by this before each encode (1: kept whole).
     pub feedback_decay: f32,
@@ -72,11 +72,14 @@ pub struct PeerConfig {
     /// Replicas whose heartbeat sketches put them further apart than this (relative L2) reconcile
     /// by pairwise averaging (None: never).
     pub drift_tolerance: Option<f64>,
+    /// A round's close sends a heartbeat only when the last one is at least this old (zero: every
+    /// round); the last round's close always sends one.
+    pub heartbeat_every: Duration,
 }
 
 impl PeerConfig {
     /// Defaults for `run_id` in `mode`: top-1% + int8 + zstd, α = 0.5, τ_max = 4, weighted mean,
-    /// outer SGD lr 1; in local-steps mode the error-feedback residual decays by 0.9 per round.
+    /// error feedback without decay; outer SGD lr 1 in gradient mode, lr 3 in local-steps mode.
     pub fn new(run_id: &str, mode: Mode) -> Self {
         Self {
             run_id: run_id.to_string(),
@@ -85,15 +88,17 @@ impl PeerConfig {
             staleness: StalenessPolicy::default(),
             aggregation: AggregationRule::WeightedMean,
             averaging: AveragingConfig::Broadcast,
-            // Local steps with a sparse codec: measured (bench/four-peers-h8), DiLoCo's Nesterov
-            // on top-1% pseudo-gradients with error feedback diverged (val 2.84, rising), with or
-            // without residual decay, while SGD lr 1 on a residual decaying by 0.9 — whose
-            // accumulator is the momentum, as SparseLoCo — beat the dense Nesterov baseline.
-            outer: OuterConfig::Sgd { lr: 1.0 },
-            feedback_decay: match mode {
-                Mode::Gradient => 1.0,
-                Mode::LocalSteps { .. } => 0.9,
+            outer: match mode {
+                // The mean of the peers' optimizer steps: lr 1 is data-parallel's own step.
+                Mode::Gradient => OuterConfig::Sgd { lr: 1.0 },
+                // Measured (bench/four-peers-h8-long, README "outer step"): a top-1% coordinate is
+                // sent about once in 25 rounds, so lr 1 moves θ by the plain mean of the
+                // pseudo-gradients while dense DiLoCo's Nesterov (0.7, 0.9) moves it ~7× that;
+                // Nesterov on the delayed sparse bursts diverged, SGD lr 3-4 trained best (lr 6 was
+                // worse again), and the residual is best kept whole (decay 1).
+                Mode::LocalSteps { .. } => OuterConfig::Sgd { lr: 3.0 },
             },
+            feedback_decay: 1.0,
             rounds: None,
             deadline_factor: 2.0,
             min_wait: Duration::from_millis(500),
@@ -107,6 +112,11 @@ impl PeerConfig {
             // Last-bit differences of updates applied in another order read as ~1e-7; one missed
             // update of the default job as ~1e-3.
             drift_tolerance: Some(1e-4),
+            // Gossipsub delivers every small message to each peer about three times over (the
+            // publisher's copy and the mesh's forwards), so in gradient mode, rounds of a few
+            // tenths of a second, a heartbeat per round was a quarter of a peer's uplink. Once a
+            // second still shows liveness, rounds and drift well within the peer timeout.
+            heartbeat_every: Duration::from_secs(1),
         }
     }
 }

@@ -129,6 +129,8 @@ pub struct Peer {
     /// The checksum and sketch of θ at the start of the round they name, for heartbeats (kept
     /// apart from the marks, which exist only when pairwise averaging is on).
     fingerprint: Option<(u64, u64, DriftSketch)>,
+    /// When the last heartbeat went out.
+    last_heartbeat: Option<Instant>,
     reconciling: Option<Reconciling>,
     /// Per partner, the first heartbeat round whose drift is looked at again.
     reconcile_after: BTreeMap<PeerId, u64>,
@@ -204,6 +206,7 @@ impl Peer {
             running: false,
             marks: VecDeque::new(),
             fingerprint: None,
+            last_heartbeat: None,
             max_marks: (MARK_BUDGET_BYTES / (4 * n).max(1)).clamp(2, 16),
             reconciling: None,
             reconcile_after: BTreeMap::new(),
@@ -527,7 +530,20 @@ impl Peer {
         }
     }
 
-    fn heartbeat(&self) {
+    /// At a round's close: a heartbeat if the last is `heartbeat_every` old, or this was the
+    /// last round (peers lingering after their own last round wait for it).
+    fn heartbeat_at_close(&mut self) {
+        let last_round = self.config.rounds.is_some_and(|r| self.book.round() >= r);
+        let due = self
+            .last_heartbeat
+            .is_none_or(|t| t.elapsed() >= self.config.heartbeat_every);
+        if due || last_round || self.stopped {
+            self.heartbeat();
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        self.last_heartbeat = Some(Instant::now());
         // No read of θ here: in a browser that would block on the GPU. Before the first round
         // (or between a catch-up and its mark) there is no fingerprint, and partners skip the check.
         let (checksum, sketch) = match &self.fingerprint {
@@ -816,7 +832,7 @@ impl Peer {
             self.snapshots.publish(&state);
             debug!("snapshot of round {} ready for joiners", state.round);
         }
-        self.heartbeat();
+        self.heartbeat_at_close();
         if let Some(observer) = self.observer.as_mut() {
             observer(&report, &self.trainer);
         }
