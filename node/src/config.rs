@@ -58,7 +58,7 @@ pub struct SwarmConfig {
     pub aggregation: gradswarm_core::AggregationRule,
     /// Whose updates a round waits for: `broadcast` (every live peer).
     pub averaging: gradswarm_core::AveragingConfig,
-    /// How the aggregate moves θ (absent: SGD, lr 1 in gradient mode and 3 in local-steps mode), e.g. `{ kind = "nesterov", lr = 0.7, momentum = 0.9 }`.
+    /// How the aggregate moves θ (absent: SGD, lr 2 in gradient mode and 3 in local-steps mode), e.g. `{ kind = "nesterov", lr = 0.7, momentum = 0.9 }`.
     pub outer: Option<gradswarm_core::OuterConfig>,
     /// Error-feedback residual decay per round, in (0, 1] (absent: 1, the residual kept whole).
     pub feedback_decay: Option<f32>,

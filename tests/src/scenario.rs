@@ -71,7 +71,7 @@ pub struct Scenario {
     /// Top-k density in coordinates per million (then int8 + zstd).
     #[serde(default = "default_top_k")]
     pub top_k_per_million: u32,
-    /// The peers' outer optimizer (default: the peer's, SGD lr 1 in gradient mode, 3 with local steps).
+    /// The peers' outer optimizer (default: the peer's, SGD lr 2 in gradient mode, 3 with local steps).
     #[serde(default)]
     pub outer: Option<OuterConfig>,
     /// What the baseline is: `data_parallel` (default) or `dense_swarm`.
