@@ -31,6 +31,18 @@ impl Default for OuterConfig {
     }
 }
 
+impl OuterConfig {
+    /// How far θ eventually moves per unit of aggregate applied once: `lr` for SGD, and
+    /// `lr / (1 − μ)` for Nesterov (the step and the momentum it leaves behind).
+    pub fn eventual_step(&self) -> f32 {
+        match *self {
+            Self::Sgd { lr } => lr,
+            Self::Nesterov { lr, momentum } if momentum < 1.0 => lr / (1.0 - momentum),
+            Self::Nesterov { lr, .. } => lr,
+        }
+    }
+}
+
 /// The outer optimizer and its state over a flat parameter vector.
 #[derive(Clone, Debug)]
 pub struct OuterOptimizer {
@@ -129,6 +141,31 @@ mod tests {
         o.apply(&mut p, &[1.0]); // m = 1.5, step = 1 + 0.75 = 1.75
         assert_eq!(p, vec![-3.25]);
         assert_eq!(o.momentum(), &[1.5]);
+    }
+
+    #[test]
+    fn the_eventual_step_is_where_one_aggregate_leaves_theta() {
+        for config in [
+            OuterConfig::Sgd { lr: 2.0 },
+            OuterConfig::Nesterov {
+                lr: 0.7,
+                momentum: 0.9,
+            },
+        ] {
+            // One aggregate of 1, then zeros until the momentum has died out.
+            let mut o = OuterOptimizer::new(config);
+            let mut p = vec![0.0f32];
+            o.apply(&mut p, &[1.0]);
+            for _ in 0..400 {
+                o.apply(&mut p, &[0.0]);
+            }
+            let moved = -p[0];
+            assert!(
+                (moved - config.eventual_step()).abs() < 1e-3 * moved,
+                "{config:?}: moved {moved}, eventual step {}",
+                config.eventual_step()
+            );
+        }
     }
 
     #[test]

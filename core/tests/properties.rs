@@ -488,6 +488,25 @@ fn bad_deltas_leave_the_residual_untouched() {
 }
 
 #[test]
+fn looking_ahead_subtracts_the_scaled_residual() {
+    // 1 coordinate in 4 is sent, so three stay in the residual.
+    let mut codec = CpuCodec::new(CodecDescriptor::top_k_int8_zstd(250_000)).expect("valid");
+    let mut ef = ErrorFeedback::new(4);
+    ef.encode(&mut codec, &[4.0, 1.0, 3.0, 2.0], RngKey::new(3, 0))
+        .expect("encodes");
+    assert_eq!(ef.residual(), &[0.0, 1.0, 3.0, 2.0]);
+    let theta = [10.0, 10.0, 10.0, 10.0];
+    assert_eq!(
+        ef.ahead_of(&theta, 0.5).expect("same length"),
+        vec![10.0, 9.5, 8.5, 9.0]
+    );
+    assert!(matches!(
+        ef.ahead_of(&theta[..3], 0.5),
+        Err(gradswarm_core::EncodeError::LengthMismatch { .. })
+    ));
+}
+
+#[test]
 fn compression_reaches_the_targets_on_a_gradient_like_vector() {
     let len = 1_000_000;
     let delta = gradswarm_core::synthetic::gradient_like(len, 7);

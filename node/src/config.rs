@@ -62,6 +62,9 @@ pub struct SwarmConfig {
     pub outer: Option<gradswarm_core::OuterConfig>,
     /// Error-feedback residual decay per round, in (0, 1] (absent: 1, the residual kept whole).
     pub feedback_decay: Option<f32>,
+    /// Local steps start from where θ will stand once this peer's unsent residual is applied
+    /// (absent: on in gradient mode, off with local steps).
+    pub feedback_lookahead: Option<bool>,
     /// Replicas further apart than this (relative L2, estimated from heartbeats) reconcile by
     /// pairwise averaging (absent: 1e-4; `inf`: never).
     pub drift_tolerance: Option<f64>,
@@ -97,6 +100,7 @@ impl Default for SwarmConfig {
             averaging: gradswarm_core::AveragingConfig::Broadcast,
             outer: None,
             feedback_decay: None,
+            feedback_lookahead: None,
             drift_tolerance: None,
             min_wait: None,
             max_wait: None,

@@ -58,6 +58,9 @@ pub fn peer_config(cfg: &NodeConfig) -> PeerConfig {
     if let Some(decay) = cfg.swarm.feedback_decay {
         p.feedback_decay = decay;
     }
+    if let Some(lookahead) = cfg.swarm.feedback_lookahead {
+        p.feedback_lookahead = lookahead;
+    }
     if let Some(lo) = cfg.swarm.min_wait {
         p.min_wait = Duration::from_secs_f64(lo);
     }

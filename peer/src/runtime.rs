@@ -682,7 +682,8 @@ impl Peer {
         publish + wait
     }
 
-    /// Local steps from the anchor θ_r; returns Δ = θ_r − θ_local (θ is reset to the anchor).
+    /// Local steps from the anchor θ_r (or ahead of it, see `feedback_lookahead`); returns
+    /// Δ = start − θ_local, and θ is reset to the anchor.
     async fn compute(&mut self) -> Result<(Vec<f32>, f32, u64), PeerError> {
         let anchor = self.trainer.parameters_async().await?;
         let mut keys: Vec<ShardKey> = self
@@ -695,13 +696,22 @@ impl Peer {
         let seed = self.trainer.config().seed;
         let corpus = self.corpus.clone();
         let sampler = corpus.sampler(me, &keys, 0, seed);
+        let start = if self.config.feedback_lookahead {
+            // This peer's share of the mean, as if every live peer's update came in.
+            let c = self.config.outer.eventual_step() / keys.len() as f32;
+            let start = self.feedback.ahead_of(&anchor, c)?;
+            self.trainer.set_parameters(&start)?;
+            start
+        } else {
+            anchor.clone()
+        };
         let reports = self
             .trainer
             .local_steps_async(&sampler, self.config.mode.local_steps())
             .await?;
         let local = self.trainer.parameters_async().await?;
         self.trainer.set_parameters(&anchor)?;
-        let delta = anchor.iter().zip(&local).map(|(a, l)| a - l).collect();
+        let delta = start.iter().zip(&local).map(|(a, l)| a - l).collect();
         let loss = reports.iter().map(|r| r.loss).sum::<f32>() / reports.len().max(1) as f32;
         let samples = reports.len() as u64 * self.trainer.config().batch_size as u64;
         Ok((delta, loss, samples))

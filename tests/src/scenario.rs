@@ -84,6 +84,10 @@ pub struct Scenario {
     /// Error-feedback residual decay before each encode (default: the peer's, 1).
     #[serde(default)]
     pub feedback_decay: Option<f32>,
+    /// Local steps start ahead by the peer's own residual (default: the peer's, on in gradient
+    /// mode).
+    #[serde(default)]
+    pub feedback_lookahead: Option<bool>,
     /// Staleness weight exponent α.
     #[serde(default = "default_alpha")]
     pub alpha: f32,
@@ -227,6 +231,9 @@ impl Scenario {
         c.codec = CodecDescriptor::top_k_int8_zstd(self.top_k_per_million);
         if let Some(outer) = self.outer {
             c.outer = outer;
+        }
+        if let Some(lookahead) = self.feedback_lookahead {
+            c.feedback_lookahead = lookahead;
         }
         if let Some(decay) = self.feedback_decay {
             c.feedback_decay = decay;

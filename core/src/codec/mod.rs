@@ -315,6 +315,27 @@ impl ErrorFeedback {
         result
     }
 
+    /// `θ − c · e`: where θ will stand once this peer's unsent residual has been sent and
+    /// applied with weight `c` (the outer step times this peer's share of the mean).
+    ///
+    /// Why: local steps taken from θ itself re-discover the direction the residual already owes,
+    /// and once the residual is sent that direction is applied twice; with top-0.1% a coordinate
+    /// waits hundreds of rounds, so the double count is large. Local steps taken from here see
+    /// their own pending work as done (the other peers' pending work stays unseen).
+    pub fn ahead_of(&self, theta: &[f32], c: f32) -> Result<Vec<f32>, EncodeError> {
+        if theta.len() != self.residual.len() {
+            return Err(EncodeError::LengthMismatch {
+                delta: theta.len(),
+                residual: self.residual.len(),
+            });
+        }
+        Ok(theta
+            .iter()
+            .zip(&self.residual)
+            .map(|(t, e)| t - c * e)
+            .collect())
+    }
+
     /// What has been computed but not yet sent.
     pub fn residual(&self) -> &[f32] {
         &self.residual
