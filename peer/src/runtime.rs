@@ -705,10 +705,19 @@ impl Peer {
         } else {
             anchor.clone()
         };
-        let reports = self
+        let reports = match self
             .trainer
             .local_steps_async(&sampler, self.config.mode.local_steps())
-            .await?;
+            .await
+        {
+            Ok(reports) => reports,
+            Err(e) => {
+                // A diverged step leaves θ where the steps before it (or the look-ahead) put
+                // it: back to the anchor, so this replica stays the swarm's.
+                self.trainer.set_parameters(&anchor)?;
+                return Err(e.into());
+            }
+        };
         let local = self.trainer.parameters_async().await?;
         self.trainer.set_parameters(&anchor)?;
         let delta = start.iter().zip(&local).map(|(a, l)| a - l).collect();
