@@ -250,4 +250,21 @@ mod tests {
         assert_eq!(p.min_wait, std::time::Duration::from_secs(90));
         assert!(p.max_wait >= p.min_wait, "max_wait {:?}", p.max_wait);
     }
+
+    #[test]
+    fn the_look_ahead_follows_the_mode_unless_set() {
+        let peer = |text: &str| {
+            let c: NodeConfig = toml::from_str(text).expect("parses");
+            c.validate().expect("valid");
+            crate::join::peer_config(&c).feedback_lookahead
+        };
+        assert!(peer("[swarm]\nmode = \"gradient\"\n"));
+        assert!(!peer("[swarm]\nmode = \"local_steps\"\n"));
+        assert!(!peer(
+            "[swarm]\nmode = \"gradient\"\nfeedback_lookahead = false\n"
+        ));
+        assert!(peer(
+            "[swarm]\nmode = \"local_steps\"\nfeedback_lookahead = true\n"
+        ));
+    }
 }
