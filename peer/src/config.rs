@@ -107,9 +107,10 @@ impl PeerConfig {
                 Mode::LocalSteps { .. } => OuterConfig::Sgd { lr: 3.0 },
             },
             feedback_decay: 1.0,
-            // Measured in gradient mode (README, "Error feedback"): four-peers reaches 2.6 with
-            // 2 240 samples instead of 2 880–3 200, four-peers-top01 with 3 200–3 520 instead of
-            // 4 160–4 480. With local steps it made no difference on four-peers-h8.
+            // Measured in gradient mode (README, "Error feedback looks ahead"; validation read
+            // every 10 rounds): four-peers reaches 2.6 with 1 920–2 240 samples instead of
+            // 2 880–3 200, four-peers-top01 with 3 200–3 520 instead of 4 160–4 480. With local
+            // steps it reached 2.2 later on four-peers-h8-long (16 384 samples against 12 800).
             feedback_lookahead: matches!(mode, Mode::Gradient),
             rounds: None,
             deadline_factor: 2.0,
