@@ -696,14 +696,14 @@ impl Peer {
         let seed = self.trainer.config().seed;
         let corpus = self.corpus.clone();
         let sampler = corpus.sampler(me, &keys, 0, seed);
-        let start = if self.config.feedback_lookahead {
+        let ahead = if self.config.feedback_lookahead {
             // This peer's share of the mean, as if every live peer's update came in.
             let c = self.config.outer.eventual_step() / keys.len() as f32;
-            let start = self.feedback.ahead_of(&anchor, c)?;
-            self.trainer.set_parameters(&start)?;
-            start
+            let ahead = self.feedback.ahead_of(&anchor, c)?;
+            self.trainer.set_parameters(&ahead)?;
+            Some(ahead)
         } else {
-            anchor.clone()
+            None
         };
         let reports = match self
             .trainer
@@ -720,6 +720,7 @@ impl Peer {
         };
         let local = self.trainer.parameters_async().await?;
         self.trainer.set_parameters(&anchor)?;
+        let start = ahead.as_deref().unwrap_or(&anchor);
         let delta = start.iter().zip(&local).map(|(a, l)| a - l).collect();
         let loss = reports.iter().map(|r| r.loss).sum::<f32>() / reports.len().max(1) as f32;
         let samples = reports.len() as u64 * self.trainer.config().batch_size as u64;
