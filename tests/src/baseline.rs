@@ -10,11 +10,14 @@
 //!   steps from the shared θ, their dense updates are averaged with nobody late or missing, and
 //!   the average moves θ through the outer optimizer (`baseline_outer`; DiLoCo's Nesterov 0.7/0.9
 //!   with local steps). It isolates the cost of the codec, gossip and asynchrony.
+//! - `codec_swarm`: `dense_swarm` with the peers' codec, error feedback, look-ahead and outer
+//!   optimizer, in lockstep. Against `dense_swarm` it isolates the codec; against the swarm, the
+//!   network and asynchrony.
 
 use std::sync::Arc;
 
 use anyhow::Result;
-use gradswarm_core::{OuterOptimizer, ShardKey};
+use gradswarm_core::{Codec, CpuCodec, ErrorFeedback, OuterOptimizer, RngKey, ShardKey};
 use gradswarm_model::burn::prelude::Device;
 use gradswarm_model::data::{Batch, validation_batches};
 use gradswarm_model::{Corpus, Trainer};
@@ -52,7 +55,8 @@ pub fn run(
 ) -> Result<Baseline> {
     match scenario.baseline_method {
         BaselineMethod::DataParallel => data_parallel(scenario, corpus, progress),
-        BaselineMethod::DenseSwarm => dense_swarm(scenario, corpus, progress),
+        BaselineMethod::DenseSwarm => lockstep_swarm(scenario, corpus, false, progress),
+        BaselineMethod::CodecSwarm => lockstep_swarm(scenario, corpus, true, progress),
     }
 }
 
@@ -121,10 +125,13 @@ fn data_parallel(
     })
 }
 
-/// N workers, H local steps each from the shared θ, dense updates averaged, the outer optimizer.
-fn dense_swarm(
+/// N workers, H local steps each from the shared θ, updates averaged, the outer optimizer: dense
+/// updates and `baseline_outer`, or (`compressed`) the peers' codec with error feedback, their
+/// look-ahead and their outer optimizer.
+fn lockstep_swarm(
     scenario: &Scenario,
     corpus: &Arc<Corpus>,
+    compressed: bool,
     mut progress: impl FnMut(&BaselineRound),
 ) -> Result<Baseline> {
     let started = std::time::Instant::now();
@@ -140,7 +147,18 @@ fn dense_swarm(
         train.batch_size,
         scenario.model.context,
     );
-    let mut outer = OuterOptimizer::new(scenario.baseline_outer());
+    let peer = scenario.peer_config(0);
+    let mut outer = OuterOptimizer::new(if compressed {
+        peer.outer
+    } else {
+        scenario.baseline_outer()
+    });
+    let len = workers[0].num_params();
+    let mut codec = CpuCodec::new(peer.codec)?;
+    let mut feedback: Vec<ErrorFeedback> = (0..n)
+        .map(|_| ErrorFeedback::with_decay(len, peer.feedback_decay))
+        .collect();
+    let lookahead = compressed && peer.feedback_lookahead;
     let h = scenario.h();
     let mut samples = 0u64;
     let mut rounds = Vec::new();
@@ -148,14 +166,31 @@ fn dense_swarm(
         let anchor = workers[0].parameters()?;
         let mut sum = vec![0.0f64; anchor.len()];
         let mut loss = 0.0f32;
-        for (worker, key) in workers.iter_mut().zip(&keys) {
+        for (i, (worker, key)) in workers.iter_mut().zip(&keys).enumerate() {
             let sampler = corpus.sampler(*key, &sorted, 0, train.seed);
+            let start = if lookahead {
+                let ahead = feedback[i].ahead_of(&anchor, peer.outer.eventual_step() / n as f32)?;
+                worker.set_parameters(&ahead)?;
+                ahead
+            } else {
+                anchor.clone()
+            };
             let reports = worker.local_steps(&sampler, h)?;
             loss += reports.iter().map(|r| r.loss).sum::<f32>() / reports.len().max(1) as f32;
             samples += reports.len() as u64 * train.batch_size as u64;
             let local = worker.parameters()?;
-            for ((s, a), l) in sum.iter_mut().zip(&anchor).zip(&local) {
-                *s += f64::from(a - l);
+            let delta: Vec<f32> = start.iter().zip(&local).map(|(a, l)| a - l).collect();
+            let sent = if compressed {
+                let payload =
+                    feedback[i].encode(&mut codec, &delta, RngKey::new(key.value(), round))?;
+                let mut sent = vec![0.0f32; len];
+                codec.decode_add(&peer.codec, &payload, 1.0, &mut sent)?;
+                sent
+            } else {
+                delta
+            };
+            for (s, d) in sum.iter_mut().zip(&sent) {
+                *s += f64::from(*d);
             }
         }
         let mean: Vec<f32> = sum.iter().map(|s| (s / n as f64) as f32).collect();
@@ -233,5 +268,42 @@ mod tests {
         let three = run(&scenario, &corpus, |_| {}).unwrap();
         assert_eq!(three.rounds.last().map(|r| r.samples), Some(6 * 3 * 4));
         assert!(three.rounds.iter().all(|r| r.val_loss.is_finite()));
+    }
+
+    /// The lockstep codec swarm trains through its codec: with every coordinate sent (int8 only
+    /// rounds them) it follows the dense swarm closely, and at top-1% it still trains but
+    /// measurably apart from it, so the codec is really in the loop.
+    #[test]
+    fn the_codec_swarm_follows_the_dense_one_as_far_as_its_codec_lets_it() {
+        let mut scenario: Scenario = toml::from_str(ONE_PEER).unwrap();
+        scenario.peers = 2;
+        scenario.rounds = 8;
+        scenario.outer = Some(gradswarm_core::OuterConfig::Sgd { lr: 1.0 });
+        scenario.feedback_lookahead = Some(false);
+        let corpus = crate::load_corpus(scenario.model.context).unwrap();
+        scenario.baseline_method = BaselineMethod::DenseSwarm;
+        let dense = run(&scenario, &corpus, |_| {}).unwrap();
+        scenario.baseline_method = BaselineMethod::CodecSwarm;
+        scenario.top_k_per_million = 1_000_000;
+        let whole = run(&scenario, &corpus, |_| {}).unwrap();
+        scenario.top_k_per_million = 10_000;
+        let sparse = run(&scenario, &corpus, |_| {}).unwrap();
+        let last = |b: &Baseline| b.rounds.last().map(|r| r.val_loss).unwrap();
+        let first = |b: &Baseline| b.rounds[0].val_loss;
+        assert!(last(&whole) < first(&whole), "{:?}", whole.rounds);
+        assert!(
+            (last(&whole) - last(&dense)).abs() < 0.02,
+            "{} vs {}",
+            last(&whole),
+            last(&dense)
+        );
+        assert!(last(&sparse) < first(&sparse), "{:?}", sparse.rounds);
+        assert!(
+            (last(&sparse) - last(&dense)).abs() > (last(&whole) - last(&dense)).abs(),
+            "top-1% {} and all {} against dense {}",
+            last(&sparse),
+            last(&whole),
+            last(&dense)
+        );
     }
 }

@@ -30,6 +30,10 @@ pub enum BaselineMethod {
     /// The swarm's own mode with dense updates, nobody late and `baseline_outer`: isolates the
     /// cost of the codec, gossip and asynchrony.
     DenseSwarm,
+    /// The swarm's own method in lockstep and in process: `dense_swarm` with each worker's
+    /// codec, error feedback, look-ahead and the swarm's outer optimizer, nobody late. It
+    /// isolates the cost of the codec from that of gossip and asynchrony.
+    CodecSwarm,
 }
 
 /// One peer's part when it is not an ordinary one.

@@ -27,6 +27,16 @@ enum Command {
         #[arg(long)]
         no_baseline: bool,
     },
+    /// Train only a scenario's baseline (its `baseline_method`, in-process, no network) and write
+    /// its curve as JSON: for comparing dense methods without running a swarm.
+    Baseline {
+        /// The scenario file (TOML).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Where to write the baseline's JSON curve.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Draw a report's loss vs samples and bytes to a PNG.
     Plot {
         /// The JSON report.
@@ -74,6 +84,19 @@ fn main() -> Result<()> {
                 .with_context(|| format!("writing {}", report.display()))?;
             println!("{}", serde_json::to_string_pretty(&r.summary)?);
             eprintln!("report: {}", report.display());
+        }
+        Command::Baseline { scenario, out } => {
+            let s = Scenario::load(&scenario)?;
+            let corpus = gradswarm_harness::load_corpus(s.model.context)?;
+            let b = gradswarm_harness::baseline::run(&s, &corpus, |r| {
+                eprintln!(
+                    "baseline round {}: {} samples, val loss {:.4}",
+                    r.round, r.samples, r.val_loss
+                );
+            })?;
+            std::fs::write(&out, serde_json::to_string_pretty(&b)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("baseline: {}", out.display());
         }
         Command::Plot { report, out } => {
             let out = out.unwrap_or_else(|| report.with_extension("png"));
