@@ -45,6 +45,10 @@ pub struct Baseline {
     pub rounds: Vec<BaselineRound>,
     /// Wall time of the whole baseline run.
     pub wall_s: f64,
+    /// Encoded update bytes per worker per local step (`codec_swarm` only: the others send
+    /// dense fp32).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_bytes_per_worker_per_step: Option<f64>,
 }
 
 /// Trains the baseline of `scenario` on `corpus`; `progress` hears of each evaluated round.
@@ -122,6 +126,7 @@ fn data_parallel(
     Ok(Baseline {
         rounds,
         wall_s: started.elapsed().as_secs_f64(),
+        update_bytes_per_worker_per_step: None,
     })
 }
 
@@ -161,6 +166,7 @@ fn lockstep_swarm(
     let lookahead = compressed && peer.feedback_lookahead;
     let h = scenario.h();
     let mut samples = 0u64;
+    let mut update_bytes = 0u64;
     let mut rounds = Vec::new();
     for round in 0..scenario.rounds {
         let anchor = workers[0].parameters()?;
@@ -183,6 +189,7 @@ fn lockstep_swarm(
             let sent = if compressed {
                 let payload =
                     feedback[i].encode(&mut codec, &delta, RngKey::new(key.value(), round))?;
+                update_bytes += payload.len() as u64;
                 let mut sent = vec![0.0f32; len];
                 codec.decode_add(&peer.codec, &payload, 1.0, &mut sent)?;
                 sent
@@ -213,6 +220,8 @@ fn lockstep_swarm(
     Ok(Baseline {
         rounds,
         wall_s: started.elapsed().as_secs_f64(),
+        update_bytes_per_worker_per_step: compressed
+            .then(|| update_bytes as f64 / (n as u64 * scenario.rounds * h).max(1) as f64),
     })
 }
 

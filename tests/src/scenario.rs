@@ -20,8 +20,9 @@ pub enum ScenarioMode {
 }
 
 /// What the baseline trained in the same run is (see `crate::baseline`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum BaselineMethod {
     /// Synchronous all-reduce of dense fp32 gradients: one AdamW step on the global batch per
     /// local step (DESIGN.md §8; what the summary's ratios are against).

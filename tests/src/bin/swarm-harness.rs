@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use gradswarm_harness::scenario::Scenario;
+use gradswarm_harness::scenario::{BaselineMethod, Scenario};
 
 #[derive(Parser)]
 #[command(version, about = "gradswarm's multi-peer harness")]
@@ -36,6 +36,9 @@ enum Command {
         /// Where to write the baseline's JSON curve.
         #[arg(long)]
         out: PathBuf,
+        /// Train this method instead of the scenario's `baseline_method`.
+        #[arg(long, value_enum)]
+        method: Option<BaselineMethod>,
     },
     /// Draw a report's loss vs samples and bytes to a PNG.
     Plot {
@@ -85,8 +88,15 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&r.summary)?);
             eprintln!("report: {}", report.display());
         }
-        Command::Baseline { scenario, out } => {
-            let s = Scenario::load(&scenario)?;
+        Command::Baseline {
+            scenario,
+            out,
+            method,
+        } => {
+            let mut s = Scenario::load(&scenario)?;
+            if let Some(method) = method {
+                s.baseline_method = method;
+            }
             let corpus = gradswarm_harness::load_corpus(s.model.context)?;
             let b = gradswarm_harness::baseline::run(&s, &corpus, |r| {
                 eprintln!(
@@ -96,6 +106,19 @@ fn main() -> Result<()> {
             })?;
             std::fs::write(&out, serde_json::to_string_pretty(&b)?)
                 .with_context(|| format!("writing {}", out.display()))?;
+            let reached = gradswarm_harness::report::samples_to(
+                b.rounds.iter().map(|r| (r.samples, r.val_loss)),
+                s.target_val_loss,
+            );
+            let summary = serde_json::json!({
+                "method": s.baseline_method,
+                "target_val_loss": s.target_val_loss,
+                "samples_to_target": reached,
+                "final_val_loss": b.rounds.last().map(|r| r.val_loss),
+                "update_bytes_per_worker_per_step": b.update_bytes_per_worker_per_step,
+                "wall_s": b.wall_s,
+            });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
             eprintln!("baseline: {}", out.display());
         }
         Command::Plot { report, out } => {
