@@ -45,6 +45,8 @@ pub struct Baseline {
     pub rounds: Vec<BaselineRound>,
     /// Wall time of the whole baseline run.
     pub wall_s: f64,
+    /// The model's parameter count (dense fp32 sends 4 bytes of each per step).
+    pub parameters: usize,
     /// Encoded update bytes per worker per local step (`codec_swarm` only: the others send
     /// dense fp32).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,6 +128,7 @@ fn data_parallel(
     Ok(Baseline {
         rounds,
         wall_s: started.elapsed().as_secs_f64(),
+        parameters: trainer.num_params(),
         update_bytes_per_worker_per_step: None,
     })
 }
@@ -220,6 +223,7 @@ fn lockstep_swarm(
     Ok(Baseline {
         rounds,
         wall_s: started.elapsed().as_secs_f64(),
+        parameters: len,
         update_bytes_per_worker_per_step: compressed
             .then(|| update_bytes as f64 / (n as u64 * scenario.rounds * h).max(1) as f64),
     })

@@ -115,6 +115,7 @@ fn main() -> Result<()> {
                 "target_val_loss": s.target_val_loss,
                 "samples_to_target": reached,
                 "final_val_loss": b.rounds.last().map(|r| r.val_loss),
+                "parameters": b.parameters,
                 "update_bytes_per_worker_per_step": b.update_bytes_per_worker_per_step,
                 "wall_s": b.wall_s,
             });
