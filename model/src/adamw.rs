@@ -35,6 +35,9 @@ pub struct AdamW {
     grad_clip: f64,
     /// Updates applied so far (bias correction uses it).
     pub steps: u64,
+    /// Peers whose batches make the global batch this optimizer normalizes for (1: its own batch
+    /// alone; see [`AdamW::set_replicas`]).
+    replicas: usize,
     /// Moments by parameter name.
     pub moments: BTreeMap<String, Moments>,
 }
@@ -49,8 +52,26 @@ impl AdamW {
             weight_decay: config.weight_decay,
             grad_clip: config.grad_clip,
             steps: 0,
+            replicas: 1,
             moments: BTreeMap::new(),
         }
+    }
+
+    /// Normalizes each step by an estimate of the second moment of the gradient of `n` peers'
+    /// batches together rather than of this peer's batch alone (1: plain AdamW).
+    ///
+    /// Why: when peers average their AdamW updates, each has divided its gradient by
+    /// `√(g² + σ²/b)` for its own batch b, where data-parallel AdamW divides by `√(g² + σ²/(n·b))`;
+    /// where noise dominates, the swarm's mean step is then up to `√n` times too short. With the
+    /// bias-corrected moments, `m̂²` estimates g² and `v̂ − m̂²` the noise `σ²/b`, so
+    /// `m̂² + (v̂ − m̂²)/n` estimates what the global batch's `v` would have been.
+    pub fn set_replicas(&mut self, n: usize) {
+        self.replicas = n.max(1);
+    }
+
+    /// The peers [`AdamW::set_replicas`] normalizes for.
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// Σ‖g‖² over every parameter of `model` that has a gradient, as a one-element device tensor
@@ -126,6 +147,7 @@ impl ModuleMapper for Update<'_> {
         };
         let name = self.path.name();
         let (b1, b2) = (self.opt.beta1, self.opt.beta2);
+        let replicas = self.opt.replicas;
         let (lr, eps, wd) = (self.lr, self.opt.epsilon, self.opt.weight_decay);
         let (clip, bias1, bias2) = (self.clip, self.bias1, self.bias2);
         let moments = &mut self.opt.moments;
@@ -148,8 +170,18 @@ impl ModuleMapper for Update<'_> {
                     g.square().mul_scalar(1.0 - b2),
                 ),
             };
-            let denom = v.clone().div_scalar(bias2).sqrt().add_scalar(eps);
-            let step = m.clone().div_scalar(bias1).div(denom).reshape(dims);
+            let m_hat = m.clone().div_scalar(bias1);
+            let v_hat = v.clone().div_scalar(bias2);
+            let v_hat = if replicas > 1 {
+                // g² + σ²/(n·b), estimated: m̂² for g², v̂ − m̂² (never below 0) for σ²/b.
+                let g2 = m_hat.clone().square();
+                let noise = (v_hat - g2.clone()).clamp_min(0.0);
+                g2 + noise.div_scalar(replicas as f64)
+            } else {
+                v_hat
+            };
+            let denom = v_hat.sqrt().add_scalar(eps);
+            let step = m_hat.div(denom).reshape(dims);
             // Decoupled weight decay on matrices only: norms' gains, biases stay undecayed.
             let x = if D >= 2 && wd > 0.0 {
                 x.mul_scalar(1.0 - lr * wd)

@@ -119,6 +119,11 @@ impl Trainer {
         &self.optimizer
     }
 
+    /// Normalizes AdamW's steps for the global batch of `n` peers (see [`AdamW::set_replicas`]).
+    pub fn set_replicas(&mut self, n: usize) {
+        self.optimizer.set_replicas(n);
+    }
+
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
         self.model.num_params()

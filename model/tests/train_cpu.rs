@@ -323,3 +323,50 @@ fn asynchronous_reads_equal_the_synchronous_ones() {
     assert_eq!(o1, o2);
     assert_eq!(o1.len(), 2 * sync.layout().len());
 }
+
+/// `set_replicas(n)` divides by the estimated second moment of n batches together: the first
+/// step (where `v̂ = m̂²`: no noise estimate yet) is plain AdamW's, later ones are longer where
+/// the batch gradients disagree, and one replica is plain AdamW exactly.
+#[test]
+fn a_global_second_moment_lengthens_the_noisy_steps_only() {
+    let m = tiny_model();
+    let corpus = corpus(m.context);
+    let t = TrainConfig {
+        weight_decay: 0.0,
+        ..tiny_train()
+    };
+    let sampler = corpus.sampler(me(), &[me()], 0, t.seed);
+    let run = |replicas: Option<usize>, steps: u64| {
+        let mut trainer = Trainer::new(&m, &t, &cpu()).expect("trainer");
+        if let Some(n) = replicas {
+            trainer.set_replicas(n);
+        }
+        let start = trainer.parameters().expect("read");
+        trainer.local_steps(&sampler, steps).expect("trains");
+        let end = trainer.parameters().expect("read");
+        let moved: f64 = start
+            .iter()
+            .zip(&end)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        (end, moved.sqrt())
+    };
+    let (plain, plain_moved) = run(None, 6);
+    let (one, _) = run(Some(1), 6);
+    assert_eq!(plain, one, "one replica must be plain AdamW, bit for bit");
+
+    let (first_plain, _) = run(None, 1);
+    let (first_four, _) = run(Some(4), 1);
+    let first = first_plain
+        .iter()
+        .zip(&first_four)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(first < 1e-6, "first steps differ by {first}");
+
+    let (_, four_moved) = run(Some(4), 6);
+    assert!(
+        four_moved > 1.1 * plain_moved,
+        "4 replicas moved θ by {four_moved}, plain AdamW by {plain_moved}"
+    );
+}

@@ -65,6 +65,9 @@ pub struct SwarmConfig {
     /// Local steps start from where θ will stand once this peer's unsent residual is applied
     /// (absent: on in gradient mode, off with local steps).
     pub feedback_lookahead: Option<bool>,
+    /// Local AdamW steps divide by the estimated second moment of all live peers' batches
+    /// together rather than of this peer's batch alone (absent: off).
+    pub global_second_moment: Option<bool>,
     /// Replicas further apart than this (relative L2, estimated from heartbeats) reconcile by
     /// pairwise averaging (absent: 1e-4; `inf`: never).
     pub drift_tolerance: Option<f64>,
@@ -101,6 +104,7 @@ impl Default for SwarmConfig {
             outer: None,
             feedback_decay: None,
             feedback_lookahead: None,
+            global_second_moment: None,
             drift_tolerance: None,
             min_wait: None,
             max_wait: None,
@@ -265,6 +269,19 @@ mod tests {
         ));
         assert!(peer(
             "[swarm]\nmode = \"local_steps\"\nfeedback_lookahead = true\n"
+        ));
+    }
+
+    #[test]
+    fn the_global_second_moment_is_off_unless_set_and_reaches_the_peer() {
+        let peer = |text: &str| {
+            let c: NodeConfig = toml::from_str(text).expect("parses");
+            c.validate().expect("valid");
+            crate::join::peer_config(&c).global_second_moment
+        };
+        assert!(!peer("[swarm]\nmode = \"gradient\"\n"));
+        assert!(peer(
+            "[swarm]\nmode = \"gradient\"\nglobal_second_moment = true\n"
         ));
     }
 }

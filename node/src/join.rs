@@ -61,6 +61,9 @@ pub fn peer_config(cfg: &NodeConfig) -> PeerConfig {
     if let Some(lookahead) = cfg.swarm.feedback_lookahead {
         p.feedback_lookahead = lookahead;
     }
+    if let Some(global) = cfg.swarm.global_second_moment {
+        p.global_second_moment = global;
+    }
     if let Some(lo) = cfg.swarm.min_wait {
         p.min_wait = Duration::from_secs_f64(lo);
     }

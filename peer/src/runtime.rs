@@ -696,6 +696,12 @@ impl Peer {
         let seed = self.trainer.config().seed;
         let corpus = self.corpus.clone();
         let sampler = corpus.sampler(me, &keys, 0, seed);
+        self.trainer
+            .set_replicas(if self.config.global_second_moment {
+                keys.len()
+            } else {
+                1
+            });
         let ahead = if self.config.feedback_lookahead {
             // This peer's share of the mean, as if every live peer's update came in.
             let c = self.config.outer.eventual_step() / keys.len() as f32;

@@ -148,6 +148,11 @@ fn lockstep_swarm(
     let mut workers: Vec<Trainer> = (0..n)
         .map(|_| Trainer::new(&scenario.model, &train, &Device::flex()))
         .collect::<Result<_, _>>()?;
+    if scenario.global_second_moment == Some(true) {
+        for worker in &mut workers {
+            worker.set_replicas(n);
+        }
+    }
     let (keys, sorted) = worker_keys(n);
     let val = validation_batches(
         corpus,

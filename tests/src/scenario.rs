@@ -93,6 +93,10 @@ pub struct Scenario {
     /// mode).
     #[serde(default)]
     pub feedback_lookahead: Option<bool>,
+    /// Local AdamW steps normalize for the global batch of all peers (default: the peer's, off);
+    /// the `dense_swarm` baseline follows it too.
+    #[serde(default)]
+    pub global_second_moment: Option<bool>,
     /// Staleness weight exponent α.
     #[serde(default = "default_alpha")]
     pub alpha: f32,
@@ -239,6 +243,9 @@ impl Scenario {
         }
         if let Some(lookahead) = self.feedback_lookahead {
             c.feedback_lookahead = lookahead;
+        }
+        if let Some(global) = self.global_second_moment {
+            c.global_second_moment = global;
         }
         if let Some(decay) = self.feedback_decay {
             c.feedback_decay = decay;
