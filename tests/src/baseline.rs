@@ -168,7 +168,8 @@ fn lockstep_swarm(
     });
     let len = workers[0].num_params();
     let mut codec = CpuCodec::new(peer.codec)?;
-    let mut feedback: Vec<ErrorFeedback> = (0..n)
+    // One residual per worker, only where there is a codec to keep it.
+    let mut feedback: Vec<ErrorFeedback> = (0..if compressed { n } else { 0 })
         .map(|_| ErrorFeedback::with_decay(len, peer.feedback_decay))
         .collect();
     let lookahead = compressed && peer.feedback_lookahead;

@@ -28,7 +28,7 @@ enum Command {
         no_baseline: bool,
     },
     /// Train only a scenario's baseline (its `baseline_method`, in-process, no network) and write
-    /// its curve as JSON: for comparing dense methods without running a swarm.
+    /// its curve as JSON: for comparing methods and codecs without running a swarm.
     Baseline {
         /// The scenario file (TOML).
         #[arg(long)]
