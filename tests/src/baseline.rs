@@ -8,8 +8,8 @@
 //!   swarm has to match per sample, whatever its mode.
 //! - `dense_swarm`: the swarm's own method without what gradswarm adds. N workers take H local
 //!   steps from the shared θ, their dense updates are averaged with nobody late or missing, and
-//!   the average moves θ through the outer optimizer (`baseline_outer`; DiLoCo's Nesterov 0.7/0.9
-//!   with local steps). It isolates the cost of the codec, gossip and asynchrony.
+//!   the average moves θ through the outer optimizer (`baseline_outer`; SGD lr 1, plain model
+//!   averaging with local steps). It isolates the cost of the codec, gossip and asynchrony.
 //! - `codec_swarm`: `dense_swarm` with the peers' codec, error feedback, look-ahead and outer
 //!   optimizer, in lockstep. Against `dense_swarm` it isolates the codec; against the swarm, the
 //!   network and asynchrony.
