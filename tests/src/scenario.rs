@@ -79,7 +79,7 @@ pub struct Scenario {
     /// The peers' outer optimizer (default: the peer's, SGD lr 2 in gradient mode, 3 with local steps).
     #[serde(default)]
     pub outer: Option<OuterConfig>,
-    /// What the baseline is: `data_parallel` (default) or `dense_swarm`.
+    /// What the baseline is: `data_parallel` (default), `dense_swarm` or `codec_swarm`.
     #[serde(default)]
     pub baseline_method: BaselineMethod,
     /// The `dense_swarm` baseline's outer optimizer (default: SGD lr 1, the best dense method
