@@ -211,6 +211,13 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
+    /// The peer settings a valid node config file `text` gives.
+    fn peer_of(text: &str) -> gradswarm_peer::PeerConfig {
+        let c: NodeConfig = toml::from_str(text).expect("parses");
+        c.validate().expect("valid");
+        crate::join::peer_config(&c)
+    }
+
     #[test]
     fn the_documented_default_file_is_the_default() {
         let text = include_str!("../../configs/default.toml");
@@ -257,11 +264,7 @@ mod tests {
 
     #[test]
     fn the_look_ahead_follows_the_mode_unless_set() {
-        let peer = |text: &str| {
-            let c: NodeConfig = toml::from_str(text).expect("parses");
-            c.validate().expect("valid");
-            crate::join::peer_config(&c).feedback_lookahead
-        };
+        let peer = |text: &str| peer_of(text).feedback_lookahead;
         assert!(peer("[swarm]\nmode = \"gradient\"\n"));
         assert!(!peer("[swarm]\nmode = \"local_steps\"\n"));
         assert!(!peer(
@@ -274,11 +277,7 @@ mod tests {
 
     #[test]
     fn the_global_second_moment_is_off_unless_set_and_reaches_the_peer() {
-        let peer = |text: &str| {
-            let c: NodeConfig = toml::from_str(text).expect("parses");
-            c.validate().expect("valid");
-            crate::join::peer_config(&c).global_second_moment
-        };
+        let peer = |text: &str| peer_of(text).global_second_moment;
         assert!(!peer("[swarm]\nmode = \"gradient\"\n"));
         assert!(peer(
             "[swarm]\nmode = \"gradient\"\nglobal_second_moment = true\n"
