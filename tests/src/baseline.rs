@@ -173,6 +173,12 @@ fn lockstep_swarm(
         .map(|_| ErrorFeedback::with_decay(len, peer.feedback_decay))
         .collect();
     let lookahead = compressed && peer.feedback_lookahead;
+    // With overlap: each worker's last update as it was sent, and θ and the outer optimizer as
+    // they were before the last round's mean moved them.
+    let overlap = scenario.lockstep_overlap;
+    let mut own: Vec<Option<Vec<f32>>> = vec![None; n];
+    let mut previous: Option<Vec<f32>> = None;
+    let mut before = outer.clone();
     let h = scenario.h();
     let mut samples = 0u64;
     let mut update_bytes = 0u64;
@@ -183,13 +189,21 @@ fn lockstep_swarm(
         let mut loss = 0.0f32;
         for (i, (worker, key)) in workers.iter_mut().zip(&keys).enumerate() {
             let sampler = corpus.sampler(*key, &sorted, 0, train.seed);
-            let start = if lookahead {
-                let ahead = feedback[i].ahead_of(&anchor, peer.outer.eventual_step() / n as f32)?;
-                worker.set_parameters(&ahead)?;
-                ahead
-            } else {
-                anchor.clone()
+            // θ before the last round's mean, moved by this worker's own update alone.
+            let base = match (own[i].take(), &previous) {
+                (Some(sent), Some(previous)) => {
+                    let mut eager = previous.clone();
+                    before.clone().apply(&mut eager, &sent);
+                    eager
+                }
+                _ => anchor.clone(),
             };
+            let start = if lookahead {
+                feedback[i].ahead_of(&base, peer.outer.eventual_step() / n as f32)?
+            } else {
+                base
+            };
+            worker.set_parameters(&start)?;
             let reports = worker.local_steps(&sampler, h)?;
             loss += reports.iter().map(|r| r.loss).sum::<f32>() / reports.len().max(1) as f32;
             samples += reports.len() as u64 * train.batch_size as u64;
@@ -208,9 +222,16 @@ fn lockstep_swarm(
             for (s, d) in sum.iter_mut().zip(&sent) {
                 *s += f64::from(*d);
             }
+            if overlap {
+                own[i] = Some(sent);
+            }
         }
         let mean: Vec<f32> = sum.iter().map(|s| (s / n as f64) as f32).collect();
-        let mut theta = anchor;
+        let mut theta = anchor.clone();
+        if overlap {
+            before = outer.clone();
+            previous = Some(anchor);
+        }
         outer.apply(&mut theta, &mean);
         for worker in &mut workers {
             worker.set_parameters(&theta)?;
@@ -287,6 +308,37 @@ mod tests {
         let three = run(&scenario, &corpus, |_| {}).unwrap();
         assert_eq!(three.rounds.last().map(|r| r.samples), Some(6 * 3 * 4));
         assert!(three.rounds.iter().all(|r| r.val_loss.is_finite()));
+    }
+
+    /// Overlapping rounds starts each worker from its own last update in place of the mean it
+    /// has not heard yet: with one worker that is the mean, so nothing may change; with two it is
+    /// not, and the curve must move.
+    #[test]
+    fn overlap_is_exact_for_one_worker_and_not_for_two() {
+        let mut scenario: Scenario = toml::from_str(ONE_PEER).unwrap();
+        scenario.mode = crate::scenario::ScenarioMode::LocalSteps;
+        scenario.local_steps = 2;
+        scenario.baseline_method = BaselineMethod::DenseSwarm;
+        let corpus = crate::load_corpus(scenario.model.context).unwrap();
+        let curve = |s: &Scenario| -> Vec<f64> {
+            let b = run(s, &corpus, |_| {}).unwrap();
+            b.rounds.iter().map(|r| r.val_loss).collect()
+        };
+        let plain = curve(&scenario);
+        scenario.lockstep_overlap = true;
+        assert_eq!(curve(&scenario), plain);
+        scenario.peers = 2;
+        let overlapped = curve(&scenario);
+        scenario.lockstep_overlap = false;
+        let two = curve(&scenario);
+        assert!(overlapped.iter().all(|l| l.is_finite()), "{overlapped:?}");
+        assert!(
+            overlapped
+                .iter()
+                .zip(&two)
+                .any(|(a, b)| (a - b).abs() > 1e-4),
+            "overlapped {overlapped:?} against lockstep {two:?}"
+        );
     }
 
     /// The lockstep codec swarm trains through its codec: with every coordinate sent (int8 only

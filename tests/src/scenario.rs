@@ -97,6 +97,12 @@ pub struct Scenario {
     /// the `dense_swarm` baseline follows it too.
     #[serde(default)]
     pub global_second_moment: Option<bool>,
+    /// Lockstep baselines only: rounds overlap as in eager/streaming DiLoCo, each worker starting
+    /// a round from θ before the last round's mean, moved by its own last update alone, as a peer
+    /// would that computed on while the others' updates were in flight (what hiding the network
+    /// behind compute would cost in samples; the swarm's peers do not overlap).
+    #[serde(default)]
+    pub lockstep_overlap: bool,
     /// Staleness weight exponent α.
     #[serde(default = "default_alpha")]
     pub alpha: f32,
