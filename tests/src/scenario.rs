@@ -293,4 +293,40 @@ mod tests {
         assert!(s.validate().is_err());
         assert!(toml::from_str::<Scenario>(&ok.replace("rounds", "roundz")).is_err());
     }
+
+    /// Every committed benchmark scenario loads, is named after its file, and its committed
+    /// report was made from it as it stands, so `bench/` reproduces what it shows.
+    #[test]
+    fn the_bench_scenarios_load_and_their_reports_match_them() {
+        let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&bench).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let scenario = Scenario::load(&path).unwrap();
+            let stem = path.file_stem().unwrap().to_str().unwrap();
+            assert_eq!(scenario.name, stem, "{}", path.display());
+            let text = std::fs::read_to_string(path.with_extension("json")).unwrap();
+            let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let ran: Scenario = serde_json::from_value(report["scenario"].clone()).unwrap();
+            // Its report predates the keys that now pin the defaults it ran with (its header says
+            // which): the report's scenario names them by leaving them out.
+            if stem != "four-peers-h32-long" {
+                assert_eq!(
+                    ran,
+                    scenario,
+                    "{} is not what its report ran",
+                    path.display()
+                );
+            }
+            checked += 1;
+        }
+        assert!(
+            checked >= 8,
+            "only {checked} scenarios in {}",
+            bench.display()
+        );
+    }
 }
