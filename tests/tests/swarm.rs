@@ -181,8 +181,10 @@ fn a_late_joiner_syncs_the_swarm_state() {
         "joined at round {}",
         late_summary.start_round
     );
-    // The swarm's loss around the round the joiner trained first, from the early peers.
-    let at = first_late.round.round;
+    // The swarm's loss around the round whose state the joiner fetched, from the early peers:
+    // its first local steps start from that state, and if the swarm moved on meanwhile, the
+    // rounds it missed are closed only after them (so its first report is of a later round).
+    let at = late_summary.start_round;
     let swarm_loss = mean(
         log.iter()
             .filter(|r: &&Report| {
