@@ -177,8 +177,7 @@ fn lockstep_swarm(
     // they were before the last round's mean moved them.
     let overlap = scenario.lockstep_overlap;
     let mut own: Vec<Option<Vec<f32>>> = vec![None; n];
-    let mut previous: Option<Vec<f32>> = None;
-    let mut before = outer.clone();
+    let mut previous: Option<(Vec<f32>, OuterOptimizer)> = None;
     let h = scenario.h();
     let mut samples = 0u64;
     let mut update_bytes = 0u64;
@@ -191,8 +190,8 @@ fn lockstep_swarm(
             let sampler = corpus.sampler(*key, &sorted, 0, train.seed);
             // θ before the last round's mean, moved by this worker's own update alone.
             let base = match (own[i].take(), &previous) {
-                (Some(sent), Some(previous)) => {
-                    let mut eager = previous.clone();
+                (Some(sent), Some((theta, before))) => {
+                    let mut eager = theta.clone();
                     before.clone().apply(&mut eager, &sent);
                     eager
                 }
@@ -227,11 +226,10 @@ fn lockstep_swarm(
             }
         }
         let mean: Vec<f32> = sum.iter().map(|s| (s / n as f64) as f32).collect();
-        let mut theta = anchor.clone();
         if overlap {
-            before = outer.clone();
-            previous = Some(anchor);
+            previous = Some((anchor.clone(), outer.clone()));
         }
+        let mut theta = anchor;
         outer.apply(&mut theta, &mean);
         for worker in &mut workers {
             worker.set_parameters(&theta)?;
