@@ -20,7 +20,7 @@ use anyhow::Result;
 use gradswarm_core::{Codec, CpuCodec, ErrorFeedback, OuterOptimizer, RngKey, ShardKey};
 use gradswarm_model::burn::prelude::Device;
 use gradswarm_model::data::{Batch, validation_batches};
-use gradswarm_model::{Corpus, Trainer};
+use gradswarm_model::{Corpus, NamedVectors, Trainer};
 use serde::Serialize;
 
 use crate::scenario::{BaselineMethod, Scenario};
@@ -229,6 +229,15 @@ fn lockstep_swarm(
         if overlap {
             previous = Some((anchor.clone(), outer.clone()));
         }
+        if scenario.lockstep_sync_moments {
+            average_moments(&mut workers)?;
+            // Restoring a state starts a fresh optimizer, which normalizes for its own batch.
+            if scenario.global_second_moment == Some(true) {
+                for worker in &mut workers {
+                    worker.set_replicas(n);
+                }
+            }
+        }
         let mut theta = anchor;
         outer.apply(&mut theta, &mean);
         for worker in &mut workers {
@@ -252,6 +261,33 @@ fn lockstep_swarm(
         update_bytes_per_worker_per_step: compressed
             .then(|| update_bytes as f64 / (n as u64 * scenario.rounds * h).max(1) as f64),
     })
+}
+
+/// Replaces every worker's AdamW moments (first and second) by their mean over the workers.
+fn average_moments(workers: &mut [Trainer]) -> Result<()> {
+    let states: Vec<(u64, NamedVectors)> = workers
+        .iter()
+        .map(Trainer::optimizer_state)
+        .collect::<Result<_, _>>()?;
+    let Some((_, first)) = states.first() else {
+        return Ok(());
+    };
+    let n = states.len() as f64;
+    let mean: NamedVectors = first
+        .iter()
+        .enumerate()
+        .map(|(j, (name, values))| {
+            let avg = (0..values.len())
+                .map(|k| (states.iter().map(|s| f64::from(s.1[j].1[k])).sum::<f64>() / n) as f32)
+                .collect();
+            (name.clone(), avg)
+        })
+        .collect();
+    for (worker, (optimizer_steps, _)) in workers.iter_mut().zip(&states) {
+        let step = worker.step();
+        worker.set_optimizer_state(step, *optimizer_steps, &mean)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -336,6 +372,32 @@ mod tests {
                 .zip(&two)
                 .any(|(a, b)| (a - b).abs() > 1e-4),
             "overlapped {overlapped:?} against lockstep {two:?}"
+        );
+    }
+
+    /// Averaging the moments of one worker changes nothing; of two workers, it moves the curve.
+    #[test]
+    fn moment_sync_is_exact_for_one_worker_and_not_for_two() {
+        let mut scenario: Scenario = toml::from_str(ONE_PEER).unwrap();
+        scenario.mode = crate::scenario::ScenarioMode::LocalSteps;
+        scenario.local_steps = 2;
+        scenario.baseline_method = BaselineMethod::DenseSwarm;
+        let corpus = crate::load_corpus(scenario.model.context).unwrap();
+        let curve = |s: &Scenario| -> Vec<f64> {
+            let b = run(s, &corpus, |_| {}).unwrap();
+            b.rounds.iter().map(|r| r.val_loss).collect()
+        };
+        let plain = curve(&scenario);
+        scenario.lockstep_sync_moments = true;
+        assert_eq!(curve(&scenario), plain);
+        scenario.peers = 2;
+        let synced = curve(&scenario);
+        scenario.lockstep_sync_moments = false;
+        let two = curve(&scenario);
+        assert!(synced.iter().all(|l| l.is_finite()), "{synced:?}");
+        assert!(
+            synced.iter().zip(&two).any(|(a, b)| (a - b).abs() > 1e-4),
+            "synced {synced:?} against lockstep {two:?}"
         );
     }
 

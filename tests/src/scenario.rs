@@ -103,6 +103,11 @@ pub struct Scenario {
     /// behind compute would cost in samples; the swarm's peers do not overlap).
     #[serde(default)]
     pub lockstep_overlap: bool,
+    /// Lockstep baselines only: after every round each worker's AdamW moments are replaced by the
+    /// workers' mean, as if peers shared their optimizer state (two dense vectors per round that
+    /// the swarm's peers never send): an upper bound on what syncing optimizer state could buy.
+    #[serde(default)]
+    pub lockstep_sync_moments: bool,
     /// Staleness weight exponent α.
     #[serde(default = "default_alpha")]
     pub alpha: f32,
