@@ -344,11 +344,9 @@ mod tests {
         assert!(three.rounds.iter().all(|r| r.val_loss.is_finite()));
     }
 
-    /// Overlapping rounds starts each worker from its own last update in place of the mean it
-    /// has not heard yet: with one worker that is the mean, so nothing may change; with two it is
-    /// not, and the curve must move.
-    #[test]
-    fn overlap_is_exact_for_one_worker_and_not_for_two() {
+    /// A lockstep variant that `set(scenario, on)` switches must leave one worker's curve exactly
+    /// as it was (with one worker it is the identity) and move two workers' curve.
+    fn exact_for_one_worker_and_not_for_two(set: impl Fn(&mut Scenario, bool)) {
         let mut scenario: Scenario = toml::from_str(ONE_PEER).unwrap();
         scenario.mode = crate::scenario::ScenarioMode::LocalSteps;
         scenario.local_steps = 2;
@@ -359,46 +357,30 @@ mod tests {
             b.rounds.iter().map(|r| r.val_loss).collect()
         };
         let plain = curve(&scenario);
-        scenario.lockstep_overlap = true;
+        set(&mut scenario, true);
         assert_eq!(curve(&scenario), plain);
         scenario.peers = 2;
-        let overlapped = curve(&scenario);
-        scenario.lockstep_overlap = false;
+        let varied = curve(&scenario);
+        set(&mut scenario, false);
         let two = curve(&scenario);
-        assert!(overlapped.iter().all(|l| l.is_finite()), "{overlapped:?}");
+        assert!(varied.iter().all(|l| l.is_finite()), "{varied:?}");
         assert!(
-            overlapped
-                .iter()
-                .zip(&two)
-                .any(|(a, b)| (a - b).abs() > 1e-4),
-            "overlapped {overlapped:?} against lockstep {two:?}"
+            varied.iter().zip(&two).any(|(a, b)| (a - b).abs() > 1e-4),
+            "varied {varied:?} against lockstep {two:?}"
         );
     }
 
-    /// Averaging the moments of one worker changes nothing; of two workers, it moves the curve.
+    /// Overlapping rounds starts each worker from its own last update in place of the mean it
+    /// has not heard yet: with one worker that is the mean; with two it is not.
+    #[test]
+    fn overlap_is_exact_for_one_worker_and_not_for_two() {
+        exact_for_one_worker_and_not_for_two(|s, on| s.lockstep_overlap = on);
+    }
+
+    /// Averaging one worker's moments is the identity; two workers' moments differ.
     #[test]
     fn moment_sync_is_exact_for_one_worker_and_not_for_two() {
-        let mut scenario: Scenario = toml::from_str(ONE_PEER).unwrap();
-        scenario.mode = crate::scenario::ScenarioMode::LocalSteps;
-        scenario.local_steps = 2;
-        scenario.baseline_method = BaselineMethod::DenseSwarm;
-        let corpus = crate::load_corpus(scenario.model.context).unwrap();
-        let curve = |s: &Scenario| -> Vec<f64> {
-            let b = run(s, &corpus, |_| {}).unwrap();
-            b.rounds.iter().map(|r| r.val_loss).collect()
-        };
-        let plain = curve(&scenario);
-        scenario.lockstep_sync_moments = true;
-        assert_eq!(curve(&scenario), plain);
-        scenario.peers = 2;
-        let synced = curve(&scenario);
-        scenario.lockstep_sync_moments = false;
-        let two = curve(&scenario);
-        assert!(synced.iter().all(|l| l.is_finite()), "{synced:?}");
-        assert!(
-            synced.iter().zip(&two).any(|(a, b)| (a - b).abs() > 1e-4),
-            "synced {synced:?} against lockstep {two:?}"
-        );
+        exact_for_one_worker_and_not_for_two(|s, on| s.lockstep_sync_moments = on);
     }
 
     /// The lockstep codec swarm trains through its codec: with every coordinate sent (int8 only
