@@ -9,8 +9,13 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gradswarm");
 
+/// The bundled corpus, found from the package directory cargo gives at run time: a test binary
+/// built in another checkout sharing the target directory would otherwise look there.
 fn corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/shakespeare.txt")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../data/shakespeare.txt")
 }
 
 /// A tiny model config in `dir`, checkpointing into `dir/out`.

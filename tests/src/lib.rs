@@ -25,7 +25,16 @@ pub mod scenario;
 
 /// The workspace's bundled corpus.
 pub fn corpus_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/shakespeare.txt")
+    manifest_dir().join("../data/shakespeare.txt")
+}
+
+/// This package's directory, read at run time where cargo sets it: a binary built from another
+/// checkout that shares the target directory (and that cargo then reuses) would otherwise look in
+/// that checkout.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// Loads the bundled corpus for a model of context `context`.

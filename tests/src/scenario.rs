@@ -303,7 +303,7 @@ mod tests {
     /// report was made from it as it stands, so `bench/` reproduces what it shows.
     #[test]
     fn the_bench_scenarios_load_and_their_reports_match_them() {
-        let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
+        let bench = crate::manifest_dir().join("../bench");
         let mut checked = 0;
         for entry in std::fs::read_dir(&bench).unwrap() {
             let path = entry.unwrap().path();

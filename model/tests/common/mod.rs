@@ -36,7 +36,11 @@ pub fn tiny_train() -> TrainConfig {
 /// The bundled corpus.
 pub fn corpus(context: usize) -> Corpus {
     let data = DataConfig {
-        path: concat!(env!("CARGO_MANIFEST_DIR"), "/../data/shakespeare.txt").into(),
+        // Where cargo says at run time: a binary built in another checkout may be reused.
+        path: std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+            .join("../data/shakespeare.txt"),
         ..DataConfig::default()
     };
     Corpus::load(&data, context).expect("bundled corpus loads")
