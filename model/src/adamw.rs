@@ -69,6 +69,11 @@ impl AdamW {
         self.replicas = n.max(1);
     }
 
+    /// The replica count set by [`AdamW::set_replicas`] (1: plain AdamW).
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
     /// Σ‖g‖² over every parameter of `model` that has a gradient, as a one-element device tensor
     /// (None when none has): the trainer reads it back together with the loss, in one transfer.
     pub fn squared_norm(model: &Gpt, grads: &GradientsParams) -> Option<Tensor<1>> {

@@ -482,7 +482,7 @@ impl Trainer {
     }
 
     /// Replaces the step counter and the optimizer's state with another replica's (a late joiner's
-    /// warm start). Tensors of unknown names or wrong lengths are errors; nothing changes then.
+    /// warm start), keeping this trainer's replica count. Tensors of unknown names or wrong lengths are errors; nothing changes then.
     pub fn set_optimizer_state(
         &mut self,
         step: u64,
@@ -499,6 +499,8 @@ impl Trainer {
             .collect();
         let dev = self.device.clone().without_autodiff();
         let mut optimizer = AdamW::new(&self.config);
+        // The replica count is a setting of this peer, not state to take from another.
+        optimizer.set_replicas(self.optimizer.replicas());
         optimizer.steps = optimizer_steps;
         let mut halves: std::collections::BTreeMap<String, (Option<Tensor<1>>, Option<Tensor<1>>)> =
             Default::default();

@@ -7,16 +7,11 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gradswarm");
+mod common;
 
-/// The bundled corpus, found from the package directory cargo gives at run time: a test binary
-/// built in another checkout sharing the target directory would otherwise look there.
-fn corpus() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-        .join("../data/shakespeare.txt")
-}
+use common::corpus;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gradswarm");
 
 /// A tiny model config in `dir`, checkpointing into `dir/out`.
 fn tiny_config(dir: &Path, extra_train: &str) -> PathBuf {

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_gradswarm");
 
 /// The bootstrap binary, built beside this package's by `cargo test --workspace`.
@@ -27,10 +29,7 @@ fn join_config(dir: &Path) -> PathBuf {
          [train]\nbatch_size = 8\nmicro_batch_size = 8\nlr = 0.01\nmin_lr = 0.001\nwarmup_steps = 3\n\
          [data]\npath = {data:?}\n\
          [swarm]\ntop_k_per_million = 100000\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\neval_every = 0\n",
-        data = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
-            .join("../data/shakespeare.txt"),
+        data = common::corpus(),
     );
     std::fs::write(&path, text).expect("write config");
     path

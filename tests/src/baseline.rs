@@ -231,12 +231,6 @@ fn lockstep_swarm(
         }
         if scenario.lockstep_sync_moments {
             average_moments(&mut workers)?;
-            // Restoring a state starts a fresh optimizer, which normalizes for its own batch.
-            if scenario.global_second_moment == Some(true) {
-                for worker in &mut workers {
-                    worker.set_replicas(n);
-                }
-            }
         }
         let mut theta = anchor;
         outer.apply(&mut theta, &mean);
