@@ -1,7 +1,7 @@
 //! gradswarm's algorithms and wire types, shared by the desktop node and the browser peer.
 //!
 //! Plain Rust with no I/O, no async runtime, no burn and no libp2p types, so that every rule of the
-//! training protocol (DESIGN.md §3–4) is unit-tested deterministically and compiles to
+//! training protocol (docs/architecture.md) is unit-tested deterministically and compiles to
 //! `wasm32-unknown-unknown` unchanged.
 //!
 //! - [`codec`]: top-k → int8 → zstd with error feedback, behind the [`Codec`] trait.

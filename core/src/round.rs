@@ -1,6 +1,6 @@
 //! Round bookkeeping: which updates count in which round, with what weight, and what is dropped.
 //!
-//! A peer on round `r` collects updates (DESIGN.md §3, step 4–5). Every update belongs to the round
+//! A peer on round `r` collects updates (docs/architecture.md). Every update belongs to the round
 //! it was published for, and counts there with weight `samples × s(τ)`, `τ = round − base_round`,
 //! or is dropped past `τ_max`: both fixed by the publisher, so every receiver weighs it the same.
 //! An update for a round this peer already closed is *late*: it is added to that round as a
@@ -127,7 +127,13 @@ impl<T: Clone> RoundBook<T> {
         if self.seen.contains(&(round, peer.to_vec())) {
             return Err(DropReason::Duplicate);
         }
-        self.policy.weight(round, base_round)?;
+        if let Err(reason) = self.policy.weight(round, base_round) {
+            // A verdict on the update alone, the same at every receiver: it is decided.
+            if round + self.horizon() >= self.current {
+                self.seen.insert((round, peer.to_vec()));
+            }
+            return Err(reason);
+        }
         let entry = Pending {
             base_round,
             samples,
@@ -198,20 +204,7 @@ impl<T: Clone> RoundBook<T> {
         let mut accepted = Vec::new();
         let open = self.pending.remove(&round).unwrap_or_default();
         self.accept(round, open, &mut accepted, &mut dropped);
-        let mut corrections = Vec::new();
-        for (earlier, entries) in std::mem::take(&mut self.late) {
-            let Some(before) = self.closed.get(&earlier).cloned() else {
-                continue;
-            };
-            let mut after = before.clone();
-            self.accept(earlier, entries, &mut after, &mut dropped);
-            self.closed.insert(earlier, after.clone());
-            corrections.push(Correction {
-                round: earlier,
-                before,
-                after,
-            });
-        }
+        let corrections = self.settle_into(&mut dropped);
         self.closed.insert(round, accepted.clone());
         self.current += 1;
         // Rounds past the horizon can no longer be corrected, nor their duplicates told apart.
@@ -224,6 +217,67 @@ impl<T: Clone> RoundBook<T> {
             corrections,
             dropped,
         }
+    }
+
+    /// Adds the late updates that arrived since the last close to their rounds, without closing
+    /// the open one: a peer past its last round still takes in what others published before
+    /// they closed theirs, so that its replica ends where theirs do.
+    pub fn settle(&mut self) -> (Vec<Correction<T>>, DropCounts) {
+        let mut dropped = DropCounts::default();
+        let corrections = self.settle_into(&mut dropped);
+        (corrections, dropped)
+    }
+
+    fn settle_into(&mut self, dropped: &mut DropCounts) -> Vec<Correction<T>> {
+        let mut corrections = Vec::new();
+        for (earlier, entries) in std::mem::take(&mut self.late) {
+            let Some(before) = self.closed.get(&earlier).cloned() else {
+                continue;
+            };
+            let mut after = before.clone();
+            self.accept(earlier, entries, &mut after, dropped);
+            self.closed.insert(earlier, after.clone());
+            corrections.push(Correction {
+                round: earlier,
+                before,
+                after,
+            });
+        }
+        corrections
+    }
+
+    /// Whether `peer`'s update for `round` is in (counted, waiting for its round, or late) or was
+    /// refused for what it is, so that no later arrival of it can change this replica.
+    pub fn decided(&self, peer: &[u8], round: u64) -> bool {
+        self.seen.contains(&(round, peer.to_vec()))
+    }
+
+    /// Marks `peer`'s update for `round` as refused by a check outside the book (an outlier
+    /// norm, say), so that [`RoundBook::decided`] holds for it.
+    pub fn refuse(&mut self, peer: &[u8], round: u64) {
+        if round + self.horizon() >= self.current && round <= self.current + self.horizon() {
+            self.seen.insert((round, peer.to_vec()));
+        }
+    }
+
+    /// An order-independent digest of the updates the closed rounds still held (the last
+    /// [`RoundBook::horizon`] rounds) count, corrections included: replicas at the same round with
+    /// the same digest applied the same updates recently, so a difference of their θ is drift,
+    /// not a late update still on its way to one of them.
+    pub fn applied_digest(&self) -> u64 {
+        self.closed
+            .values()
+            .flatten()
+            .map(|a| {
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                h.update(&(a.peer.len() as u64).to_le_bytes());
+                h.update(&a.peer);
+                h.update(&a.round.to_le_bytes());
+                h.update(&a.base_round.to_le_bytes());
+                h.update(&a.weight.to_bits().to_le_bytes());
+                h.digest()
+            })
+            .fold(0u64, u64::wrapping_add)
     }
 
     /// Moves the open round to `round` (after a state sync), forgetting what belongs before it.
@@ -305,6 +359,51 @@ mod tests {
             Err(DropReason::FromFuture)
         );
         assert_eq!(b.offer(b"liar", 8, 9, 1, 0), Err(DropReason::FromFuture));
+    }
+
+    #[test]
+    fn settling_applies_late_updates_without_closing_a_round() {
+        let mut b = book();
+        b.offer(b"a", 5, 5, 4, 1).unwrap();
+        b.close();
+        assert!(b.decided(b"a", 5));
+        assert!(!b.decided(b"slow", 5));
+        b.offer(b"slow", 5, 5, 4, 2).unwrap();
+        assert!(b.decided(b"slow", 5));
+        let (corrections, dropped) = b.settle();
+        assert_eq!(b.round(), 6, "settling closes nothing");
+        assert_eq!(dropped, DropCounts::default());
+        assert_eq!(corrections.len(), 1);
+        assert_eq!(corrections[0].added().count(), 1);
+        assert!(b.settle().0.is_empty(), "a late update is applied once");
+        // Refused for what it is (τ > τ_max): decided too, so nobody waits for it.
+        b.offer(b"old", 5, 1, 4, 3).unwrap_err();
+        assert!(b.decided(b"old", 5));
+    }
+
+    #[test]
+    fn the_applied_digest_names_the_set_not_the_order_it_came_in() {
+        let (mut x, mut y) = (book(), book());
+        x.offer(b"a", 5, 5, 4, 1).unwrap();
+        x.offer(b"b", 5, 5, 4, 2).unwrap();
+        x.close();
+        // y closes round 5 with only a's update; b's arrives late, as a correction.
+        y.offer(b"a", 5, 5, 4, 1).unwrap();
+        y.close();
+        assert_ne!(
+            x.applied_digest(),
+            y.applied_digest(),
+            "b's update is still on its way"
+        );
+        y.offer(b"b", 5, 5, 4, 2).unwrap();
+        y.settle();
+        assert_eq!(x.applied_digest(), y.applied_digest());
+        // Rounds past the horizon leave the digest: an old difference no longer shows.
+        for _ in 0..x.horizon() {
+            x.close();
+            y.close();
+        }
+        assert_eq!(x.applied_digest(), book().applied_digest());
     }
 
     #[test]

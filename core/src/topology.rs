@@ -1,4 +1,4 @@
-//! Averaging topologies: whose updates a peer's round waits for (DESIGN.md §3).
+//! Averaging topologies: whose updates a peer's round waits for (docs/architecture.md).
 //!
 //! The round loop asks an [`Averaging`] strategy which of the live peers are its partners in a
 //! round, and collects until all of theirs are in (or the deadline passes). Broadcast — every live

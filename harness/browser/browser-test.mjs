@@ -67,7 +67,7 @@ try {
   await boot.waitFor(/^listening on .*\/ws\/p2p\//);
 
   const native = start("native-peer", path.join(bin, "gradswarm"), [
-    "join", tcp, "--config", path.join(root, "tests/browser/peer.toml"),
+    "join", tcp, "--config", path.join(root, "harness/browser/peer.toml"),
     "--out", path.join(tmp, "native"), "--min-peers", "1", "--rounds", String(ROUNDS),
   ]);
 

@@ -1,7 +1,7 @@
 //! The baseline every report carries, trained in process on the same corpus shards and the same
 //! per-step batches as the swarm's peers.
 //!
-//! - `data_parallel` (the default, DESIGN.md §8): exact synchronous all-reduce of dense fp32
+//! - `data_parallel` (the default, bench/README.md): exact synchronous all-reduce of dense fp32
 //!   gradients. One AdamW step per local step on the global batch, which is the N workers' batches
 //!   of that step side by side: the mean gradient over the global batch is the all-reduced mean
 //!   of the workers' gradients, so one trainer computes it exactly. This is the training the
@@ -342,7 +342,7 @@ mod tests {
     /// as it was (with one worker it is the identity) and move two workers' curve.
     fn exact_for_one_worker_and_not_for_two(set: impl Fn(&mut Scenario, bool)) {
         let mut scenario: Scenario = toml::from_str(ONE_PEER).unwrap();
-        scenario.mode = crate::scenario::ScenarioMode::LocalSteps;
+        scenario.mode = gradswarm_peer::Mode::LocalSteps;
         scenario.local_steps = 2;
         scenario.baseline_method = BaselineMethod::DenseSwarm;
         let corpus = crate::load_corpus(scenario.model.context).unwrap();

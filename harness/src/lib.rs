@@ -1,7 +1,7 @@
 //! gradswarm's local multi-peer harness: a bootstrap node and N peers in one process, on real
 //! loopback sockets with real libp2p, each peer's round loop on a thread of its own.
 //!
-//! The end-to-end tests (`tests/swarm.rs`) drive it; every wait is on an event (a round report)
+//! The end-to-end tests (`harness/tests/swarm.rs`) drive it; every wait is on an event (a round report)
 //! with a deadline, never a sleep.
 
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use gradswarm_core::{CpuCodec, WireLimits};
+use gradswarm_core::CpuCodec;
 use gradswarm_model::burn::prelude::Device;
 use gradswarm_model::{Corpus, DataConfig, ModelConfig, TrainConfig, Trainer};
 use gradswarm_net::{Multiaddr, NetConfig, NetHandle, native};
@@ -200,8 +200,7 @@ impl LocalSwarm {
         let index = self.started;
         self.started += 1;
         let n = trainer.num_params();
-        let batch = trainer.config().batch_size as u64;
-        let limits = WireLimits::for_model(n, batch * 64 * config.mode.local_steps());
+        let limits = config.wire_limits(n, trainer.config().batch_size);
         let model_hash = trainer.model_config().hash();
         let mut net_config = NetConfig::peer(&config.run_id, model_hash, limits);
         net_config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];

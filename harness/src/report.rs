@@ -1,4 +1,4 @@
-//! The harness report (DESIGN.md §8): per peer and per round what happened, the baseline trained
+//! The harness report (bench/README.md): per peer and per round what happened, the baseline trained
 //! in the same run, and a `summary` of headline ratios that one line of jq can compare.
 
 use std::collections::BTreeMap;

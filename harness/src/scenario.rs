@@ -6,18 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use gradswarm_core::{CodecDescriptor, OuterConfig, StalenessPolicy};
 use gradswarm_model::{ModelConfig, TrainConfig};
-use gradswarm_peer::{Mode, PeerConfig};
+use gradswarm_peer::{DEFAULT_LOCAL_STEPS, Mode, PeerConfig};
 use serde::{Deserialize, Serialize};
-
-/// How peers train between exchanges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScenarioMode {
-    /// H = 1: peers average every step.
-    Gradient,
-    /// H = `local_steps`, DiLoCo-style: the peers average pseudo-gradients every round.
-    LocalSteps,
-}
 
 /// What the baseline trained in the same run is (see `crate::baseline`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -25,7 +15,7 @@ pub enum ScenarioMode {
 #[value(rename_all = "snake_case")]
 pub enum BaselineMethod {
     /// Synchronous all-reduce of dense fp32 gradients: one AdamW step on the global batch per
-    /// local step (DESIGN.md §8; what the summary's ratios are against).
+    /// local step (bench/README.md; what the summary's ratios are against).
     #[default]
     DataParallel,
     /// The swarm's own mode with dense updates, nobody late and `baseline_outer`: isolates the
@@ -69,7 +59,7 @@ pub struct Scenario {
     /// Rounds each peer runs.
     pub rounds: u64,
     /// Gradient or local-steps mode.
-    pub mode: ScenarioMode,
+    pub mode: Mode,
     /// H in local-steps mode.
     #[serde(default = "default_local_steps")]
     pub local_steps: u64,
@@ -137,7 +127,7 @@ pub struct Scenario {
 }
 
 fn default_local_steps() -> u64 {
-    8
+    DEFAULT_LOCAL_STEPS
 }
 fn default_top_k() -> u32 {
     10_000
@@ -200,10 +190,7 @@ impl Scenario {
 
     /// Local steps per round.
     pub fn h(&self) -> u64 {
-        match self.mode {
-            ScenarioMode::Gradient => 1,
-            ScenarioMode::LocalSteps => self.local_steps.max(1),
-        }
+        self.mode.steps_per_round(self.local_steps)
     }
 
     /// The special part of peer `index`, if any.
@@ -226,16 +213,9 @@ impl Scenario {
         }
     }
 
-    fn peer_mode(&self) -> Mode {
-        match self.mode {
-            ScenarioMode::Gradient => Mode::Gradient,
-            ScenarioMode::LocalSteps => Mode::LocalSteps { h: self.h() },
-        }
-    }
-
     /// The `dense_swarm` baseline's outer optimizer, unless the scenario says otherwise: SGD lr 1
     /// in both modes, i.e. the plain mean of the peers' AdamW steps, and with local steps plain
-    /// model averaging (local SGD). Measured in lockstep on 800 local steps per peer (README,
+    /// model averaging (local SGD). Measured in lockstep on 800 local steps per peer (bench/README.md,
     /// "Local steps: H = 4 against H = 8"): DiLoCo's Nesterov (0.7, 0.9) needed 16 384 samples to
     /// 2.2 with H = 8 where lr 1 needed 12 288, and lr 1.5 was worse than lr 1 with H = 4 and 8.
     pub fn baseline_outer(&self) -> OuterConfig {
@@ -244,7 +224,8 @@ impl Scenario {
 
     /// Peer `index`'s round-protocol settings.
     pub fn peer_config(&self, index: usize) -> PeerConfig {
-        let mut c = PeerConfig::new(&self.name, self.peer_mode());
+        let mut c = PeerConfig::new(&self.name, self.mode);
+        c.local_steps = self.local_steps;
         c.codec = CodecDescriptor::top_k_int8_zstd(self.top_k_per_million);
         if let Some(outer) = self.outer {
             c.outer = outer;

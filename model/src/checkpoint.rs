@@ -6,8 +6,8 @@
 //! `format` = `gradswarm-checkpoint/1`, `run_id`, `step`, `round`, `optimizer_steps`,
 //! `model_config` and `train_config` (JSON), `model_hash` (hex).
 //!
-//! A save writes `<file>.tmp` in the same folder, fsyncs it, renames it over `<file>` and fsyncs
-//! the folder: a process killed at any instant leaves either the old file or the new one, whole.
+//! A save writes a temp file `<file>.<random>.tmp` in the same folder, fsyncs it, renames it over
+//! `<file>` and fsyncs the folder: a process killed at any instant leaves either the old file or the new one, whole.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -149,30 +149,34 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let mut tmp_name = path
+    // Named after the checkpoint so that a leftover of a killed save is recognisable; tempfile
+    // removes it on every error (a full disk, say), so a failed save leaves nothing behind.
+    let mut prefix = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        let half = bytes.len() / 2;
-        f.write_all(&bytes[..half]).map_err(io(&tmp))?;
-        if std::env::var(FAULT_ENV).as_deref() == Ok("hang-mid-checkpoint") {
-            f.flush().map_err(io(&tmp))?;
-            eprintln!(
-                "fault injection: checkpoint write paused halfway through {}",
-                tmp.display()
-            );
-            loop {
-                std::thread::park();
-            }
+    prefix.push(".");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(io(&dir))?;
+    let tmp_path = tmp.path().to_path_buf();
+    let half = bytes.len() / 2;
+    tmp.write_all(&bytes[..half]).map_err(io(&tmp_path))?;
+    if std::env::var(FAULT_ENV).as_deref() == Ok("hang-mid-checkpoint") {
+        tmp.flush().map_err(io(&tmp_path))?;
+        eprintln!(
+            "fault injection: checkpoint write paused halfway through {}",
+            tmp_path.display()
+        );
+        loop {
+            std::thread::park();
         }
-        f.write_all(&bytes[half..]).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
     }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
+    tmp.write_all(&bytes[half..]).map_err(io(&tmp_path))?;
+    tmp.as_file().sync_all().map_err(io(&tmp_path))?;
+    tmp.persist(path).map_err(|e| io(path)(e.error))?;
     // Make the rename itself durable.
     if let Ok(d) = std::fs::File::open(&dir) {
         let _ = d.sync_all();
@@ -303,5 +307,34 @@ impl Checkpoint {
         trainer.set_parameters(&flat)?;
         trainer.restore(self.meta.step, optimizer);
         Ok(trainer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_save_replaces_the_file_whole_and_a_failed_one_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("checkpoint.safetensors");
+        write_atomically(&path, b"first").expect("first save");
+        write_atomically(&path, b"second").expect("second save");
+        assert_eq!(std::fs::read(&path).expect("read"), b"second");
+
+        // A rename onto a non-empty folder fails, as a full disk or a permission error would.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir_all(blocked.join("inside")).expect("folder");
+        let e = write_atomically(&blocked, b"lost").expect_err("cannot replace a folder");
+        assert!(matches!(e, ModelError::Io { .. }), "{e}");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.ends_with(".tmp")),
+            "no temp file is left: {names:?}"
+        );
     }
 }

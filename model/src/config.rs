@@ -56,6 +56,19 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
+    /// A one-layer model of about 20k parameters whose steps take milliseconds on a CPU: for
+    /// tests and examples, where what is shown is the protocol, not the model.
+    pub fn tiny() -> Self {
+        Self {
+            layers: 1,
+            d_model: 32,
+            heads: 2,
+            context: 32,
+            mlp_ratio: 2,
+            ..Self::default()
+        }
+    }
+
     /// Checks the shape is buildable.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));

@@ -1,5 +1,6 @@
 //! A GPT-style byte-level decoder: token and position embeddings, pre-norm blocks of causal
-//! multi-head attention and a GELU MLP, a final norm and an output head (own or tied).
+//! multi-head attention and an MLP (ReLU² by default, or GELU; see `Activation`), a final norm and
+//! an output head (own or tied).
 //!
 //! No backend type parameter: the tensors' `Device` picks wgpu or the CPU backend at run time.
 

@@ -1,4 +1,4 @@
-//! The composed behaviour: one struct, one field per protocol (DESIGN.md §5).
+//! The composed behaviour: one struct, one field per protocol (docs/architecture.md).
 
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ pub struct Behaviour {
     /// Updates and heartbeats.
     pub gossipsub: gossipsub::Behaviour,
     /// State transfer to late joiners.
-    pub rpc: request_response::Behaviour<RpcCodec>,
+    pub state: request_response::Behaviour<RpcCodec>,
     /// Pulls of announced updates.
     pub pull: request_response::Behaviour<RpcCodec>,
     /// Reservations on relays, for peers behind NAT.
@@ -96,7 +96,7 @@ impl Behaviour {
             .with_peer_score(params, thresholds)
             .map_err(|e| NetError::Gossip(e.to_string()))?;
 
-        let rpc = request_response::Behaviour::with_codec(
+        let state = request_response::Behaviour::with_codec(
             RpcCodec,
             [(
                 StreamProtocol::new(STATE_PROTOCOL),
@@ -127,7 +127,7 @@ impl Behaviour {
             ping: ping::Behaviour::new(ping::Config::new()),
             kad,
             gossipsub,
-            rpc,
+            state,
             pull,
             relay_client,
             relay_server: relay_server.into(),

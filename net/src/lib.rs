@@ -249,7 +249,7 @@ impl NetHandle {
     }
 
     /// Publishes this node's update on the updates topic: a small one whole, a larger one as an
-    /// announcement that peers pull from (DESIGN.md §4). Returns the update's encoded size.
+    /// announcement that peers pull from (docs/architecture.md). Returns the update's encoded size.
     /// Fire-and-forget, like [`Self::publish`].
     pub fn publish_update(&self, update: Update) -> Result<usize, NetError> {
         let bytes = update.to_bytes();

@@ -1,5 +1,9 @@
 //! The request-response codec: a u32 length prefix, then a versioned postcard frame, with the
 //! length checked before anything is allocated.
+//!
+//! Not libp2p's `cbor`/`json` codecs: they would put a second encoding on the wire beside the
+//! versioned postcard of every other message, and a serde format crate in the browser's build, for
+//! no stronger bound than the length check here (docs/architecture.md, "Framing").
 
 use std::io;
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use gradswarm_model::{DataConfig, DeviceChoice, ModelConfig, TrainConfig};
+use gradswarm_peer::{DEFAULT_LOCAL_STEPS, Mode};
 use serde::{Deserialize, Serialize};
 
 /// The run's identity and where its files go.
@@ -30,22 +31,12 @@ impl Default for RunConfig {
     }
 }
 
-/// What a peer sends each round (`[swarm] mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SwarmMode {
-    /// One local step per round, averaged every round.
-    Gradient,
-    /// `local_steps` local steps per round (DiLoCo-style), their pseudo-gradient averaged.
-    LocalSteps,
-}
-
 /// How this node joins a swarm (`gradswarm join`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SwarmConfig {
     /// `gradient` or `local_steps`.
-    pub mode: SwarmMode,
+    pub mode: Mode,
     /// H: local steps per round in `local_steps` mode.
     pub local_steps: u64,
     /// Top-k density in parts per million (10000 = top-1%).
@@ -94,8 +85,8 @@ pub struct SwarmConfig {
 impl Default for SwarmConfig {
     fn default() -> Self {
         Self {
-            mode: SwarmMode::Gradient,
-            local_steps: 8,
+            mode: Mode::Gradient,
+            local_steps: DEFAULT_LOCAL_STEPS,
             top_k_per_million: 10_000,
             alpha: 0.5,
             tau_max: 4,
@@ -163,7 +154,7 @@ impl NodeConfig {
         self.model.validate()?;
         self.train.validate()?;
         self.data.validate()?;
-        if self.swarm.mode == SwarmMode::LocalSteps && self.swarm.local_steps == 0 {
+        if self.swarm.mode == Mode::LocalSteps && self.swarm.local_steps == 0 {
             anyhow::bail!("swarm.local_steps must be at least 1");
         }
         if self.swarm.top_k_per_million == 0 || self.swarm.top_k_per_million > 1_000_000 {

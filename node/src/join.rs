@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use gradswarm_core::{CodecDescriptor, StalenessPolicy, WireLimits};
+use gradswarm_core::{CodecDescriptor, StalenessPolicy};
 use gradswarm_model::{BackendKind, Checkpoint, Corpus, Trainer, checkpoint};
 use gradswarm_net::{Multiaddr, NetConfig, native};
-use gradswarm_peer::{Mode, Peer, PeerConfig, PeerSummary, RoundReport, stop_pair};
+use gradswarm_peer::{Peer, PeerConfig, PeerSummary, RoundReport, stop_pair};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::{NodeConfig, SwarmMode};
+use crate::config::NodeConfig;
 
 /// What `gradswarm join` was asked on its command line (flags override the config file).
 pub struct JoinArgs {
@@ -36,13 +36,8 @@ pub struct JoinArgs {
 
 /// The peer configuration a node config asks for.
 pub fn peer_config(cfg: &NodeConfig) -> PeerConfig {
-    let mode = match cfg.swarm.mode {
-        SwarmMode::Gradient => Mode::Gradient,
-        SwarmMode::LocalSteps => Mode::LocalSteps {
-            h: cfg.swarm.local_steps,
-        },
-    };
-    let mut p = PeerConfig::new(&cfg.run.id, mode);
+    let mut p = PeerConfig::new(&cfg.run.id, cfg.swarm.mode);
+    p.local_steps = cfg.swarm.local_steps;
     p.codec = CodecDescriptor::top_k_int8_zstd(cfg.swarm.top_k_per_million);
     p.staleness = StalenessPolicy {
         alpha: cfg.swarm.alpha,
@@ -156,11 +151,10 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
     );
 
     let n = trainer.num_params();
-    let max_samples = cfg.train.batch_size as u64 * peer_cfg.mode.local_steps() * 64;
     let mut net_cfg = NetConfig::peer(
         &cfg.run.id,
         cfg.model.hash(),
-        WireLimits::for_model(n, max_samples),
+        peer_cfg.wire_limits(n, cfg.train.batch_size),
     );
     net_cfg.listen = parse_all(&cfg.swarm.listen)?;
     net_cfg.bootstrap = parse_all(&cfg.swarm.bootstrap)?;

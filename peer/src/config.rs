@@ -3,32 +3,41 @@
 use std::time::Duration;
 
 use gradswarm_core::{
-    AggregationRule, AveragingConfig, CodecDescriptor, OuterConfig, StalenessPolicy,
+    AggregationRule, AveragingConfig, CodecDescriptor, OuterConfig, StalenessPolicy, WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
-/// What a peer sends each round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a peer sends each round: `mode` in the node's `[swarm]` table, in harness scenarios and
+/// in the browser's options (one enum for all of them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// One local AdamW step per round (H = 1): peers average every step, as data-parallel training.
+    #[default]
     Gradient,
-    /// H local steps per round, DiLoCo-style: the update is the pseudo-gradient θ_anchor − θ_local.
-    LocalSteps {
-        /// Local steps per round.
-        h: u64,
-    },
+    /// H = `local_steps` local steps per round, DiLoCo-style: the update is the pseudo-gradient
+    /// θ_anchor − θ_local.
+    LocalSteps,
 }
 
 impl Mode {
-    /// Local optimizer steps per round.
-    pub fn local_steps(self) -> u64 {
+    /// Local optimizer steps per round, given H (the `local_steps` setting, used in local-steps
+    /// mode only).
+    pub fn steps_per_round(self, local_steps: u64) -> u64 {
         match self {
             Self::Gradient => 1,
-            Self::LocalSteps { h } => h.max(1),
+            Self::LocalSteps => local_steps.max(1),
         }
     }
 }
+
+/// H when a configuration does not say: local-steps mode's default steps per round.
+pub const DEFAULT_LOCAL_STEPS: u64 = 8;
+
+/// An update may claim at most this many times the samples of an honest one (a peer's batch size
+/// times its steps per round): the bound is loose, as batch sizes may differ between peers, but it
+/// caps a liar's aggregation weight.
+const MAX_SAMPLES_FACTOR: u64 = 64;
 
 /// The round protocol's settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +46,8 @@ pub struct PeerConfig {
     pub run_id: String,
     /// Gradient or local-steps mode.
     pub mode: Mode,
+    /// H: local steps per round in local-steps mode (ignored in gradient mode).
+    pub local_steps: u64,
     /// The codec chain updates are sent with.
     pub codec: CodecDescriptor,
     /// Staleness weights and τ_max.
@@ -90,6 +101,7 @@ impl PeerConfig {
         Self {
             run_id: run_id.to_string(),
             mode,
+            local_steps: DEFAULT_LOCAL_STEPS,
             codec: CodecDescriptor::top_k_int8_zstd(10_000),
             staleness: StalenessPolicy::default(),
             aggregation: AggregationRule::WeightedMean,
@@ -98,19 +110,19 @@ impl PeerConfig {
                 // The mean of the peers' optimizer steps. Each is AdamW's step on the peer's own
                 // batch, normalised by that batch's noisier second moment, and their noise cancels
                 // in the mean, so lr 1 steps shorter than data-parallel's AdamW on the whole batch.
-                // Measured (bench/four-peers; README, "The outer optimizer"): lr 2 ahead of lr 1
+                // Measured (bench/four-peers; bench/README.md, "The outer optimizer"): lr 2 ahead of lr 1
                 // at every evaluation to round 119 in two runs (2.78 vs 2.90 at round 29), lr 3
                 // no better.
                 Mode::Gradient => OuterConfig::Sgd { lr: 2.0 },
-                // Measured (bench/four-peers-h8-long; README, "The outer optimizer"): a top-1%
+                // Measured (bench/four-peers-h8-long; bench/README.md, "The outer optimizer"): a top-1%
                 // coordinate is sent about once in 25 rounds, so lr 1 moves θ by the plain mean of
                 // the pseudo-gradients while dense DiLoCo's Nesterov (0.7, 0.9) moves it ~7× that;
                 // Nesterov on the delayed sparse bursts diverged, SGD lr 3-4 trained best (lr 6
                 // was worse again), and the residual is best kept whole (decay 1).
-                Mode::LocalSteps { .. } => OuterConfig::Sgd { lr: 3.0 },
+                Mode::LocalSteps => OuterConfig::Sgd { lr: 3.0 },
             },
             feedback_decay: 1.0,
-            // Measured in gradient mode (README, "Error feedback looks ahead"; validation read
+            // Measured in gradient mode (bench/README.md, "Error feedback looks ahead"; validation read
             // every 10 rounds): four-peers reaches 2.6 with 1 920–2 240 samples instead of
             // 2 880–3 200, four-peers-top01 with 3 200–3 520 instead of 4 160–4 480. With local
             // steps it reached 2.2 later on four-peers-h8-long (16 384 samples against 12 800).
@@ -118,7 +130,7 @@ impl PeerConfig {
             // Off: in lockstep on four-peers-long it takes dense averaging's final loss from
             // 1.800 to 1.750 (data-parallel: 1.735), but the codecs' outer lr 2 already makes up
             // for the same shortfall: top-1% ends at 1.816 with it, 1.800 without, and top-0.1%
-            // gains 5% in samples (README, "The codec is not the gap at top-1%").
+            // gains 5% in samples (bench/README.md, "The codec is not the gap at top-1%").
             global_second_moment: false,
             rounds: None,
             deadline_factor: 2.0,
@@ -141,5 +153,16 @@ impl PeerConfig {
             // the peer timeout still tells drift within a few seconds.
             heartbeat_every: Duration::from_secs(3),
         }
+    }
+    /// Local optimizer steps per round.
+    pub fn steps_per_round(&self) -> u64 {
+        self.mode.steps_per_round(self.local_steps)
+    }
+
+    /// The limits this peer's updates, and the others', are held to for a model of `model_len`
+    /// parameters trained at `batch_size`: the one place the samples bound is computed.
+    pub fn wire_limits(&self, model_len: usize, batch_size: usize) -> WireLimits {
+        let honest = batch_size as u64 * self.steps_per_round();
+        WireLimits::for_model(model_len, honest.saturating_mul(MAX_SAMPLES_FACTOR))
     }
 }

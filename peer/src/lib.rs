@@ -1,4 +1,4 @@
-//! The runtime of one gradswarm peer: the round loop of DESIGN.md §3.
+//! The runtime of one gradswarm peer: the round loop of docs/architecture.md.
 //!
 //! A [`Peer`] owns a [`Trainer`](gradswarm_model::Trainer), a codec with error feedback and a
 //! [`RoundBook`](gradswarm_core::RoundBook), and talks to the network only through
@@ -7,10 +7,12 @@
 //! (training blocks), the browser on wasm-bindgen-futures.
 
 mod config;
+mod error;
 mod report;
 mod runtime;
 mod state;
 
-pub use config::{Mode, PeerConfig};
+pub use config::{DEFAULT_LOCAL_STEPS, Mode, PeerConfig};
+pub use error::PeerError;
 pub use report::{PeerSummary, RoundReport};
-pub use runtime::{Observer, Peer, PeerError, StopHandle, stop_pair};
+pub use runtime::{Observer, Peer, StopHandle, stop_pair};

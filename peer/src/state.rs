@@ -18,7 +18,7 @@ use gradswarm_net::{NetHandle, PeerId};
 use tracing::debug;
 use web_time::Instant;
 
-use crate::runtime::PeerError;
+use crate::error::PeerError;
 
 /// Rounds a served snapshot may lag the server's own round.
 const MAX_SNAPSHOT_AGE: u64 = 2;

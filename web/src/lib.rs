@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
-use gradswarm_core::{CpuCodec, WireLimits};
+use gradswarm_core::CpuCodec;
 use gradswarm_model::{
     BackendKind, Corpus, DataConfig, DeviceChoice, ModelConfig, TrainConfig, Trainer, device,
 };
@@ -185,7 +185,7 @@ pub async fn join(
     let mut config = PeerConfig::new(&options.run_id, Mode::Gradient);
     config.rounds = options.rounds;
     let n = trainer.num_params();
-    let limits = WireLimits::for_model(n, train.batch_size as u64 * 64 * config.mode.local_steps());
+    let limits = config.wire_limits(n, train.batch_size);
     let mut net_config = NetConfig::peer(&config.run_id, model.hash(), limits);
     net_config.bootstrap = bootstrap;
     let key = Keypair::generate_ed25519();

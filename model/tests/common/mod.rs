@@ -8,15 +8,7 @@ use gradswarm_model::{Corpus, DataConfig, ModelConfig, TrainConfig, Trainer};
 
 /// A model small enough for 30 steps in seconds on 2 cores.
 pub fn tiny_model() -> ModelConfig {
-    ModelConfig {
-        layers: 1,
-        d_model: 32,
-        heads: 2,
-        context: 32,
-        mlp_ratio: 2,
-        tied_head: false,
-        ..ModelConfig::default()
-    }
+    ModelConfig::tiny()
 }
 
 /// Training settings for the tiny model.

@@ -1,0 +1,189 @@
+//! The control messages: heartbeats, a replica's whole state (what a late joiner fetches), and
+//! the requests and responses of the state and pull protocols.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Digest, ModelHash, check_ids, decode_versioned, encode_versioned};
+use crate::drift::DriftSketch;
+use crate::error::DecodeError;
+
+/// Largest accepted heartbeat, in bytes.
+pub const MAX_HEARTBEAT_BYTES: usize = 512;
+
+/// A peer's periodic "I am here": its round, a checksum of its parameters and its latest loss.
+/// Peers count the live swarm from these and spot replicas that drifted apart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The run.
+    pub run_id: String,
+    /// Hash of the model configuration.
+    pub model_hash: ModelHash,
+    /// The sender's peer id bytes.
+    pub peer_id: Vec<u8>,
+    /// The round the sender is on (its parameters are θ_round).
+    pub round: u64,
+    /// [`params_checksum`] of θ_round.
+    pub checksum: u64,
+    /// The sender's latest training loss (nats per byte); NaN before its first step.
+    pub loss: f32,
+    /// A sketch of θ_round, to estimate how far replicas drifted apart (empty before round 0 closes).
+    pub sketch: DriftSketch,
+    /// [`crate::RoundBook::applied_digest`] at the start of `round`: which recent updates θ_round
+    /// holds, so that a partner tells drift from an update still on its way.
+    pub applied: u64,
+    /// The rounds the sender published an update for: bit `i` is round `round − 1 − i`. A peer
+    /// past its last round waits until it holds each of these (or refused it for what it is).
+    pub published: u64,
+    /// The sender has run its last round and holds every update it knows was published before
+    /// it (or refused it for what it is): peers that wait on it may leave.
+    pub settled: bool,
+}
+
+impl Heartbeat {
+    /// Serializes the heartbeat, version byte first.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+
+    /// Parses and checks a heartbeat from untrusted bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let hb: Heartbeat = decode_versioned(bytes, MAX_HEARTBEAT_BYTES)?;
+        check_ids(&hb.run_id, &hb.peer_id)?;
+        hb.sketch.check()?;
+        Ok(hb)
+    }
+}
+
+/// A checksum of a parameter vector's exact bits: equal replicas give equal checksums.
+pub fn params_checksum(params: &[f32]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for chunk in params.chunks(4096) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        h.update(&bytes);
+    }
+    h.digest()
+}
+
+/// A replica's whole training state, what a late joiner fetches: the round, θ and the optimizer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerState {
+    /// The round θ belongs to.
+    pub round: u64,
+    /// Optimizer steps taken (the learning-rate schedule's position).
+    pub step: u64,
+    /// θ, flat (the model's documented order).
+    pub params: Vec<f32>,
+    /// Named optimizer tensors (AdamW moments, outer momentum), each flat.
+    pub optimizer: Vec<(String, Vec<f32>)>,
+    /// Updates the optimizer has applied (AdamW's bias correction).
+    pub optimizer_steps: u64,
+}
+
+impl PeerState {
+    /// Serializes the state, version byte first.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_versioned(self)
+    }
+
+    /// Parses a state of a model with `model_len` parameters from untrusted bytes, checking every
+    /// vector's length.
+    pub fn from_bytes(bytes: &[u8], model_len: usize) -> Result<Self, DecodeError> {
+        let state: PeerState = decode_versioned(bytes, Self::max_bytes(model_len))?;
+        if state.params.len() != model_len {
+            return Err(DecodeError::BadHeader(
+                "state parameter count differs from the model",
+            ));
+        }
+        if state.optimizer.len() > MAX_STATE_TENSORS
+            || state
+                .optimizer
+                .iter()
+                .any(|(n, v)| n.len() > 256 || v.len() > model_len)
+        {
+            return Err(DecodeError::BadHeader(
+                "state optimizer tensors out of range",
+            ));
+        }
+        if !state.params.iter().all(|v| v.is_finite()) {
+            return Err(DecodeError::BadHeader("state parameters are not finite"));
+        }
+        Ok(state)
+    }
+
+    /// Largest encoding of a state of a model with `model_len` parameters (θ and two moments,
+    /// plus an outer momentum and names).
+    pub fn max_bytes(model_len: usize) -> usize {
+        4 * (4 * model_len + 64) + 64 * 1024
+    }
+}
+
+/// Most named optimizer tensors a state may carry.
+pub const MAX_STATE_TENSORS: usize = 1024;
+
+/// Bytes of state per chunk of a state transfer.
+pub const STATE_CHUNK_BYTES: usize = 1 << 20;
+
+/// A request to a peer: state chunks over `/gradswarm/state/1`, announced updates over
+/// `/gradswarm/update/1`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// The encoded update with this digest (announced on the updates topic).
+    Update {
+        /// The run.
+        run_id: String,
+        /// The announced digest.
+        digest: Digest,
+    },
+    /// Chunk `chunk` of the peer's state snapshot `snapshot` (0: its latest; the answer names it).
+    State {
+        /// The run, so a peer of another run answers with an error rather than its state.
+        run_id: String,
+        /// Hash of the model configuration.
+        model_hash: ModelHash,
+        /// Snapshot id (0 for the latest).
+        snapshot: u64,
+        /// Chunk index.
+        chunk: u32,
+    },
+    /// Chunk `chunk` of the peer's θ at the start of round `round` (f32 little-endian, the
+    /// model's flat order), for pairwise averaging: both peers of a pair read each other's
+    /// replica of the same round, so that their two halves of the averaging meet exactly.
+    Params {
+        /// The run.
+        run_id: String,
+        /// Hash of the model configuration.
+        model_hash: ModelHash,
+        /// The round whose starting θ is asked for.
+        round: u64,
+        /// Chunk index.
+        chunk: u32,
+    },
+}
+
+/// A peer's answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// One chunk of a serialized [`PeerState`].
+    StateChunk {
+        /// The snapshot these bytes belong to; later chunks must ask for it.
+        snapshot: u64,
+        /// The snapshot's round.
+        round: u64,
+        /// This chunk's index.
+        chunk: u32,
+        /// Total chunks.
+        chunks: u32,
+        /// Total bytes of the serialized state.
+        total_bytes: u64,
+        /// The chunk's bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// An encoded update, as pulled with [`Request::Update`].
+    Update(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The request could not be served (another run, no snapshot yet, a snapshot since replaced).
+    Error(String),
+}
+
+/// Largest request or response frame on the wire.
+pub const MAX_RPC_BYTES: usize = STATE_CHUNK_BYTES + 4096;

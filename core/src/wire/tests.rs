@@ -1,0 +1,185 @@
+//! Round trips and hostile inputs of every wire message.
+
+use super::*;
+use crate::codec::CodecDescriptor;
+use crate::drift::DriftSketch;
+
+fn sample() -> Update {
+    Update {
+        run_id: "shakespeare-1".into(),
+        model_hash: [7; 32],
+        peer_id: vec![1, 2, 3],
+        round: 12,
+        base_round: 11,
+        samples: 4096,
+        codec: CodecDescriptor::top_k_int8_zstd(10_000),
+        payload: vec![9, 8, 7],
+    }
+}
+
+#[test]
+fn round_trips_with_version_first() {
+    let limits = WireLimits::for_model(1000, 1 << 20);
+    let bytes = sample().to_bytes();
+    assert_eq!(bytes[0], FORMAT_VERSION);
+    assert_eq!(Update::from_bytes(&bytes, &limits), Ok(sample()));
+}
+
+#[test]
+fn rejects_bad_headers() {
+    let limits = WireLimits::for_model(1000, 1 << 20);
+    let mut bytes = sample().to_bytes();
+    bytes[0] = 2;
+    assert_eq!(
+        Update::from_bytes(&bytes, &limits),
+        Err(DecodeError::UnsupportedVersion(2))
+    );
+    assert_eq!(Update::from_bytes(&[], &limits), Err(DecodeError::Empty));
+    let mut u = sample();
+    u.base_round = 13;
+    assert!(matches!(
+        Update::from_bytes(&u.to_bytes(), &limits),
+        Err(DecodeError::BadHeader(_))
+    ));
+    let mut u = sample();
+    u.samples = (1 << 20) + 1;
+    assert!(matches!(
+        Update::from_bytes(&u.to_bytes(), &limits),
+        Err(DecodeError::BadHeader(_))
+    ));
+    let mut u = sample();
+    u.run_id = "x".repeat(65);
+    assert!(matches!(
+        Update::from_bytes(&u.to_bytes(), &limits),
+        Err(DecodeError::FieldTooLong { .. })
+    ));
+    let mut big = sample().to_bytes();
+    big.resize(limits.max_message_bytes + 1, 0);
+    assert!(matches!(
+        Update::from_bytes(&big, &limits),
+        Err(DecodeError::TooLarge { .. })
+    ));
+    let mut trailing = sample().to_bytes();
+    trailing.push(0);
+    assert_eq!(
+        Update::from_bytes(&trailing, &limits),
+        Err(DecodeError::TrailingBytes(1))
+    );
+}
+
+#[test]
+fn announcements_round_trip_match_only_their_update_and_stay_small() {
+    let limits = WireLimits::for_model(1000, 1 << 20);
+    let update = sample();
+    let bytes = update.to_bytes();
+    let announce = Announce::of(&update, &bytes);
+    assert!(announce.matches(&update, &bytes));
+    let message = UpdateGossip::Announce(announce.clone());
+    let wire = message.to_bytes();
+    assert!(wire.len() < MAX_ANNOUNCE_BYTES, "{} bytes", wire.len());
+    assert_eq!(UpdateGossip::from_bytes(&wire, &limits), Ok(message));
+    let inline = UpdateGossip::Inline(update.clone());
+    assert_eq!(
+        UpdateGossip::from_bytes(&inline.to_bytes(), &limits),
+        Ok(inline)
+    );
+
+    // Another payload, another header, or a cut-off copy is not what was announced.
+    let mut other = update.clone();
+    other.payload[0] ^= 1;
+    assert!(!announce.matches(&other, &other.to_bytes()));
+    let mut later = update.clone();
+    later.round += 1;
+    assert!(!announce.matches(&later, &bytes));
+    assert!(!announce.matches(&update, &bytes[..bytes.len() - 1]));
+
+    // Lying headers are refused before anything is pulled.
+    for bad in [
+        Announce {
+            bytes: limits.max_message_bytes as u64 + 1,
+            ..announce.clone()
+        },
+        Announce {
+            bytes: 0,
+            ..announce.clone()
+        },
+        Announce {
+            base_round: announce.round + 1,
+            ..announce.clone()
+        },
+        Announce {
+            samples: 0,
+            ..announce.clone()
+        },
+    ] {
+        let wire = UpdateGossip::Announce(bad).to_bytes();
+        assert!(UpdateGossip::from_bytes(&wire, &limits).is_err());
+    }
+    // An "announcement" padded past the announcement limit is refused whole.
+    let padded = UpdateGossip::Announce(Announce {
+        run_id: "r".repeat(64),
+        peer_id: vec![1; 64],
+        ..announce
+    });
+    let mut wire = padded.to_bytes();
+    assert!(UpdateGossip::from_bytes(&wire, &limits).is_ok());
+    wire.resize(MAX_ANNOUNCE_BYTES + 1, 0);
+    assert!(UpdateGossip::from_bytes(&wire, &limits).is_err());
+}
+
+#[test]
+fn heartbeats_and_states_round_trip_and_reject_lies() {
+    let hb = Heartbeat {
+        run_id: "r".into(),
+        model_hash: [1; 32],
+        peer_id: vec![4; 38],
+        round: 7,
+        checksum: params_checksum(&[1.0, 2.0]),
+        loss: 2.5,
+        sketch: DriftSketch::of(&[1.0, 2.0]),
+        applied: 3,
+        published: 0b101,
+        settled: false,
+    };
+    assert_eq!(Heartbeat::from_bytes(&hb.to_bytes()), Ok(hb.clone()));
+    assert!(Heartbeat::from_bytes(&[FORMAT_VERSION; 600]).is_err());
+    // The largest honest heartbeat fits its limit; a sketch with a NaN is refused.
+    let largest = Heartbeat {
+        run_id: "r".repeat(MAX_RUN_ID_LEN),
+        peer_id: vec![0xff; MAX_PEER_ID_LEN],
+        round: u64::MAX,
+        checksum: u64::MAX,
+        sketch: DriftSketch::of(&vec![1e30; 10_000]),
+        applied: u64::MAX,
+        published: u64::MAX,
+        settled: true,
+        ..hb.clone()
+    };
+    assert!(largest.to_bytes().len() <= MAX_HEARTBEAT_BYTES);
+    assert!(Heartbeat::from_bytes(&largest.to_bytes()).is_ok());
+    let mut nan = hb;
+    nan.sketch.buckets[0] = f32::NAN;
+    assert!(Heartbeat::from_bytes(&nan.to_bytes()).is_err());
+    assert_ne!(params_checksum(&[1.0, 2.0]), params_checksum(&[1.0, 2.5]));
+
+    let state = PeerState {
+        round: 3,
+        step: 9,
+        params: vec![0.5; 10],
+        optimizer: vec![("m".into(), vec![0.1; 10])],
+        optimizer_steps: 9,
+    };
+    assert_eq!(
+        PeerState::from_bytes(&state.to_bytes(), 10),
+        Ok(state.clone())
+    );
+    assert!(PeerState::from_bytes(&state.to_bytes(), 11).is_err());
+    let mut nan = state.clone();
+    nan.params[3] = f32::NAN;
+    assert!(PeerState::from_bytes(&nan.to_bytes(), 10).is_err());
+    let mut long = state;
+    long.optimizer[0].1 = vec![0.0; 11];
+    assert!(PeerState::from_bytes(&long.to_bytes(), 10).is_err());
+    let bytes = PeerState::default().to_bytes();
+    assert!(PeerState::from_bytes(&bytes[..bytes.len() - 1], 0).is_err());
+}

@@ -1,0 +1,89 @@
+//! Finding peers: the DHT, identify's listen addresses, mDNS, and dialling the peers of the run.
+
+use std::time::Duration;
+
+use libp2p::{PeerId, identify, kad};
+use tracing::debug;
+
+use super::Driver;
+use crate::behaviour::BehaviourEvent;
+use crate::{PROTOCOL_VERSION, Role};
+
+/// How long before a peer that could not be reached directly is looked for again.
+const FIND_BACKOFF: Duration = Duration::from_secs(10);
+
+impl Driver {
+    /// Learns addresses from identify, the DHT and mDNS, and connects to the peers found.
+    pub(super) fn on_discovery(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != PROTOCOL_VERSION {
+                    return;
+                }
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                for addr in info.listen_addrs {
+                    kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => self.connect(peer),
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(Ok(found)),
+                ..
+            }) => {
+                // The answer to `find`: dial the peer looked for if the DHT knows where it is.
+                for info in found.peers {
+                    if self.finding.contains_key(&info.peer_id) && !info.addrs.is_empty() {
+                        let kad = &mut self.swarm.behaviour_mut().kad;
+                        for addr in info.addrs {
+                            kad.add_address(&info.peer_id, addr);
+                        }
+                        self.connect(info.peer_id);
+                    }
+                }
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    self.connect(peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Peers keep a direct connection to every peer they learn of, so gossip meshes form; bootstrap
+    /// nodes only answer.
+    pub(super) fn connect(&mut self, peer: PeerId) {
+        if self.config.role == Role::Peer
+            && peer != *self.swarm.local_peer_id()
+            && !self.swarm.is_connected(&peer)
+            && let Err(e) = self.swarm.dial(peer)
+        {
+            debug!("dial {peer}: {e}");
+        }
+    }
+
+    /// Dials `peer` if not connected; without an address for it, asks the DHT where it is (the
+    /// answer's routing update dials it). At most once per [`FIND_BACKOFF`] per peer.
+    pub(super) fn find(&mut self, peer: PeerId) {
+        if self.config.role != Role::Peer
+            || peer == *self.swarm.local_peer_id()
+            || self.swarm.is_connected(&peer)
+            || self
+                .finding
+                .get(&peer)
+                .is_some_and(|t| t.elapsed() < FIND_BACKOFF)
+        {
+            return;
+        }
+        if self.finding.len() >= 1024 {
+            // Sources are cheap to mint: forget the lookups whose backoff has passed.
+            self.finding.retain(|_, t| t.elapsed() < FIND_BACKOFF);
+        }
+        self.finding.insert(peer, web_time::Instant::now());
+        if self.swarm.dial(peer).is_err() {
+            self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        }
+    }
+}

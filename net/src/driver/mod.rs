@@ -1,0 +1,251 @@
+//! The network task: polls the swarm, validates what arrives, executes the runtime's commands.
+//! Its jobs live in modules of their own: [`discovery`] (finding and dialling peers),
+//! [`validate`] (checking gossip before it is forwarded), [`pull`] (announce-and-pull of
+//! updates) and [`state`] (the state protocol).
+
+mod discovery;
+mod pull;
+mod state;
+mod validate;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, StreamExt};
+use gradswarm_core::wire::{heartbeat_topic, updates_topic};
+use gradswarm_core::{Announce, Response, UpdateGossip};
+use libp2p::gossipsub::IdentTopic;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::OutboundRequestId;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use tracing::{debug, info, warn};
+
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::store::UpdateStore;
+use crate::{Command, NetConfig, NetError, NetEvent, NetHandle, Role, StateServer, Topic};
+use pull::Pull;
+
+/// Events waiting for the runtime beyond this are dropped (and logged): the network task must
+/// never block on a busy runtime, and a flood must not grow memory without bound.
+const EVENT_QUEUE: usize = 4096;
+
+/// Updates kept to serve pulls: enough for a few rounds of a large swarm.
+const STORE_ENTRIES: usize = 1024;
+
+/// Runs one node's swarm until [`NetHandle::shutdown`] or until every handle is dropped.
+pub struct Driver {
+    swarm: Swarm<Behaviour>,
+    config: NetConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    updates: IdentTopic,
+    heartbeats: IdentTopic,
+    state_server: Option<StateServer>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
+    joined: HashSet<PeerId>,
+    lost_events: u64,
+    store: UpdateStore,
+    pulls: HashMap<OutboundRequestId, Pull>,
+    finding: HashMap<PeerId, web_time::Instant>,
+}
+
+impl Driver {
+    /// Subscribes to the run's topics, listens and dials the bootstrap nodes; returns the handle,
+    /// the event stream and the driver to poll.
+    pub fn new(
+        mut swarm: Swarm<Behaviour>,
+        config: NetConfig,
+        wire: std::sync::Arc<crate::WireCounters>,
+    ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Self), NetError> {
+        let updates = IdentTopic::new(updates_topic(&config.run_id));
+        let heartbeats = IdentTopic::new(heartbeat_topic(&config.run_id));
+        for topic in [&updates, &heartbeats] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(topic)
+                .map_err(|e| NetError::Gossip(e.to_string()))?;
+        }
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Transport(format!("listen on {addr}: {e}")))?;
+        }
+        for addr in &config.bootstrap {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                let mut plain = addr.clone();
+                plain.pop();
+                swarm.behaviour_mut().kad.add_address(&peer, plain);
+            }
+            swarm
+                .dial(addr.clone())
+                .map_err(|e| NetError::Transport(format!("dial {addr}: {e}")))?;
+        }
+        let (command_tx, commands) = mpsc::unbounded();
+        let (events, event_rx) = mpsc::channel(EVENT_QUEUE);
+        let handle = NetHandle {
+            commands: command_tx,
+            local_peer_id: *swarm.local_peer_id(),
+            wire,
+        };
+        // Own and pulled updates, up to a few dense copies of θ.
+        let store_bytes = config.max_message_bytes.saturating_mul(8).max(64 << 20);
+        let driver = Self {
+            swarm,
+            store: UpdateStore::new(store_bytes, STORE_ENTRIES),
+            pulls: HashMap::new(),
+            finding: HashMap::new(),
+            config,
+            commands,
+            events,
+            updates,
+            heartbeats,
+            state_server: None,
+            pending: HashMap::new(),
+            joined: HashSet::new(),
+            lost_events: 0,
+        };
+        Ok((handle, event_rx, driver))
+    }
+
+    /// Polls the swarm and the command queue until shut down.
+    pub async fn run(mut self) {
+        let mut discovery_every = Duration::from_secs(1);
+        let mut discovery = futures_timer::Delay::new(discovery_every).fuse();
+        loop {
+            futures::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.next() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.on_command(command),
+                },
+                _ = discovery => {
+                    // Walk the DHT for peers of the run: often at first, then every half minute.
+                    if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+                        debug!("no known peers to walk the DHT from yet");
+                    }
+                    discovery_every = (discovery_every * 2).min(Duration::from_secs(30));
+                    discovery = futures_timer::Delay::new(discovery_every).fuse();
+                }
+            }
+        }
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(NetError::Stopped));
+        }
+        info!("network task stopped");
+    }
+
+    /// Hands an event to the runtime without ever waiting on it (a full queue drops it).
+    fn emit(&mut self, event: NetEvent) {
+        // Bootstrap nodes have no runtime to feed, only a console to print addresses on.
+        if self.config.role == Role::Bootstrap && !matches!(event, NetEvent::Listening(_)) {
+            return;
+        }
+        if let Err(e) = self.events.try_send(event)
+            && e.is_full()
+        {
+            self.lost_events += 1;
+            warn!(
+                lost = self.lost_events,
+                "peer runtime is not keeping up; event dropped"
+            );
+        }
+    }
+
+    /// Carries out one of the runtime's commands.
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::PublishUpdate { update, bytes } => {
+                let message = if bytes.len() <= self.config.inline_update_bytes {
+                    UpdateGossip::Inline(update)
+                } else {
+                    let announce = Announce::of(&update, &bytes);
+                    self.store.insert(announce.digest, Arc::new(bytes));
+                    UpdateGossip::Announce(announce)
+                };
+                let topic = self.updates.clone();
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(topic, message.to_bytes())
+                {
+                    debug!("publish update: {e}");
+                }
+            }
+            Command::Publish { topic, bytes } => {
+                let topic = match topic {
+                    Topic::Updates => self.updates.clone(),
+                    Topic::Heartbeat => self.heartbeats.clone(),
+                };
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    // No peers yet, or a duplicate: the round loop carries on either way.
+                    debug!("publish: {e}");
+                }
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .state
+                    .send_request(&peer, request);
+                self.pending.insert(id, reply);
+            }
+            Command::ServeState(server) => self.state_server = Some(server),
+            Command::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    warn!("dial {addr}: {e}");
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Reacts to the swarm: listen addresses, closed connections, behaviour events.
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address
+                    .with_p2p(*self.swarm.local_peer_id())
+                    .unwrap_or_else(|a| a);
+                info!("listening on {full}");
+                self.emit(NetEvent::Listening(full));
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                debug!("connected to {peer_id}");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if self.joined.remove(&peer_id) => self.emit(NetEvent::PeerLeft(peer_id)),
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    /// Routes a behaviour's event to the module that handles it.
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(event) => self.on_gossip(event),
+            BehaviourEvent::State(event) => self.on_state(event),
+            BehaviourEvent::Pull(event) => self.on_pull(event),
+            event => self.on_discovery(event),
+        }
+    }
+}
+
+/// A multiaddr's peer id, when it ends in `/p2p/<id>`.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}

@@ -1,0 +1,167 @@
+//! Announce-and-pull: an announced update's payload is fetched over `/gradswarm/update/1` from its
+//! announcer (or the peer that forwarded the announcement), checked against the announcement,
+//! stored to serve others, and only then accepted for gossipsub to forward.
+
+use std::sync::Arc;
+
+use gradswarm_core::{Announce, DropReason, Request, Response, Update};
+use libp2p::PeerId;
+use libp2p::gossipsub::{self, MessageAcceptance};
+use libp2p::request_response;
+use tracing::{debug, warn};
+
+use super::Driver;
+use crate::NetEvent;
+
+/// Announced updates being pulled at once, at most; announcements beyond are ignored (not
+/// forwarded, not held against anyone), so a flood of announcements cannot queue unbounded work.
+const MAX_PULLS: usize = 256;
+
+/// An announcement whose payload is being pulled; its gossipsub verdict waits for the payload.
+pub(super) struct Pull {
+    message_id: gossipsub::MessageId,
+    propagation_source: PeerId,
+    announce: Announce,
+    /// Peers asked so far (the announcer first, then the peer that forwarded the announcement).
+    asked: Vec<PeerId>,
+}
+
+impl Driver {
+    /// Asks the announcer for the announced update.
+    pub(super) fn start_pull(
+        &mut self,
+        message_id: gossipsub::MessageId,
+        propagation_source: PeerId,
+        from: PeerId,
+        announce: Announce,
+    ) {
+        if self.pulls.len() >= MAX_PULLS {
+            warn!(
+                "{} pulls in flight; ignoring an announcement from {from}",
+                self.pulls.len()
+            );
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    MessageAcceptance::Ignore,
+                );
+            return;
+        }
+        let pull = Pull {
+            message_id,
+            propagation_source,
+            announce,
+            asked: Vec::new(),
+        };
+        self.ask(pull, from);
+    }
+
+    /// Asks `peer` for the payload of `pull`'s announcement.
+    pub(super) fn ask(&mut self, mut pull: Pull, peer: PeerId) {
+        let request = Request::Update {
+            run_id: self.config.run_id.clone(),
+            digest: pull.announce.digest,
+        };
+        pull.asked.push(peer);
+        let id = self.swarm.behaviour_mut().pull.send_request(&peer, request);
+        self.pulls.insert(id, pull);
+    }
+
+    /// A pull ended: with bytes to check, or with nothing (then the forwarder is asked, if it was
+    /// someone else; a forwarder only forwards announcements whose payload it pulled).
+    pub(super) fn finish_pull(&mut self, pull: Pull, answer: Result<Vec<u8>, String>) {
+        let from = PeerId::from_bytes(&pull.announce.peer_id).unwrap_or(pull.propagation_source);
+        let bytes = match answer {
+            Ok(bytes) => bytes,
+            Err(reason) => {
+                if !pull.asked.contains(&pull.propagation_source) {
+                    debug!("pull from {from} failed ({reason}); asking the forwarder");
+                    let forwarder = pull.propagation_source;
+                    self.ask(pull, forwarder);
+                    return;
+                }
+                debug!("announced update of {from} unavailable: {reason}");
+                self.emit(NetEvent::Dropped {
+                    from,
+                    reason: DropReason::Unfetchable,
+                });
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &pull.message_id,
+                        &pull.propagation_source,
+                        MessageAcceptance::Ignore,
+                    );
+                return;
+            }
+        };
+        let verdict = Update::from_bytes(&bytes, &self.limits())
+            .map_err(|_| DropReason::PayloadMismatch)
+            .and_then(|update| {
+                if pull.announce.matches(&update, &bytes) {
+                    Ok(update)
+                } else {
+                    Err(DropReason::PayloadMismatch)
+                }
+            })
+            .and_then(|update| self.check_update(from, update, bytes.len()));
+        if verdict.is_ok() {
+            self.store.insert(pull.announce.digest, Arc::new(bytes));
+        }
+        self.conclude(&pull.message_id, &pull.propagation_source, from, verdict);
+    }
+
+    /// Serves pulls of updates this node holds, and takes in the answers to its own pulls.
+    pub(super) fn on_pull(&mut self, event: request_response::Event<Request, Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let response = match request {
+                        Request::Update { run_id, digest } if run_id == self.config.run_id => self
+                            .store
+                            .get(&digest)
+                            .map(|b| Response::Update(b.as_ref().clone()))
+                            .unwrap_or_else(|| Response::Error("no such update here".into())),
+                        _ => Response::Error("not an update of this run".into()),
+                    };
+                    if self
+                        .swarm
+                        .behaviour_mut()
+                        .pull
+                        .send_response(channel, response)
+                        .is_err()
+                    {
+                        debug!("{peer} went away before its update was sent");
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(pull) = self.pulls.remove(&request_id) {
+                        let answer = match response {
+                            Response::Update(bytes) => Ok(bytes),
+                            Response::Error(e) => Err(e),
+                            Response::StateChunk { .. } => Err("answered with state".into()),
+                        };
+                        self.finish_pull(pull, answer);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(pull) = self.pulls.remove(&request_id) {
+                    self.finish_pull(pull, Err(error.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+}

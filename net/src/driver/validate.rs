@@ -1,0 +1,198 @@
+//! Message validation: what gossip brings is checked (run, signer, model, limits, finiteness)
+//! before gossipsub may forward it and before the runtime sees it.
+
+use std::sync::Arc;
+
+use gradswarm_core::{
+    Announce, DropReason, Heartbeat, ModelHash, Update, UpdateGossip, WireLimits,
+};
+use libp2p::PeerId;
+use libp2p::gossipsub::{self, MessageAcceptance};
+use tracing::debug;
+
+use super::Driver;
+use crate::NetEvent;
+
+impl Driver {
+    /// Validates a gossip message; its verdict goes to gossipsub, what passed to the runtime.
+    pub(super) fn on_gossip(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let from = message.source.unwrap_or(propagation_source);
+                // A peer heard of only through others: connect to it directly, so that pulls go
+                // straight to it and its leaving is seen as a closed connection.
+                if from != propagation_source {
+                    self.find(from);
+                }
+                let verdict = if message.topic == self.updates.hash() {
+                    match self.check_update_gossip(from, &message.data) {
+                        Ok(Gossiped::Announced(announce)) => {
+                            // The verdict waits for the payload: forwarded only once it is here.
+                            self.start_pull(message_id, propagation_source, from, announce);
+                            return;
+                        }
+                        Ok(Gossiped::Event(event)) => Ok(event),
+                        Err(reason) => Err(reason),
+                    }
+                } else if message.topic == self.heartbeats.hash() {
+                    self.check_heartbeat(from, &message.data)
+                } else {
+                    Err(DropReason::ForeignRun)
+                };
+                self.conclude(&message_id, &propagation_source, from, verdict);
+            }
+            gossipsub::Event::Subscribed { peer_id, topic }
+                if topic == self.updates.hash() && self.joined.insert(peer_id) =>
+            {
+                self.emit(NetEvent::PeerJoined(peer_id));
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic }
+                if topic == self.updates.hash() && self.joined.remove(&peer_id) =>
+            {
+                self.emit(NetEvent::PeerLeft(peer_id));
+            }
+            _ => {}
+        }
+    }
+
+    /// Hands the verdict on a gossip message to gossipsub (which forwards only accepted ones and
+    /// scores the sender of rejected ones down) and what passed, or why it failed, to the runtime.
+    pub(super) fn conclude(
+        &mut self,
+        message_id: &gossipsub::MessageId,
+        propagation_source: &PeerId,
+        from: PeerId,
+        verdict: Result<Option<NetEvent>, DropReason>,
+    ) {
+        let acceptance = match verdict {
+            Ok(event) => {
+                if let Some(event) = event {
+                    self.emit(event);
+                }
+                MessageAcceptance::Accept
+            }
+            Err(reason) => {
+                debug!("rejected a message from {from}: {reason}");
+                self.emit(NetEvent::Dropped { from, reason });
+                MessageAcceptance::Reject
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(message_id, propagation_source, acceptance);
+    }
+
+    /// The limits updates are checked against; bootstrap nodes, which know no model, only bound
+    /// the size.
+    pub(super) fn limits(&self) -> WireLimits {
+        self.config.limits.unwrap_or(WireLimits {
+            max_message_bytes: self.config.max_message_bytes,
+            max_samples: u64::MAX,
+            model_len: usize::MAX,
+        })
+    }
+
+    /// Checks what the updates topic brought: an inline update is checked whole; an announcement
+    /// is checked as far as its header goes, and then pulled (bootstrap nodes only forward it).
+    pub(super) fn check_update_gossip(
+        &self,
+        from: PeerId,
+        data: &[u8],
+    ) -> Result<Gossiped, DropReason> {
+        let limits = self.limits();
+        match UpdateGossip::from_bytes(data, &limits).map_err(|_| DropReason::Malformed)? {
+            UpdateGossip::Inline(update) => self
+                .check_update(from, update, data.len())
+                .map(Gossiped::Event),
+            UpdateGossip::Announce(announce) => {
+                self.check_header(
+                    from,
+                    &announce.run_id,
+                    &announce.peer_id,
+                    announce.model_hash,
+                )?;
+                if self.config.model_hash.is_none() || self.store.contains(&announce.digest) {
+                    // A bootstrap node forwards announcements without pulling; a peer that holds
+                    // the update already (its own, or pulled) has nothing to fetch.
+                    return Ok(Gossiped::Event(None));
+                }
+                Ok(Gossiped::Announced(announce))
+            }
+        }
+    }
+
+    /// The header checks every message of the run passes: run, signer, model.
+    pub(super) fn check_header(
+        &self,
+        from: PeerId,
+        run_id: &str,
+        peer_id: &[u8],
+        model_hash: ModelHash,
+    ) -> Result<(), DropReason> {
+        if run_id != self.config.run_id {
+            return Err(DropReason::ForeignRun);
+        }
+        if peer_id != from.to_bytes() {
+            return Err(DropReason::SenderMismatch);
+        }
+        if self.config.model_hash.is_some_and(|h| h != model_hash) {
+            return Err(DropReason::ForeignModel);
+        }
+        Ok(())
+    }
+
+    /// Checks and decodes a parsed update (inline, or pulled after its announcement); bootstrap
+    /// nodes check only what they can without the model (run id, sender).
+    pub(super) fn check_update(
+        &self,
+        from: PeerId,
+        update: Update,
+        bytes: usize,
+    ) -> Result<Option<NetEvent>, DropReason> {
+        self.check_header(from, &update.run_id, &update.peer_id, update.model_hash)?;
+        if self.config.model_hash.is_none() {
+            return Ok(None);
+        }
+        let decoded = update
+            .decode_payload(&self.limits())
+            .map_err(|_| DropReason::Malformed)?;
+        if !decoded.values.iter().all(|v| v.is_finite()) {
+            return Err(DropReason::NonFinite);
+        }
+        Ok(Some(NetEvent::Update {
+            from,
+            update: Arc::new(update),
+            decoded: Arc::new(decoded),
+            bytes,
+        }))
+    }
+
+    /// Checks a heartbeat's header; a valid one goes to the runtime.
+    pub(super) fn check_heartbeat(
+        &self,
+        from: PeerId,
+        data: &[u8],
+    ) -> Result<Option<NetEvent>, DropReason> {
+        let heartbeat = Heartbeat::from_bytes(data).map_err(|_| DropReason::Malformed)?;
+        self.check_header(
+            from,
+            &heartbeat.run_id,
+            &heartbeat.peer_id,
+            heartbeat.model_hash,
+        )?;
+        Ok(Some(NetEvent::Heartbeat { from, heartbeat }))
+    }
+}
+
+/// What a message of the updates topic turned out to be.
+pub(super) enum Gossiped {
+    /// Done with: an event for the runtime, or nothing (a bootstrap node's view).
+    Event(Option<NetEvent>),
+    /// An announcement whose payload must be pulled.
+    Announced(Announce),
+}

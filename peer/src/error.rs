@@ -1,0 +1,23 @@
+//! Why a peer stopped: one error type for the round loop and state sync alike.
+
+use gradswarm_core::EncodeError;
+use gradswarm_model::ModelError;
+use gradswarm_net::NetError;
+use thiserror::Error;
+
+/// Why a peer stopped with an error.
+#[derive(Debug, Error)]
+pub enum PeerError {
+    /// Training failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The network task failed or stopped.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// Encoding this peer's own update failed.
+    #[error("encoding the update: {0}")]
+    Encode(#[from] EncodeError),
+    /// Fetching the run's state from a peer failed.
+    #[error("state sync: {0}")]
+    Sync(String),
+}

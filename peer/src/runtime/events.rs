@@ -1,0 +1,170 @@
+//! The network's events as the round loop sees them: updates offered to the round book,
+//! heartbeats, peers joining and leaving, and which peers count as live.
+
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use gradswarm_core::DropReason;
+use gradswarm_net::{NetEvent, PeerId};
+use tracing::{debug, info, warn};
+use web_time::Instant;
+
+use super::{Peer, Seen};
+use crate::error::PeerError;
+
+/// How long a peer that left is not brought back by gossip still in flight from it.
+const GONE_GRACE: Duration = Duration::from_secs(5);
+
+impl Peer {
+    /// The peers heard from within `peer_timeout`: whose updates a round waits for.
+    pub(super) fn live(&self) -> impl Iterator<Item = &PeerId> {
+        let timeout = self.config.peer_timeout;
+        self.peers
+            .iter()
+            .filter(move |(_, s)| s.last.elapsed() < timeout)
+            .map(|(p, _)| p)
+    }
+
+    /// Records that `peer` was heard from, at `round` when the message names one.
+    pub(super) fn touch(&mut self, peer: PeerId, round: Option<u64>) {
+        if self
+            .gone
+            .get(&peer)
+            .is_some_and(|t| t.elapsed() < GONE_GRACE)
+        {
+            return;
+        }
+        let seen = self.peers.entry(peer).or_insert(Seen {
+            last: Instant::now(),
+            round: 0,
+            published: (0, 0),
+            settled: false,
+        });
+        seen.last = Instant::now();
+        if let Some(r) = round {
+            seen.round = seen.round.max(r);
+        }
+    }
+
+    /// The next network event before `until`; None on timeout, stop, or when a pairwise
+    /// averaging's state transfer completed (it is applied here, between two events).
+    pub(super) async fn next_event(&mut self, until: Instant) -> Option<NetEvent> {
+        enum Wake {
+            Net(Option<NetEvent>),
+            Timeout,
+            Stop,
+            Reconciled(PeerId, u64, Result<Vec<f32>, PeerError>),
+        }
+        let remaining = until.saturating_duration_since(Instant::now());
+        let mut timeout = futures_timer::Delay::new(remaining).fuse();
+        let events = &mut self.events;
+        let stop = &mut self.stop;
+        let reconciling = &mut self.reconciling;
+        let reconciled = async move {
+            match reconciling {
+                Some(transfer) => transfer.await,
+                None => futures::future::pending().await,
+            }
+        }
+        .fuse();
+        futures::pin_mut!(reconciled);
+        let wake = futures::select! {
+            event = events.next() => Wake::Net(event),
+            _ = timeout => Wake::Timeout,
+            _ = stop.next() => Wake::Stop,
+            (peer, round, theirs) = reconciled => Wake::Reconciled(peer, round, theirs),
+        };
+        match wake {
+            Wake::Net(event) => {
+                if event.is_none() {
+                    // The network task ended: nothing more will arrive.
+                    self.stopped = true;
+                }
+                event
+            }
+            Wake::Timeout => None,
+            Wake::Stop => {
+                self.stopped = true;
+                None
+            }
+            Wake::Reconciled(peer, round, theirs) => {
+                self.reconciling = None;
+                if let Err(e) = self.finish_reconcile(peer, round, theirs).await {
+                    warn!("pairwise averaging with {peer} not applied: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Takes in one network event: updates to the round book, heartbeats to liveness and drift.
+    pub(super) fn on_event(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::Update {
+                from,
+                update,
+                decoded,
+                bytes,
+            } => {
+                self.bytes_down += bytes as u64;
+                self.touch(from, Some(update.round));
+                if let Err(reason) = self.validator.validate(decoded.len, &decoded.values) {
+                    debug!("update from {from} dropped: {reason}");
+                    self.record_drop(reason);
+                    // Refused: nobody waits for it any longer (see `linger`).
+                    self.book.refuse(&update.peer_id, update.round);
+                    return;
+                }
+                if let Err(reason) = self.book.offer(
+                    &update.peer_id,
+                    update.round,
+                    update.base_round,
+                    update.samples,
+                    decoded,
+                ) {
+                    debug!(
+                        "update from {from} for round {} dropped: {reason}",
+                        update.round
+                    );
+                    self.record_drop(reason);
+                }
+            }
+            NetEvent::Heartbeat { from, heartbeat } => {
+                self.bytes_down += heartbeat.to_bytes().len() as u64;
+                self.touch(from, Some(heartbeat.round));
+                if let Some(seen) = self.peers.get_mut(&from)
+                    && heartbeat.round >= seen.published.0
+                {
+                    seen.published = (heartbeat.round, heartbeat.published);
+                    seen.settled = heartbeat.settled;
+                }
+                self.check_drift(from, &heartbeat);
+            }
+            NetEvent::Dropped { from, reason } => {
+                debug!("message from {from} rejected: {reason}");
+                self.record_drop(reason);
+            }
+            NetEvent::PeerJoined(peer) => {
+                // Joined the topic: a peer, or a bootstrap node that only forwards. Only heartbeats
+                // and updates make a peer one whose update a round waits for.
+                self.gone.remove(&peer);
+                self.joined.insert(peer);
+            }
+            NetEvent::PeerLeft(peer) => {
+                info!("peer {peer} left");
+                self.peers.remove(&peer);
+                self.joined.remove(&peer);
+                self.early_heartbeats.remove(&peer);
+                self.reconcile_after.remove(&peer);
+                self.gone.insert(peer, Instant::now());
+            }
+            NetEvent::Listening(addr) => info!("listening on {addr}"),
+        }
+    }
+
+    /// Counts a dropped update in the run's total and in the next round report.
+    pub(super) fn record_drop(&mut self, reason: DropReason) {
+        self.drops.record(reason);
+        self.drops_pending.record(reason);
+    }
+}

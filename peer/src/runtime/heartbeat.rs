@@ -1,0 +1,56 @@
+//! Heartbeats: this peer's round, loss and replica fingerprint, published every
+//! `heartbeat_every` and at the last round.
+
+use gradswarm_core::Heartbeat;
+use gradswarm_net::Topic;
+use tracing::debug;
+use web_time::Instant;
+
+use super::Peer;
+
+impl Peer {
+    /// At a round's close: a heartbeat if the last is `heartbeat_every` old, or this was the
+    /// last round (peers lingering after their own last round wait for it).
+    pub(super) fn heartbeat_at_close(&mut self) {
+        let last_round = self.config.rounds.is_some_and(|r| self.book.round() >= r);
+        let due = self
+            .last_heartbeat
+            .is_none_or(|t| t.elapsed() >= self.config.heartbeat_every);
+        if due || last_round || self.stopped {
+            self.heartbeat();
+        }
+    }
+
+    /// Publishes a heartbeat: this peer's round, loss, and the fingerprint of θ at that round.
+    pub(super) fn heartbeat(&mut self) {
+        self.last_heartbeat = Some(Instant::now());
+        // No read of θ here: in a browser that would block on the GPU. Before the first round
+        // (or between a catch-up and its mark) there is no fingerprint, and partners skip the check.
+        let round = self.book.round();
+        let (checksum, sketch, applied) = match &self.fingerprint {
+            Some(f) if f.round == round => (f.checksum, f.sketch.clone(), f.applied),
+            _ => Default::default(),
+        };
+        let published = self
+            .published
+            .iter()
+            .filter_map(|&r| round.checked_sub(r + 1))
+            .filter(|&i| i < 64)
+            .fold(0u64, |mask, i| mask | (1 << i));
+        let hb = Heartbeat {
+            run_id: self.config.run_id.clone(),
+            model_hash: self.model_hash,
+            peer_id: self.me.to_bytes(),
+            round,
+            checksum,
+            loss: self.last_loss,
+            sketch,
+            applied,
+            published,
+            settled: self.settled,
+        };
+        if let Err(e) = self.net.publish(Topic::Heartbeat, hb.to_bytes()) {
+            debug!("heartbeat: {e}");
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The round loop of one peer. Its jobs live in modules of their own: [`events`] (the network's
+//! events, who is live), [`round`] (one round from local steps to the applied aggregate), [`join`]
+//! (joining and state sync), [`drift`] (replica fingerprints and pairwise averaging),
+//! [`heartbeat`] and [`linger`] (the end of a run). Each adds methods to [`Peer`], whose fields live here.
+
+mod drift;
+mod events;
+mod heartbeat;
+mod join;
+mod linger;
+mod round;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use futures::channel::mpsc;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use gradswarm_core::{
+    Aggregator, Averaging, Codec, DecodedUpdate, DriftSketch, DropCounts, ErrorFeedback, Heartbeat,
+    ModelHash, OuterOptimizer, RoundBook, UpdateValidator, WireLimits,
+};
+use gradswarm_model::data::validation_batches;
+use gradswarm_model::{Batch, Corpus, Trainer};
+use gradswarm_net::{NetEvent, NetHandle, PeerId};
+use web_time::Instant;
+
+use crate::config::PeerConfig;
+use crate::error::PeerError;
+use crate::report::{PeerSummary, RoundReport};
+use crate::state::Snapshots;
+
+/// Asks a running peer to stop after its current round.
+#[derive(Clone)]
+pub struct StopHandle(mpsc::UnboundedSender<()>);
+
+impl StopHandle {
+    /// Stops the peer at the next opportunity (it finishes the round's bookkeeping first).
+    pub fn stop(&self) {
+        // A peer that already ended has nothing left to stop.
+        let _ = self.0.unbounded_send(());
+    }
+}
+
+/// A stop handle and the signal a [`Peer`] listens to.
+pub fn stop_pair() -> (StopHandle, mpsc::UnboundedReceiver<()>) {
+    let (tx, rx) = mpsc::unbounded();
+    (StopHandle(tx), rx)
+}
+
+/// What this peer knows of another: when it was last heard from, and what its latest heartbeat said.
+struct Seen {
+    last: Instant,
+    round: u64,
+    /// The latest heartbeat's round and its `published` rounds (bit `i`: round − 1 − i).
+    published: (u64, u64),
+    /// Whether that heartbeat said its sender is done and holds every update (see [`Peer::linger`]).
+    settled: bool,
+}
+
+/// This replica at the start of a round: what a partner's snapshot of that round is compared with.
+struct Mark {
+    round: u64,
+    params: Arc<Vec<f32>>,
+    checksum: u64,
+    sketch: DriftSketch,
+    /// The round book's [`gradswarm_core::RoundBook::applied_digest`] then.
+    applied: u64,
+}
+
+/// A replica's θ at the start of a round, as its heartbeats describe it.
+#[derive(Clone)]
+struct Fingerprint {
+    round: u64,
+    checksum: u64,
+    sketch: DriftSketch,
+    applied: u64,
+}
+
+/// Memory the marks of past rounds may take (at least two rounds are kept whatever the model).
+const MARK_BUDGET_BYTES: usize = 64 << 20;
+
+/// A pairwise averaging in flight: the partner, the round, and the partner's θ of that round.
+type Reconciling = BoxFuture<'static, (PeerId, u64, Result<Vec<f32>, PeerError>)>;
+
+/// Called after every round with its report and the trainer (to checkpoint it, say).
+pub type Observer = Box<dyn FnMut(&RoundReport, &Trainer) + Send>;
+
+/// One peer: its replica, codec state and view of the swarm.
+pub struct Peer {
+    config: PeerConfig,
+    trainer: Trainer,
+    corpus: Arc<Corpus>,
+    val: Vec<Batch>,
+    codec: Box<dyn Codec + Send>,
+    feedback: ErrorFeedback,
+    book: RoundBook<Arc<DecodedUpdate>>,
+    net: NetHandle,
+    events: mpsc::Receiver<NetEvent>,
+    stop: mpsc::UnboundedReceiver<()>,
+    stopped: bool,
+    me: PeerId,
+    model_hash: ModelHash,
+    limits: WireLimits,
+    peers: BTreeMap<PeerId, Seen>,
+    gone: BTreeMap<PeerId, Instant>,
+    joined: BTreeSet<PeerId>,
+    outer: OuterOptimizer,
+    validator: UpdateValidator,
+    aggregator: Box<dyn Aggregator + Send>,
+    averaging: Box<dyn Averaging>,
+    snapshots: Arc<Snapshots>,
+    compute_times: VecDeque<f64>,
+    drops: DropCounts,
+    drops_pending: DropCounts,
+    bytes_down: u64,
+    samples: u64,
+    last_loss: f32,
+    min_peers: usize,
+    summary: PeerSummary,
+    observer: Option<Observer>,
+    /// Whether the round loop runs (drift is only looked at once this peer has joined).
+    running: bool,
+    marks: VecDeque<Mark>,
+    max_marks: usize,
+    /// θ at the start of the round it names, as heartbeats describe it (kept apart from the
+    /// marks, which exist only when pairwise averaging is on).
+    fingerprint: Option<Fingerprint>,
+    /// The rounds this peer published an update for (the last 64), for heartbeats.
+    published: VecDeque<u64>,
+    /// Past its last round, holding every update the others said they published.
+    settled: bool,
+    /// When the last heartbeat went out.
+    last_heartbeat: Option<Instant>,
+    reconciling: Option<Reconciling>,
+    /// Per partner, the first heartbeat round whose drift is looked at again.
+    reconcile_after: BTreeMap<PeerId, u64>,
+    /// The first heartbeat round whose drift is looked at again, after an averaging.
+    quiet_until: u64,
+    /// Heartbeats of rounds this peer has not reached yet, looked at once it has.
+    early_heartbeats: BTreeMap<PeerId, Heartbeat>,
+    reconciled_pending: u64,
+}
+
+impl Peer {
+    /// A peer training `trainer` on its shard of `corpus`, over the network behind `net`/`events`.
+    /// `codec` must encode `config.codec` (the wgpu codec when the trainer is on wgpu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: PeerConfig,
+        trainer: Trainer,
+        corpus: Arc<Corpus>,
+        codec: Box<dyn Codec + Send>,
+        net: NetHandle,
+        events: mpsc::Receiver<NetEvent>,
+        stop: mpsc::UnboundedReceiver<()>,
+    ) -> Result<Self, PeerError> {
+        let n = trainer.num_params();
+        let model_hash = trainer.model_config().hash();
+        let batch = trainer.config().batch_size;
+        let context = trainer.model_config().context;
+        let snapshots = Snapshots::new(&config.run_id, model_hash);
+        let serving = snapshots.clone();
+        net.serve_state(Arc::new(move |request| serving.serve(request)))?;
+        let val = if config.eval_every > 0 {
+            validation_batches(&corpus, config.eval_batches, batch, context)
+        } else {
+            Vec::new()
+        };
+        let me = net.local_peer_id();
+        Ok(Self {
+            book: RoundBook::new(config.staleness, 0),
+            outer: OuterOptimizer::new(config.outer),
+            validator: UpdateValidator::new(n, config.max_norm_ratio, 3, 32),
+            aggregator: config.aggregation.build(),
+            averaging: config.averaging.build(),
+            feedback: ErrorFeedback::with_decay(n, config.feedback_decay),
+            limits: config.wire_limits(n, batch),
+            summary: PeerSummary {
+                peer_id: me.to_base58(),
+                ..Default::default()
+            },
+            config,
+            trainer,
+            corpus,
+            val,
+            codec,
+            net,
+            events,
+            stop,
+            stopped: false,
+            me,
+            model_hash,
+            peers: BTreeMap::new(),
+            gone: BTreeMap::new(),
+            joined: Default::default(),
+            snapshots,
+            compute_times: VecDeque::new(),
+            drops: DropCounts::default(),
+            drops_pending: DropCounts::default(),
+            bytes_down: 0,
+            samples: 0,
+            last_loss: f32::NAN,
+            min_peers: 0,
+            observer: None,
+            running: false,
+            marks: VecDeque::new(),
+            fingerprint: None,
+            published: VecDeque::new(),
+            settled: false,
+            last_heartbeat: None,
+            max_marks: (MARK_BUDGET_BYTES / (4 * n).max(1)).clamp(2, 16),
+            reconciling: None,
+            reconcile_after: BTreeMap::new(),
+            quiet_until: 0,
+            early_heartbeats: BTreeMap::new(),
+            reconciled_pending: 0,
+        })
+    }
+
+    /// Waits for at least `n` other peers before the first round (harness runs start together).
+    pub fn wait_for_peers(&mut self, n: usize) {
+        self.min_peers = n;
+    }
+
+    /// Calls `observer` after every round (the node's status line, the harness's report).
+    pub fn set_observer(&mut self, observer: Observer) {
+        self.observer = Some(observer);
+    }
+
+    /// The trainer (to checkpoint it after [`Peer::run`]).
+    pub fn trainer(&self) -> &Trainer {
+        &self.trainer
+    }
+
+    /// The open round.
+    pub fn round(&self) -> u64 {
+        self.book.round()
+    }
+
+    /// Starts from a restored replica (a checkpoint) at `round`; peers ahead are caught up with.
+    pub fn resume_at(&mut self, round: u64) {
+        self.book.reset(round);
+    }
+
+    /// Joins the run (fetching its state from a peer when one is ahead), then runs rounds until
+    /// `config.rounds` or a stop. Returns what happened.
+    pub async fn run(&mut self) -> Result<PeerSummary, PeerError> {
+        self.join().await?;
+        self.summary.start_round = self.book.round();
+        self.running = true;
+        let params = self.trainer.parameters_async().await?;
+        self.mark(params);
+        while !self.stopped && self.config.rounds.is_none_or(|r| self.book.round() < r) {
+            self.run_round().await?;
+            if self.stop.next().now_or_never().flatten().is_some() {
+                self.stopped = true;
+            }
+        }
+        if !self.stopped {
+            self.linger().await?;
+        }
+        self.summary.drops = self.drops.clone();
+        self.summary.final_params = self.trainer.parameters_async().await?;
+        // A joiner asking after our last round still gets our state while the network lives.
+        self.snapshots.set_round(self.book.round());
+        self.snapshots.publish(&self.snapshot().await?);
+        Ok(self.summary.clone())
+    }
+}

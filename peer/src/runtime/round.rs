@@ -1,0 +1,361 @@
+//! One round: local steps from the round's θ, encode with error feedback, publish, collect the
+//! others' updates until the round can close, then apply the aggregate (and late corrections of
+//! earlier rounds) through the outer optimizer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gradswarm_core::wire::params_checksum;
+use gradswarm_core::{Accepted, Correction, DecodedUpdate, RngKey, ShardKey, Update, Weighted};
+use gradswarm_model::ModelError;
+use gradswarm_net::PeerId;
+use tracing::{debug, warn};
+use web_time::Instant;
+
+use super::Peer;
+use crate::error::PeerError;
+use crate::report::RoundReport;
+
+impl Peer {
+    /// When a round's collection ends: `deadline_factor` median compute times after `publish`, within `min_wait`..`max_wait`.
+    pub(super) fn deadline_after(&self, publish: Instant) -> Instant {
+        let mut times: Vec<f64> = self.compute_times.iter().copied().collect();
+        times.sort_by(f64::total_cmp);
+        let median = times.get(times.len() / 2).copied().unwrap_or(0.0);
+        let wait = Duration::from_secs_f64((median * self.config.deadline_factor).max(0.0))
+            .clamp(self.config.min_wait, self.config.max_wait);
+        publish + wait
+    }
+
+    /// Local steps from the anchor θ_r (or ahead of it, see `feedback_lookahead`); returns
+    /// Δ = start − θ_local, and θ is reset to the anchor.
+    pub(super) async fn compute(&mut self) -> Result<(Vec<f32>, f32, u64), PeerError> {
+        let anchor = self.trainer.parameters_async().await?;
+        let mut keys: Vec<ShardKey> = self
+            .live()
+            .map(|p| ShardKey::of(&p.to_bytes()))
+            .chain([ShardKey::of(&self.me.to_bytes())])
+            .collect();
+        keys.sort_by_key(|k| k.value());
+        let me = ShardKey::of(&self.me.to_bytes());
+        let seed = self.trainer.config().seed;
+        let corpus = self.corpus.clone();
+        let sampler = corpus.sampler(me, &keys, 0, seed);
+        self.trainer
+            .set_replicas(if self.config.global_second_moment {
+                keys.len()
+            } else {
+                1
+            });
+        let ahead = if self.config.feedback_lookahead {
+            // This peer's share of the mean, as if every live peer's update came in.
+            let c = self.config.outer.eventual_step() / keys.len() as f32;
+            let ahead = self.feedback.ahead_of(&anchor, c)?;
+            self.trainer.set_parameters(&ahead)?;
+            Some(ahead)
+        } else {
+            None
+        };
+        let reports = match self
+            .trainer
+            .local_steps_async(&sampler, self.config.steps_per_round())
+            .await
+        {
+            Ok(reports) => reports,
+            Err(e) => {
+                // A diverged step leaves θ where the steps before it (or the look-ahead) put
+                // it: back to the anchor, so this replica stays the swarm's.
+                self.trainer.set_parameters(&anchor)?;
+                return Err(e.into());
+            }
+        };
+        let local = self.trainer.parameters_async().await?;
+        self.trainer.set_parameters(&anchor)?;
+        let start = ahead.as_deref().unwrap_or(&anchor);
+        let delta = start.iter().zip(&local).map(|(a, l)| a - l).collect();
+        let loss = reports.iter().map(|r| r.loss).sum::<f32>() / reports.len().max(1) as f32;
+        let samples = reports.len() as u64 * self.trainer.config().batch_size as u64;
+        Ok((delta, loss, samples))
+    }
+
+    /// The aggregate of a round's updates; None for an empty round (or the rule refusing it).
+    pub(super) fn aggregate(
+        &mut self,
+        round: u64,
+        entries: &[Accepted<Arc<DecodedUpdate>>],
+    ) -> Option<Vec<f32>> {
+        if entries.is_empty() {
+            return None;
+        }
+        let n = self.trainer.num_params();
+        let dense: Vec<Vec<f32>> = entries
+            .iter()
+            .map(|a| {
+                let mut v = vec![0.0f32; n];
+                a.payload.add_to(1.0, &mut v);
+                v
+            })
+            .collect();
+        let inputs: Vec<Weighted<'_>> = entries
+            .iter()
+            .zip(&dense)
+            .map(|(a, v)| Weighted {
+                weight: a.weight as f32,
+                values: v,
+            })
+            .collect();
+        match self.aggregator.aggregate(&inputs) {
+            Ok(aggregate) => Some(aggregate),
+            Err(e) => {
+                warn!("round {round}: no aggregate ({e})");
+                None
+            }
+        }
+    }
+
+    /// Counts an accepted update in the round's report and in whose updates counted.
+    pub(super) fn count_from(
+        &mut self,
+        accepted: &Accepted<Arc<DecodedUpdate>>,
+        report: &mut RoundReport,
+    ) {
+        report.updates += 1;
+        report.staleness.push(accepted.tau);
+        if accepted.peer != self.me.to_bytes() {
+            let name = PeerId::from_bytes(&accepted.peer)
+                .map(|p| p.to_base58())
+                .unwrap_or_else(|_| "?".into());
+            *self.summary.counted_from.entry(name).or_default() += 1;
+        }
+    }
+
+    /// Closes the open round: late parts of earlier rounds are applied as if they had been in time,
+    /// then this round's aggregate (θ is read and written once, whatever the number of parts).
+    pub(super) async fn close_round(&mut self, report: &mut RoundReport) -> Result<(), PeerError> {
+        let closed = self.book.close();
+        self.drops.merge(&closed.dropped);
+        self.drops_pending.merge(&closed.dropped);
+        report.round = closed.round;
+        // Rounds correction.round ..= closed.round − 1 have been applied since each correction's.
+        let mut moves = self.correction_moves(&closed.corrections, closed.round, report);
+        for accepted in &closed.accepted {
+            self.count_from(accepted, report);
+        }
+        if let Some(aggregate) = self.aggregate(closed.round, &closed.accepted) {
+            moves.push((aggregate, None));
+        }
+        self.apply_moves(&moves).await
+    }
+
+    /// Applies the late updates that came in since the last close, without closing a round (a
+    /// peer past its last round); they count in `report`.
+    pub(super) async fn settle(&mut self, report: &mut RoundReport) -> Result<(), PeerError> {
+        let (corrections, dropped) = self.book.settle();
+        self.drops.merge(&dropped);
+        self.drops_pending.merge(&dropped);
+        // Every round before the open one has been applied.
+        let moves = self.correction_moves(&corrections, self.book.round(), report);
+        self.apply_moves(&moves).await
+    }
+
+    /// What each correction changes: its round's aggregate after the late updates minus before,
+    /// and how many rounds were applied since (`applied_until` − its round).
+    fn correction_moves(
+        &mut self,
+        corrections: &[Correction<Arc<DecodedUpdate>>],
+        applied_until: u64,
+        report: &mut RoundReport,
+    ) -> Vec<(Vec<f32>, Option<u64>)> {
+        let mut moves = Vec::new();
+        for correction in corrections {
+            for added in correction.added() {
+                self.count_from(added, report);
+            }
+            let after = self.aggregate(correction.round, &correction.after);
+            let before = self.aggregate(correction.round, &correction.before);
+            let Some(mut delta) = after else { continue };
+            if let Some(before) = before {
+                delta.iter_mut().zip(&before).for_each(|(d, b)| *d -= b);
+            }
+            moves.push((delta, Some(applied_until - correction.round)));
+        }
+        moves
+    }
+
+    /// Moves θ by each `(delta, rounds_ago)` through the outer optimizer: a round's aggregate
+    /// (None), or a late correction of the round that many rounds ago.
+    async fn apply_moves(&mut self, moves: &[(Vec<f32>, Option<u64>)]) -> Result<(), PeerError> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let mut theta = self.trainer.parameters_async().await?;
+        for (delta, rounds_ago) in moves {
+            if delta.len() != theta.len() {
+                return Err(ModelError::ParamLength {
+                    got: delta.len(),
+                    expected: theta.len(),
+                }
+                .into());
+            }
+            match rounds_ago {
+                Some(ago) => self.outer.apply_late(&mut theta, delta, *ago),
+                None => self.outer.apply(&mut theta, delta),
+            }
+        }
+        self.trainer.set_parameters(&theta)?;
+        Ok(())
+    }
+
+    /// Ends a closed round: evaluation, the new mark, drift checks held for it, snapshots for joiners, a heartbeat, the observer.
+    pub(super) async fn finish_report(&mut self, mut report: RoundReport) -> Result<(), PeerError> {
+        let params = self.trainer.parameters_async().await?;
+        report.checksum = params_checksum(&params);
+        report.peers = self.live().count();
+        report.samples = self.samples;
+        report.bytes_down = std::mem::take(&mut self.bytes_down);
+        report.drops = std::mem::take(&mut self.drops_pending);
+        report.reconciled = std::mem::take(&mut self.reconciled_pending);
+        if self.config.eval_every > 0 && (report.round + 1).is_multiple_of(self.config.eval_every) {
+            report.val_loss = Some(self.trainer.evaluate_async(&self.val).await?);
+        }
+        debug!(
+            "round {} closed: loss {:.3}, {} updates, staleness {:?}, {} live peers",
+            report.round, report.loss, report.updates, report.staleness, report.peers
+        );
+        self.mark(params);
+        let round = self.book.round();
+        let (now, later): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut self.early_heartbeats)
+                .into_iter()
+                .partition(|(_, hb)| hb.round <= round);
+        self.early_heartbeats = later;
+        for (from, heartbeat) in now {
+            self.check_drift(from, &heartbeat);
+        }
+        self.snapshots.set_round(round);
+        if self.snapshots.wanted() {
+            let state = self.snapshot().await?;
+            self.snapshots.publish(&state);
+            debug!("snapshot of round {} ready for joiners", state.round);
+        }
+        self.heartbeat_at_close();
+        if let Some(observer) = self.observer.as_mut() {
+            observer(&report, &self.trainer);
+        }
+        self.summary.rounds.push(report);
+        Ok(())
+    }
+
+    /// One round: local work, catch up, encode, publish, collect, aggregate, apply.
+    pub(super) async fn run_round(&mut self) -> Result<(), PeerError> {
+        let base = self.book.round();
+        let t0 = Instant::now();
+        let computed = match self.compute().await {
+            Ok(c) => Some(c),
+            Err(PeerError::Model(ModelError::Diverged { step, loss })) => {
+                // A NaN or infinite loss: send nothing this round, keep θ and the residual.
+                warn!("local step {step} diverged (loss {loss}); skipping this round's update");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let compute_s = t0.elapsed().as_secs_f64();
+        if self.config.slowdown > 1.0 {
+            let extra = compute_s * (self.config.slowdown - 1.0);
+            futures_timer::Delay::new(Duration::from_secs_f64(extra)).await;
+        }
+        self.compute_times.push_back(t0.elapsed().as_secs_f64());
+        if self.compute_times.len() > 9 {
+            self.compute_times.pop_front();
+        }
+
+        // Take in what arrived while computing; if the swarm moved on, close the rounds we missed.
+        while let Some(event) = self.next_event(Instant::now()).await {
+            self.on_event(event);
+        }
+        while self
+            .book
+            .latest_published()
+            .is_some_and(|r| r > self.book.round())
+        {
+            let mut report = RoundReport {
+                loss: f32::NAN,
+                catch_up: true,
+                ..Default::default()
+            };
+            self.close_round(&mut report).await?;
+            self.finish_report(report).await?;
+        }
+
+        let mut report = RoundReport {
+            compute_s,
+            ..Default::default()
+        };
+        let t1 = Instant::now();
+        if let Some((delta, loss, samples)) = computed {
+            self.last_loss = loss;
+            report.loss = loss;
+            self.samples += samples;
+            let round = self.book.round();
+            let key = RngKey::new(shard_seed(&self.me), round);
+            let payload = self.feedback.encode(self.codec.as_mut(), &delta, key)?;
+            let update = Update {
+                run_id: self.config.run_id.clone(),
+                model_hash: self.model_hash,
+                peer_id: self.me.to_bytes(),
+                round,
+                base_round: base,
+                samples,
+                codec: self.codec.descriptor(),
+                payload,
+            };
+            // Our own update counts as the others will see it: D(C(u)), not Δ.
+            let own = update
+                .decode_payload(&self.limits)
+                .map_err(|e| PeerError::Sync(format!("own update does not decode: {e}")))?;
+            if let Err(reason) =
+                self.book
+                    .offer(&update.peer_id, round, base, samples, Arc::new(own))
+            {
+                self.record_drop(reason);
+            }
+            report.bytes_up = self.net.publish_update(update)? as u64;
+            self.published.push_back(round);
+            if self.published.len() > 64 {
+                self.published.pop_front();
+            }
+        }
+        report.encode_s = t1.elapsed().as_secs_f64();
+
+        // Collect until every partner's update is in (every live peer's, with broadcast),
+        // someone moved on, or the deadline.
+        let t2 = Instant::now();
+        let deadline = self.deadline_after(t2);
+        loop {
+            let round = self.book.round();
+            let live: Vec<Vec<u8>> = self.live().map(|p| p.to_bytes()).collect();
+            let me = self.me.to_bytes();
+            let partners = self.averaging.partners(round, &me, &live);
+            if self.book.has_all(partners)
+                || self.book.latest_published().is_some_and(|r| r > round)
+                || self.stopped
+            {
+                break;
+            }
+            match self.next_event(deadline).await {
+                Some(event) => self.on_event(event),
+                None if Instant::now() >= deadline || self.stopped => break,
+                None => {}
+            }
+        }
+        report.network_s = t2.elapsed().as_secs_f64();
+        self.close_round(&mut report).await?;
+        self.finish_report(report).await
+    }
+}
+
+/// A per-peer seed for the codec's stochastic rounding, so peers round independently.
+fn shard_seed(peer: &PeerId) -> u64 {
+    ShardKey::of(&peer.to_bytes()).value()
+}
