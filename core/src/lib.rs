@@ -42,3 +42,8 @@ pub use wire::{
     Announce, Digest, FORMAT_VERSION, Heartbeat, ModelHash, PeerState, Request, Response, Update,
     UpdateGossip, WireLimits,
 };
+
+/// The usage example of `core/README.md`, compiled and run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
