@@ -222,7 +222,7 @@ impl LocalSwarm {
                 let mut peer =
                     Peer::new(config, trainer, corpus, codec, peer_net, events, stop_rx)?;
                 peer.wait_for_peers(min_peers);
-                peer.set_observer(Box::new(move |round, trainer| {
+                peer.set_observer(Box::new(move |round, trainer, _| {
                     let (wire_sent, wire_received) = counted_net.wire_bytes();
                     let params = (snapshot_every > 0
                         && (round.round + 1).is_multiple_of(snapshot_every))

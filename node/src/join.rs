@@ -11,7 +11,9 @@ use anyhow::{Context, bail};
 use gradswarm_core::{CodecDescriptor, StalenessPolicy};
 use gradswarm_model::{BackendKind, Checkpoint, Corpus, Trainer, checkpoint};
 use gradswarm_net::{Multiaddr, NetConfig, native};
-use gradswarm_peer::{Peer, PeerConfig, PeerSummary, RoundReport, stop_pair};
+use gradswarm_peer::{
+    MOMENTUM_KEY, Peer, PeerConfig, PeerSummary, RESIDUAL_KEY, RoundReport, stop_pair,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::NodeConfig;
@@ -114,6 +116,9 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.run.out)
         .with_context(|| format!("creating {}", cfg.run.out.display()))?;
     let ckpt_path = cfg.run.out.join("checkpoint.safetensors");
+    // The peer's own state beside θ and the optimizer (error-feedback residual, outer momentum):
+    // without it a restart would drop the updates it computed but had not sent yet.
+    let mut resumed_state: Vec<(&'static str, Vec<f32>)> = Vec::new();
     let (trainer, resume_round) = if ckpt_path.exists() {
         let ckpt = Checkpoint::load(&ckpt_path)?;
         if ckpt.meta.run_id != cfg.run.id || ckpt.meta.model_config != cfg.model {
@@ -123,6 +128,11 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
             );
         }
         let t = ckpt.into_trainer(&ckpt_path, &cfg.train, &selected.device)?;
+        for key in [RESIDUAL_KEY, MOMENTUM_KEY] {
+            if let Some(values) = ckpt.state(key) {
+                resumed_state.push((key, values.to_vec()));
+            }
+        }
         eprintln!(
             "resuming from {} (round {})",
             ckpt_path.display(),
@@ -135,6 +145,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
             None,
         )
     };
+    let resumed_names: Vec<&str> = resumed_state.iter().map(|(k, _)| *k).collect();
     let peer_cfg = peer_config(&cfg);
     let wgpu = match (selected.kind, &selected.wgpu) {
         (BackendKind::Wgpu, Some(setup)) => Some((setup.device.clone(), setup.queue.clone())),
@@ -200,14 +211,18 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
             if let Some(r) = resume_round {
                 peer.resume_at(r);
             }
+            for (key, values) in resumed_state {
+                peer.restore_local_state(key, values)
+                    .with_context(|| format!("{} holds a bad {key}", path.display()))?;
+            }
             peer.wait_for_peers(min_peers);
             let line_bar = bar.clone();
             let (ckpt_path, ckpt_run) = (path.clone(), run_id.clone());
-            peer.set_observer(Box::new(move |r, trainer| {
+            peer.set_observer(Box::new(move |r, trainer, state| {
                 if every > 0 && (r.round + 1) % every == 0 {
                     // The round loop goes on whatever the disk says; the next checkpoint may work.
                     if let Err(e) =
-                        checkpoint::save(&ckpt_path, trainer, &ckpt_run, r.round + 1, &[])
+                        checkpoint::save(&ckpt_path, trainer, &ckpt_run, r.round + 1, state)
                     {
                         tracing::warn!("checkpoint at round {}: {e}", r.round + 1);
                     }
@@ -225,7 +240,8 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
             let result = futures::executor::block_on(peer.run());
             bar.finish_and_clear();
             // Whatever happened, the replica so far is worth keeping.
-            checkpoint::save(&path, peer.trainer(), &run_id, peer.round(), &[])?;
+            let state = peer.local_state();
+            checkpoint::save(&path, peer.trainer(), &run_id, peer.round(), &state)?;
             eprintln!("checkpoint: {} (round {})", path.display(), peer.round());
             Ok(result?)
         })?;
@@ -239,6 +255,8 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
         "rounds": summary.rounds.len(),
         "start_round": summary.start_round,
         "synced_from": summary.synced_from,
+        // What of the peer's own state (beside θ and the optimizer) came from its checkpoint.
+        "resumed_state": resumed_names,
         "final_loss": summary.rounds.iter().rev().find(|r| r.loss.is_finite()).map(|r| r.loss),
         "drops": summary.drops,
         // Whose updates counted here, and the training throughput (for comparisons across peers).

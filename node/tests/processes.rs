@@ -1,6 +1,7 @@
 //! Real processes on loopback: a `gradswarm-bootstrap` and three `gradswarm join` peers; one peer
 //! is killed (SIGKILL, no goodbye) mid-run and the other two finish their rounds, having counted
-//! its updates while it lived and each other's throughout. Plus the edges of `join`'s command line.
+//! its updates while it lived and each other's throughout; a survivor's checkpoint keeps its
+//! error-feedback residual and a restart resumes with it. Plus the edges of `join`'s command line.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -155,7 +156,7 @@ fn a_killed_peer_process_leaves_the_others_training() {
         Duration::from_secs(60),
     );
     let addr = addr.trim_start_matches("listening on ").to_string();
-    let peer = |name: &str, rounds: &str| {
+    let peer_with = |name: &str, rounds: &str, min_peers: &str| {
         Watched::spawn(Command::new(BIN).args([
             "join",
             &addr,
@@ -166,9 +167,10 @@ fn a_killed_peer_process_leaves_the_others_training() {
             "--rounds",
             rounds,
             "--min-peers",
-            "2",
+            min_peers,
         ]))
     };
+    let peer = |name: &str, rounds: &str| peer_with(name, rounds, "2");
     let mut victim = peer("victim", "100000");
     let survivors = [peer("a", "30"), peer("b", "30")];
     // The status line is printed every 10 rounds when stderr is not a terminal.
@@ -228,6 +230,31 @@ fn a_killed_peer_process_leaves_the_others_training() {
         let loss = s["final_loss"].as_f64().expect("a final loss");
         assert!(loss < 4.5, "survivor {i} kept learning (final loss {loss})");
     }
+
+    // A survivor's checkpoint holds its whole state, its error-feedback residual (updates computed
+    // but not sent yet) included, and a restart resumes with it.
+    let ckpt = gradswarm_model::Checkpoint::load(&dir.path().join("a/checkpoint.safetensors"))
+        .expect("the survivor's checkpoint loads");
+    let residual = ckpt
+        .state(gradswarm_peer::RESIDUAL_KEY)
+        .expect("the checkpoint keeps the error-feedback residual");
+    assert!(
+        residual.iter().any(|&x| x != 0.0),
+        "a top-10% codec leaves an unsent residual"
+    );
+    let (status, lines) = peer_with("a", "31", "0").finish(Duration::from_secs(300));
+    assert!(
+        status.success(),
+        "the restart failed:\n{}",
+        lines.join("\n")
+    );
+    let resumed = summary(&lines);
+    assert_eq!(resumed["start_round"], 30, "{resumed}");
+    assert_eq!(
+        resumed["resumed_state"],
+        serde_json::json!([gradswarm_peer::RESIDUAL_KEY]),
+        "{resumed}"
+    );
 }
 
 fn run(args: &[&str]) -> Output {

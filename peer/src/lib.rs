@@ -15,4 +15,4 @@ mod state;
 pub use config::{DEFAULT_LOCAL_STEPS, Mode, PeerConfig};
 pub use error::PeerError;
 pub use report::{PeerSummary, RoundReport};
-pub use runtime::{Observer, Peer, StopHandle, stop_pair};
+pub use runtime::{MOMENTUM_KEY, Observer, Peer, RESIDUAL_KEY, StopHandle, stop_pair};

@@ -210,7 +210,7 @@ pub async fn join(
     // The observer must be Send (native peers run on threads); JavaScript values are not, so
     // reports cross a channel to a task that calls the page.
     let (reports, mut received) = mpsc::unbounded::<RoundReport>();
-    peer.set_observer(Box::new(move |report, _| {
+    peer.set_observer(Box::new(move |report, _, _| {
         let _ = reports.unbounded_send(report.clone());
     }));
     wasm_bindgen_futures::spawn_local(async move {

@@ -97,7 +97,7 @@ impl Peer {
             .optimizer
             .iter()
             .cloned()
-            .partition(|(name, _)| name == "outer.momentum");
+            .partition(|(name, _)| name == super::MOMENTUM_KEY);
         self.trainer
             .set_optimizer_state(state.step, state.optimizer_steps, &inner)?;
         if let Some((_, m)) = outer.into_iter().next() {
@@ -111,7 +111,7 @@ impl Peer {
     pub(super) async fn snapshot(&self) -> Result<PeerState, PeerError> {
         let (optimizer_steps, mut optimizer) = self.trainer.optimizer_state_async().await?;
         if !self.outer.momentum().is_empty() {
-            optimizer.push(("outer.momentum".into(), self.outer.momentum().to_vec()));
+            optimizer.push((super::MOMENTUM_KEY.into(), self.outer.momentum().to_vec()));
         }
         Ok(PeerState {
             round: self.book.round(),

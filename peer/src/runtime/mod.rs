@@ -21,7 +21,7 @@ use gradswarm_core::{
     ModelHash, OuterOptimizer, RoundBook, UpdateValidator, WireLimits,
 };
 use gradswarm_model::data::validation_batches;
-use gradswarm_model::{Batch, Corpus, Trainer};
+use gradswarm_model::{Batch, Corpus, ModelError, Trainer};
 use gradswarm_net::{NetEvent, NetHandle, PeerId};
 use web_time::Instant;
 
@@ -83,8 +83,26 @@ const MARK_BUDGET_BYTES: usize = 64 << 20;
 /// A pairwise averaging in flight: the partner, the round, and the partner's θ of that round.
 type Reconciling = BoxFuture<'static, (PeerId, u64, Result<Vec<f32>, PeerError>)>;
 
-/// Called after every round with its report and the trainer (to checkpoint it, say).
-pub type Observer = Box<dyn FnMut(&RoundReport, &Trainer) + Send>;
+/// Called after every round with its report, the trainer and [`Peer::local_state`] (to checkpoint
+/// them, say).
+pub type Observer = Box<dyn FnMut(&RoundReport, &Trainer, &[(&str, &[f32])]) + Send>;
+
+/// Checkpoint key of the error-feedback residual: what this peer computed but has not sent yet.
+pub const RESIDUAL_KEY: &str = "feedback.residual";
+/// Checkpoint key of the outer optimizer's momentum (Nesterov; SGD keeps none).
+pub const MOMENTUM_KEY: &str = "outer.momentum";
+
+/// The peer's state beside θ and the inner optimizer, as [`Peer::local_state`] names it.
+fn local_state<'a>(
+    feedback: &'a ErrorFeedback,
+    outer: &'a OuterOptimizer,
+) -> Vec<(&'static str, &'a [f32])> {
+    let mut state = vec![(RESIDUAL_KEY, feedback.residual())];
+    if !outer.momentum().is_empty() {
+        state.push((MOMENTUM_KEY, outer.momentum()));
+    }
+    state
+}
 
 /// One peer: its replica, codec state and view of the swarm.
 pub struct Peer {
@@ -236,6 +254,36 @@ impl Peer {
     /// The open round.
     pub fn round(&self) -> u64 {
         self.book.round()
+    }
+
+    /// This peer's state beside the trainer's, which a checkpoint must keep for a restart to go on
+    /// where it stopped: the error-feedback residual ([`RESIDUAL_KEY`]: updates computed but not
+    /// sent yet, lost otherwise) and the outer momentum ([`MOMENTUM_KEY`], when there is one).
+    pub fn local_state(&self) -> Vec<(&'static str, &[f32])> {
+        local_state(&self.feedback, &self.outer)
+    }
+
+    /// Restores one vector of [`Peer::local_state`] from a checkpoint; an unknown key or a vector
+    /// of another length than the model's is an error, and changes nothing.
+    pub fn restore_local_state(&mut self, key: &str, values: Vec<f32>) -> Result<(), PeerError> {
+        let n = self.trainer.num_params();
+        if values.len() != n {
+            return Err(ModelError::ParamLength {
+                got: values.len(),
+                expected: n,
+            }
+            .into());
+        }
+        match key {
+            RESIDUAL_KEY => self.feedback.set_residual(values),
+            MOMENTUM_KEY => self.outer.set_momentum(values),
+            other => {
+                return Err(PeerError::Sync(format!(
+                    "no peer state is called {other:?}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Starts from a restored replica (a checkpoint) at `round`; peers ahead are caught up with.

@@ -241,7 +241,8 @@ impl Peer {
         }
         self.heartbeat_at_close();
         if let Some(observer) = self.observer.as_mut() {
-            observer(&report, &self.trainer);
+            let state = super::local_state(&self.feedback, &self.outer);
+            observer(&report, &self.trainer, &state);
         }
         self.summary.rounds.push(report);
         Ok(())
