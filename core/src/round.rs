@@ -129,9 +129,7 @@ impl<T: Clone> RoundBook<T> {
         }
         if let Err(reason) = self.policy.weight(round, base_round) {
             // A verdict on the update alone, the same at every receiver: it is decided.
-            if round + self.horizon() >= self.current {
-                self.seen.insert((round, peer.to_vec()));
-            }
+            self.refuse(peer, round);
             return Err(reason);
         }
         let entry = Pending {

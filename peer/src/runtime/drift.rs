@@ -24,25 +24,21 @@ impl Peer {
     /// averaging later.
     pub(super) fn mark(&mut self, params: Vec<f32>) {
         let round = self.book.round();
-        let (checksum, sketch) = (params_checksum(&params), DriftSketch::of(&params));
-        let applied = self.book.applied_digest();
-        self.fingerprint = Some(Fingerprint {
+        let fingerprint = Fingerprint {
             round,
-            checksum,
-            sketch: sketch.clone(),
-            applied,
-        });
+            checksum: params_checksum(&params),
+            sketch: DriftSketch::of(&params),
+            applied: self.book.applied_digest(),
+        };
+        self.fingerprint = Some(fingerprint.clone());
         if self.config.drift_tolerance.is_none() {
             return;
         }
         let params = Arc::new(params);
         self.snapshots.mark(round, params.clone(), self.max_marks);
-        self.marks.retain(|m| m.round < round);
+        self.marks.retain(|m| m.fingerprint.round < round);
         self.marks.push_back(Mark {
-            round,
-            checksum,
-            sketch,
-            applied,
+            fingerprint,
             params,
         });
         while self.marks.len() > self.max_marks {
@@ -68,7 +64,12 @@ impl Peer {
         {
             return;
         }
-        let Some(mark) = self.marks.iter().find(|m| m.round == heartbeat.round) else {
+        let Some(mark) = self
+            .marks
+            .iter()
+            .map(|m| &m.fingerprint)
+            .find(|m| m.round == heartbeat.round)
+        else {
             if heartbeat.round > self.book.round() {
                 self.early_heartbeats.insert(from, heartbeat.clone());
             }
@@ -118,7 +119,7 @@ impl Peer {
         theirs: Result<Vec<f32>, PeerError>,
     ) -> Result<(), PeerError> {
         let theirs = theirs?;
-        let Some(mark) = self.marks.iter().find(|m| m.round == round) else {
+        let Some(mark) = self.marks.iter().find(|m| m.fingerprint.round == round) else {
             return Err(PeerError::Sync(format!(
                 "this peer no longer remembers its replica of round {round}"
             )));

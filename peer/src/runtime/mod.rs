@@ -60,12 +60,8 @@ struct Seen {
 
 /// This replica at the start of a round: what a partner's snapshot of that round is compared with.
 struct Mark {
-    round: u64,
+    fingerprint: Fingerprint,
     params: Arc<Vec<f32>>,
-    checksum: u64,
-    sketch: DriftSketch,
-    /// The round book's [`gradswarm_core::RoundBook::applied_digest`] then.
-    applied: u64,
 }
 
 /// A replica's θ at the start of a round, as its heartbeats describe it.
@@ -74,6 +70,7 @@ struct Fingerprint {
     round: u64,
     checksum: u64,
     sketch: DriftSketch,
+    /// The round book's [`gradswarm_core::RoundBook::applied_digest`] then.
     applied: u64,
 }
 
