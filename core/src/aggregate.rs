@@ -4,8 +4,6 @@
 //! the coordinate-wise trimmed mean (Yin et al. 2018) and centered clipping (Karimireddy, He &
 //! Jaggi 2021), the last two robust to a minority of Byzantine peers.
 
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -227,63 +225,85 @@ fn l2_distance(x: &[f32], v: &[f64]) -> f64 {
         .sqrt()
 }
 
-/// Validates updates before they count: right length, finite, norm not far beyond the running
-/// median of accepted norms (a cheap first line against scaled or corrupted updates).
+/// Validates one update before it counts: the right length and finite values. (How large an
+/// update may be is a question about the round it is in, see [`NormScreen`].)
 #[derive(Clone, Debug)]
 pub struct UpdateValidator {
     len: usize,
-    max_norm_ratio: f64,
-    min_history: usize,
-    window: usize,
-    norms: VecDeque<f64>,
 }
 
 impl UpdateValidator {
-    /// A validator for vectors of `len`, rejecting norms above `max_norm_ratio ×` the median of the
-    /// last `window` accepted norms once `min_history` have been seen.
-    pub fn new(len: usize, max_norm_ratio: f64, min_history: usize, window: usize) -> Self {
-        Self {
-            len,
-            max_norm_ratio,
-            min_history,
-            window: window.max(1),
-            norms: VecDeque::new(),
-        }
+    /// A validator for vectors of `len`.
+    pub fn new(len: usize) -> Self {
+        Self { len }
     }
 
-    /// Checks one update (given its coordinates' values and the length it claims); on success the
-    /// norm joins the history and is returned.
-    pub fn validate(&mut self, len: usize, values: &[f32]) -> Result<f64, DropReason> {
+    /// Checks one update (given its coordinates' values and the length it claims); returns its norm.
+    pub fn validate(&self, len: usize, values: &[f32]) -> Result<f64, DropReason> {
         if len != self.len {
             return Err(DropReason::WrongShape);
         }
         if values.iter().any(|v| !v.is_finite()) {
             return Err(DropReason::NonFinite);
         }
-        let norm = values
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
-        if self.norms.len() >= self.min_history
-            && let Some(med) = self.median_norm()
-            && norm > self.max_norm_ratio * med
-        {
-            return Err(DropReason::NormOutlier);
-        }
-        if self.norms.len() == self.window {
-            self.norms.pop_front();
-        }
-        self.norms.push_back(norm);
-        Ok(norm)
+        Ok(l2_norm(values))
     }
+}
 
-    /// The median of the accepted norms in the window, if any.
-    pub fn median_norm(&self) -> Option<f64> {
-        if self.norms.is_empty() {
-            return None;
+/// ‖v‖₂ in f64.
+pub fn l2_norm(values: &[f32]) -> f64 {
+    values
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Screens a round's updates by norm before any rule aggregates them: an update far above the
+/// round's median norm is dropped, and the rest are scaled down to a few times that median, so
+/// that no single update moves θ much further than an honest one, whatever it claims.
+///
+/// It looks at the round's set of updates only, never at the order they came in: every replica
+/// that holds the same set screens it the same way (a per-receiver history of norms would not,
+/// and replicas would part). The median is the lower one, so with up to a quarter of the updates
+/// hostile it is an honest norm from the first round on.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NormScreen {
+    /// Updates with a norm above this many times the round's median are dropped (`NormOutlier`).
+    pub max_ratio: f64,
+    /// The others are scaled down to at most this many times the median.
+    pub clip_ratio: f64,
+}
+
+impl Default for NormScreen {
+    fn default() -> Self {
+        Self {
+            max_ratio: 10.0,
+            clip_ratio: 2.0,
         }
-        Some(median(&self.norms.iter().copied().collect::<Vec<_>>()))
+    }
+}
+
+impl NormScreen {
+    /// For each of a round's update norms: `None` to drop it, or the factor (≤ 1) to scale it by.
+    pub fn screen(&self, norms: &[f64]) -> Vec<Option<f32>> {
+        let mut sorted: Vec<f64> = norms.iter().copied().filter(|n| n.is_finite()).collect();
+        sorted.sort_unstable_by(f64::total_cmp);
+        let Some(&median) = sorted.get(sorted.len().saturating_sub(1) / 2) else {
+            return vec![None; norms.len()];
+        };
+        norms
+            .iter()
+            .map(|&n| {
+                if !n.is_finite() || n > self.max_ratio * median {
+                    None
+                } else if n > self.clip_ratio * median && n > 0.0 {
+                    Some((self.clip_ratio * median / n) as f32)
+                } else {
+                    Some(1.0)
+                }
+            })
+            .collect()
     }
 }
 
@@ -323,14 +343,27 @@ mod tests {
     }
 
     #[test]
-    fn validator_rejects_shape_nan_and_outliers() {
-        let mut v = UpdateValidator::new(2, 10.0, 3, 8);
+    fn validator_rejects_shape_and_nan() {
+        let v = UpdateValidator::new(2);
         assert_eq!(v.validate(3, &[1.0, 1.0]), Err(DropReason::WrongShape));
         assert_eq!(v.validate(2, &[f32::NAN, 1.0]), Err(DropReason::NonFinite));
-        for _ in 0..3 {
-            assert!(v.validate(2, &[3.0, 4.0]).is_ok());
-        }
-        assert_eq!(v.validate(2, &[300.0, 400.0]), Err(DropReason::NormOutlier));
-        assert_eq!(v.validate(2, &[30.0, 40.0]), Ok(50.0));
+        assert_eq!(v.validate(2, &[3.0, 4.0]), Ok(5.0));
+    }
+
+    #[test]
+    fn the_screen_drops_far_outliers_and_clips_the_rest_from_the_first_round() {
+        let screen = NormScreen::default();
+        // Three honest norms and one 100× liar: the liar is dropped, the honest pass unscaled.
+        assert_eq!(
+            screen.screen(&[1.0, 1.2, 0.9, 100.0]),
+            vec![Some(1.0), Some(1.0), Some(1.0), None]
+        );
+        // Two updates only (the liar's and ours): the lower median is the honest one.
+        assert_eq!(screen.screen(&[1.0, 100.0]), vec![Some(1.0), None]);
+        // 4× the median: kept, scaled to 2× the median.
+        assert_eq!(screen.screen(&[1.0, 1.0, 1.0, 4.0])[3], Some(0.5));
+        // A free rider's zero norm is the lowest, not the median, while it is a minority.
+        assert_eq!(screen.screen(&[0.0, 1.0, 1.0, 1.0]), vec![Some(1.0); 4]);
+        assert_eq!(screen.screen(&[]), Vec::<Option<f32>>::new());
     }
 }

@@ -103,14 +103,56 @@ pub fn relative_distance(a: &[f32], b: &[f32]) -> f64 {
     d2.sqrt() / n2.sqrt().max(1e-30)
 }
 
-/// Pairwise averaging, applied late: `theta += (theirs_then − mine_then) / 2`.
+/// What a replica does about another replica of the same round that looks drifted from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing: it is close enough, or no majority stands behind it.
+    Keep,
+    /// Move all the way to it: a majority of the round's replicas agree with it, and not with us.
+    Adopt,
+    /// Meet halfway: the replicas are split in two equal camps, ours and its (two peers, say).
+    Halfway,
+}
+
+/// Decides, from the sketches of one round's replicas, whether this replica (`mine`) should move
+/// toward `partner`'s. `others` are the sketches heard for that round besides ours (`partner`'s
+/// included); `voters` is how many replicas should have spoken (this one included), so that
+/// silence counts against moving. A replica follows agreement, never one peer: with at most a
+/// quarter of the voters hostile, liars never form the majority that [`Verdict::Adopt`] needs,
+/// nor the equal half that [`Verdict::Halfway`] needs.
+pub fn verdict(
+    mine: &DriftSketch,
+    partner: &DriftSketch,
+    others: &[&DriftSketch],
+    voters: usize,
+    tolerance: f64,
+) -> Verdict {
+    let near =
+        |a: &DriftSketch, b: &DriftSketch| a.relative_distance(b).is_some_and(|d| d <= tolerance);
+    if partner.relative_distance(mine).is_none() || near(mine, partner) {
+        return Verdict::Keep;
+    }
+    let voters = voters.max(others.len() + 1);
+    let with_partner = others.iter().filter(|o| near(partner, o)).count();
+    let with_me = 1 + others.iter().filter(|o| near(mine, o)).count();
+    if 2 * with_partner > voters {
+        Verdict::Adopt
+    } else if 2 * with_partner == voters && 2 * with_me == voters {
+        Verdict::Halfway
+    } else {
+        Verdict::Keep
+    }
+}
+
+/// Moves this replica toward another, applied late: `theta += share · (theirs_then − mine_then)`.
 ///
 /// `mine_then` and `theirs_then` are both replicas at the same earlier round; `theta` is this
-/// replica now. When both peers of a pair apply it, their difference at that round vanishes, and
-/// updates applied since (the same on both) carry over unchanged: rounds need not stop for it.
-pub fn pull_halfway(theta: &mut [f32], mine_then: &[f32], theirs_then: &[f32]) {
+/// replica now. With `share` 1 (adopting a majority's replica) the difference at that round
+/// vanishes; with ½ on both sides of a pair it vanishes too. Updates applied since (the same on
+/// both) carry over unchanged: rounds need not stop for it.
+pub fn pull_toward(theta: &mut [f32], mine_then: &[f32], theirs_then: &[f32], share: f32) {
     for ((t, &m), &o) in theta.iter_mut().zip(mine_then).zip(theirs_then) {
-        *t += 0.5 * (o - m);
+        *t += share * (o - m);
     }
 }
 
@@ -152,8 +194,8 @@ mod tests {
         // Both applied the same update since the round they compare.
         let mut a: Vec<f32> = mine.iter().zip(&later).map(|(m, l)| m + l).collect();
         let mut b: Vec<f32> = theirs.iter().zip(&later).map(|(t, l)| t + l).collect();
-        pull_halfway(&mut a, &mine, &theirs);
-        pull_halfway(&mut b, &theirs, &mine);
+        pull_toward(&mut a, &mine, &theirs, 0.5);
+        pull_toward(&mut b, &theirs, &mine, 0.5);
         assert!(relative_distance(&a, &b) < 1e-6);
         let mid: Vec<f32> = mine
             .iter()
@@ -162,6 +204,36 @@ mod tests {
             .map(|((m, t), l)| 0.5 * (m + t) + l)
             .collect();
         assert!(relative_distance(&mid, &a) < 1e-6);
+    }
+
+    #[test]
+    fn replicas_follow_a_majority_never_one_peer() {
+        let honest = DriftSketch::of(&synthetic::gradient_like(1000, 1));
+        let other = DriftSketch::of(&synthetic::gradient_like(1000, 2));
+        let tol = 1e-4;
+        // Four replicas, one liar: the liar is one voice against three.
+        assert_eq!(
+            verdict(&honest, &other, &[&other, &honest, &honest], 4, tol),
+            Verdict::Keep
+        );
+        // We are the odd one out: the three others agree with the partner.
+        assert_eq!(
+            verdict(&other, &honest, &[&honest, &honest, &honest], 4, tol),
+            Verdict::Adopt
+        );
+        // Only the partner has spoken yet, of four: silence counts against moving.
+        assert_eq!(verdict(&other, &honest, &[&honest], 4, tol), Verdict::Keep);
+        // Two replicas that drifted apart meet halfway, as pairwise averaging did.
+        assert_eq!(
+            verdict(&honest, &other, &[&other], 2, tol),
+            Verdict::Halfway
+        );
+        // Close enough, or no sketch: nothing to do.
+        assert_eq!(verdict(&honest, &honest, &[&honest], 2, tol), Verdict::Keep);
+        assert_eq!(
+            verdict(&honest, &DriftSketch::default(), &[], 2, tol),
+            Verdict::Keep
+        );
     }
 
     #[test]

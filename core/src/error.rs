@@ -87,6 +87,14 @@ pub enum DecodeError {
     /// Bytes remain after the last field.
     #[error("{0} trailing bytes")]
     TrailingBytes(usize),
+    /// An update claims no samples, or more than one honest round of the run can train on.
+    #[error("claims {samples} samples, the run allows 1..={max}")]
+    Overclaimed {
+        /// What it claims.
+        samples: u64,
+        /// The run's bound.
+        max: u64,
+    },
 }
 
 impl DecodeError {
@@ -109,6 +117,7 @@ impl DecodeError {
             Self::BadVarint => "bad_varint",
             Self::Truncated => "truncated",
             Self::TrailingBytes(_) => "trailing_bytes",
+            Self::Overclaimed { .. } => "overclaimed",
         }
     }
 }

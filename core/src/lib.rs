@@ -26,7 +26,9 @@ pub mod synthetic;
 pub mod topology;
 pub mod wire;
 
-pub use aggregate::{AggregateError, AggregationRule, Aggregator, UpdateValidator, Weighted};
+pub use aggregate::{
+    AggregateError, AggregationRule, Aggregator, NormScreen, UpdateValidator, Weighted,
+};
 pub use codec::{
     Codec, CodecDescriptor, Compress, CpuCodec, DecodedUpdate, ErrorFeedback, Quantize, RngKey,
     Sparsify,

@@ -166,9 +166,28 @@ impl<T: Clone> RoundBook<T> {
             .flat_map(|m| m.keys().map(Vec::as_slice))
     }
 
-    /// The latest round any peer has published for: past the open round means others moved on.
-    pub fn latest_published(&self) -> Option<u64> {
-        self.pending.keys().next_back().copied()
+    /// The round the swarm has moved on to, when it is past the open one: the latest round that
+    /// more than half of `peers` (the others this peer waits for) have published an update for.
+    /// One liar claiming a later round cannot make the others close the rounds in between (and
+    /// drop their own updates as too stale): it is a minority of one.
+    pub fn moved_on<'a>(&self, peers: impl IntoIterator<Item = &'a [u8]>) -> Option<u64> {
+        let mut total = 0usize;
+        // Each peer's latest round past the open one (peers with none count against).
+        let mut ahead: Vec<u64> = Vec::new();
+        for p in peers {
+            total += 1;
+            if let Some((&r, _)) = self
+                .pending
+                .range(self.current + 1..)
+                .rev()
+                .find(|(_, m)| m.contains_key(p))
+            {
+                ahead.push(r);
+            }
+        }
+        let quorum = total / 2 + 1;
+        ahead.sort_unstable_by(|a, b| b.cmp(a));
+        ahead.get(quorum - 1).copied()
     }
 
     fn accept(
@@ -351,12 +370,30 @@ mod tests {
         // A future update waits for its round; one past the horizon is refused.
         let r = b.round();
         b.offer(b"fast", r + 3, r + 3, 1, 0).unwrap();
-        assert_eq!(b.latest_published(), Some(r + 3));
+        assert_eq!(b.moved_on([&b"fast"[..]]), Some(r + 3));
         assert_eq!(
             b.offer(b"liar", r + 100, r + 100, 1, 0),
             Err(DropReason::FromFuture)
         );
         assert_eq!(b.offer(b"liar", 8, 9, 1, 0), Err(DropReason::FromFuture));
+    }
+
+    #[test]
+    fn one_peer_ahead_does_not_move_the_clock_a_majority_does() {
+        let mut b = book();
+        let peers = [&b"a"[..], &b"b"[..], &b"liar"[..]];
+        // The liar claims a round near the horizon: one of three is no majority.
+        b.offer(b"liar", 9, 9, 1, 0).unwrap();
+        assert_eq!(b.moved_on(peers), None);
+        // a moves on to 6: two of three are past round 5, and the later of their rounds that a
+        // majority reached is 6 (not the liar's 9).
+        b.offer(b"a", 6, 5, 1, 0).unwrap();
+        assert_eq!(b.moved_on(peers), Some(6));
+        b.offer(b"b", 7, 6, 1, 0).unwrap();
+        assert_eq!(b.moved_on(peers), Some(7));
+        // With nobody else, or one other, that one's round is the swarm's.
+        assert_eq!(b.moved_on([]), None);
+        assert_eq!(b.moved_on([&b"liar"[..]]), Some(9));
     }
 
     #[test]

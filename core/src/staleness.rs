@@ -75,11 +75,13 @@ pub enum DropReason {
     Unfetchable,
     /// A pulled payload that is not what its announcement promised (size, digest or header).
     PayloadMismatch,
+    /// Claims more samples than one honest round of the run trains on (to weigh more).
+    Overclaimed,
 }
 
 impl DropReason {
     /// Every reason, in report order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         Self::TooStale,
         Self::FromFuture,
         Self::ForeignRun,
@@ -92,6 +94,7 @@ impl DropReason {
         Self::SenderMismatch,
         Self::Unfetchable,
         Self::PayloadMismatch,
+        Self::Overclaimed,
     ];
 
     /// A short stable name for reports and metrics.
@@ -109,6 +112,18 @@ impl DropReason {
             Self::SenderMismatch => "sender_mismatch",
             Self::Unfetchable => "unfetchable",
             Self::PayloadMismatch => "payload_mismatch",
+            Self::Overclaimed => "overclaimed",
+        }
+    }
+}
+
+impl From<&crate::DecodeError> for DropReason {
+    /// The reason a message that failed to decode is counted under.
+    fn from(e: &crate::DecodeError) -> Self {
+        match e {
+            crate::DecodeError::NonFinite { .. } => Self::NonFinite,
+            crate::DecodeError::Overclaimed { .. } => Self::Overclaimed,
+            _ => Self::Malformed,
         }
     }
 }

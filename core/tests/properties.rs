@@ -274,7 +274,7 @@ proptest! {
     /// NaN updates never reach an aggregator: the validator rejects them and keeps the rest.
     #[test]
     fn nan_updates_are_rejected(dim in 1usize..50, at in any::<prop::sample::Index>(), seed in any::<u64>()) {
-        let mut v = UpdateValidator::new(dim, 10.0, 3, 16);
+        let v = UpdateValidator::new(dim);
         let mut rng = SplitMix::new(seed);
         let good: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
         let mut bad = good.clone();

@@ -15,8 +15,13 @@ use gradswarm_core::CpuCodec;
 use gradswarm_model::burn::prelude::Device;
 use gradswarm_model::{Corpus, DataConfig, ModelConfig, TrainConfig, Trainer};
 use gradswarm_net::{Multiaddr, NetConfig, NetHandle, native};
-use gradswarm_peer::{Peer, PeerConfig, PeerSummary, RoundReport, StopHandle, stop_pair};
+use gradswarm_peer::{
+    Edge, Honest, Peer, PeerConfig, PeerSummary, RoundReport, StopHandle, stop_pair,
+};
 
+use crate::attack::{Attack, Attacker};
+
+pub mod attack;
 pub mod baseline;
 pub mod plot;
 pub mod report;
@@ -189,6 +194,27 @@ impl LocalSwarm {
         self.spawn_trainer(config, trainer, corpus, min_peers)
     }
 
+    /// Starts an attacker: a peer like [`Self::spawn_peer`]'s whose messages go out through
+    /// `attack`'s [`Attacker`] edge.
+    pub fn spawn_attacker(
+        &mut self,
+        attack: Attack,
+        config: PeerConfig,
+        model: &ModelConfig,
+        train: &TrainConfig,
+        corpus: Arc<Corpus>,
+        min_peers: usize,
+    ) -> Result<(usize, PeerProc)> {
+        let trainer = Trainer::new(model, train, &Device::flex())?;
+        let edge = Attacker::new(
+            attack,
+            config.codec,
+            config.staleness,
+            0x5EED + self.started as u64,
+        )?;
+        self.spawn_with(config, trainer, corpus, min_peers, Box::new(edge))
+    }
+
     /// Starts a peer around a trainer made by the caller (whose replica a test may have moved).
     pub fn spawn_trainer(
         &mut self,
@@ -196,6 +222,17 @@ impl LocalSwarm {
         trainer: Trainer,
         corpus: Arc<Corpus>,
         min_peers: usize,
+    ) -> Result<(usize, PeerProc)> {
+        self.spawn_with(config, trainer, corpus, min_peers, Box::new(Honest))
+    }
+
+    fn spawn_with(
+        &mut self,
+        config: PeerConfig,
+        trainer: Trainer,
+        corpus: Arc<Corpus>,
+        min_peers: usize,
+        edge: Box<dyn Edge>,
     ) -> Result<(usize, PeerProc)> {
         let index = self.started;
         self.started += 1;
@@ -222,6 +259,7 @@ impl LocalSwarm {
                 let mut peer =
                     Peer::new(config, trainer, corpus, codec, peer_net, events, stop_rx)?;
                 peer.wait_for_peers(min_peers);
+                peer.set_edge(edge);
                 peer.set_observer(Box::new(move |round, trainer, _| {
                     let (wire_sent, wire_received) = counted_net.wire_bytes();
                     let params = (snapshot_every > 0

@@ -9,6 +9,8 @@ use gradswarm_model::{ModelConfig, TrainConfig};
 use gradswarm_peer::{DEFAULT_LOCAL_STEPS, Mode, PeerConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::attack::Attack;
+
 /// What the baseline trained in the same run is (see `crate::baseline`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -42,6 +44,9 @@ pub struct PeerSpec {
     /// It is killed (its network cut mid-round) once it has closed this round.
     #[serde(default)]
     pub kill_at_round: Option<u64>,
+    /// It is an attacker of this kind (see `crate::attack`), not an honest peer.
+    #[serde(default)]
+    pub attack: Option<Attack>,
 }
 
 fn one() -> f64 {

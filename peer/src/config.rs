@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use gradswarm_core::{
-    AggregationRule, AveragingConfig, CodecDescriptor, OuterConfig, StalenessPolicy, WireLimits,
+    AggregationRule, AveragingConfig, CodecDescriptor, NormScreen, OuterConfig, StalenessPolicy,
+    WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +34,6 @@ impl Mode {
 
 /// H when a configuration does not say: local-steps mode's default steps per round.
 pub const DEFAULT_LOCAL_STEPS: u64 = 8;
-
-/// An update may claim at most this many times the samples of an honest one (a peer's batch size
-/// times its steps per round): the bound is loose, as batch sizes may differ between peers, but it
-/// caps a liar's aggregation weight.
-const MAX_SAMPLES_FACTOR: u64 = 64;
 
 /// The round protocol's settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,8 +78,8 @@ pub struct PeerConfig {
     pub eval_every: u64,
     /// Validation batches per evaluation.
     pub eval_batches: usize,
-    /// Drop updates whose norm exceeds this multiple of the running median.
-    pub max_norm_ratio: f64,
+    /// How a round's updates are screened by norm before they are aggregated.
+    pub norm_screen: NormScreen,
     /// Experiments only: stretch each round's compute by this factor (1: none), to play a slow peer.
     pub slowdown: f64,
     /// Replicas whose heartbeat sketches put them further apart than this (relative L2) reconcile
@@ -140,7 +136,7 @@ impl PeerConfig {
             join_wait: Duration::from_secs(3),
             eval_every: 0,
             eval_batches: 4,
-            max_norm_ratio: 50.0,
+            norm_screen: NormScreen::default(),
             slowdown: 1.0,
             // Last-bit differences of updates applied in another order read as ~1e-7; one missed
             // update of the default job as ~1e-3.
@@ -162,7 +158,10 @@ impl PeerConfig {
     /// The limits this peer's updates, and the others', are held to for a model of `model_len`
     /// parameters trained at `batch_size`: the one place the samples bound is computed.
     pub fn wire_limits(&self, model_len: usize, batch_size: usize) -> WireLimits {
+        // Every peer of a run trains the run's batch for the run's steps per round, so an update
+        // may claim exactly that and no more: samples are its aggregation weight, and a looser
+        // bound is weight a liar takes from the honest.
         let honest = batch_size as u64 * self.steps_per_round();
-        WireLimits::for_model(model_len, honest.saturating_mul(MAX_SAMPLES_FACTOR))
+        WireLimits::for_model(model_len, honest)
     }
 }

@@ -7,12 +7,14 @@
 //! (training blocks), the browser on wasm-bindgen-futures.
 
 mod config;
+mod edge;
 mod error;
 mod report;
 mod runtime;
 mod state;
 
 pub use config::{DEFAULT_LOCAL_STEPS, Mode, PeerConfig};
+pub use edge::{Edge, Honest};
 pub use error::PeerError;
 pub use report::{PeerSummary, RoundReport};
 pub use runtime::{MOMENTUM_KEY, Observer, Peer, RESIDUAL_KEY, StopHandle, stop_pair};

@@ -38,6 +38,8 @@ pub struct RoundReport {
     pub catch_up: bool,
     /// Pairwise averagings with a drifted replica since the previous report.
     pub reconciled: u64,
+    /// True when the round closed at its deadline with a partner's update still missing.
+    pub waited_out: bool,
 }
 
 /// What a peer did over its whole run.

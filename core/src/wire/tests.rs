@@ -45,7 +45,7 @@ fn rejects_bad_headers() {
     u.samples = (1 << 20) + 1;
     assert!(matches!(
         Update::from_bytes(&u.to_bytes(), &limits),
-        Err(DecodeError::BadHeader(_))
+        Err(DecodeError::Overclaimed { .. })
     ));
     let mut u = sample();
     u.run_id = "x".repeat(65);

@@ -88,7 +88,10 @@ impl Announce {
             return Err(DecodeError::BadHeader("base round after round"));
         }
         if self.samples == 0 || self.samples > limits.max_samples {
-            return Err(DecodeError::BadHeader("sample count out of range"));
+            return Err(DecodeError::Overclaimed {
+                samples: self.samples,
+                max: limits.max_samples,
+            });
         }
         if self.bytes == 0 || self.bytes > limits.max_message_bytes as u64 {
             return Err(DecodeError::BadHeader("announced size out of range"));
@@ -163,7 +166,10 @@ impl Update {
             return Err(DecodeError::BadHeader("base round after round"));
         }
         if self.samples == 0 || self.samples > limits.max_samples {
-            return Err(DecodeError::BadHeader("sample count out of range"));
+            return Err(DecodeError::Overclaimed {
+                samples: self.samples,
+                max: limits.max_samples,
+            });
         }
         self.codec.validate()
     }

@@ -105,7 +105,7 @@ impl Driver {
         data: &[u8],
     ) -> Result<Gossiped, DropReason> {
         let limits = self.limits();
-        match UpdateGossip::from_bytes(data, &limits).map_err(|_| DropReason::Malformed)? {
+        match UpdateGossip::from_bytes(data, &limits).map_err(|e| DropReason::from(&e))? {
             UpdateGossip::Inline(update) => self
                 .check_update(from, update, data.len())
                 .map(Gossiped::Event),
@@ -116,10 +116,14 @@ impl Driver {
                     &announce.peer_id,
                     announce.model_hash,
                 )?;
-                if self.config.model_hash.is_none() || self.store.contains(&announce.digest) {
-                    // A bootstrap node forwards announcements without pulling; a peer that holds
-                    // the update already (its own, or pulled) has nothing to fetch.
+                if self.config.model_hash.is_none() {
+                    // A bootstrap node forwards announcements without pulling.
                     return Ok(Gossiped::Event(None));
+                }
+                if self.store.contains(&announce.digest) {
+                    // Gossip delivers each message once, and a peer announces each update once:
+                    // a second announcement of an update this peer holds is a replay.
+                    return Err(DropReason::Duplicate);
                 }
                 Ok(Gossiped::Announced(announce))
             }
@@ -160,7 +164,7 @@ impl Driver {
         }
         let decoded = update
             .decode_payload(&self.limits())
-            .map_err(|_| DropReason::Malformed)?;
+            .map_err(|e| DropReason::from(&e))?;
         if !decoded.values.iter().all(|v| v.is_finite()) {
             return Err(DropReason::NonFinite);
         }

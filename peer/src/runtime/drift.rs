@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use futures::FutureExt;
-use gradswarm_core::drift::{pull_halfway, relative_distance};
+use gradswarm_core::drift::{Verdict, pull_toward, relative_distance, verdict};
 use gradswarm_core::wire::params_checksum;
 use gradswarm_core::{DriftSketch, Heartbeat};
 use gradswarm_net::PeerId;
 use tracing::{debug, info};
 
-use super::{Fingerprint, Mark, Peer};
+use super::{Fingerprint, Mark, Peer, Vote};
 use crate::error::PeerError;
 use crate::state;
 
@@ -22,8 +22,9 @@ const RECONCILE_BACKOFF: u64 = 3;
 impl Peer {
     /// Remembers this replica, θ = `params`, at the start of the open round, for pairwise
     /// averaging later.
-    pub(super) fn mark(&mut self, params: Vec<f32>) {
+    pub(super) fn mark(&mut self, mut params: Vec<f32>) {
         let round = self.book.round();
+        self.edge.mark(round, &mut params);
         let fingerprint = Fingerprint {
             round,
             checksum: params_checksum(&params),
@@ -44,78 +45,116 @@ impl Peer {
         while self.marks.len() > self.max_marks {
             self.marks.pop_front();
         }
+        if let Some(oldest) = self.marks.front().map(|m| m.fingerprint.round) {
+            self.votes = self.votes.split_off(&oldest);
+        }
     }
 
-    /// Starts a pairwise averaging with `from` when its heartbeat's sketch puts its replica
-    /// further from ours, at the same round, than the drift tolerance.
+    /// Takes in a heartbeat's fingerprint of its sender's replica as a vote on that round, and
+    /// looks at the round again if this replica has marked it.
     pub(super) fn check_drift(&mut self, from: PeerId, heartbeat: &Heartbeat) {
+        if self.config.drift_tolerance.is_none() || heartbeat.sketch.is_empty() {
+            return;
+        }
+        let round = self.book.round();
+        // Votes are kept for the rounds this peer holds marks of, and a horizon ahead.
+        let oldest = self.marks.front().map_or(round, |m| m.fingerprint.round);
+        if heartbeat.round < oldest || heartbeat.round > round + self.book.horizon() {
+            return;
+        }
+        self.votes.entry(heartbeat.round).or_default().insert(
+            from,
+            Vote {
+                checksum: heartbeat.checksum,
+                sketch: heartbeat.sketch.clone(),
+                applied: heartbeat.applied,
+            },
+        );
+        self.reconsider(heartbeat.round);
+    }
+
+    /// Starts a reconciliation when the votes for `round` put a majority of the swarm's replicas
+    /// (or, between two camps of equal size, the other camp) further from this one than the
+    /// drift tolerance ([`verdict`]): this replica follows agreement, never one peer.
+    pub(super) fn reconsider(&mut self, round: u64) {
         let Some(tolerance) = self.config.drift_tolerance else {
             return;
         };
         // State comes from a peer we are connected to, one transfer at a time.
-        if !self.running || self.reconciling.is_some() || !self.joined.contains(&from) {
-            return;
-        }
-        if heartbeat.round < self.quiet_until
-            || self
-                .reconcile_after
-                .get(&from)
-                .is_some_and(|&r| heartbeat.round < r)
-        {
+        if !self.running || self.reconciling.is_some() || round < self.quiet_until {
             return;
         }
         let Some(mark) = self
             .marks
             .iter()
             .map(|m| &m.fingerprint)
-            .find(|m| m.round == heartbeat.round)
+            .find(|m| m.round == round)
         else {
-            if heartbeat.round > self.book.round() {
-                self.early_heartbeats.insert(from, heartbeat.clone());
+            return;
+        };
+        let Some(votes) = self.votes.get(&round) else {
+            return;
+        };
+        // Replicas whose recent updates differ from ours are still taking one in (it arrives as
+        // a correction): averaging now would make the gap it closes permanent. They do not vote.
+        let same: Vec<(&PeerId, &Vote)> = votes
+            .iter()
+            .filter(|(_, v)| v.applied == mark.applied)
+            .collect();
+        let sketches: Vec<&DriftSketch> = same.iter().map(|(_, v)| &v.sketch).collect();
+        let voters = self.contributors().count() + 1;
+        let choice = same.iter().find_map(|&(peer, vote)| {
+            if vote.checksum == mark.checksum
+                || !self.joined.contains(peer)
+                || self.reconcile_after.get(peer).is_some_and(|&r| round < r)
+            {
+                return None;
             }
+            match verdict(&mark.sketch, &vote.sketch, &sketches, voters, tolerance) {
+                Verdict::Keep => None,
+                v => Some((*peer, v, vote.checksum)),
+            }
+        });
+        let Some((from, verdict, checksum)) = choice else {
             return;
         };
-        if mark.checksum == heartbeat.checksum {
-            return;
-        }
-        if mark.applied != heartbeat.applied {
-            // Different recent updates: one of them is still on its way to one replica, and
-            // arrives as a correction. Averaging now would make the gap it closes permanent.
-            return;
-        }
-        let Some(drift) = mark.sketch.relative_distance(&heartbeat.sketch) else {
-            return;
-        };
-        if drift <= tolerance {
-            return;
-        }
         info!(
-            "replica of {from} is ~{drift:.1e} from ours at round {}: averaging with it",
-            heartbeat.round
+            "replica of {from} at round {round} is where the swarm agrees ({verdict:?}): fetching it"
         );
         self.reconcile_after
             .insert(from, self.book.round() + RECONCILE_BACKOFF);
         let net = self.net.clone();
         let run_id = self.config.run_id.clone();
         let (model_hash, n) = (self.model_hash, self.trainer.num_params());
-        let round = heartbeat.round;
         self.reconciling = Some(
             async move {
-                let theirs = state::fetch_params(&net, from, &run_id, model_hash, round, n).await;
-                (from, round, theirs)
+                let theirs = state::fetch_params(&net, from, &run_id, model_hash, round, n)
+                    .await
+                    .and_then(|theta| {
+                        // What it serves must be what it signed in its heartbeat.
+                        if params_checksum(&theta) == checksum {
+                            Ok(theta)
+                        } else {
+                            Err(PeerError::Sync(format!(
+                                "{from} served a replica of round {round} other than its heartbeat's"
+                            )))
+                        }
+                    });
+                (from, round, verdict, theirs)
             }
             .boxed(),
         );
     }
 
-    /// Applies this peer's half of a pairwise averaging with `peer` (docs/architecture.md: replicas that
-    /// drift reconcile pairwise): θ moves halfway to the partner's replica, as of `round`. The
-    /// partner, having seen the same two heartbeats, applies the other half with our θ of the
-    /// same round, so the difference of that round vanishes and updates applied since carry over.
+    /// Applies a reconciliation with `peer`'s replica of `round` (docs/architecture.md): θ moves
+    /// all the way to it when a majority agreed with it ([`Verdict::Adopt`]), halfway between two
+    /// equal camps (the partner, having seen the same heartbeats, applies the other half). The
+    /// difference of that round vanishes and updates applied since carry over.
     pub(super) async fn finish_reconcile(
         &mut self,
         peer: PeerId,
         round: u64,
+        verdict: Verdict,
         theirs: Result<Vec<f32>, PeerError>,
     ) -> Result<(), PeerError> {
         let theirs = theirs?;
@@ -130,11 +169,18 @@ impl Peer {
             debug!("replica of {peer} at round {round} is {drift:.1e} from ours: close enough");
             return Ok(());
         }
+        let share = match verdict {
+            Verdict::Adopt => 1.0,
+            Verdict::Halfway => 0.5,
+            Verdict::Keep => return Ok(()),
+        };
         let mut theta = self.trainer.parameters_async().await?;
-        pull_halfway(&mut theta, &mine, &theirs);
+        pull_toward(&mut theta, &mine, &theirs, share);
         self.trainer.set_parameters(&theta)?;
         self.quiet_until = self.book.round() + RECONCILE_BACKOFF;
-        info!("averaged with {peer}'s replica of round {round} (it was {drift:.1e} from ours)");
+        info!(
+            "moved {share} of the way to {peer}'s replica of round {round} (it was {drift:.1e} from ours)"
+        );
         self.reconciled_pending += 1;
         *self
             .summary

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use gradswarm_core::DropReason;
+use gradswarm_core::drift::Verdict;
 use gradswarm_net::{NetEvent, PeerId};
 use tracing::{debug, info, warn};
 use web_time::Instant;
 
-use super::{Peer, Seen};
+use super::{MISSED_LIMIT, Peer, Seen};
 use crate::error::PeerError;
 
 /// How long a peer that left is not brought back by gossip still in flight from it.
@@ -23,6 +24,36 @@ impl Peer {
             .iter()
             .filter(move |(_, s)| s.last.elapsed() < timeout)
             .map(|(p, _)| p)
+    }
+
+    /// The live peers this peer waits for and shares the data with: those that have not left
+    /// [`MISSED_LIMIT`] rounds in a row waiting for an update that never came.
+    pub(super) fn contributors(&self) -> impl Iterator<Item = &PeerId> {
+        let timeout = self.config.peer_timeout;
+        self.peers
+            .iter()
+            .filter(move |(_, s)| s.last.elapsed() < timeout && s.missed < MISSED_LIMIT)
+            .map(|(p, _)| p)
+    }
+
+    /// After a round ran to its deadline: every partner whose update for it is missing missed it.
+    pub(super) fn count_missed(&mut self, partners: &[&[u8]]) {
+        let arrived: Vec<Vec<u8>> = self.book.arrived().map(<[u8]>::to_vec).collect();
+        for p in partners {
+            if arrived.iter().any(|a| a == p) {
+                continue;
+            }
+            if let Ok(peer) = PeerId::from_bytes(p)
+                && let Some(seen) = self.peers.get_mut(&peer)
+            {
+                seen.missed += 1;
+                if seen.missed == MISSED_LIMIT {
+                    info!(
+                        "{peer} sent no usable update for {MISSED_LIMIT} rounds: not waiting for it"
+                    );
+                }
+            }
+        }
     }
 
     /// Records that `peer` was heard from, at `round` when the message names one.
@@ -39,6 +70,7 @@ impl Peer {
             round: 0,
             published: (0, 0),
             settled: false,
+            missed: 0,
         });
         seen.last = Instant::now();
         if let Some(r) = round {
@@ -53,7 +85,7 @@ impl Peer {
             Net(Option<NetEvent>),
             Timeout,
             Stop,
-            Reconciled(PeerId, u64, Result<Vec<f32>, PeerError>),
+            Reconciled(PeerId, u64, Verdict, Result<Vec<f32>, PeerError>),
         }
         let remaining = until.saturating_duration_since(Instant::now());
         let mut timeout = futures_timer::Delay::new(remaining).fuse();
@@ -72,7 +104,7 @@ impl Peer {
             event = events.next() => Wake::Net(event),
             _ = timeout => Wake::Timeout,
             _ = stop.next() => Wake::Stop,
-            (peer, round, theirs) = reconciled => Wake::Reconciled(peer, round, theirs),
+            (peer, round, verdict, theirs) = reconciled => Wake::Reconciled(peer, round, verdict, theirs),
         };
         match wake {
             Wake::Net(event) => {
@@ -87,9 +119,9 @@ impl Peer {
                 self.stopped = true;
                 None
             }
-            Wake::Reconciled(peer, round, theirs) => {
+            Wake::Reconciled(peer, round, verdict, theirs) => {
                 self.reconciling = None;
-                if let Err(e) = self.finish_reconcile(peer, round, theirs).await {
+                if let Err(e) = self.finish_reconcile(peer, round, verdict, theirs).await {
                     warn!("pairwise averaging with {peer} not applied: {e}");
                 }
                 None
@@ -115,18 +147,26 @@ impl Peer {
                     self.book.refuse(&update.peer_id, update.round);
                     return;
                 }
-                if let Err(reason) = self.book.offer(
+                self.edge.received(&update);
+                match self.book.offer(
                     &update.peer_id,
                     update.round,
                     update.base_round,
                     update.samples,
                     decoded,
                 ) {
-                    debug!(
-                        "update from {from} for round {} dropped: {reason}",
-                        update.round
-                    );
-                    self.record_drop(reason);
+                    Ok(()) => {
+                        if let Some(seen) = self.peers.get_mut(&from) {
+                            seen.missed = 0;
+                        }
+                    }
+                    Err(reason) => {
+                        debug!(
+                            "update from {from} for round {} dropped: {reason}",
+                            update.round
+                        );
+                        self.record_drop(reason);
+                    }
                 }
             }
             NetEvent::Heartbeat { from, heartbeat } => {
@@ -154,7 +194,9 @@ impl Peer {
                 info!("peer {peer} left");
                 self.peers.remove(&peer);
                 self.joined.remove(&peer);
-                self.early_heartbeats.remove(&peer);
+                for votes in self.votes.values_mut() {
+                    votes.remove(&peer);
+                }
                 self.reconcile_after.remove(&peer);
                 self.gone.insert(peer, Instant::now());
             }

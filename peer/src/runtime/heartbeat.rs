@@ -49,8 +49,10 @@ impl Peer {
             published,
             settled: self.settled,
         };
-        if let Err(e) = self.net.publish(Topic::Heartbeat, hb.to_bytes()) {
-            debug!("heartbeat: {e}");
+        for hb in self.edge.heartbeat(hb) {
+            if let Err(e) = self.net.publish(Topic::Heartbeat, hb.to_bytes()) {
+                debug!("heartbeat: {e}");
+            }
         }
     }
 }

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use futures::channel::mpsc;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use gradswarm_core::drift::Verdict;
 use gradswarm_core::{
-    Aggregator, Averaging, Codec, DecodedUpdate, DriftSketch, DropCounts, ErrorFeedback, Heartbeat,
-    ModelHash, OuterOptimizer, RoundBook, UpdateValidator, WireLimits,
+    Aggregator, Averaging, Codec, DecodedUpdate, DriftSketch, DropCounts, ErrorFeedback, ModelHash,
+    OuterOptimizer, RoundBook, UpdateValidator, WireLimits,
 };
 use gradswarm_model::data::validation_batches;
 use gradswarm_model::{Batch, Corpus, ModelError, Trainer};
@@ -26,6 +27,7 @@ use gradswarm_net::{NetEvent, NetHandle, PeerId};
 use web_time::Instant;
 
 use crate::config::PeerConfig;
+use crate::edge::{Edge, Honest};
 use crate::error::PeerError;
 use crate::report::{PeerSummary, RoundReport};
 use crate::state::Snapshots;
@@ -56,7 +58,16 @@ struct Seen {
     published: (u64, u64),
     /// Whether that heartbeat said its sender is done and holds every update (see [`Peer::linger`]).
     settled: bool,
+    /// Rounds in a row that ran to their deadline without this peer's update: past
+    /// [`MISSED_LIMIT`], rounds stop waiting for it (and its shard goes back to the others) until
+    /// an update of its is accepted again.
+    missed: u32,
 }
+
+/// Rounds a live peer may leave waiting in a row before rounds stop waiting for it: a peer that
+/// only heartbeats, or only sends updates that are refused, would otherwise make every round run
+/// to its deadline.
+const MISSED_LIMIT: u32 = 2;
 
 /// This replica at the start of a round: what a partner's snapshot of that round is compared with.
 struct Mark {
@@ -74,11 +85,20 @@ struct Fingerprint {
     applied: u64,
 }
 
+/// What a peer's heartbeat said of its replica at one round: its vote in reconciliation.
+struct Vote {
+    checksum: u64,
+    sketch: DriftSketch,
+    /// The round book's digest of recent updates (see [`Fingerprint::applied`]).
+    applied: u64,
+}
+
 /// Memory the marks of past rounds may take (at least two rounds are kept whatever the model).
 const MARK_BUDGET_BYTES: usize = 64 << 20;
 
-/// A pairwise averaging in flight: the partner, the round, and the partner's θ of that round.
-type Reconciling = BoxFuture<'static, (PeerId, u64, Result<Vec<f32>, PeerError>)>;
+/// A reconciliation in flight: the partner, the round, how far to move, and the partner's θ of
+/// that round.
+type Reconciling = BoxFuture<'static, (PeerId, u64, Verdict, Result<Vec<f32>, PeerError>)>;
 
 /// Called after every round with its report, the trainer and [`Peer::local_state`] (to checkpoint
 /// them, say).
@@ -134,6 +154,8 @@ pub struct Peer {
     min_peers: usize,
     summary: PeerSummary,
     observer: Option<Observer>,
+    /// Where messages leave this peer ([`Honest`] unless an experiment set an attacker's).
+    edge: Box<dyn Edge>,
     /// Whether the round loop runs (drift is only looked at once this peer has joined).
     running: bool,
     marks: VecDeque<Mark>,
@@ -152,8 +174,9 @@ pub struct Peer {
     reconcile_after: BTreeMap<PeerId, u64>,
     /// The first heartbeat round whose drift is looked at again, after an averaging.
     quiet_until: u64,
-    /// Heartbeats of rounds this peer has not reached yet, looked at once it has.
-    early_heartbeats: BTreeMap<PeerId, Heartbeat>,
+    /// Per round, the replica each peer's heartbeat described (rounds this peer holds marks of,
+    /// and a horizon ahead, looked at once it marks them).
+    votes: BTreeMap<u64, BTreeMap<PeerId, Vote>>,
     reconciled_pending: u64,
 }
 
@@ -186,7 +209,7 @@ impl Peer {
         Ok(Self {
             book: RoundBook::new(config.staleness, 0),
             outer: OuterOptimizer::new(config.outer),
-            validator: UpdateValidator::new(n, config.max_norm_ratio, 3, 32),
+            validator: UpdateValidator::new(n),
             aggregator: config.aggregation.build(),
             averaging: config.averaging.build(),
             feedback: ErrorFeedback::with_decay(n, config.feedback_decay),
@@ -218,6 +241,7 @@ impl Peer {
             last_loss: f32::NAN,
             min_peers: 0,
             observer: None,
+            edge: Box::new(Honest),
             running: false,
             marks: VecDeque::new(),
             fingerprint: None,
@@ -228,7 +252,7 @@ impl Peer {
             reconciling: None,
             reconcile_after: BTreeMap::new(),
             quiet_until: 0,
-            early_heartbeats: BTreeMap::new(),
+            votes: BTreeMap::new(),
             reconciled_pending: 0,
         })
     }
@@ -241,6 +265,11 @@ impl Peer {
     /// Calls `observer` after every round (the node's status line, the harness's report).
     pub fn set_observer(&mut self, observer: Observer) {
         self.observer = Some(observer);
+    }
+
+    /// Sends this peer's messages through `edge` (the harness's attacker peers; see [`Edge`]).
+    pub fn set_edge(&mut self, edge: Box<dyn Edge>) {
+        self.edge = edge;
     }
 
     /// The trainer (to checkpoint it after [`Peer::run`]).

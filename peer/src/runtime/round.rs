@@ -2,12 +2,14 @@
 //! others' updates until the round can close, then apply the aggregate (and late corrections of
 //! earlier rounds) through the outer optimizer.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gradswarm_core::aggregate::l2_norm;
 use gradswarm_core::wire::params_checksum;
-use gradswarm_core::{Accepted, Correction, DecodedUpdate, RngKey, ShardKey, Update, Weighted};
+use gradswarm_core::{
+    Accepted, Correction, DecodedUpdate, DropReason, RngKey, ShardKey, Update, Weighted,
+};
 use gradswarm_model::ModelError;
 use gradswarm_net::PeerId;
 use tracing::{debug, warn};
@@ -33,7 +35,7 @@ impl Peer {
     pub(super) async fn compute(&mut self) -> Result<(Vec<f32>, f32, u64), PeerError> {
         let anchor = self.trainer.parameters_async().await?;
         let mut keys: Vec<ShardKey> = self
-            .live()
+            .contributors()
             .map(|p| ShardKey::of(&p.to_bytes()))
             .chain([ShardKey::of(&self.me.to_bytes())])
             .collect();
@@ -79,37 +81,63 @@ impl Peer {
         Ok((delta, loss, samples))
     }
 
-    /// The aggregate of a round's updates; None for an empty round (or the rule refusing it).
+    /// The aggregate of a round's updates (None for an empty round, or the rule refusing it), and
+    /// the peers whose updates the norm screen dropped from it.
     pub(super) fn aggregate(
         &mut self,
         round: u64,
         entries: &[Accepted<Arc<DecodedUpdate>>],
-    ) -> Option<Vec<f32>> {
-        if entries.is_empty() {
-            return None;
-        }
+    ) -> (Option<Vec<f32>>, Vec<Vec<u8>>) {
+        let norms: Vec<f64> = entries.iter().map(|a| l2_norm(&a.payload.values)).collect();
+        let scales = self.config.norm_screen.screen(&norms);
         let n = self.trainer.num_params();
-        let dense: Vec<Vec<f32>> = entries
+        let mut dropped = Vec::new();
+        let mut kept = Vec::new();
+        for (a, scale) in entries.iter().zip(scales) {
+            let Some(scale) = scale else {
+                dropped.push(a.peer.clone());
+                continue;
+            };
+            let mut v = vec![0.0f32; n];
+            a.payload.add_to(scale, &mut v);
+            kept.push((a.weight as f32, v));
+        }
+        if kept.is_empty() {
+            return (None, dropped);
+        }
+        let inputs: Vec<Weighted<'_>> = kept
             .iter()
-            .map(|a| {
-                let mut v = vec![0.0f32; n];
-                a.payload.add_to(1.0, &mut v);
-                v
-            })
-            .collect();
-        let inputs: Vec<Weighted<'_>> = entries
-            .iter()
-            .zip(&dense)
-            .map(|(a, v)| Weighted {
-                weight: a.weight as f32,
+            .map(|(weight, v)| Weighted {
+                weight: *weight,
                 values: v,
             })
             .collect();
         match self.aggregator.aggregate(&inputs) {
-            Ok(aggregate) => Some(aggregate),
+            Ok(aggregate) => (Some(aggregate), dropped),
             Err(e) => {
                 warn!("round {round}: no aggregate ({e})");
-                None
+                (None, dropped)
+            }
+        }
+    }
+
+    /// Counts the updates of a round that count (in the report and in whose counted), and the
+    /// ones the norm screen `dropped` as drops.
+    fn count_all<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a Accepted<Arc<DecodedUpdate>>>,
+        dropped: &[Vec<u8>],
+        report: &mut RoundReport,
+    ) {
+        for accepted in entries {
+            if dropped.contains(&accepted.peer) {
+                debug!(
+                    "round {}: an update dropped as a norm outlier",
+                    accepted.round
+                );
+                self.record_drop(DropReason::NormOutlier);
+            } else {
+                self.count_from(accepted, report);
             }
         }
     }
@@ -139,10 +167,9 @@ impl Peer {
         report.round = closed.round;
         // Rounds correction.round ..= closed.round − 1 have been applied since each correction's.
         let mut moves = self.correction_moves(&closed.corrections, closed.round, report);
-        for accepted in &closed.accepted {
-            self.count_from(accepted, report);
-        }
-        if let Some(aggregate) = self.aggregate(closed.round, &closed.accepted) {
+        let (aggregate, dropped) = self.aggregate(closed.round, &closed.accepted);
+        self.count_all(&closed.accepted, &dropped, report);
+        if let Some(aggregate) = aggregate {
             moves.push((aggregate, None));
         }
         self.apply_moves(&moves).await
@@ -169,11 +196,9 @@ impl Peer {
     ) -> Vec<(Vec<f32>, Option<u64>)> {
         let mut moves = Vec::new();
         for correction in corrections {
-            for added in correction.added() {
-                self.count_from(added, report);
-            }
-            let after = self.aggregate(correction.round, &correction.after);
-            let before = self.aggregate(correction.round, &correction.before);
+            let (after, dropped) = self.aggregate(correction.round, &correction.after);
+            self.count_all(correction.added(), &dropped, report);
+            let (before, _) = self.aggregate(correction.round, &correction.before);
             let Some(mut delta) = after else { continue };
             if let Some(before) = before {
                 delta.iter_mut().zip(&before).for_each(|(d, b)| *d -= b);
@@ -225,14 +250,8 @@ impl Peer {
         );
         self.mark(params);
         let round = self.book.round();
-        let (now, later): (BTreeMap<_, _>, BTreeMap<_, _>) =
-            std::mem::take(&mut self.early_heartbeats)
-                .into_iter()
-                .partition(|(_, hb)| hb.round <= round);
-        self.early_heartbeats = later;
-        for (from, heartbeat) in now {
-            self.check_drift(from, &heartbeat);
-        }
+        // Votes for this round that came before its mark.
+        self.reconsider(round);
         self.snapshots.set_round(round);
         if self.snapshots.wanted() {
             let state = self.snapshot().await?;
@@ -275,11 +294,7 @@ impl Peer {
         while let Some(event) = self.next_event(Instant::now()).await {
             self.on_event(event);
         }
-        while self
-            .book
-            .latest_published()
-            .is_some_and(|r| r > self.book.round())
-        {
+        while self.swarm_moved_on() {
             let mut report = RoundReport {
                 loss: f32::NAN,
                 catch_up: true,
@@ -321,7 +336,9 @@ impl Peer {
             {
                 self.record_drop(reason);
             }
-            report.bytes_up = self.net.publish_update(update)? as u64;
+            for update in self.edge.update(update, &delta) {
+                report.bytes_up += self.net.publish_update(update)? as u64;
+            }
             self.published.push_back(round);
             if self.published.len() > 64 {
                 self.published.pop_front();
@@ -335,24 +352,38 @@ impl Peer {
         let deadline = self.deadline_after(t2);
         loop {
             let round = self.book.round();
-            let live: Vec<Vec<u8>> = self.live().map(|p| p.to_bytes()).collect();
+            let live: Vec<Vec<u8>> = self.contributors().map(|p| p.to_bytes()).collect();
             let me = self.me.to_bytes();
             let partners = self.averaging.partners(round, &me, &live);
-            if self.book.has_all(partners)
-                || self.book.latest_published().is_some_and(|r| r > round)
-                || self.stopped
+            if self.book.has_all(partners.iter().copied()) || self.swarm_moved_on() || self.stopped
             {
                 break;
             }
             match self.next_event(deadline).await {
                 Some(event) => self.on_event(event),
-                None if Instant::now() >= deadline || self.stopped => break,
+                None if self.stopped => break,
+                None if Instant::now() >= deadline => {
+                    report.waited_out = true;
+                    self.count_missed(&partners);
+                    break;
+                }
                 None => {}
             }
         }
         report.network_s = t2.elapsed().as_secs_f64();
         self.close_round(&mut report).await?;
         self.finish_report(report).await
+    }
+}
+
+impl Peer {
+    /// Whether a majority of the peers this one waits for have published for a later round
+    /// ([`gradswarm_core::RoundBook::moved_on`]): then the rounds in between are closed.
+    fn swarm_moved_on(&self) -> bool {
+        let others: Vec<Vec<u8>> = self.contributors().map(|p| p.to_bytes()).collect();
+        self.book
+            .moved_on(others.iter().map(Vec::as_slice))
+            .is_some_and(|r| r > self.book.round())
     }
 }
 

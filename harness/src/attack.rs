@@ -1,0 +1,195 @@
+//! Attacker peers: a real peer (real sockets, the peer code) whose [`Edge`] lies the way a
+//! stranger could — about what it computed, its rounds, its samples or its replica — with a
+//! valid signature on every message. docs/security.md names the defence each one meets.
+
+use std::collections::VecDeque;
+
+use gradswarm_core::codec::pack_payload;
+use gradswarm_core::codec::topk;
+use gradswarm_core::synthetic::SplitMix;
+use gradswarm_core::{Codec, CodecDescriptor, CpuCodec, Quantize, RngKey, StalenessPolicy, Update};
+use gradswarm_peer::Edge;
+use serde::{Deserialize, Serialize};
+
+/// What an attacker peer does (a scenario's `attack = "…"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Attack {
+    /// Sends −Δ: pushes the swarm uphill at an honest norm.
+    SignFlip,
+    /// Sends 100 Δ.
+    Scale,
+    /// Sends NaN values (a raw f32 payload: the int8 codec cannot carry one).
+    Nan,
+    /// Sends a random direction at Δ's norm.
+    Noise,
+    /// Sends nothing of value (a zero update) and claims the honest samples: a free rider.
+    Zero,
+    /// Sends its first updates again and again, unchanged.
+    Replay,
+    /// Re-publishes the latest update it received from another peer as its own.
+    Copycat,
+    /// Claims 64 times the samples it trained on, to weigh as 64 peers.
+    SamplesInflation,
+    /// Claims a round near the horizon ahead, so that others close the rounds in between.
+    RoundInflation,
+    /// Describes (and serves) a replica far from the swarm's, so that others average toward it.
+    DriftPoison,
+    /// Heartbeats but never sends an update, so that rounds wait for it.
+    Stall,
+}
+
+/// The [`Edge`] of an attacker peer.
+pub struct Attacker {
+    attack: Attack,
+    codec: CpuCodec,
+    rng: SplitMix,
+    staleness: StalenessPolicy,
+    /// Its first updates (replay), and how many it re-sent.
+    sent: VecDeque<Update>,
+    replayed: usize,
+    /// The latest update received from someone else (copycat).
+    copied: Option<Update>,
+}
+
+/// How many of its first updates a replaying attacker sends, and then sends again.
+const REPLAY_AGE: usize = 3;
+
+impl Attacker {
+    /// An attacker encoding with `codec` (the run's) in a run of `staleness`; `seed` fixes its noise.
+    pub fn new(
+        attack: Attack,
+        codec: CodecDescriptor,
+        staleness: StalenessPolicy,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            attack,
+            codec: CpuCodec::new(codec)?,
+            rng: SplitMix::new(seed),
+            staleness,
+            sent: VecDeque::new(),
+            replayed: 0,
+            copied: None,
+        })
+    }
+
+    /// `values` encoded as the run's codec would (no error feedback: lies need no memory).
+    fn encode(&mut self, values: &[f32], round: u64) -> Option<Vec<u8>> {
+        let mut residual = vec![0.0; values.len()];
+        self.codec
+            .encode(values, &mut residual, RngKey::new(0xA77AC4, round))
+            .ok()
+    }
+
+    /// A payload of the run's sparsity whose values are NaN.
+    fn nan_payload(&self, delta: &[f32]) -> Option<Vec<u8>> {
+        let mut descriptor = self.codec.descriptor();
+        descriptor.quantize = Quantize::F32;
+        let k = descriptor.max_entries(delta.len());
+        let indices = topk::select(delta, k);
+        let values = vec![f32::NAN; indices.len()];
+        pack_payload(&descriptor, delta.len(), Some(&indices), &values, &[], &[]).ok()
+    }
+
+    fn with_payload(mut update: Update, payload: Option<Vec<u8>>) -> Vec<Update> {
+        match payload {
+            Some(p) => {
+                update.payload = p;
+                vec![update]
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Edge for Attacker {
+    fn update(&mut self, mut update: Update, delta: &[f32]) -> Vec<Update> {
+        let round = update.round;
+        match self.attack {
+            Attack::SignFlip => {
+                let flipped: Vec<f32> = delta.iter().map(|v| -v).collect();
+                let p = self.encode(&flipped, round);
+                Self::with_payload(update, p)
+            }
+            Attack::Scale => {
+                let scaled: Vec<f32> = delta.iter().map(|v| 100.0 * v).collect();
+                let p = self.encode(&scaled, round);
+                Self::with_payload(update, p)
+            }
+            Attack::Nan => {
+                update.codec.quantize = Quantize::F32;
+                let p = self.nan_payload(delta);
+                Self::with_payload(update, p)
+            }
+            Attack::Noise => {
+                let norm = l2(delta);
+                let mut noise: Vec<f32> =
+                    (0..delta.len()).map(|_| self.rng.normal() as f32).collect();
+                let scale = norm / l2(&noise).max(1e-30);
+                noise.iter_mut().for_each(|v| *v *= scale);
+                let p = self.encode(&noise, round);
+                Self::with_payload(update, p)
+            }
+            Attack::Zero => {
+                let p = self.encode(&vec![0.0; delta.len()], round);
+                Self::with_payload(update, p)
+            }
+            Attack::Replay => {
+                // Its first updates go out honestly; from then on it sends them again, unchanged.
+                if self.sent.len() < REPLAY_AGE {
+                    self.sent.push_back(update.clone());
+                    vec![update]
+                } else {
+                    let again = self.sent[self.replayed % REPLAY_AGE].clone();
+                    self.replayed += 1;
+                    vec![again]
+                }
+            }
+            Attack::Copycat => match self.copied.take() {
+                Some(theirs) => {
+                    update.codec = theirs.codec;
+                    update.payload = theirs.payload;
+                    vec![update]
+                }
+                None => Vec::new(),
+            },
+            Attack::SamplesInflation => {
+                update.samples = update.samples.saturating_mul(64);
+                vec![update]
+            }
+            Attack::RoundInflation => {
+                // Just inside what receivers keep for later: 2τ_max + 2 rounds ahead.
+                update.round += 2 * self.staleness.tau_max + 1;
+                update.base_round = update.round;
+                vec![update]
+            }
+            Attack::DriftPoison => vec![update],
+            Attack::Stall => Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, _round: u64, params: &mut Vec<f32>) {
+        if self.attack == Attack::DriftPoison {
+            // Far enough to read as drift, near enough to look like a replica: θ + 20% of its norm.
+            let rms = (l2(params) / (params.len().max(1) as f32).sqrt()).max(1e-3);
+            for v in params.iter_mut() {
+                *v += 0.2 * rms * self.rng.normal() as f32;
+            }
+        }
+    }
+
+    fn received(&mut self, update: &Update) {
+        if self.attack == Attack::Copycat {
+            self.copied = Some(update.clone());
+        }
+    }
+}
+
+fn l2(v: &[f32]) -> f32 {
+    v.iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt() as f32
+}
