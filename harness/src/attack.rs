@@ -7,7 +7,10 @@ use std::collections::VecDeque;
 use gradswarm_core::codec::pack_payload;
 use gradswarm_core::codec::topk;
 use gradswarm_core::synthetic::SplitMix;
-use gradswarm_core::{Codec, CodecDescriptor, CpuCodec, Quantize, RngKey, StalenessPolicy, Update};
+use gradswarm_core::{
+    Codec, CodecDescriptor, CpuCodec, Heartbeat, PeerState, Quantize, RngKey, StalenessPolicy,
+    Update,
+};
 use gradswarm_peer::Edge;
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +41,8 @@ pub enum Attack {
     DriftPoison,
     /// Heartbeats but never sends an update, so that rounds wait for it.
     Stall,
+    /// Serves joiners a poisoned θ, and claims a later round than anyone so that it is asked first.
+    StatePoison,
 }
 
 /// The [`Edge`] of an attacker peer.
@@ -165,7 +170,7 @@ impl Edge for Attacker {
                 update.base_round = update.round;
                 vec![update]
             }
-            Attack::DriftPoison => vec![update],
+            Attack::DriftPoison | Attack::StatePoison => vec![update],
             Attack::Stall => Vec::new(),
         }
     }
@@ -173,16 +178,36 @@ impl Edge for Attacker {
     fn mark(&mut self, _round: u64, params: &mut Vec<f32>) {
         if self.attack == Attack::DriftPoison {
             // Far enough to read as drift, near enough to look like a replica: θ + 20% of its norm.
-            let rms = (l2(params) / (params.len().max(1) as f32).sqrt()).max(1e-3);
-            for v in params.iter_mut() {
-                *v += 0.2 * rms * self.rng.normal() as f32;
-            }
+            self.poison(params, 0.2);
+        }
+    }
+
+    fn heartbeat(&mut self, mut heartbeat: Heartbeat) -> Vec<Heartbeat> {
+        if self.attack == Attack::StatePoison {
+            heartbeat.round += 3;
+        }
+        vec![heartbeat]
+    }
+
+    fn snapshot(&mut self, state: &mut PeerState) {
+        if self.attack == Attack::StatePoison {
+            self.poison(&mut state.params, 1.0);
         }
     }
 
     fn received(&mut self, update: &Update) {
         if self.attack == Attack::Copycat {
             self.copied = Some(update.clone());
+        }
+    }
+}
+
+impl Attacker {
+    /// Adds Gaussian noise of `share` × θ's root mean square to every coordinate.
+    fn poison(&mut self, params: &mut [f32], share: f32) {
+        let rms = (l2(params) / (params.len().max(1) as f32).sqrt()).max(1e-3);
+        for v in params.iter_mut() {
+            *v += share * rms * self.rng.normal() as f32;
         }
     }
 }

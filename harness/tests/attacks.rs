@@ -190,3 +190,75 @@ fn a_stalling_peer_does_not_hold_rounds() {
         );
     }
 }
+
+/// A joiner asks the peer claiming the latest round first: the attacker. Its state must be
+/// checked against the others and refused, and the joiner synced from an honest peer instead.
+#[test]
+fn a_joiner_does_not_install_a_poisoned_state() {
+    let _serial = serial();
+    let name = "attack-state";
+    let mut swarm = LocalSwarm::start(name).unwrap();
+    let corpus = corpus();
+    let mut c = config(name, 0);
+    c.rounds = None;
+    let honest: Vec<_> = (0..HONEST)
+        .map(|_| {
+            swarm
+                .spawn_peer(
+                    c.clone(),
+                    &tiny_model(),
+                    &tiny_train(),
+                    corpus.clone(),
+                    HONEST,
+                )
+                .unwrap()
+                .1
+        })
+        .collect();
+    let (_, attacker) = swarm
+        .spawn_attacker(
+            Attack::StatePoison,
+            c.clone(),
+            &tiny_model(),
+            &tiny_train(),
+            corpus.clone(),
+            HONEST,
+        )
+        .unwrap();
+    let attacker_id = attacker.net.local_peer_id().to_base58();
+    let mut log = Vec::new();
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| r.round.round >= 10)
+        .unwrap();
+    let (late_index, late) = swarm
+        .spawn_peer(c, &tiny_model(), &tiny_train(), corpus, 1)
+        .unwrap();
+    let first = swarm
+        .wait_for(&mut log, DEADLINE, |r| {
+            r.peer == late_index && !r.round.catch_up
+        })
+        .unwrap();
+    let late = late.stop().unwrap();
+    let honest: Vec<PeerSummary> = honest.into_iter().map(|p| p.stop().unwrap()).collect();
+    let _ = attacker.stop();
+    let synced = late.synced_from.clone().unwrap_or_default();
+    eprintln!("joiner synced from {synced}; the attacker is {attacker_id}");
+    assert!(!synced.is_empty(), "the joiner did not sync");
+    assert_ne!(
+        synced, attacker_id,
+        "the joiner installed the attacker's state"
+    );
+    // Its first own round starts where the swarm is, not from a poisoned θ.
+    let at = late.start_round;
+    let swarm_loss = mean(
+        log.iter()
+            .filter(|r| r.peer != late_index && r.round.round + 2 >= at && r.round.round <= at)
+            .map(|r| r.round.loss),
+    );
+    let fresh_loss = mean(honest.iter().map(|s| s.rounds[0].loss));
+    assert!(
+        (first.round.loss - swarm_loss).abs() < 0.25 * (fresh_loss - swarm_loss),
+        "joiner's first loss {}: swarm {swarm_loss}, fresh model {fresh_loss}",
+        first.round.loss
+    );
+}

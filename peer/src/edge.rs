@@ -2,7 +2,7 @@
 //! harness's attacker peers (`harness/src/attack.rs`) rewrite it here, so that an attacker runs
 //! every other line of the peer code, on real sockets, and only lies where a stranger could.
 
-use gradswarm_core::{Heartbeat, Update};
+use gradswarm_core::{Heartbeat, PeerState, Update};
 
 /// Rewrites what a peer is about to send. Every method's default sends it unchanged.
 pub trait Edge: Send {
@@ -20,6 +20,9 @@ pub trait Edge: Send {
     /// θ at the start of `round` as this peer describes it to others: what its heartbeats
     /// fingerprint and what partners fetch when they reconcile (its own training is unchanged).
     fn mark(&mut self, _round: u64, _params: &mut Vec<f32>) {}
+
+    /// The state this peer serves to joiners.
+    fn snapshot(&mut self, _state: &mut PeerState) {}
 
     /// An update this peer received (after validation), as an attacker that copies others' sees it.
     fn received(&mut self, _update: &Update) {}

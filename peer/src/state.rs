@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gradswarm_core::wire::STATE_CHUNK_BYTES;
-use gradswarm_core::{ModelHash, PeerState, Request, Response};
+use gradswarm_core::{DriftSketch, ModelHash, PeerState, Request, Response};
 use gradswarm_net::{NetHandle, PeerId};
 use tracing::debug;
 use web_time::Instant;
@@ -46,7 +46,13 @@ pub(crate) struct Snapshots {
     next_id: AtomicU64,
     current: Mutex<Option<Arc<Snapshot>>>,
     marks: Mutex<VecDeque<(u64, Arc<Vec<f32>>)>>,
+    /// Fingerprints of this replica's last [`FINGERPRINTS`] round starts, kept whether or not
+    /// marks are: joiners check the state another peer served against them.
+    fingerprints: Mutex<VecDeque<(u64, u64, DriftSketch)>>,
 }
+
+/// Round starts whose fingerprints a peer serves (32 × ~140 bytes).
+const FINGERPRINTS: usize = 32;
 
 impl Snapshots {
     pub(crate) fn new(run_id: &str, model_hash: ModelHash) -> Arc<Self> {
@@ -58,6 +64,7 @@ impl Snapshots {
             next_id: AtomicU64::new(1),
             current: Mutex::new(None),
             marks: Mutex::new(VecDeque::new()),
+            fingerprints: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -68,6 +75,16 @@ impl Snapshots {
         marks.push_back((round, params));
         while marks.len() > keep {
             marks.pop_front();
+        }
+    }
+
+    /// Serves the fingerprint (checksum, sketch) of θ at the start of `round`.
+    pub(crate) fn fingerprint(&self, round: u64, checksum: u64, sketch: DriftSketch) {
+        let mut prints = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
+        prints.retain(|(r, _, _)| *r < round);
+        prints.push_back((round, checksum, sketch));
+        while prints.len() > FINGERPRINTS {
+            prints.pop_front();
         }
     }
 
@@ -112,6 +129,24 @@ impl Snapshots {
                     return Response::Error("another run or model".into());
                 }
                 return self.serve_mark(*round, *chunk);
+            }
+            Request::Fingerprint {
+                run_id,
+                model_hash,
+                round,
+            } => {
+                if *run_id != self.run_id || *model_hash != self.model_hash {
+                    return Response::Error("another run or model".into());
+                }
+                let prints = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
+                return match prints.iter().find(|(r, _, _)| r == round) {
+                    Some((round, checksum, sketch)) => Response::Fingerprint {
+                        round: *round,
+                        checksum: *checksum,
+                        sketch: sketch.clone(),
+                    },
+                    None => Response::Error(format!("no fingerprint of round {round} here")),
+                };
             }
             Request::Update { .. } => return Response::Error("not a state request".into()),
         };
@@ -201,6 +236,48 @@ pub(crate) async fn fetch(
     let (_, bytes) = fetch_chunks(net, peer, request, max, true).await?;
     PeerState::from_bytes(&bytes, model_len)
         .map_err(|e| PeerError::Sync(format!("state from {peer}: {e}")))
+}
+
+/// How long a joiner waits for a peer's fingerprint: a peer that does not answer by then does
+/// not vote, and holds nobody up.
+const FINGERPRINT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks `peer` for the fingerprint (checksum, sketch) of its θ at the start of `round`; one
+/// request, no retry, at most [`FINGERPRINT_TIMEOUT`].
+pub(crate) async fn fetch_fingerprint(
+    net: &NetHandle,
+    peer: PeerId,
+    run_id: &str,
+    model_hash: ModelHash,
+    round: u64,
+) -> Result<(u64, DriftSketch), PeerError> {
+    let request = net.request(
+        peer,
+        Request::Fingerprint {
+            run_id: run_id.to_string(),
+            model_hash,
+            round,
+        },
+    );
+    let timeout = futures_timer::Delay::new(FINGERPRINT_TIMEOUT);
+    futures::pin_mut!(request);
+    let response = match futures::future::select(request, timeout).await {
+        futures::future::Either::Left((answer, _)) => answer?,
+        futures::future::Either::Right(_) => {
+            return Err(PeerError::Sync(format!(
+                "{peer} sent no fingerprint in time"
+            )));
+        }
+    };
+    match response {
+        Response::Fingerprint {
+            round: got,
+            checksum,
+            sketch,
+        } if got == round && sketch.check().is_ok() => Ok((checksum, sketch)),
+        Response::Error(e) => Err(PeerError::Sync(format!("{peer}: {e}"))),
+        _ => Err(PeerError::Sync(format!("{peer} sent another fingerprint"))),
+    }
 }
 
 /// Fetches `peer`'s θ at the start of `round` (one of its marks), for pairwise averaging.
@@ -302,9 +379,9 @@ async fn fetch_chunks(
                         return Ok((round, buf));
                     }
                 }
-                Response::Update(_) => {
+                Response::Update(_) | Response::Fingerprint { .. } => {
                     return Err(PeerError::Sync(format!(
-                        "{peer} answered a state request with an update"
+                        "{peer} answered a state request with something else"
                     )));
                 }
                 Response::Error(reason) if !retry => {

@@ -107,6 +107,19 @@ impl PeerState {
         if !state.params.iter().all(|v| v.is_finite()) {
             return Err(DecodeError::BadHeader("state parameters are not finite"));
         }
+        if !state
+            .optimizer
+            .iter()
+            .all(|(_, v)| v.iter().all(|x| x.is_finite()))
+        {
+            return Err(DecodeError::BadHeader(
+                "state optimizer tensors are not finite",
+            ));
+        }
+        // A round near u64::MAX would overflow the round counter of whoever installed it.
+        if state.round > MAX_ROUND {
+            return Err(DecodeError::BadHeader("state round out of range"));
+        }
         Ok(state)
     }
 
@@ -158,6 +171,16 @@ pub enum Request {
         /// Chunk index.
         chunk: u32,
     },
+    /// The fingerprint of the peer's θ at the start of round `round`: how a joiner checks a
+    /// state one peer served against what other peers hold for the same round.
+    Fingerprint {
+        /// The run.
+        run_id: String,
+        /// Hash of the model configuration.
+        model_hash: ModelHash,
+        /// The round.
+        round: u64,
+    },
 }
 
 /// A peer's answer to a [`Request`].
@@ -183,7 +206,19 @@ pub enum Response {
     Update(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The request could not be served (another run, no snapshot yet, a snapshot since replaced).
     Error(String),
+    /// The answer to [`Request::Fingerprint`].
+    Fingerprint {
+        /// The round.
+        round: u64,
+        /// [`params_checksum`] of θ at its start.
+        checksum: u64,
+        /// Its drift sketch.
+        sketch: DriftSketch,
+    },
 }
+
+/// The largest round a state may be of: far beyond any run, far below overflow.
+pub const MAX_ROUND: u64 = 1 << 48;
 
 /// Largest request or response frame on the wire.
 pub const MAX_RPC_BYTES: usize = STATE_CHUNK_BYTES + 4096;

@@ -148,7 +148,9 @@ impl Driver {
                         let answer = match response {
                             Response::Update(bytes) => Ok(bytes),
                             Response::Error(e) => Err(e),
-                            Response::StateChunk { .. } => Err("answered with state".into()),
+                            Response::StateChunk { .. } | Response::Fingerprint { .. } => {
+                                Err("answered with state".into())
+                            }
                         };
                         self.finish_pull(pull, answer);
                     }

@@ -32,6 +32,8 @@ impl Peer {
             applied: self.book.applied_digest(),
         };
         self.fingerprint = Some(fingerprint.clone());
+        self.snapshots
+            .fingerprint(round, fingerprint.checksum, fingerprint.sketch.clone());
         if self.config.drift_tolerance.is_none() {
             return;
         }

@@ -3,17 +3,27 @@
 
 use std::time::Duration;
 
-use gradswarm_core::PeerState;
+use gradswarm_core::wire::params_checksum;
+use gradswarm_core::{DriftSketch, PeerState};
 use gradswarm_net::{NetEvent, PeerId};
 use tracing::{info, warn};
 use web_time::Instant;
 
 use super::Peer;
+
+/// How many times a joiner goes through the peers ahead before it gives up.
+const JOIN_PASSES: usize = 3;
+
+/// How far (relative L2, by sketch) a fetched θ may be from another peer's of the same round and
+/// still count as agreeing with it: an update still on its way moves a replica ~1e-3; a lie
+/// worth telling moves it much further. Reconciliation settles what is finer.
+const JOIN_TOLERANCE: f64 = 1e-2;
 use crate::error::PeerError;
 use crate::state;
 
 impl Peer {
-    /// Waits for peers; if one is ahead of round 0, fetches the run's state from the most advanced.
+    /// Waits for peers; if most of them are ahead of round 0, fetches the run's state from one
+    /// the others agree with.
     pub(super) async fn join(&mut self) -> Result<(), PeerError> {
         let started = Instant::now();
         let mut held = Vec::new();
@@ -24,18 +34,20 @@ impl Peer {
                 next_beat = Instant::now() + Duration::from_millis(250);
             }
             let enough = self.peers.len() >= self.min_peers;
-            let round = self.book.round();
-            let ahead = self.peers.values().any(|s| s.round > round);
+            let typical = self.typical_round();
+            let ahead = typical > self.book.round();
             // State comes from a peer we are connected to: one only heard of through gossip
             // forwarded by others may not be dialable yet.
             let ahead_here = self
                 .peers
                 .iter()
-                .any(|(p, s)| s.round > round && self.joined.contains(p));
+                .any(|(p, s)| s.round >= typical && self.joined.contains(p));
+            // However far ahead the first peer heard says it is, the others get `join_wait` to
+            // be heard too: one voice alone cannot be checked.
             let waited = started.elapsed() >= self.config.join_wait;
             let waited_long =
                 started.elapsed() >= self.config.join_wait * 4 + Duration::from_secs(20);
-            if self.stopped || (enough && (ahead_here || (waited && !ahead) || waited_long)) {
+            if self.stopped || (enough && ((waited && (ahead_here || !ahead)) || waited_long)) {
                 break;
             }
             if let Some(event) = self.next_event(next_beat).await {
@@ -47,37 +59,17 @@ impl Peer {
                 }
             }
         }
-        let mut ahead: Vec<(bool, u64, PeerId)> = self
-            .peers
-            .iter()
-            .filter(|(_, s)| s.round > self.book.round())
-            .map(|(p, s)| (self.joined.contains(p), s.round, *p))
-            .collect();
-        // Connected peers first, the most advanced first.
-        ahead.sort_by(|a, b| b.cmp(a));
-        let mut failures = Vec::new();
-        for (_, _, peer) in &ahead {
-            info!("fetching the run's state from {peer}");
-            let n = self.trainer.num_params();
-            match state::fetch(&self.net, *peer, &self.config.run_id, self.model_hash, n).await {
-                Ok(state) => {
-                    self.install(&state)?;
-                    self.summary.synced_from = Some(peer.to_base58());
-                    info!("synced to round {} from {peer}", state.round);
-                    break;
-                }
-                Err(e) => {
-                    warn!("state from {peer}: {e}");
-                    failures.push(e.to_string());
-                }
+        for pass in 0..JOIN_PASSES {
+            if self.sync_from_ahead().await? || self.stopped {
+                break;
             }
-        }
-        if !ahead.is_empty() && self.summary.synced_from.is_none() {
-            // Training from θ₀ in a swarm that is ahead would only produce too-stale updates.
-            return Err(PeerError::Sync(format!(
-                "no peer served the run's state ({})",
-                failures.join("; ")
-            )));
+            if pass + 1 == JOIN_PASSES {
+                // Training from θ₀ in a swarm that is ahead would only produce too-stale updates.
+                return Err(PeerError::Sync(
+                    "no peer served a state the others agree with".into(),
+                ));
+            }
+            futures_timer::Delay::new(Duration::from_secs(1)).await;
         }
         let synced = self.book.round();
         for event in held {
@@ -88,6 +80,119 @@ impl Peer {
             self.on_event(event);
         }
         Ok(())
+    }
+
+    /// Fetches the run's state from the peers ahead, connected ones and the most advanced first,
+    /// and installs the first one the others agree with ([`Peer::verify`]). Returns whether it
+    /// installed one, or nobody was ahead (false: try again).
+    async fn sync_from_ahead(&mut self) -> Result<bool, PeerError> {
+        let typical = self.typical_round();
+        if typical <= self.book.round() {
+            return Ok(true);
+        }
+        // A peer claiming a round far past the others' is not asked.
+        let mut ahead: Vec<(bool, u64, PeerId)> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| {
+                s.round > self.book.round() && s.round <= typical + self.book.horizon()
+            })
+            .map(|(p, s)| (self.joined.contains(p), s.round, *p))
+            .collect();
+        ahead.sort_by(|a, b| b.cmp(a));
+        let n = self.trainer.num_params();
+        for (_, _, peer) in &ahead {
+            info!("fetching the run's state from {peer}");
+            let fetched =
+                state::fetch(&self.net, *peer, &self.config.run_id, self.model_hash, n).await;
+            let checked = match fetched {
+                Ok(state) => self.verify(*peer, &state).await.map(|()| state),
+                Err(e) => Err(e),
+            };
+            match checked.and_then(|state| self.install(&state).map(|()| state)) {
+                Ok(state) => {
+                    self.summary.synced_from = Some(peer.to_base58());
+                    info!("synced to round {} from {peer}", state.round);
+                    return Ok(true);
+                }
+                Err(PeerError::Net(gradswarm_net::NetError::Stopped)) => {
+                    return Err(gradswarm_net::NetError::Stopped.into());
+                }
+                // One peer's bad state is no reason to give up: the next may serve a good one.
+                Err(e) => warn!("state from {peer} not taken: {e}"),
+            }
+        }
+        Ok(false)
+    }
+
+    /// The round the peers heard from are on, by their heartbeats: the lower median of their
+    /// claims, which a minority claiming later rounds cannot move.
+    fn typical_round(&self) -> u64 {
+        let mut claimed: Vec<u64> = self.peers.values().map(|s| s.round).collect();
+        claimed.sort_unstable();
+        claimed
+            .get(claimed.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Checks a state `from` served against the others, since any one peer may lie: a majority
+    /// of the connected peers (`from` counted) must hold, for its round, a θ whose fingerprint is
+    /// within [`JOIN_TOLERANCE`] of it (a round nobody else reached has no such majority). Finer
+    /// differences are left to reconciliation.
+    async fn verify(&self, from: PeerId, state: &PeerState) -> Result<(), PeerError> {
+        let others: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|p| **p != from && self.joined.contains(p))
+            .copied()
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let sketch = DriftSketch::of(&state.params);
+        let checksum = params_checksum(&state.params);
+        let mut agree: Vec<PeerId> = Vec::new();
+        // A peer a round behind has no fingerprint of that round yet: it is asked again.
+        for attempt in 0..3 {
+            if attempt > 0 {
+                futures_timer::Delay::new(Duration::from_millis(500)).await;
+            }
+            let asked: Vec<PeerId> = others
+                .iter()
+                .filter(|p| !agree.contains(p))
+                .copied()
+                .collect();
+            let answers = futures::future::join_all(asked.iter().map(|p| {
+                state::fetch_fingerprint(
+                    &self.net,
+                    *p,
+                    &self.config.run_id,
+                    self.model_hash,
+                    state.round,
+                )
+            }))
+            .await;
+            for (peer, answer) in asked.iter().zip(answers) {
+                if let Ok((c, s)) = answer
+                    && (c == checksum
+                        || sketch
+                            .relative_distance(&s)
+                            .is_some_and(|d| d <= JOIN_TOLERANCE))
+                {
+                    agree.push(*peer);
+                }
+            }
+            if 2 * (agree.len() + 1) > others.len() + 1 {
+                return Ok(());
+            }
+        }
+        Err(PeerError::Sync(format!(
+            "its θ of round {} agrees with {} of the {} other peers",
+            state.round,
+            agree.len(),
+            others.len()
+        )))
     }
 
     /// Installs a fetched state: θ, the optimizer moments, the outer momentum and the round.
@@ -107,18 +212,20 @@ impl Peer {
         Ok(())
     }
 
-    /// This replica's whole state, as a joiner fetches it.
-    pub(super) async fn snapshot(&self) -> Result<PeerState, PeerError> {
+    /// This replica's whole state, as a joiner fetches it (through the [`crate::Edge`]).
+    pub(super) async fn snapshot(&mut self) -> Result<PeerState, PeerError> {
         let (optimizer_steps, mut optimizer) = self.trainer.optimizer_state_async().await?;
         if !self.outer.momentum().is_empty() {
             optimizer.push((super::MOMENTUM_KEY.into(), self.outer.momentum().to_vec()));
         }
-        Ok(PeerState {
+        let mut state = PeerState {
             round: self.book.round(),
             step: self.trainer.step(),
             params: self.trainer.parameters_async().await?,
             optimizer,
             optimizer_steps,
-        })
+        };
+        self.edge.snapshot(&mut state);
+        Ok(state)
     }
 }

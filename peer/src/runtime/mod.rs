@@ -338,7 +338,8 @@ impl Peer {
         self.summary.final_params = self.trainer.parameters_async().await?;
         // A joiner asking after our last round still gets our state while the network lives.
         self.snapshots.set_round(self.book.round());
-        self.snapshots.publish(&self.snapshot().await?);
+        let state = self.snapshot().await?;
+        self.snapshots.publish(&state);
         Ok(self.summary.clone())
     }
 }
