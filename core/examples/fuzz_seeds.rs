@@ -1,16 +1,28 @@
-//! Writes valid update messages under every descriptor shape into a folder, as a seed corpus for
-//! the `decode_update` fuzz target: `cargo run -p gradswarm-core --example fuzz_seeds -- DIR`.
+//! Writes valid messages of every kind the fuzz targets read, as their seed corpora:
+//! `cargo run -p gradswarm-core --example fuzz_seeds -- core/fuzz/corpus` makes one folder per
+//! target (`decode_update`, `decode_gossip`, `decode_heartbeat`, `decode_state`, `decode_rpc`).
+
+use std::path::Path;
 
 use gradswarm_core::synthetic::gradient_like;
+use gradswarm_core::wire::encode_versioned;
 use gradswarm_core::{
-    CodecDescriptor, Compress, CpuCodec, ErrorFeedback, Quantize, RngKey, Sparsify, Update,
+    Announce, CodecDescriptor, Compress, CpuCodec, DriftSketch, ErrorFeedback, Heartbeat,
+    PeerState, Quantize, Request, Response, RngKey, Sparsify, Update, UpdateGossip,
 };
+
+fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let folder = dir.join(target);
+    std::fs::create_dir_all(&folder)?;
+    std::fs::write(folder.join(name), bytes)
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args().nth(1).ok_or("usage: fuzz_seeds DIR")?;
-    std::fs::create_dir_all(&dir)?;
-    let len = 4096; // the fuzz target's model size
+    let dir = Path::new(&dir);
+    let len = 4096; // the update targets' model size
     let mut n = 0;
+    let mut updates = Vec::new();
     for sparsify in [
         Sparsify::Dense,
         Sparsify::TopK {
@@ -37,11 +49,87 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     codec,
                     payload,
                 };
-                std::fs::write(format!("{dir}/seed-{n}"), update.to_bytes())?;
+                write(
+                    dir,
+                    "decode_update",
+                    &format!("seed-{n}"),
+                    &update.to_bytes(),
+                )?;
+                updates.push(update);
                 n += 1;
             }
         }
     }
-    println!("wrote {n} seeds to {dir}");
+    for (i, update) in updates.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
+        let bytes = update.to_bytes();
+        let inline = UpdateGossip::Inline(update.clone()).to_bytes();
+        let announce = UpdateGossip::Announce(Announce::of(update, &bytes)).to_bytes();
+        write(dir, "decode_gossip", &format!("inline-{i}"), &inline)?;
+        write(dir, "decode_gossip", &format!("announce-{i}"), &announce)?;
+    }
+    let theta = gradient_like(256, 7);
+    let heartbeat = Heartbeat {
+        run_id: "fuzz".into(),
+        model_hash: [0; 32],
+        peer_id: vec![1; 38],
+        round: 9,
+        checksum: 42,
+        loss: 2.5,
+        sketch: DriftSketch::of(&theta),
+        applied: 7,
+        published: 0b1011,
+        settled: false,
+    };
+    write(dir, "decode_heartbeat", "heartbeat", &heartbeat.to_bytes())?;
+    let state = PeerState {
+        round: 12,
+        step: 40,
+        params: theta.clone(),
+        optimizer: vec![
+            ("adamw.m".into(), theta.clone()),
+            ("adamw.v".into(), theta.iter().map(|v| v * v).collect()),
+        ],
+        optimizer_steps: 40,
+    };
+    write(dir, "decode_state", "state", &state.to_bytes())?;
+    let requests = [
+        Request::State {
+            run_id: "fuzz".into(),
+            model_hash: [0; 32],
+            snapshot: 3,
+            chunk: 1,
+        },
+        Request::Fingerprint {
+            run_id: "fuzz".into(),
+            model_hash: [0; 32],
+            round: 9,
+        },
+    ];
+    for (i, r) in requests.iter().enumerate() {
+        write(
+            dir,
+            "decode_rpc",
+            &format!("request-{i}"),
+            &encode_versioned(r),
+        )?;
+    }
+    let responses = [
+        Response::Fingerprint {
+            round: 9,
+            checksum: 42,
+            sketch: DriftSketch::of(&theta),
+        },
+        Response::Update(updates[1].to_bytes()),
+        Response::Error("no such chunk".into()),
+    ];
+    for (i, r) in responses.iter().enumerate() {
+        write(
+            dir,
+            "decode_rpc",
+            &format!("response-{i}"),
+            &encode_versioned(r),
+        )?;
+    }
+    println!("wrote the seed corpora to {}", dir.display());
     Ok(())
 }

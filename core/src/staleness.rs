@@ -77,11 +77,14 @@ pub enum DropReason {
     PayloadMismatch,
     /// Claims more samples than one honest round of the run trains on (to weigh more).
     Overclaimed,
+    /// Its sender publishes faster than any honest peer (a flood): not forwarded. Counted once a
+    /// second per sender, not per message.
+    RateLimited,
 }
 
 impl DropReason {
     /// Every reason, in report order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         Self::TooStale,
         Self::FromFuture,
         Self::ForeignRun,
@@ -95,6 +98,7 @@ impl DropReason {
         Self::Unfetchable,
         Self::PayloadMismatch,
         Self::Overclaimed,
+        Self::RateLimited,
     ];
 
     /// A short stable name for reports and metrics.
@@ -113,6 +117,7 @@ impl DropReason {
             Self::Unfetchable => "unfetchable",
             Self::PayloadMismatch => "payload_mismatch",
             Self::Overclaimed => "overclaimed",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

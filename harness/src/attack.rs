@@ -43,7 +43,12 @@ pub enum Attack {
     Stall,
     /// Serves joiners a poisoned θ, and claims a later round than anyone so that it is asked first.
     StatePoison,
+    /// Sends each heartbeat [`FLOOD_COPIES`] times and each update 20 times.
+    Flood,
 }
+
+/// How many times a flooding attacker sends each heartbeat.
+pub const FLOOD_COPIES: usize = 200;
 
 /// The [`Edge`] of an attacker peer.
 pub struct Attacker {
@@ -171,6 +176,7 @@ impl Edge for Attacker {
                 vec![update]
             }
             Attack::DriftPoison | Attack::StatePoison => vec![update],
+            Attack::Flood => vec![update; 20],
             Attack::Stall => Vec::new(),
         }
     }
@@ -183,10 +189,14 @@ impl Edge for Attacker {
     }
 
     fn heartbeat(&mut self, mut heartbeat: Heartbeat) -> Vec<Heartbeat> {
-        if self.attack == Attack::StatePoison {
-            heartbeat.round += 3;
+        match self.attack {
+            Attack::StatePoison => {
+                heartbeat.round += 3;
+                vec![heartbeat]
+            }
+            Attack::Flood => vec![heartbeat; FLOOD_COPIES],
+            _ => vec![heartbeat],
         }
-        vec![heartbeat]
     }
 
     fn snapshot(&mut self, state: &mut PeerState) {

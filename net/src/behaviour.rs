@@ -7,7 +7,8 @@ use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, autonat, dcutr, gossipsub, identify, kad, ping, relay, request_response,
+    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, kad, ping, relay,
+    request_response,
 };
 
 use crate::rpc::RpcCodec;
@@ -24,6 +25,8 @@ type Mdns = libp2p::swarm::dummy::Behaviour;
 /// node turns the relay server on, and only native peers turn mDNS on.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Caps connections (pending, established, per peer) before any other protocol sees them.
+    pub limits: connection_limits::Behaviour,
     /// Exchanges listen addresses and protocol versions.
     pub identify: identify::Behaviour,
     /// Keeps connections alive and measures round-trip time.
@@ -123,6 +126,7 @@ impl Behaviour {
             },
         );
         Ok(Self {
+            limits: connection_limits::Behaviour::new(connection_limits(config.role)),
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),
             kad,
@@ -153,6 +157,29 @@ fn mdns(_: &NetConfig, _: libp2p::PeerId) -> Result<Option<Mdns>, NetError> {
     Ok(None)
 }
 
+/// Connection limits: a peer keeps connections to the peers it trains with and the bootstrap; a
+/// bootstrap node is everyone's first contact and relay. Without them a stranger opening
+/// connections (1,500 in issue 26's test) had every one accepted. Per peer: one per transport and
+/// a relayed one, with room for a redial.
+fn connection_limits(role: Role) -> connection_limits::ConnectionLimits {
+    let (incoming, total) = match role {
+        Role::Peer => (MAX_INCOMING_PEER, 2 * MAX_INCOMING_PEER),
+        Role::Bootstrap => (MAX_INCOMING_BOOTSTRAP, 2 * MAX_INCOMING_BOOTSTRAP),
+    };
+    connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+        .with_max_established_incoming(Some(incoming))
+        .with_max_established(Some(total))
+        .with_max_established_per_peer(Some(4))
+}
+
+/// Connections a peer accepts that have not finished their handshake.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Established incoming connections of a peer.
+const MAX_INCOMING_PEER: u32 = 256;
+/// Established incoming connections of a bootstrap node.
+const MAX_INCOMING_BOOTSTRAP: u32 = 2048;
+
 /// Messages larger than this are answered with an IDONTWANT to the mesh on receipt.
 const IDONTWANT_ABOVE_BYTES: usize = 128;
 
@@ -173,9 +200,15 @@ fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
 }
 
 /// Peer scoring: a peer whose messages fail validation sinks below the gossip and publish
-/// thresholds and is eventually graylisted, so one broken or hostile peer cannot keep flooding.
+/// thresholds and is graylisted, so one broken or hostile peer cannot keep flooding. What a peer
+/// earns by behaving (time in the mesh, first deliveries) is capped small, so that it cannot bank
+/// credit to spend on lies: with gossipsub's defaults (1 point per millisecond in the mesh, up to
+/// 3600 per topic) a mesh member needed ~30 outstanding rejections to be graylisted.
 fn score_params(run_id: &str) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
-    let mut params = gossipsub::PeerScoreParams::default();
+    let mut params = gossipsub::PeerScoreParams {
+        topic_score_cap: MAX_TOPIC_CREDIT * 2.0,
+        ..Default::default()
+    };
     for topic in [
         gradswarm_core::wire::updates_topic(run_id),
         gradswarm_core::wire::heartbeat_topic(run_id),
@@ -183,11 +216,18 @@ fn score_params(run_id: &str) -> (gossipsub::PeerScoreParams, gossipsub::PeerSco
         let topic = gossipsub::IdentTopic::new(topic).hash();
         let topic_params = gossipsub::TopicScoreParams {
             topic_weight: 1.0,
+            // Credit: a point per second in the mesh, up to 10; half a point per first delivery,
+            // up to 5 outstanding.
+            time_in_mesh_weight: 1.0,
+            time_in_mesh_quantum: Duration::from_secs(1),
+            time_in_mesh_cap: 10.0,
+            first_message_deliveries_weight: 0.5,
+            first_message_deliveries_cap: 10.0,
             // Deliveries are not required: a peer may be slow, and that is not misbehaviour.
             mesh_message_deliveries_weight: 0.0,
             mesh_failure_penalty_weight: 0.0,
-            // Squared count × weight: one bad message costs -10, three reach the graylist (-80),
-            // so a transient fault is forgiven but a peer that keeps sending garbage is cut off.
+            // Squared count × weight: one bad message costs -10 and is forgiven (×0.9 a second);
+            // four outstanding (-160) graylist (-80) even a peer holding all the credit above.
             invalid_message_deliveries_weight: -10.0,
             invalid_message_deliveries_decay: 0.9,
             ..Default::default()
@@ -196,6 +236,9 @@ fn score_params(run_id: &str) -> (gossipsub::PeerScoreParams, gossipsub::PeerSco
     }
     (params, gossipsub::PeerScoreThresholds::default())
 }
+
+/// The most a peer can earn on one topic by behaving (time in the mesh and first deliveries).
+const MAX_TOPIC_CREDIT: f64 = 10.0 * 1.0 + 10.0 * 0.5;
 
 #[cfg(test)]
 mod tests {
@@ -212,6 +255,32 @@ mod tests {
             sequence_number: seqno,
             topic: gossipsub::IdentTopic::new("t").hash(),
         }
+    }
+
+    #[test]
+    fn four_invalid_messages_graylist_a_peer_whatever_its_credit_and_one_is_forgiven() {
+        let (params, thresholds) = score_params("run");
+        assert!(params.validate().is_ok() && thresholds.validate().is_ok());
+        let mut credit = 0.0;
+        for topic in params.topics.values() {
+            assert!(topic.validate().is_ok());
+            credit += topic.topic_weight
+                * (topic.time_in_mesh_weight * topic.time_in_mesh_cap
+                    + topic.first_message_deliveries_weight * topic.first_message_deliveries_cap);
+        }
+        let credit = credit.min(params.topic_score_cap);
+        assert!((credit - 2.0 * MAX_TOPIC_CREDIT).abs() < 1e-9);
+        let penalty = |k: f64| {
+            params
+                .topics
+                .values()
+                .map(|t| t.invalid_message_deliveries_weight)
+                .fold(0.0, f64::min)
+                * k
+                * k
+        };
+        assert!(credit + penalty(4.0) < thresholds.graylist_threshold);
+        assert!(penalty(1.0) > thresholds.gossip_threshold - 1e-9);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use gradswarm_core::{DecodedUpdate, DropReason, Heartbeat, ModelHash, Request, R
 pub const DEFAULT_INLINE_UPDATE_BYTES: usize = 512;
 use thiserror::Error;
 
-pub use behaviour::{Behaviour, BehaviourEvent};
+pub use behaviour::{Behaviour, BehaviourEvent, MAX_PENDING_INCOMING};
 pub use counting::{Counting, WireCounters};
 pub use driver::{Driver, peer_of};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};

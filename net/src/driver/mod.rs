@@ -5,6 +5,7 @@
 
 mod discovery;
 mod pull;
+mod rate;
 mod state;
 mod validate;
 
@@ -50,6 +51,8 @@ pub struct Driver {
     store: UpdateStore,
     pulls: HashMap<OutboundRequestId, Pull>,
     finding: HashMap<PeerId, web_time::Instant>,
+    /// Per-signer rate limits, one per topic (updates, heartbeats).
+    rates: [rate::RateLimit; 2],
 }
 
 impl Driver {
@@ -98,6 +101,7 @@ impl Driver {
             store: UpdateStore::new(store_bytes, STORE_ENTRIES),
             pulls: HashMap::new(),
             finding: HashMap::new(),
+            rates: [rate::RateLimit::new(), rate::RateLimit::new()],
             config,
             commands,
             events,

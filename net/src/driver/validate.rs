@@ -11,6 +11,7 @@ use libp2p::gossipsub::{self, MessageAcceptance};
 use tracing::debug;
 
 use super::Driver;
+use super::rate::Verdict;
 use crate::NetEvent;
 
 impl Driver {
@@ -27,6 +28,31 @@ impl Driver {
                 // straight to it and its leaving is seen as a closed connection.
                 if from != propagation_source {
                     self.find(from);
+                }
+                let topic = usize::from(message.topic != self.updates.hash());
+                let now = web_time::Instant::now();
+                let acceptance = match self.rates[topic].take(from, now) {
+                    Verdict::Allow => None,
+                    Verdict::Ignore => Some(MessageAcceptance::Ignore),
+                    Verdict::Reject => Some(penalty(from, &propagation_source)),
+                };
+                if let Some(acceptance) = acceptance {
+                    if self.rates[topic].report(from, now) {
+                        debug!("{from} is over its rate on {}", message.topic);
+                        self.emit(NetEvent::Dropped {
+                            from,
+                            reason: DropReason::RateLimited,
+                        });
+                    }
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            acceptance,
+                        );
+                    return;
                 }
                 let verdict = if message.topic == self.updates.hash() {
                     match self.check_update_gossip(from, &message.data) {
@@ -78,7 +104,7 @@ impl Driver {
             Err(reason) => {
                 debug!("rejected a message from {from}: {reason}");
                 self.emit(NetEvent::Dropped { from, reason });
-                MessageAcceptance::Reject
+                penalty(from, propagation_source)
             }
         };
         self.swarm
@@ -190,6 +216,18 @@ impl Driver {
             heartbeat.model_hash,
         )?;
         Ok(Some(NetEvent::Heartbeat { from, heartbeat }))
+    }
+}
+
+/// The verdict on a bad message: Reject (gossipsub scores the peer that delivered it down) when
+/// its signer delivered it, Ignore when a forwarder did. A forwarder may be honest and unable to
+/// check it (a bootstrap node knows no model): penalising it would let a liar frame it, cutting
+/// honest peers off from each other. The liar is penalised by the peers it sends to directly.
+fn penalty(signer: PeerId, delivered_by: &PeerId) -> MessageAcceptance {
+    if signer == *delivered_by {
+        MessageAcceptance::Reject
+    } else {
+        MessageAcceptance::Ignore
     }
 }
 

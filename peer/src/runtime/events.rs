@@ -27,7 +27,7 @@ impl Peer {
     }
 
     /// The live peers this peer waits for and shares the data with: those that have not left
-    /// [`MISSED_LIMIT`] rounds in a row waiting for an update that never came.
+    /// [`MISSED_LIMIT`] more rounds waiting for an update that never came than it sent updates.
     pub(super) fn contributors(&self) -> impl Iterator<Item = &PeerId> {
         let timeout = self.config.peer_timeout;
         self.peers
@@ -156,8 +156,11 @@ impl Peer {
                     decoded,
                 ) {
                     Ok(()) => {
+                        // Each update that counts, late or not, makes up for one round missed: a
+                        // slow peer whose updates arrive after the deadline is still waited for;
+                        // one that sends nothing usable is not.
                         if let Some(seen) = self.peers.get_mut(&from) {
-                            seen.missed = 0;
+                            seen.missed = seen.missed.saturating_sub(1);
                         }
                     }
                     Err(reason) => {

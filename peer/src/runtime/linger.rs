@@ -45,6 +45,11 @@ impl Peer {
             if done {
                 break;
             }
+            if self.snapshots.wanted() {
+                // A joiner asking now still gets this replica, not a wait until it leaves.
+                let state = self.snapshot().await?;
+                self.snapshots.publish(&state);
+            }
             if Instant::now() >= next_beat {
                 self.heartbeat();
                 next_beat = Instant::now() + LINGER_HEARTBEAT;

@@ -58,13 +58,13 @@ struct Seen {
     published: (u64, u64),
     /// Whether that heartbeat said its sender is done and holds every update (see [`Peer::linger`]).
     settled: bool,
-    /// Rounds in a row that ran to their deadline without this peer's update: past
-    /// [`MISSED_LIMIT`], rounds stop waiting for it (and its shard goes back to the others) until
-    /// an update of its is accepted again.
+    /// Rounds that ran to their deadline without this peer's update, less its updates that
+    /// counted: at [`MISSED_LIMIT`], rounds stop waiting for it (and its shard goes back to the
+    /// others) until updates of its count again.
     missed: u32,
 }
 
-/// Rounds a live peer may leave waiting in a row before rounds stop waiting for it: a peer that
+/// Rounds a live peer may leave waiting (net of its updates that counted) before rounds stop waiting for it: a peer that
 /// only heartbeats, or only sends updates that are refused, would otherwise make every round run
 /// to its deadline.
 const MISSED_LIMIT: u32 = 2;
