@@ -1,5 +1,5 @@
 //! Writes valid messages of every kind the fuzz targets read, as their seed corpora:
-//! `cargo run -p gradswarm-core --example fuzz_seeds -- core/fuzz/corpus` makes one folder per
+//! `cargo run -p gradswarm-core --example fuzz_seeds -- core/fuzz/seeds` makes one folder per
 //! target (`decode_update`, `decode_gossip`, `decode_heartbeat`, `decode_state`, `decode_rpc`).
 
 use std::path::Path;

@@ -190,15 +190,14 @@ impl LocalSwarm {
         corpus: Arc<Corpus>,
         min_peers: usize,
     ) -> Result<(usize, PeerProc)> {
-        let trainer = Trainer::new(model, train, &Device::flex())?;
-        self.spawn_trainer(config, trainer, corpus, min_peers)
+        self.spawn_as(None, config, model, train, corpus, min_peers)
     }
 
-    /// Starts an attacker: a peer like [`Self::spawn_peer`]'s whose messages go out through
-    /// `attack`'s [`Attacker`] edge.
-    pub fn spawn_attacker(
+    /// Starts a peer like [`Self::spawn_peer`]; with `attack`, an attacker whose messages go
+    /// out through that [`Attacker`] edge.
+    pub fn spawn_as(
         &mut self,
-        attack: Attack,
+        attack: Option<Attack>,
         config: PeerConfig,
         model: &ModelConfig,
         train: &TrainConfig,
@@ -206,13 +205,16 @@ impl LocalSwarm {
         min_peers: usize,
     ) -> Result<(usize, PeerProc)> {
         let trainer = Trainer::new(model, train, &Device::flex())?;
-        let edge = Attacker::new(
-            attack,
-            config.codec,
-            config.staleness,
-            0x5EED + self.started as u64,
-        )?;
-        self.spawn_with(config, trainer, corpus, min_peers, Box::new(edge))
+        let edge: Box<dyn Edge> = match attack {
+            Some(attack) => Box::new(Attacker::new(
+                attack,
+                config.codec,
+                config.staleness,
+                0x5EED + self.started as u64,
+            )?),
+            None => Box::new(Honest),
+        };
+        self.spawn_with(config, trainer, corpus, min_peers, edge)
     }
 
     /// Starts a peer around a trainer made by the caller (whose replica a test may have moved).

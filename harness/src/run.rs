@@ -65,23 +65,14 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
     // Peers start in index order; the harness's own numbering follows spawn order.
     let mut harness_index: BTreeMap<usize, usize> = BTreeMap::new();
     for index in (0..scenario.peers).filter(|i| !pending.contains(i)) {
-        let (h, p) = match scenario.spec(index).and_then(|p| p.attack) {
-            Some(attack) => swarm.spawn_attacker(
-                attack,
-                scenario.peer_config(index),
-                &scenario.model,
-                &train,
-                corpus.clone(),
-                initial - 1,
-            )?,
-            None => swarm.spawn_peer(
-                scenario.peer_config(index),
-                &scenario.model,
-                &train,
-                corpus.clone(),
-                initial - 1,
-            )?,
-        };
+        let (h, p) = swarm.spawn_as(
+            scenario.spec(index).and_then(|p| p.attack),
+            scenario.peer_config(index),
+            &scenario.model,
+            &train,
+            corpus.clone(),
+            initial - 1,
+        )?;
         harness_index.insert(h, index);
         procs.insert(index, p);
     }

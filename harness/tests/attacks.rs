@@ -7,7 +7,7 @@
 use gradswarm_core::DropReason;
 use gradswarm_harness::LocalSwarm;
 use gradswarm_harness::attack::Attack;
-use gradswarm_peer::{PeerConfig, PeerSummary};
+use gradswarm_peer::PeerSummary;
 
 mod common;
 use common::*;
@@ -21,14 +21,12 @@ struct Attacked {
     attacker: String,
 }
 
-/// Runs three honest peers and one `attack`er for [`ROUNDS`] rounds; `tweak` adjusts every
-/// peer's config.
-fn attacked(name: &str, attack: Attack, tweak: impl Fn(&mut PeerConfig)) -> Attacked {
+/// Runs three honest peers and one `attack`er for [`ROUNDS`] rounds.
+fn attacked(name: &str, attack: Attack) -> Attacked {
     let _serial = serial();
     let mut swarm = LocalSwarm::start(name).unwrap();
     let corpus = corpus();
-    let mut c = config(name, ROUNDS);
-    tweak(&mut c);
+    let c = config(name, ROUNDS);
     let honest: Vec<_> = (0..HONEST)
         .map(|_| {
             swarm
@@ -44,7 +42,14 @@ fn attacked(name: &str, attack: Attack, tweak: impl Fn(&mut PeerConfig)) -> Atta
         })
         .collect();
     let (_, attacker) = swarm
-        .spawn_attacker(attack, c, &tiny_model(), &tiny_train(), corpus, HONEST)
+        .spawn_as(
+            Some(attack),
+            c,
+            &tiny_model(),
+            &tiny_train(),
+            corpus,
+            HONEST,
+        )
         .unwrap();
     let attacker_id = attacker.net.local_peer_id().to_base58();
     let honest: Vec<PeerSummary> = honest.into_iter().map(|p| p.join().unwrap()).collect();
@@ -113,36 +118,36 @@ impl Attacked {
 
 #[test]
 fn sign_flipped_updates_do_not_stop_training() {
-    attacked("attack-sign-flip", Attack::SignFlip, |_| {}).honest_trained_and_agree();
+    attacked("attack-sign-flip", Attack::SignFlip).honest_trained_and_agree();
 }
 
 #[test]
 fn scaled_updates_are_dropped_from_the_first() {
-    attacked("attack-scale", Attack::Scale, |_| {})
+    attacked("attack-scale", Attack::Scale)
         .honest_trained_and_agree()
         .attacker_dropped_for(&[DropReason::NormOutlier], 0);
 }
 
 #[test]
 fn nan_updates_are_dropped() {
-    attacked("attack-nan", Attack::Nan, |_| {})
+    attacked("attack-nan", Attack::Nan)
         .honest_trained_and_agree()
         .attacker_dropped_for(&[DropReason::NonFinite], 0);
 }
 
 #[test]
 fn noise_updates_do_not_stop_training() {
-    attacked("attack-noise", Attack::Noise, |_| {}).honest_trained_and_agree();
+    attacked("attack-noise", Attack::Noise).honest_trained_and_agree();
 }
 
 #[test]
 fn a_free_rider_does_not_stop_training() {
-    attacked("attack-zero", Attack::Zero, |_| {}).honest_trained_and_agree();
+    attacked("attack-zero", Attack::Zero).honest_trained_and_agree();
 }
 
 #[test]
 fn replayed_updates_are_dropped() {
-    attacked("attack-replay", Attack::Replay, |_| {})
+    attacked("attack-replay", Attack::Replay)
         .honest_trained_and_agree()
         // Its first three updates were honest ones, and counted.
         .attacker_dropped_for(&[DropReason::TooStale, DropReason::Duplicate], 3);
@@ -150,24 +155,24 @@ fn replayed_updates_are_dropped() {
 
 #[test]
 fn a_copycat_does_not_stop_training() {
-    attacked("attack-copycat", Attack::Copycat, |_| {}).honest_trained_and_agree();
+    attacked("attack-copycat", Attack::Copycat).honest_trained_and_agree();
 }
 
 #[test]
 fn inflated_samples_are_dropped() {
-    attacked("attack-samples", Attack::SamplesInflation, |_| {})
+    attacked("attack-samples", Attack::SamplesInflation)
         .honest_trained_and_agree()
         .attacker_dropped_for(&[DropReason::Overclaimed], 0);
 }
 
 #[test]
 fn an_inflated_round_does_not_move_the_clock() {
-    attacked("attack-round", Attack::RoundInflation, |_| {}).honest_trained_and_agree();
+    attacked("attack-round", Attack::RoundInflation).honest_trained_and_agree();
 }
 
 #[test]
 fn a_poisoned_replica_is_not_followed() {
-    let run = attacked("attack-drift", Attack::DriftPoison, |_| {});
+    let run = attacked("attack-drift", Attack::DriftPoison);
     run.honest_trained_and_agree();
     for s in &run.honest {
         assert!(
@@ -180,7 +185,7 @@ fn a_poisoned_replica_is_not_followed() {
 
 #[test]
 fn a_stalling_peer_does_not_hold_rounds() {
-    let run = attacked("attack-stall", Attack::Stall, |_| {});
+    let run = attacked("attack-stall", Attack::Stall);
     run.honest_trained_and_agree();
     for s in &run.honest {
         let waited_out = s.rounds.iter().filter(|r| r.waited_out).count();
@@ -194,7 +199,7 @@ fn a_stalling_peer_does_not_hold_rounds() {
 
 #[test]
 fn a_flood_is_rate_limited() {
-    let run = attacked("attack-flood", Attack::Flood, |_| {});
+    let run = attacked("attack-flood", Attack::Flood);
     run.honest_trained_and_agree();
     for s in &run.honest {
         let limited = s.drops.get(DropReason::RateLimited);
@@ -235,8 +240,8 @@ fn a_joiner_does_not_install_a_poisoned_state() {
         })
         .collect();
     let (_, attacker) = swarm
-        .spawn_attacker(
-            Attack::StatePoison,
+        .spawn_as(
+            Some(Attack::StatePoison),
             c.clone(),
             &tiny_model(),
             &tiny_train(),

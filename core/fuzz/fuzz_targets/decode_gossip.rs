@@ -1,6 +1,6 @@
 //! Fuzzes what the updates topic carries: an inline update or an announcement, parsed under a
 //! 4096-parameter model's limits, and an announcement's own checks.
-//! Run: `cd core/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run decode_gossip corpus/decode_gossip`.
+//! Run: `cd core/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run decode_gossip corpus/decode_gossip seeds/decode_gossip`.
 #![no_main]
 
 use gradswarm_core::{UpdateGossip, WireLimits};

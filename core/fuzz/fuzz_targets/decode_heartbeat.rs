@@ -1,6 +1,6 @@
 //! Fuzzes a heartbeat from the network: parse, sketch checks, and the distance a peer computes
 //! from it (which must stay a number or None, never a panic).
-//! Run: `cd core/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run decode_heartbeat corpus/decode_heartbeat`.
+//! Run: `cd core/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run decode_heartbeat corpus/decode_heartbeat seeds/decode_heartbeat`.
 #![no_main]
 
 use gradswarm_core::{DriftSketch, Heartbeat};

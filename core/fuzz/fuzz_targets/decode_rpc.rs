@@ -1,6 +1,6 @@
 //! Fuzzes the body of a request-response frame, both ways: what a peer is asked (`Request`) and
 //! what it is answered (`Response`), under the frame limit `net/src/rpc.rs` reads with.
-//! Run: `cd core/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run decode_rpc corpus/decode_rpc`.
+//! Run: `cd core/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run decode_rpc corpus/decode_rpc seeds/decode_rpc`.
 #![no_main]
 
 use gradswarm_core::wire::{MAX_RPC_BYTES, decode_versioned};

@@ -1,6 +1,6 @@
 //! Fuzzes a state chunk stream as a joiner reassembles it: a whole `PeerState` of a 256-parameter
 //! model, whose every vector and round must be checked before it is installed.
-//! Run: `cd core/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run decode_state corpus/decode_state`.
+//! Run: `cd core/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run decode_state corpus/decode_state seeds/decode_state`.
 #![no_main]
 
 use gradswarm_core::PeerState;

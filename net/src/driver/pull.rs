@@ -40,14 +40,7 @@ impl Driver {
                 "{} pulls in flight; ignoring an announcement from {from}",
                 self.pulls.len()
             );
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(
-                    &message_id,
-                    &propagation_source,
-                    MessageAcceptance::Ignore,
-                );
+            self.settle(&message_id, &propagation_source, MessageAcceptance::Ignore);
             return;
         }
         let pull = Pull {
@@ -88,14 +81,11 @@ impl Driver {
                     from,
                     reason: DropReason::Unfetchable,
                 });
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(
-                        &pull.message_id,
-                        &pull.propagation_source,
-                        MessageAcceptance::Ignore,
-                    );
+                self.settle(
+                    &pull.message_id,
+                    &pull.propagation_source,
+                    MessageAcceptance::Ignore,
+                );
                 return;
             }
         };

@@ -44,14 +44,7 @@ impl Driver {
                             reason: DropReason::RateLimited,
                         });
                     }
-                    self.swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .report_message_validation_result(
-                            &message_id,
-                            &propagation_source,
-                            acceptance,
-                        );
+                    self.settle(&message_id, &propagation_source, acceptance);
                     return;
                 }
                 let verdict = if message.topic == self.updates.hash() {
@@ -107,6 +100,16 @@ impl Driver {
                 penalty(from, propagation_source)
             }
         };
+        self.settle(message_id, propagation_source, acceptance);
+    }
+
+    /// Tells gossipsub what became of a message it holds for validation.
+    pub(super) fn settle(
+        &mut self,
+        message_id: &gossipsub::MessageId,
+        propagation_source: &PeerId,
+        acceptance: MessageAcceptance,
+    ) {
         self.swarm
             .behaviour_mut()
             .gossipsub
