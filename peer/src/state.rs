@@ -233,7 +233,8 @@ pub(crate) async fn fetch(
         chunk,
     };
     let max = PeerState::max_bytes(model_len);
-    let (_, bytes) = fetch_chunks(net, peer, request, max, true).await?;
+    let fetched = fetch_chunks(net, peer, request, max, true);
+    let (_, bytes) = within(STATE_DEADLINE, peer, fetched).await?;
     PeerState::from_bytes(&bytes, model_len)
         .map_err(|e| PeerError::Sync(format!("state from {peer}: {e}")))
 }
@@ -259,16 +260,10 @@ pub(crate) async fn fetch_fingerprint(
             round,
         },
     );
-    let timeout = futures_timer::Delay::new(FINGERPRINT_TIMEOUT);
-    futures::pin_mut!(request);
-    let response = match futures::future::select(request, timeout).await {
-        futures::future::Either::Left((answer, _)) => answer?,
-        futures::future::Either::Right(_) => {
-            return Err(PeerError::Sync(format!(
-                "{peer} sent no fingerprint in time"
-            )));
-        }
-    };
+    let response = within(FINGERPRINT_TIMEOUT, peer, async {
+        request.await.map_err(PeerError::from)
+    })
+    .await?;
     match response {
         Response::Fingerprint {
             round: got,
@@ -295,7 +290,8 @@ pub(crate) async fn fetch_params(
         round,
         chunk,
     };
-    let (got, bytes) = fetch_chunks(net, peer, request, model_len * 4, false).await?;
+    let fetched = fetch_chunks(net, peer, request, model_len * 4, false);
+    let (got, bytes) = within(STATE_DEADLINE, peer, fetched).await?;
     if got != round || bytes.len() != model_len * 4 {
         return Err(PeerError::Sync(format!(
             "{peer} sent θ of round {got} ({} bytes) for round {round}",
@@ -310,6 +306,27 @@ pub(crate) async fn fetch_params(
         return Err(PeerError::Sync(format!("{peer} sent a non-finite θ")));
     }
     Ok(params)
+}
+
+/// How long one peer may take to serve a whole state or θ: past it the joiner (or the
+/// reconciling peer) moves on. Before, a peer that never answered held a joiner for up to 100
+/// attempts of the protocol's 30 s timeout each.
+const STATE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `fetch`, or an error once `deadline` has passed.
+async fn within<T>(
+    deadline: Duration,
+    peer: PeerId,
+    fetch: impl std::future::Future<Output = Result<T, PeerError>>,
+) -> Result<T, PeerError> {
+    let timeout = futures_timer::Delay::new(deadline);
+    futures::pin_mut!(fetch);
+    match futures::future::select(fetch, timeout).await {
+        futures::future::Either::Left((result, _)) => result,
+        futures::future::Either::Right(_) => Err(PeerError::Sync(format!(
+            "{peer} served nothing whole within {deadline:?}"
+        ))),
+    }
 }
 
 /// Fetches a chunked answer from `peer`: `request(snapshot, chunk)` asks for one chunk; at most
