@@ -162,6 +162,6 @@ impl PeerConfig {
         // may claim exactly that and no more: samples are its aggregation weight, and a looser
         // bound is weight a liar takes from the honest.
         let honest = batch_size as u64 * self.steps_per_round();
-        WireLimits::for_model(model_len, honest)
+        WireLimits::for_model(model_len, honest).with_codec(self.codec)
     }
 }

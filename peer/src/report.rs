@@ -40,6 +40,8 @@ pub struct RoundReport {
     pub reconciled: u64,
     /// True when the round closed at its deadline with a partner's update still missing.
     pub waited_out: bool,
+    /// The partners (base58 ids) whose updates were missing then.
+    pub missing: Vec<String>,
 }
 
 /// What a peer did over its whole run.

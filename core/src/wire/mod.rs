@@ -11,6 +11,7 @@ mod update;
 
 use serde::Serialize;
 
+use crate::CodecDescriptor;
 use crate::error::DecodeError;
 
 pub use control::{
@@ -38,6 +39,9 @@ pub struct WireLimits {
     pub max_samples: u64,
     /// The model's parameter count: every payload must decode to exactly this length.
     pub model_len: usize,
+    /// The run's codec, when the receiver knows it: an update in any other is refused before
+    /// its payload is decoded (a dense f32 update is 4n bytes to decode and hold).
+    pub codec: Option<CodecDescriptor>,
 }
 
 impl WireLimits {
@@ -48,6 +52,15 @@ impl WireLimits {
             max_message_bytes: 4 * model_len + 4096,
             max_samples,
             model_len,
+            codec: None,
+        }
+    }
+
+    /// These limits, accepting updates in `codec` only.
+    pub fn with_codec(self, codec: CodecDescriptor) -> Self {
+        Self {
+            codec: Some(codec),
+            ..self
         }
     }
 }

@@ -183,3 +183,19 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
     let bytes = PeerState::default().to_bytes();
     assert!(PeerState::from_bytes(&bytes[..bytes.len() - 1], 0).is_err());
 }
+
+#[test]
+fn an_update_in_another_codec_than_the_runs_is_refused() {
+    let run = CodecDescriptor::top_k_int8_zstd(10_000);
+    let limits = WireLimits::for_model(1000, 1 << 20).with_codec(run);
+    assert!(Update::from_bytes(&sample().to_bytes(), &limits).is_ok());
+    let mut dense = sample();
+    dense.codec = CodecDescriptor::DENSE_F32;
+    assert_eq!(
+        Update::from_bytes(&dense.to_bytes(), &limits),
+        Err(DecodeError::BadCodec("not the run's codec"))
+    );
+    // Without a run codec (a bootstrap node), any valid descriptor passes.
+    let open = WireLimits::for_model(1000, 1 << 20);
+    assert!(Update::from_bytes(&dense.to_bytes(), &open).is_ok());
+}

@@ -171,6 +171,9 @@ impl Update {
                 max: limits.max_samples,
             });
         }
+        if limits.codec.is_some_and(|c| c != self.codec) {
+            return Err(DecodeError::BadCodec("not the run's codec"));
+        }
         self.codec.validate()
     }
 

@@ -123,6 +123,7 @@ impl Driver {
             max_message_bytes: self.config.max_message_bytes,
             max_samples: u64::MAX,
             model_len: usize::MAX,
+            codec: None,
         })
     }
 

@@ -37,7 +37,9 @@ impl Peer {
     }
 
     /// After a round ran to its deadline: every partner whose update for it is missing missed it.
-    pub(super) fn count_missed(&mut self, partners: &[&[u8]]) {
+    /// Returns their ids.
+    pub(super) fn count_missed(&mut self, partners: &[&[u8]]) -> Vec<String> {
+        let mut missing = Vec::new();
         let arrived: Vec<Vec<u8>> = self.book.arrived().map(<[u8]>::to_vec).collect();
         for p in partners {
             if arrived.iter().any(|a| a == p) {
@@ -46,6 +48,7 @@ impl Peer {
             if let Ok(peer) = PeerId::from_bytes(p)
                 && let Some(seen) = self.peers.get_mut(&peer)
             {
+                missing.push(peer.to_base58());
                 seen.missed += 1;
                 if seen.missed == MISSED_LIMIT {
                     info!(
@@ -54,6 +57,7 @@ impl Peer {
                 }
             }
         }
+        missing
     }
 
     /// Records that `peer` was heard from, at `round` when the message names one.

@@ -364,7 +364,7 @@ impl Peer {
                 None if self.stopped => break,
                 None if Instant::now() >= deadline => {
                     report.waited_out = true;
-                    self.count_missed(&partners);
+                    report.missing = self.count_missed(&partners);
                     break;
                 }
                 None => {}
