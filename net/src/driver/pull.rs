@@ -89,8 +89,11 @@ impl Driver {
                 return;
             }
         };
+        // A pulled update is held to the same limits as an inline one, and dropped for the same
+        // reasons (another codec, too many samples); one that is not what was announced is a
+        // mismatch.
         let verdict = Update::from_bytes(&bytes, &self.limits())
-            .map_err(|_| DropReason::PayloadMismatch)
+            .map_err(|e| DropReason::from(&e))
             .and_then(|update| {
                 if pull.announce.matches(&update, &bytes) {
                     Ok(update)
