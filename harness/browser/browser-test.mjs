@@ -54,6 +54,8 @@ function start(name, cmd, args) {
 const tiny = {
   model: { layers: 1, d_model: 32, heads: 2, context: 32, mlp_ratio: 2 },
   train: { steps: 100000, batch_size: 8, micro_batch_size: 8, lr: 0.01, min_lr: 0.001, warmup_steps: 3 },
+  // peer.toml's swarm.top_k_per_million: peers accept updates in the run's codec only.
+  top_k_per_million: 100000,
 };
 
 try {

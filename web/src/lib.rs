@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
-use gradswarm_core::CpuCodec;
+use gradswarm_core::{CodecDescriptor, CpuCodec};
 use gradswarm_model::{
     BackendKind, Corpus, DataConfig, DeviceChoice, ModelConfig, TrainConfig, Trainer, device,
 };
@@ -52,6 +52,10 @@ pub struct JoinOptions {
     /// The trainer (absent: the default job's).
     #[serde(default)]
     pub train: Option<TrainConfig>,
+    /// Top-k density in coordinates per million (absent: the default job's, 10 000); it must
+    /// match the run's `swarm.top_k_per_million`, as peers accept updates in the run's codec only.
+    #[serde(default)]
+    pub top_k_per_million: Option<u32>,
     /// Where to train: `auto` (WebGPU on a hardware adapter, else the CPU backend), `gpu`
     /// (WebGPU on any adapter, software ones included) or `cpu`.
     #[serde(default)]
@@ -184,6 +188,13 @@ pub async fn join(
         Trainer::new(&model, &train, &selected.device).map_err(|e| js_error("model", e))?;
     let mut config = PeerConfig::new(&options.run_id, Mode::Gradient);
     config.rounds = options.rounds;
+    if let Some(per_million) = options.top_k_per_million {
+        config.codec = CodecDescriptor::top_k_int8_zstd(per_million);
+        config
+            .codec
+            .validate()
+            .map_err(|e| js_error("top_k_per_million", e))?;
+    }
     let n = trainer.num_params();
     let limits = config.wire_limits(n, train.batch_size);
     let mut net_config = NetConfig::peer(&config.run_id, model.hash(), limits);
