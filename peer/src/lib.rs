@@ -16,5 +16,5 @@ mod state;
 pub use config::{DEFAULT_LOCAL_STEPS, Mode, PeerConfig};
 pub use edge::{Edge, Honest};
 pub use error::PeerError;
-pub use report::{PeerSummary, RoundReport};
+pub use report::{MAX_REPORTS, PeerSummary, RoundReport};
 pub use runtime::{MOMENTUM_KEY, Observer, Peer, RESIDUAL_KEY, StopHandle, stop_pair};

@@ -64,3 +64,40 @@ pub struct PeerSummary {
     /// θ at the end.
     pub final_params: Vec<f32>,
 }
+
+/// Round reports a [`PeerSummary`] keeps: the latest this many at least, at most twice as many
+/// (the observer sees every one as it happens). A run of a million rounds would otherwise hold a
+/// million reports.
+pub const MAX_REPORTS: usize = 4096;
+
+impl PeerSummary {
+    /// Keeps `report`, forgetting the oldest half once [`MAX_REPORTS`] × 2 are held.
+    pub fn keep(&mut self, report: RoundReport) {
+        if self.rounds.len() >= 2 * MAX_REPORTS {
+            self.rounds.drain(..MAX_REPORTS);
+        }
+        self.rounds.push(report);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_keeps_a_bounded_window_of_the_latest_reports() {
+        let mut summary = PeerSummary::default();
+        for round in 0..(5 * MAX_REPORTS as u64) {
+            summary.keep(RoundReport {
+                round,
+                ..Default::default()
+            });
+            assert!(summary.rounds.len() <= 2 * MAX_REPORTS);
+        }
+        assert!(summary.rounds.len() >= MAX_REPORTS);
+        assert_eq!(
+            summary.rounds.last().map(|r| r.round),
+            Some(5 * MAX_REPORTS as u64 - 1)
+        );
+    }
+}

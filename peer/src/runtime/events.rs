@@ -211,6 +211,17 @@ impl Peer {
         }
     }
 
+    /// Forgets peers not heard from for four `peer_timeout`s, and departures older than
+    /// [`GONE_GRACE`]: identities are free, and a churn of them would otherwise grow both maps
+    /// for the life of the process.
+    pub(super) fn forget_the_long_gone(&mut self) {
+        let timeout = self.config.peer_timeout * 4;
+        self.peers.retain(|_, s| s.last.elapsed() < timeout);
+        self.gone.retain(|_, t| t.elapsed() < GONE_GRACE);
+        let peers = &self.peers;
+        self.reconcile_after.retain(|p, _| peers.contains_key(p));
+    }
+
     /// Counts a dropped update in the run's total and in the next round report.
     pub(super) fn record_drop(&mut self, reason: DropReason) {
         self.drops.record(reason);

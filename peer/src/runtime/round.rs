@@ -263,7 +263,8 @@ impl Peer {
             let state = super::local_state(&self.feedback, &self.outer);
             observer(&report, &self.trainer, &state);
         }
-        self.summary.rounds.push(report);
+        self.summary.keep(report);
+        self.forget_the_long_gone();
         Ok(())
     }
 
