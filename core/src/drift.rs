@@ -115,7 +115,8 @@ pub enum Verdict {
 }
 
 /// Decides, from the sketches of one round's replicas, whether this replica (`mine`) should move
-/// toward `partner`'s. `others` are the sketches heard for that round besides ours (`partner`'s
+/// toward `partner`'s: all the way to a majority's, halfway to a camp no smaller than ours when
+/// the two together are a majority. `others` are the sketches heard for that round besides ours (`partner`'s
 /// included); `voters` is how many replicas should have spoken (this one included), so that
 /// silence counts against moving. A replica follows agreement, never one peer: with at most a
 /// quarter of the voters hostile, liars never form the majority that [`Verdict::Adopt`] needs,
@@ -137,7 +138,13 @@ pub fn verdict(
     let with_me = 1 + others.iter().filter(|o| near(mine, o)).count();
     if 2 * with_partner > voters {
         Verdict::Adopt
-    } else if 2 * with_partner == voters && 2 * with_me == voters {
+    } else if others.len() + 1 >= voters
+        && with_partner >= with_me
+        && 2 * (with_partner + with_me) > voters
+    {
+        // Every voter has spoken, no camp is a majority, but the two camps together are one and
+        // theirs is no smaller: meet halfway (two peers; three replicas each apart). A quarter
+        // of the voters can never be such a camp, since ours would have to be no larger.
         Verdict::Halfway
     } else {
         Verdict::Keep
@@ -227,6 +234,19 @@ mod tests {
         assert_eq!(
             verdict(&honest, &other, &[&other], 2, tol),
             Verdict::Halfway
+        );
+        // Of three, only the drifted one has spoken: the silent one may agree with us.
+        assert_eq!(verdict(&honest, &other, &[&other], 3, tol), Verdict::Keep);
+        // Three replicas all apart: no majority, but pairs meet halfway.
+        let third = DriftSketch::of(&synthetic::gradient_like(1000, 3));
+        assert_eq!(
+            verdict(&honest, &other, &[&other, &third], 3, tol),
+            Verdict::Halfway
+        );
+        // A liar alone among four replicas all apart is no such pair.
+        assert_eq!(
+            verdict(&honest, &other, &[&other, &third, &third], 4, tol),
+            Verdict::Keep
         );
         // Close enough, or no sketch: nothing to do.
         assert_eq!(verdict(&honest, &honest, &[&honest], 2, tol), Verdict::Keep);
