@@ -231,6 +231,9 @@ impl Scenario {
     pub fn peer_config(&self, index: usize) -> PeerConfig {
         let mut c = PeerConfig::new(&self.name, self.mode);
         c.local_steps = self.local_steps;
+        // Every peer of a scenario is on loopback and heard within milliseconds: a joiner that
+        // waited the default 3 s for others to be heard would find a fast swarm near its end.
+        c.join_wait = std::time::Duration::from_millis(500);
         c.codec = CodecDescriptor::top_k_int8_zstd(self.top_k_per_million);
         if let Some(outer) = self.outer {
             c.outer = outer;
