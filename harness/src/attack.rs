@@ -15,7 +15,19 @@ use gradswarm_peer::Edge;
 use serde::{Deserialize, Serialize};
 
 /// What an attacker peer does (a scenario's `attack = "…"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum Attack {
@@ -45,6 +57,28 @@ pub enum Attack {
     StatePoison,
     /// Sends each heartbeat [`FLOOD_COPIES`] times and each update 20 times.
     Flood,
+    /// Every other kind in turn, a new one each round ([`Attack::ROTATION`]): all attacks at once
+    /// when several such peers start at different points of the rotation.
+    Mixed,
+}
+
+impl Attack {
+    /// The kinds a [`Attack::Mixed`] attacker goes through, one per round.
+    pub const ROTATION: [Attack; 13] = [
+        Attack::SignFlip,
+        Attack::Scale,
+        Attack::Nan,
+        Attack::Noise,
+        Attack::Zero,
+        Attack::Replay,
+        Attack::Copycat,
+        Attack::SamplesInflation,
+        Attack::RoundInflation,
+        Attack::DriftPoison,
+        Attack::Stall,
+        Attack::StatePoison,
+        Attack::Flood,
+    ];
 }
 
 /// How many times a flooding attacker sends each heartbeat.
@@ -53,6 +87,10 @@ pub const FLOOD_COPIES: usize = 200;
 /// The [`Edge`] of an attacker peer.
 pub struct Attacker {
     attack: Attack,
+    /// The kind it makes this round (for [`Attack::Mixed`], where it is in the rotation).
+    current: Attack,
+    /// Where in [`Attack::ROTATION`] a mixed attacker starts.
+    offset: u64,
     codec: CpuCodec,
     rng: SplitMix,
     staleness: StalenessPolicy,
@@ -76,6 +114,12 @@ impl Attacker {
     ) -> anyhow::Result<Self> {
         Ok(Self {
             attack,
+            current: if attack == Attack::Mixed {
+                Attack::ROTATION[0]
+            } else {
+                attack
+            },
+            offset: seed % Attack::ROTATION.len() as u64,
             codec: CpuCodec::new(codec)?,
             rng: SplitMix::new(seed),
             staleness,
@@ -117,7 +161,11 @@ impl Attacker {
 impl Edge for Attacker {
     fn update(&mut self, mut update: Update, delta: &[f32]) -> Vec<Update> {
         let round = update.round;
-        match self.attack {
+        if self.attack == Attack::Mixed {
+            let at = (round + self.offset) % Attack::ROTATION.len() as u64;
+            self.current = Attack::ROTATION[at as usize];
+        }
+        match self.current {
             Attack::SignFlip => {
                 let flipped: Vec<f32> = delta.iter().map(|v| -v).collect();
                 let p = self.encode(&flipped, round);
@@ -177,19 +225,19 @@ impl Edge for Attacker {
             }
             Attack::DriftPoison | Attack::StatePoison => vec![update],
             Attack::Flood => vec![update; 20],
-            Attack::Stall => Vec::new(),
+            Attack::Stall | Attack::Mixed => Vec::new(),
         }
     }
 
     fn mark(&mut self, _round: u64, params: &mut Vec<f32>) {
-        if self.attack == Attack::DriftPoison {
+        if self.current == Attack::DriftPoison {
             // Far enough to read as drift, near enough to look like a replica: θ + 20% of its norm.
             self.poison(params, 0.2);
         }
     }
 
     fn heartbeat(&mut self, mut heartbeat: Heartbeat) -> Vec<Heartbeat> {
-        match self.attack {
+        match self.current {
             Attack::StatePoison => {
                 heartbeat.round += 3;
                 vec![heartbeat]
@@ -200,13 +248,14 @@ impl Edge for Attacker {
     }
 
     fn snapshot(&mut self, state: &mut PeerState) {
-        if self.attack == Attack::StatePoison {
+        if self.current == Attack::StatePoison {
             self.poison(&mut state.params, 1.0);
         }
     }
 
     fn received(&mut self, update: &Update) {
-        if self.attack == Attack::Copycat {
+        // A mixed attacker keeps a copy for its copycat rounds.
+        if matches!(self.attack, Attack::Copycat | Attack::Mixed) {
             self.copied = Some(update.clone());
         }
     }

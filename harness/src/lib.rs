@@ -21,8 +21,10 @@ use gradswarm_peer::{
 
 use crate::attack::{Attack, Attacker};
 
+pub mod adversity;
 pub mod attack;
 pub mod baseline;
+pub mod child;
 pub mod plot;
 pub mod report;
 pub mod run;
@@ -123,7 +125,8 @@ pub struct LocalSwarm {
     runtime: tokio::runtime::Runtime,
     /// The bootstrap node's TCP address (with `/p2p/<id>`).
     pub bootstrap: Multiaddr,
-    bootstrap_net: NetHandle,
+    /// The bootstrap node, when this swarm started it (not in a peer process: [`Self::attach`]).
+    bootstrap_net: Option<NetHandle>,
     reports_tx: std_mpsc::Sender<Event>,
     /// Every round report of every peer in arrival order, and peers that ended with an error.
     reports: std_mpsc::Receiver<Event>,
@@ -137,16 +140,8 @@ pub struct LocalSwarm {
 impl LocalSwarm {
     /// Starts a bootstrap node for `run_id` on a loopback port.
     pub fn start(run_id: &str) -> Result<Self> {
-        // RUST_LOG=gradswarm_peer=debug shows a test's rounds; a second init (another test) is a no-op.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let (bootstrap_net, bootstrap) = runtime.block_on(async {
+        let mut swarm = Self::attach("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        let (bootstrap_net, bootstrap) = swarm.runtime.block_on(async {
             let mut config = NetConfig::bootstrap(run_id, 16 << 20);
             config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
             config.gossip_heartbeat = Duration::from_millis(200);
@@ -167,11 +162,28 @@ impl LocalSwarm {
             .ok_or_else(|| anyhow!("bootstrap stopped"))?;
             anyhow::Ok((handle, addr))
         })?;
+        swarm.bootstrap = bootstrap;
+        swarm.bootstrap_net = Some(bootstrap_net);
+        Ok(swarm)
+    }
+
+    /// A swarm whose peers join the bootstrap node at `bootstrap`, started elsewhere (a peer
+    /// process joins its harness's).
+    pub fn attach(bootstrap: Multiaddr) -> Result<Self> {
+        // RUST_LOG=gradswarm_peer=debug shows a test's rounds; a second init (another test) is a no-op.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         let (reports_tx, reports) = std_mpsc::channel();
         Ok(Self {
             runtime,
             bootstrap,
-            bootstrap_net,
+            bootstrap_net: None,
             reports_tx,
             reports,
             started: 0,
@@ -346,7 +358,9 @@ impl LocalSwarm {
 
 impl Drop for LocalSwarm {
     fn drop(&mut self) {
-        self.bootstrap_net.shutdown();
+        if let Some(net) = &self.bootstrap_net {
+            net.shutdown();
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use gradswarm_core::DropCounts;
 use serde::Serialize;
 
+use crate::attack::Attack;
 use crate::baseline::Baseline;
 use crate::scenario::Scenario;
 
@@ -55,6 +56,10 @@ pub struct PeerRow {
     pub synced_from: Option<String>,
     /// Whether it was killed.
     pub killed: bool,
+    /// The attack it made, if it was an attacker: its rounds are not the swarm's progress.
+    pub attack: Option<Attack>,
+    /// Its peak resident memory, when it ran in a process of its own (`processes = true`).
+    pub max_rss_bytes: Option<u64>,
     /// Every round.
     pub rounds: Vec<RoundRow>,
     /// All its drops, by reason.
@@ -114,6 +119,17 @@ pub struct Summary {
     pub wall_s: f64,
     /// Wall time of the baseline run.
     pub baseline_wall_s: Option<f64>,
+    /// The attacks its attacker peers made (empty: an all-honest run).
+    pub attacks: Vec<Attack>,
+    /// samples_to_target of the same scenario run with every peer honest (`swarm-harness adversity`).
+    pub honest_samples_to_target: Option<u64>,
+    /// samples_to_target ÷ honest_samples_to_target: what the attack cost the honest peers (null
+    /// when either run missed the target).
+    pub samples_vs_honest: Option<f64>,
+    /// The largest peak RSS of an honest peer that ran to the end (peer processes only).
+    pub max_honest_rss_bytes: Option<u64>,
+    /// max_honest_rss_bytes ÷ that of the all-honest run (`swarm-harness adversity`).
+    pub rss_vs_honest: Option<f64>,
 }
 
 /// The whole report.
@@ -131,10 +147,29 @@ pub struct Report {
     pub baseline: Option<Baseline>,
 }
 
-/// The swarm's validation curve: per evaluated round, (samples of all peers so far, mean val loss).
+impl Report {
+    /// Writes the report as pretty JSON to `path` (its folder created), atomically: a report
+    /// half written by a killed run would read as a finished one.
+    pub fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        use anyhow::Context;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let json = serde_json::to_string_pretty(self)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// The swarm's validation curve: per evaluated round, (samples of the honest peers so far, their
+/// mean val loss). Attackers are left out: their samples were thrown away, and their θ is
+/// whatever they chose to keep.
 pub fn swarm_curve(peers: &[PeerRow]) -> Vec<(u64, u64, f64)> {
+    let peers: Vec<&PeerRow> = peers.iter().filter(|p| p.attack.is_none()).collect();
     let mut by_round: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-    for p in peers {
+    for p in &peers {
         for r in &p.rounds {
             if let Some(v) = r.val_loss {
                 by_round.entry(r.round).or_default().push(v);
@@ -229,6 +264,20 @@ pub fn summarize(
         drops,
         wall_s,
         baseline_wall_s: baseline.map(|b| b.wall_s),
+        attacks: peers
+            .iter()
+            .filter_map(|p| p.attack)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        honest_samples_to_target: None,
+        samples_vs_honest: None,
+        max_honest_rss_bytes: peers
+            .iter()
+            .filter(|p| p.attack.is_none())
+            .filter_map(|p| p.max_rss_bytes)
+            .max(),
+        rss_vs_honest: None,
     }
 }
 

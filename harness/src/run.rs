@@ -9,6 +9,7 @@ use gradswarm_core::DropCounts;
 use gradswarm_model::Trainer;
 use gradswarm_model::burn::prelude::Device;
 
+use crate::child::ChildProc;
 use crate::report::{DivergenceRow, PeerRow, Report, RoundRow, summarize};
 use crate::scenario::Scenario;
 use crate::{LocalSwarm, PeerProc, load_corpus, max_divergence};
@@ -44,6 +45,39 @@ fn row(r: &crate::Report, previous: Option<&crate::Report>) -> RoundRow {
     }
 }
 
+/// A scenario's peer, on a thread or in a process of its own (`processes = true`).
+enum Running {
+    Thread(PeerProc),
+    Process(ChildProc),
+}
+
+impl Running {
+    fn kill(self) {
+        match self {
+            Running::Thread(p) => p.kill(),
+            Running::Process(p) => p.kill(),
+        }
+    }
+
+    /// Its summary, and its peak RSS when it ran in a process of its own.
+    fn join(self) -> Result<(gradswarm_peer::PeerSummary, Option<u64>)> {
+        match self {
+            Running::Thread(p) => Ok((p.join()?, None)),
+            Running::Process(p) => p.join().map(|f| (f.summary, f.max_rss_bytes)),
+        }
+    }
+}
+
+/// Where a run with peer processes keeps their files (the scenario they read, θ snapshots);
+/// removed when the run ends.
+struct ProcessDir(std::path::PathBuf);
+
+impl Drop for ProcessDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs `scenario`; `log` hears one line per evaluation (progress for long runs).
 pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
     scenario.validate()?;
@@ -53,9 +87,37 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
     let started = Instant::now();
     let mut swarm = LocalSwarm::start(&scenario.name)?;
     swarm.snapshot_every = scenario.eval_every;
+    let dir = ProcessDir(std::env::temp_dir().join(format!(
+        "swarm-harness-{}-{}",
+        std::process::id(),
+        scenario.name
+    )));
+    let scenario_file = dir.0.join("scenario.json");
+    if scenario.processes {
+        std::fs::create_dir_all(&dir.0)?;
+        std::fs::write(&scenario_file, serde_json::to_string(scenario)?)?;
+    }
+    let spawn = |swarm: &mut LocalSwarm, index: usize, min_peers: usize| {
+        if scenario.processes {
+            swarm
+                .spawn_process(&scenario_file, index, min_peers, &dir.0)
+                .map(|(h, p)| (h, Running::Process(p)))
+        } else {
+            swarm
+                .spawn_as(
+                    scenario.spec(index).and_then(|p| p.attack),
+                    scenario.peer_config(index),
+                    &scenario.model,
+                    &train,
+                    corpus.clone(),
+                    min_peers,
+                )
+                .map(|(h, p)| (h, Running::Thread(p)))
+        }
+    };
 
     let initial = scenario.initial_peers();
-    let mut procs: BTreeMap<usize, PeerProc> = BTreeMap::new();
+    let mut procs: BTreeMap<usize, Running> = BTreeMap::new();
     let mut pending: Vec<usize> = Vec::new();
     for index in 0..scenario.peers {
         if scenario.spec(index).and_then(|p| p.join_at_round).is_some() {
@@ -65,14 +127,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
     // Peers start in index order; the harness's own numbering follows spawn order.
     let mut harness_index: BTreeMap<usize, usize> = BTreeMap::new();
     for index in (0..scenario.peers).filter(|i| !pending.contains(i)) {
-        let (h, p) = swarm.spawn_as(
-            scenario.spec(index).and_then(|p| p.attack),
-            scenario.peer_config(index),
-            &scenario.model,
-            &train,
-            corpus.clone(),
-            initial - 1,
-        )?;
+        let (h, p) = spawn(&mut swarm, index, initial - 1)?;
         harness_index.insert(h, index);
         procs.insert(index, p);
     }
@@ -129,13 +184,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
                 .unwrap_or(0);
             if swarm_round >= at {
                 log(&format!("peer {joiner} joins at round {swarm_round}"));
-                let (h, p) = swarm.spawn_peer(
-                    scenario.peer_config(joiner),
-                    &scenario.model,
-                    &train,
-                    corpus.clone(),
-                    1,
-                )?;
+                let (h, p) = spawn(&mut swarm, joiner, 1)?;
                 harness_index.insert(h, joiner);
                 procs.insert(joiner, p);
                 pending.retain(|&j| j != joiner);
@@ -156,7 +205,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
     let mut peers = Vec::new();
     let mut finals = Vec::new();
     for (index, p) in std::mem::take(&mut procs) {
-        let summary = p.join().with_context(|| format!("peer {index}"))?;
+        let (summary, max_rss_bytes) = p.join().with_context(|| format!("peer {index}"))?;
         finals.push(summary.final_params.clone());
         let rows = reports.remove(&index).unwrap_or_default();
         peers.push(PeerRow {
@@ -165,6 +214,8 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
             start_round: summary.start_round,
             synced_from: summary.synced_from,
             killed: false,
+            attack: scenario.spec(index).and_then(|p| p.attack),
+            max_rss_bytes,
             rounds: rows
                 .iter()
                 .enumerate()
@@ -185,6 +236,8 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
             start_round: rows.first().map_or(0, |r| r.round.round),
             synced_from: None,
             killed: true,
+            attack: scenario.spec(index).and_then(|p| p.attack),
+            max_rss_bytes: None,
             rounds: rows
                 .iter()
                 .enumerate()

@@ -129,6 +129,11 @@ pub struct Scenario {
     /// Peers that are slow, late or killed.
     #[serde(default)]
     pub peer: Vec<PeerSpec>,
+    /// Run each peer in a process of its own (`swarm-harness peer`) rather than on a thread:
+    /// slower to start, but each peer's memory is its own (the report's `max_rss_bytes`) and a
+    /// kill is a SIGKILL.
+    #[serde(default)]
+    pub processes: bool,
 }
 
 fn default_local_steps() -> u64 {

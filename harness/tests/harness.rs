@@ -110,3 +110,48 @@ fn local_steps_mode_trains_with_the_peer_defaults() {
     assert!(s.max_replica_divergence < 1e-3, "{s:?}");
     assert!(s.bytes_ratio_vs_dense > 4.0, "{s:?}");
 }
+
+/// Peers in processes of their own (`processes = true`): three `swarm-harness peer` processes
+/// train, one is killed with SIGKILL at round 8, and the two others run to the end with losses
+/// that fall, replicas that agree, and a peak RSS each that the report carries.
+#[test]
+fn peer_processes_train_and_survive_a_sigkill() {
+    // SAFETY: set before any thread of this test reads it; the other test here never does.
+    unsafe { std::env::set_var("SWARM_HARNESS_EXE", env!("CARGO_BIN_EXE_swarm-harness")) };
+    let text = SCENARIO
+        .split("[[peer]]")
+        .next()
+        .unwrap()
+        .replace("name = \"harness-smoke\"", "name = \"harness-processes\"")
+        .replace("peers = 4", "peers = 3\nprocesses = true")
+        .replace("rounds = 60", "rounds = 20")
+        .replace("eval_every = 10", "eval_every = 5")
+        + "\n[[peer]]\nindex = 2\nkill_at_round = 8\n";
+    let mut scenario: Scenario = toml::from_str(&text).unwrap();
+    scenario.baseline = false;
+    let report = gradswarm_harness::run::run(&scenario, |_| {}).expect("the scenario runs");
+    let killed = &report.peers[2];
+    assert!(
+        killed.killed && killed.rounds.len() < 20,
+        "{:?}",
+        killed.rounds.len()
+    );
+    for p in &report.peers[..2] {
+        let vals: Vec<f64> = p.rounds.iter().filter_map(|r| r.val_loss).collect();
+        assert!(
+            vals.len() >= 3 && vals[vals.len() - 1] < vals[0] - 0.2,
+            "{vals:?}"
+        );
+        assert_eq!(p.rounds.last().map(|r| r.round), Some(19));
+        // A peer process of the tiny model holds at least its corpus and runtime: megabytes.
+        assert!(
+            p.max_rss_bytes.is_some_and(|b| b > 1 << 20),
+            "{:?}",
+            p.max_rss_bytes
+        );
+    }
+    let s = &report.summary;
+    assert!(s.max_replica_divergence < 1e-3, "{s:?}");
+    assert!(s.max_honest_rss_bytes.is_some(), "{s:?}");
+    assert!(!report.divergence.is_empty());
+}

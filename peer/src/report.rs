@@ -1,10 +1,10 @@
 //! What a peer reports per round (the harness's report rows, the node's status line).
 
 use gradswarm_core::DropCounts;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One round as one peer saw it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundReport {
     /// The round closed.
     pub round: u64,
@@ -45,7 +45,7 @@ pub struct RoundReport {
 }
 
 /// What a peer did over its whole run.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PeerSummary {
     /// The peer's id (base58).
     pub peer_id: String,

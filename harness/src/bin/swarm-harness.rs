@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use gradswarm_harness::attack::Attack;
 use gradswarm_harness::scenario::{BaselineMethod, Scenario};
 
 #[derive(Parser)]
@@ -39,6 +40,40 @@ enum Command {
         /// Train this method instead of the scenario's `baseline_method`.
         #[arg(long, value_enum)]
         method: Option<BaselineMethod>,
+    },
+    /// The adversity benchmark: run a scenario all-honest, then once per attack kind with the
+    /// last quarter of its peers attacking; writes DIR/honest.json and DIR/KIND.json, each
+    /// attacked report's summary carrying samples_vs_honest.
+    Adversity {
+        /// The scenario file (TOML; see bench/adversity/scenario.toml).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// The folder for the reports.
+        #[arg(long)]
+        out: PathBuf,
+        /// The kinds to run (default: every kind, then `mixed`).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        kinds: Vec<Attack>,
+    },
+    /// Run one peer of a scenario against a harness's bootstrap node, its reports on stdout (how
+    /// the harness starts peer processes for `processes = true`; not for use by hand).
+    #[command(hide = true)]
+    Peer {
+        /// The scenario, as JSON (the harness writes it).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Which of its peers.
+        #[arg(long)]
+        index: usize,
+        /// The harness's bootstrap node.
+        #[arg(long)]
+        bootstrap: String,
+        /// Other peers to wait for before the first round.
+        #[arg(long)]
+        min_peers: usize,
+        /// Where to write θ snapshots for the harness.
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Draw a report's loss vs samples and bytes to a PNG.
     Plot {
@@ -76,15 +111,7 @@ fn main() -> Result<()> {
                 s.h()
             );
             let r = gradswarm_harness::run::run(&s, |line| eprintln!("{line}"))?;
-            if let Some(dir) = report.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            let json = serde_json::to_string_pretty(&r)?;
-            let tmp = report.with_extension("json.tmp");
-            std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &report)
-                .with_context(|| format!("writing {}", report.display()))?;
+            r.write(&report)?;
             println!("{}", serde_json::to_string_pretty(&r.summary)?);
             eprintln!("report: {}", report.display());
         }
@@ -121,6 +148,60 @@ fn main() -> Result<()> {
             });
             println!("{}", serde_json::to_string_pretty(&summary)?);
             eprintln!("baseline: {}", out.display());
+        }
+        Command::Adversity {
+            scenario,
+            out,
+            mut kinds,
+        } => {
+            let s = Scenario::load(&scenario)?;
+            if kinds.is_empty() {
+                kinds = Attack::ROTATION.to_vec();
+                kinds.push(Attack::Mixed);
+            }
+            let mut rows = Vec::new();
+            gradswarm_harness::adversity::run(
+                &s,
+                &kinds,
+                |kind, report| {
+                    let label = gradswarm_harness::adversity::label(kind);
+                    let path = out.join(format!("{label}.json"));
+                    report.write(&path)?;
+                    let r = &report.summary;
+                    let row = format!(
+                        "{label:<18} samples_to_target {:>8} samples_vs_honest {:>6} \
+                         rss_vs_honest {:>6} divergence {:.1e} drops {}",
+                        r.samples_to_target.map_or("-".into(), |v| v.to_string()),
+                        r.samples_vs_honest
+                            .map_or("-".into(), |v| format!("{v:.2}")),
+                        r.rss_vs_honest.map_or("-".into(), |v| format!("{v:.2}")),
+                        r.max_replica_divergence,
+                        serde_json::to_string(&r.drops)?,
+                    );
+                    eprintln!("{row}\nreport: {}", path.display());
+                    rows.push(row);
+                    Ok(())
+                },
+                |line| eprintln!("{line}"),
+            )?;
+            println!("{}", rows.join("\n"));
+        }
+        Command::Peer {
+            scenario,
+            index,
+            bootstrap,
+            min_peers,
+            dir,
+        } => {
+            let text = std::fs::read_to_string(&scenario)
+                .with_context(|| format!("reading {}", scenario.display()))?;
+            let s: Scenario = serde_json::from_str(&text)
+                .with_context(|| format!("scenario {}", scenario.display()))?;
+            s.validate()?;
+            let bootstrap = bootstrap
+                .parse()
+                .with_context(|| format!("{bootstrap:?} is not a multiaddr"))?;
+            gradswarm_harness::child::serve(&s, index, bootstrap, min_peers, &dir)?;
         }
         Command::Plot { report, out } => {
             let out = out.unwrap_or_else(|| report.with_extension("png"));
