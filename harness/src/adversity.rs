@@ -60,6 +60,10 @@ pub fn compare(report: &mut Report, honest: &Report) {
         .samples_to_target
         .zip(s.honest_samples_to_target)
         .map(|(a, b)| a as f64 / b.max(1) as f64);
+    s.rounds_vs_honest = s
+        .rounds_to_target
+        .zip(honest.summary.rounds_to_target)
+        .map(|(a, b)| a as f64 / b.max(1) as f64);
     s.rss_vs_honest = s
         .max_honest_rss_bytes
         .zip(honest.summary.max_honest_rss_bytes)
@@ -118,5 +122,33 @@ mod tests {
         let honest = with_attack(&s, None, &attackers(8));
         assert!(honest.peer.iter().all(|p| p.attack.is_none()));
         assert_eq!(honest.name, "a-honest");
+    }
+
+    /// Every committed report in bench/adversity/ ran bench/adversity/scenario.toml as it
+    /// stands, with its file's attack: the folder reproduces what it shows.
+    #[test]
+    fn the_committed_adversity_reports_ran_the_committed_scenario() {
+        let dir = crate::manifest_dir().join("../bench/adversity");
+        let mut base = Scenario::load(&dir.join("scenario.toml")).expect("scenario");
+        base.baseline = false;
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).expect("bench/adversity") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let stem = path.file_stem().and_then(|s| s.to_str()).expect("name");
+            let attack: Option<Attack> = (stem != "honest").then(|| {
+                serde_json::from_value(serde_json::Value::String(stem.into())).expect("a kind")
+            });
+            let text = std::fs::read_to_string(&path).expect("report");
+            let report: serde_json::Value = serde_json::from_str(&text).expect("json");
+            let ran: Scenario =
+                serde_json::from_value(report["scenario"].clone()).expect("its scenario");
+            let expected = with_attack(&base, attack, &attackers(base.peers));
+            assert_eq!(ran, expected, "{} is not what it ran", path.display());
+            checked += 1;
+        }
+        assert!(checked >= 2, "only {checked} reports in {}", dir.display());
     }
 }

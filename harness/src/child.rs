@@ -84,6 +84,15 @@ impl ChildProc {
     }
 }
 
+impl Drop for ChildProc {
+    /// A run that ends early (an error, a panic) takes its peer processes with it: none is left
+    /// training on its own. Killing one that already exited is a no-op.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The `swarm-harness` binary that runs peer processes: `SWARM_HARNESS_EXE`, else this process
 /// when it is swarm-harness (a test binary is not: it sets the variable).
 pub fn harness_exe() -> Result<PathBuf> {

@@ -170,9 +170,14 @@ impl LocalSwarm {
     /// A swarm whose peers join the bootstrap node at `bootstrap`, started elsewhere (a peer
     /// process joins its harness's).
     pub fn attach(bootstrap: Multiaddr) -> Result<Self> {
-        // RUST_LOG=gradswarm_peer=debug shows a test's rounds; a second init (another test) is a no-op.
+        // RUST_LOG=gradswarm_peer=debug shows a test's rounds; a second init (another test) is a
+        // no-op. Without it the peers' warnings are kept: a failing test then prints them (its
+        // output is captured), which is all a CI log has to explain a flake with.
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,libp2p_kad=error,libp2p_gossipsub=error".into()),
+            )
             .with_test_writer()
             .try_init();
         let runtime = tokio::runtime::Builder::new_multi_thread()

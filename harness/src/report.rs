@@ -121,6 +121,11 @@ pub struct Summary {
     pub baseline_wall_s: Option<f64>,
     /// The attacks its attacker peers made (empty: an all-honest run).
     pub attacks: Vec<Attack>,
+    /// The first evaluated round at which the honest peers' mean validation loss was at or below
+    /// the target: how long the run took to get there, whatever the samples.
+    pub rounds_to_target: Option<u64>,
+    /// rounds_to_target ÷ that of the all-honest run (`swarm-harness adversity`).
+    pub rounds_vs_honest: Option<f64>,
     /// samples_to_target of the same scenario run with every peer honest (`swarm-harness adversity`).
     pub honest_samples_to_target: Option<u64>,
     /// samples_to_target ÷ honest_samples_to_target: what the attack cost the honest peers (null
@@ -270,6 +275,11 @@ pub fn summarize(
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect(),
+        rounds_to_target: curve
+            .iter()
+            .find(|&&(_, _, l)| l <= scenario.target_val_loss)
+            .map(|&(r, _, _)| r + 1),
+        rounds_vs_honest: None,
         honest_samples_to_target: None,
         samples_vs_honest: None,
         max_honest_rss_bytes: peers

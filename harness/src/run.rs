@@ -148,10 +148,12 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
             bail!("a report from unknown peer {}", r.peer);
         };
         let round = r.round.round;
-        if let Some(theta) = &r.params {
+        let attacker = |i: &usize| scenario.spec(*i).and_then(|p| p.attack).is_some();
+        // Replica agreement is the honest peers': an attacker's θ is whatever it chose to keep.
+        if let Some(theta) = r.params.as_ref().filter(|_| !attacker(&index)) {
             let set = thetas.entry(round).or_default();
             set.push(theta.clone());
-            if set.len() >= procs.len() {
+            if set.len() >= procs.keys().filter(|i| !attacker(i)).count() {
                 let views: Vec<&[f32]> = set.iter().map(|t| t.as_slice()).collect();
                 divergence.push(DivergenceRow {
                     round,
@@ -206,7 +208,9 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
     let mut finals = Vec::new();
     for (index, p) in std::mem::take(&mut procs) {
         let (summary, max_rss_bytes) = p.join().with_context(|| format!("peer {index}"))?;
-        finals.push(summary.final_params.clone());
+        if scenario.spec(index).and_then(|p| p.attack).is_none() {
+            finals.push(summary.final_params.clone());
+        }
         let rows = reports.remove(&index).unwrap_or_default();
         peers.push(PeerRow {
             index,

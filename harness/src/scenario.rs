@@ -92,6 +92,10 @@ pub struct Scenario {
     /// the `dense_swarm` baseline follows it too.
     #[serde(default)]
     pub global_second_moment: Option<bool>,
+    /// How each peer combines a round's updates (default: the peer's, a weighted mean), e.g.
+    /// `{ rule = "centered_clip", iterations = 3 }`.
+    #[serde(default)]
+    pub aggregation: Option<gradswarm_core::AggregationRule>,
     /// Lockstep baselines only: rounds overlap as in eager/streaming DiLoCo, each worker starting
     /// a round from θ before the last round's mean, moved by its own last update alone, as a peer
     /// would that computed on while the others' updates were in flight (what hiding the network
@@ -248,6 +252,9 @@ impl Scenario {
         }
         if let Some(global) = self.global_second_moment {
             c.global_second_moment = global;
+        }
+        if let Some(rule) = self.aggregation {
+            c.aggregation = rule;
         }
         if let Some(decay) = self.feedback_decay {
             c.feedback_decay = decay;

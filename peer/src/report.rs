@@ -9,6 +9,8 @@ pub struct RoundReport {
     /// The round closed.
     pub round: u64,
     /// Mean training loss of this round's local steps (nats per byte); NaN in a catch-up round.
+    /// JSON has no NaN: it is written as null, and read back as NaN.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f32,
     /// Validation loss, when evaluated this round.
     pub val_loss: Option<f64>,
@@ -80,6 +82,11 @@ impl PeerSummary {
     }
 }
 
+/// Reads an f32 that JSON wrote as null (serde_json's NaN) back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    Option::<f32>::deserialize(d).map(|v| v.unwrap_or(f32::NAN))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +106,17 @@ mod tests {
             summary.rounds.last().map(|r| r.round),
             Some(5 * MAX_REPORTS as u64 - 1)
         );
+    }
+
+    #[test]
+    fn a_catch_up_round_s_nan_loss_survives_json() {
+        let r = RoundReport {
+            round: 3,
+            loss: f32::NAN,
+            ..RoundReport::default()
+        };
+        let json = serde_json::to_string(&r).expect("json");
+        let back: RoundReport = serde_json::from_str(&json).expect("read back");
+        assert!(back.loss.is_nan() && back.round == 3);
     }
 }

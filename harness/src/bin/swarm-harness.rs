@@ -168,13 +168,14 @@ fn main() -> Result<()> {
                     let path = out.join(format!("{label}.json"));
                     report.write(&path)?;
                     let r = &report.summary;
+                    let ratio = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
                     let row = format!(
                         "{label:<18} samples_to_target {:>8} samples_vs_honest {:>6} \
-                         rss_vs_honest {:>6} divergence {:.1e} drops {}",
+                         rounds_vs_honest {:>6} rss_vs_honest {:>6} divergence {:.1e} drops {}",
                         r.samples_to_target.map_or("-".into(), |v| v.to_string()),
-                        r.samples_vs_honest
-                            .map_or("-".into(), |v| format!("{v:.2}")),
-                        r.rss_vs_honest.map_or("-".into(), |v| format!("{v:.2}")),
+                        ratio(r.samples_vs_honest),
+                        ratio(r.rounds_vs_honest),
+                        ratio(r.rss_vs_honest),
                         r.max_replica_divergence,
                         serde_json::to_string(&r.drops)?,
                     );
