@@ -28,6 +28,8 @@ pub struct Accepted<T> {
     pub tau: u64,
     /// Its aggregation weight: samples × s(τ).
     pub weight: f64,
+    /// Its content digest ([`crate::Update::content_digest`]).
+    pub digest: u64,
     /// The decoded update.
     pub payload: T,
 }
@@ -44,6 +46,16 @@ pub struct Correction<T> {
 }
 
 impl<T> Correction<T> {
+    /// The updates taken back out of the round (their senders equivocated).
+    pub fn removed(&self) -> impl Iterator<Item = &Accepted<T>> {
+        self.before.iter().filter(|b| {
+            !self
+                .after
+                .iter()
+                .any(|a| a.peer == b.peer && a.round == b.round)
+        })
+    }
+
     /// The late updates themselves.
     pub fn added(&self) -> impl Iterator<Item = &Accepted<T>> {
         self.after.iter().filter(|a| {
@@ -72,6 +84,7 @@ pub struct Closed<T> {
 struct Pending<T> {
     base_round: u64,
     samples: u64,
+    digest: u64,
     payload: T,
 }
 
@@ -83,7 +96,20 @@ pub struct RoundBook<T> {
     pending: BTreeMap<u64, BTreeMap<Vec<u8>, Pending<T>>>,
     late: BTreeMap<u64, BTreeMap<Vec<u8>, Pending<T>>>,
     closed: BTreeMap<u64, Vec<Accepted<T>>>,
-    seen: BTreeSet<(u64, Vec<u8>)>,
+    /// Closed rounds' updates whose senders equivocated since: taken out at the next settle.
+    retracted: BTreeMap<u64, BTreeSet<Vec<u8>>>,
+    seen: BTreeMap<(u64, Vec<u8>), Seen>,
+}
+
+/// What became of a sender's update for a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Kept (pending, late or counted), with its content digest.
+    Kept(u64),
+    /// Refused for what it is, with its content digest.
+    Refused(u64),
+    /// Its sender signed two different updates for the round: none of them counts.
+    Equivocated,
 }
 
 impl<T: Clone> RoundBook<T> {
@@ -95,7 +121,8 @@ impl<T: Clone> RoundBook<T> {
             pending: BTreeMap::new(),
             late: BTreeMap::new(),
             closed: BTreeMap::new(),
-            seen: BTreeSet::new(),
+            retracted: BTreeMap::new(),
+            seen: BTreeMap::new(),
         }
     }
 
@@ -112,29 +139,51 @@ impl<T: Clone> RoundBook<T> {
     }
 
     /// Offers an update that `peer` published for `round`, computed from `base_round`'s parameters
-    /// with `samples` samples. Kept for its round (or as a late part of it), or dropped with a reason.
+    /// with `samples` samples; `digest` names its content ([`crate::Update::content_digest`]).
+    /// Kept for its round (or as a late part of it), or dropped with a reason.
+    ///
+    /// A second update of `peer` for `round` with another digest is an equivocation: gossip
+    /// forwards both versions, so every replica sees both, whatever the order; each then drops
+    /// both, taking back the one it kept (from a closed round, as a correction), and the
+    /// replicas end with the same set whichever version reached them first.
     pub fn offer(
         &mut self,
         peer: &[u8],
         round: u64,
         base_round: u64,
         samples: u64,
+        digest: u64,
         payload: T,
     ) -> Result<(), DropReason> {
         if base_round > round || round > self.current.saturating_add(self.horizon()) {
             return Err(DropReason::FromFuture);
         }
-        if self.seen.contains(&(round, peer.to_vec())) {
-            return Err(DropReason::Duplicate);
+        let key = (round, peer.to_vec());
+        match self.seen.get(&key).copied() {
+            Some(Seen::Kept(d) | Seen::Refused(d)) if d == digest => {
+                return Err(DropReason::Duplicate);
+            }
+            Some(Seen::Equivocated) => return Err(DropReason::Duplicate),
+            Some(Seen::Kept(_)) => {
+                self.retract(round, peer);
+                self.seen.insert(key, Seen::Equivocated);
+                return Err(DropReason::Equivocation);
+            }
+            Some(Seen::Refused(_)) => {
+                self.seen.insert(key, Seen::Equivocated);
+                return Err(DropReason::Equivocation);
+            }
+            None => {}
         }
         if let Err(reason) = self.policy.weight(round, base_round) {
             // A verdict on the update alone, the same at every receiver: it is decided.
-            self.refuse(peer, round);
+            self.refuse(peer, round, digest);
             return Err(reason);
         }
         let entry = Pending {
             base_round,
             samples,
+            digest,
             payload,
         };
         let slot = if round >= self.current {
@@ -146,16 +195,39 @@ impl<T: Clone> RoundBook<T> {
             return Err(DropReason::TooStale);
         };
         slot.entry(round).or_default().insert(peer.to_vec(), entry);
-        self.seen.insert((round, peer.to_vec()));
+        self.seen.insert(key, Seen::Kept(digest));
         Ok(())
     }
 
-    /// Whether the open round holds an update from every peer in `peers`.
+    /// Takes `peer`'s kept update for `round` back out: from its pending or late set, or from
+    /// its closed round at the next settle (as a correction).
+    fn retract(&mut self, round: u64, peer: &[u8]) {
+        for slot in [&mut self.pending, &mut self.late] {
+            if let Some(entries) = slot.get_mut(&round)
+                && entries.remove(peer).is_some()
+            {
+                if entries.is_empty() {
+                    slot.remove(&round);
+                }
+                return;
+            }
+        }
+        if self
+            .closed
+            .get(&round)
+            .is_some_and(|set| set.iter().any(|a| a.peer == peer))
+        {
+            self.retracted
+                .entry(round)
+                .or_default()
+                .insert(peer.to_vec());
+        }
+    }
+
+    /// Whether the open round has decided on an update from every peer in `peers` (holds it, or
+    /// refused it): nothing more is worth waiting for.
     pub fn has_all<'a>(&self, peers: impl IntoIterator<Item = &'a [u8]>) -> bool {
-        let open = self.pending.get(&self.current);
-        peers
-            .into_iter()
-            .all(|p| open.is_some_and(|m| m.contains_key(p)))
+        peers.into_iter().all(|p| self.decided(p, self.current))
     }
 
     /// Peers whose update for the open round is in.
@@ -205,6 +277,7 @@ impl<T: Clone> RoundBook<T> {
                     base_round: p.base_round,
                     tau: round - p.base_round,
                     weight: p.samples as f64 * f64::from(s),
+                    digest: p.digest,
                     payload: p.payload,
                 }),
                 Err(reason) => dropped.record(reason),
@@ -228,6 +301,7 @@ impl<T: Clone> RoundBook<T> {
         let oldest = self.current.saturating_sub(self.horizon());
         self.closed = self.closed.split_off(&oldest);
         self.seen = self.seen.split_off(&(oldest, Vec::new()));
+        self.retracted = self.retracted.split_off(&oldest);
         Closed {
             round,
             accepted,
@@ -246,12 +320,21 @@ impl<T: Clone> RoundBook<T> {
     }
 
     fn settle_into(&mut self, dropped: &mut DropCounts) -> Vec<Correction<T>> {
+        let mut late = std::mem::take(&mut self.late);
+        let mut retracted = std::mem::take(&mut self.retracted);
+        let rounds: BTreeSet<u64> = late.keys().chain(retracted.keys()).copied().collect();
         let mut corrections = Vec::new();
-        for (earlier, entries) in std::mem::take(&mut self.late) {
+        for earlier in rounds {
+            let entries = late.remove(&earlier).unwrap_or_default();
+            let gone = retracted.remove(&earlier).unwrap_or_default();
             let Some(before) = self.closed.get(&earlier).cloned() else {
                 continue;
             };
-            let mut after = before.clone();
+            let mut after: Vec<Accepted<T>> = before
+                .iter()
+                .filter(|a| !gone.contains(&a.peer))
+                .cloned()
+                .collect();
             self.accept(earlier, entries, &mut after, dropped);
             self.closed.insert(earlier, after.clone());
             corrections.push(Correction {
@@ -266,14 +349,17 @@ impl<T: Clone> RoundBook<T> {
     /// Whether `peer`'s update for `round` is in (counted, waiting for its round, or late) or was
     /// refused for what it is, so that no later arrival of it can change this replica.
     pub fn decided(&self, peer: &[u8], round: u64) -> bool {
-        self.seen.contains(&(round, peer.to_vec()))
+        self.seen.contains_key(&(round, peer.to_vec()))
     }
 
-    /// Marks `peer`'s update for `round` as refused by a check outside the book (an outlier
-    /// norm, say), so that [`RoundBook::decided`] holds for it.
-    pub fn refuse(&mut self, peer: &[u8], round: u64) {
+    /// Marks `peer`'s update for `round`, of content `digest`, as refused by a check outside the
+    /// book (a wrong shape, say), so that [`RoundBook::decided`] holds for it and another
+    /// version of it is an equivocation.
+    pub fn refuse(&mut self, peer: &[u8], round: u64, digest: u64) {
         if round + self.horizon() >= self.current && round <= self.current + self.horizon() {
-            self.seen.insert((round, peer.to_vec()));
+            self.seen
+                .entry((round, peer.to_vec()))
+                .or_insert(Seen::Refused(digest));
         }
     }
 
@@ -292,6 +378,9 @@ impl<T: Clone> RoundBook<T> {
                 h.update(&a.round.to_le_bytes());
                 h.update(&a.base_round.to_le_bytes());
                 h.update(&a.weight.to_bits().to_le_bytes());
+                // Two replicas that took different versions of an equivocator's update differ
+                // by more than drift until both drop it: their digests must differ too.
+                h.update(&a.digest.to_le_bytes());
                 h.digest()
             })
             .fold(0u64, u64::wrapping_add)
@@ -303,6 +392,7 @@ impl<T: Clone> RoundBook<T> {
         self.pending = self.pending.split_off(&round);
         self.late.clear();
         self.closed.clear();
+        self.retracted.clear();
     }
 }
 
@@ -323,8 +413,8 @@ mod tests {
     #[test]
     fn a_round_closes_with_its_updates_in_peer_order() {
         let mut b = book();
-        b.offer(b"b", 5, 5, 10, 2).unwrap();
-        b.offer(b"a", 5, 5, 30, 1).unwrap();
+        b.offer(b"b", 5, 5, 10, 2, 2).unwrap();
+        b.offer(b"a", 5, 5, 30, 1, 1).unwrap();
         assert!(b.has_all([&b"a"[..], &b"b"[..]]));
         assert!(!b.has_all([&b"a"[..], &b"c"[..]]));
         let closed = b.close();
@@ -344,13 +434,13 @@ mod tests {
     #[test]
     fn late_updates_correct_their_round_and_too_old_ones_drop() {
         let mut b = book();
-        b.offer(b"a", 5, 5, 4, 1).unwrap();
+        b.offer(b"a", 5, 5, 4, 1, 1).unwrap();
         b.close(); // round 5 closes with a's update
         b.close(); // round 6 closes empty
         // On round 7: an update published for round 5 (computed on 4, τ = 1) is late: it joins 5.
-        b.offer(b"slow", 5, 4, 8, 9).unwrap();
+        b.offer(b"slow", 5, 4, 8, 9, 9).unwrap();
         // Computed on 2: τ = 3 > τ_max: dropped at once.
-        assert_eq!(b.offer(b"older", 5, 2, 8, 9), Err(DropReason::TooStale));
+        assert_eq!(b.offer(b"older", 5, 2, 8, 9, 9), Err(DropReason::TooStale));
         let closed = b.close();
         assert!(closed.accepted.is_empty());
         assert_eq!(closed.corrections.len(), 1);
@@ -366,16 +456,16 @@ mod tests {
         for _ in 0..b.horizon() {
             b.close();
         }
-        assert_eq!(b.offer(b"z", 5, 5, 1, 0), Err(DropReason::TooStale));
+        assert_eq!(b.offer(b"z", 5, 5, 1, 0, 0), Err(DropReason::TooStale));
         // A future update waits for its round; one past the horizon is refused.
         let r = b.round();
-        b.offer(b"fast", r + 3, r + 3, 1, 0).unwrap();
+        b.offer(b"fast", r + 3, r + 3, 1, 0, 0).unwrap();
         assert_eq!(b.moved_on([&b"fast"[..]]), Some(r + 3));
         assert_eq!(
-            b.offer(b"liar", r + 100, r + 100, 1, 0),
+            b.offer(b"liar", r + 100, r + 100, 1, 0, 0),
             Err(DropReason::FromFuture)
         );
-        assert_eq!(b.offer(b"liar", 8, 9, 1, 0), Err(DropReason::FromFuture));
+        assert_eq!(b.offer(b"liar", 8, 9, 1, 0, 0), Err(DropReason::FromFuture));
     }
 
     #[test]
@@ -383,13 +473,13 @@ mod tests {
         let mut b = book();
         let peers = [&b"a"[..], &b"b"[..], &b"liar"[..]];
         // The liar claims a round near the horizon: one of three is no majority.
-        b.offer(b"liar", 9, 9, 1, 0).unwrap();
+        b.offer(b"liar", 9, 9, 1, 0, 0).unwrap();
         assert_eq!(b.moved_on(peers), None);
         // a moves on to 6: two of three are past round 5, and the later of their rounds that a
         // majority reached is 6 (not the liar's 9).
-        b.offer(b"a", 6, 5, 1, 0).unwrap();
+        b.offer(b"a", 6, 5, 1, 0, 0).unwrap();
         assert_eq!(b.moved_on(peers), Some(6));
-        b.offer(b"b", 7, 6, 1, 0).unwrap();
+        b.offer(b"b", 7, 6, 1, 0, 0).unwrap();
         assert_eq!(b.moved_on(peers), Some(7));
         // With nobody else, or one other, that one's round is the swarm's.
         assert_eq!(b.moved_on([]), None);
@@ -399,11 +489,11 @@ mod tests {
     #[test]
     fn settling_applies_late_updates_without_closing_a_round() {
         let mut b = book();
-        b.offer(b"a", 5, 5, 4, 1).unwrap();
+        b.offer(b"a", 5, 5, 4, 1, 1).unwrap();
         b.close();
         assert!(b.decided(b"a", 5));
         assert!(!b.decided(b"slow", 5));
-        b.offer(b"slow", 5, 5, 4, 2).unwrap();
+        b.offer(b"slow", 5, 5, 4, 2, 2).unwrap();
         assert!(b.decided(b"slow", 5));
         let (corrections, dropped) = b.settle();
         assert_eq!(b.round(), 6, "settling closes nothing");
@@ -412,25 +502,25 @@ mod tests {
         assert_eq!(corrections[0].added().count(), 1);
         assert!(b.settle().0.is_empty(), "a late update is applied once");
         // Refused for what it is (τ > τ_max): decided too, so nobody waits for it.
-        b.offer(b"old", 5, 1, 4, 3).unwrap_err();
+        b.offer(b"old", 5, 1, 4, 3, 3).unwrap_err();
         assert!(b.decided(b"old", 5));
     }
 
     #[test]
     fn the_applied_digest_names_the_set_not_the_order_it_came_in() {
         let (mut x, mut y) = (book(), book());
-        x.offer(b"a", 5, 5, 4, 1).unwrap();
-        x.offer(b"b", 5, 5, 4, 2).unwrap();
+        x.offer(b"a", 5, 5, 4, 1, 1).unwrap();
+        x.offer(b"b", 5, 5, 4, 2, 2).unwrap();
         x.close();
         // y closes round 5 with only a's update; b's arrives late, as a correction.
-        y.offer(b"a", 5, 5, 4, 1).unwrap();
+        y.offer(b"a", 5, 5, 4, 1, 1).unwrap();
         y.close();
         assert_ne!(
             x.applied_digest(),
             y.applied_digest(),
             "b's update is still on its way"
         );
-        y.offer(b"b", 5, 5, 4, 2).unwrap();
+        y.offer(b"b", 5, 5, 4, 2, 2).unwrap();
         y.settle();
         assert_eq!(x.applied_digest(), y.applied_digest());
         // Rounds past the horizon leave the digest: an old difference no longer shows.
@@ -445,8 +535,8 @@ mod tests {
     fn an_update_computed_too_long_before_its_round_is_dropped() {
         let mut b = book();
         // Published for round 7 but computed on round 3: τ = 4 > τ_max.
-        assert_eq!(b.offer(b"x", 7, 3, 1, 0), Err(DropReason::TooStale));
-        b.offer(b"y", 7, 5, 1, 0).unwrap();
+        assert_eq!(b.offer(b"x", 7, 3, 1, 0, 0), Err(DropReason::TooStale));
+        b.offer(b"y", 7, 5, 1, 0, 0).unwrap();
         b.close();
         b.close();
         let closed = b.close();
@@ -459,31 +549,82 @@ mod tests {
         let mut early = book();
         let mut late = book();
         for b in [&mut early, &mut late] {
-            b.offer(b"a", 5, 5, 1, 1).unwrap();
+            b.offer(b"a", 5, 5, 1, 1, 1).unwrap();
         }
-        early.offer(b"b", 5, 5, 1, 2).unwrap();
+        early.offer(b"b", 5, 5, 1, 2, 2).unwrap();
         let on_time = early.close().accepted;
         late.close();
         late.close();
-        late.offer(b"b", 5, 5, 1, 2).unwrap();
+        late.offer(b"b", 5, 5, 1, 2, 2).unwrap();
         let closed = late.close();
         assert_eq!(closed.corrections[0].after, on_time);
     }
 
     #[test]
+    fn an_equivocator_counts_nowhere_whichever_version_came_first() {
+        // "liar" signs two versions (payload 1, digest 1; payload 2, digest 2) for round 5.
+        let honest = |b: &mut RoundBook<u32>| b.offer(b"a", 5, 5, 1, 7, 7).unwrap();
+        // x gets both before closing round 5.
+        let mut x = book();
+        honest(&mut x);
+        x.offer(b"liar", 5, 5, 1, 1, 1).unwrap();
+        assert_eq!(
+            x.offer(b"liar", 5, 5, 1, 2, 2),
+            Err(DropReason::Equivocation)
+        );
+        assert_eq!(x.offer(b"liar", 5, 5, 1, 3, 3), Err(DropReason::Duplicate));
+        let on_time = x.close().accepted;
+        assert_eq!(on_time.len(), 1, "only the honest update counts");
+        // y counted version 1 in round 5 before version 2 came: it is taken back.
+        let mut y = book();
+        honest(&mut y);
+        y.offer(b"liar", 5, 5, 1, 1, 1).unwrap();
+        assert_eq!(y.close().accepted.len(), 2);
+        assert!(y.decided(b"liar", 5));
+        // w counted version 2 instead: until each sees the other version, their replicas differ
+        // by more than drift, and their digests say so (reconciling now would make it last).
+        let mut w = book();
+        honest(&mut w);
+        w.offer(b"liar", 5, 5, 1, 2, 2).unwrap();
+        w.close();
+        assert_ne!(w.applied_digest(), y.applied_digest());
+        assert_eq!(
+            y.offer(b"liar", 5, 5, 1, 2, 2),
+            Err(DropReason::Equivocation)
+        );
+        let (corrections, _) = y.settle();
+        assert_eq!(corrections.len(), 1);
+        assert_eq!(corrections[0].after, on_time);
+        // z saw version 2 first, refused for what it is (too stale), then version 1.
+        let mut z = book();
+        honest(&mut z);
+        assert_eq!(z.offer(b"liar", 5, 1, 1, 2, 2), Err(DropReason::TooStale));
+        assert_eq!(
+            z.offer(b"liar", 5, 5, 1, 1, 1),
+            Err(DropReason::Equivocation)
+        );
+        assert_eq!(z.close().accepted, on_time);
+        x.close();
+        y.close();
+        z.close();
+        assert_eq!(x.applied_digest(), y.applied_digest());
+        assert_eq!(x.applied_digest(), z.applied_digest());
+    }
+
+    #[test]
     fn duplicates_are_refused() {
         let mut b = book();
-        b.offer(b"a", 5, 5, 1, 0).unwrap();
-        assert_eq!(b.offer(b"a", 5, 5, 1, 0), Err(DropReason::Duplicate));
+        b.offer(b"a", 5, 5, 1, 0, 0).unwrap();
+        assert_eq!(b.offer(b"a", 5, 5, 1, 0, 0), Err(DropReason::Duplicate));
         b.close();
-        assert_eq!(b.offer(b"a", 5, 5, 1, 0), Err(DropReason::Duplicate));
+        assert_eq!(b.offer(b"a", 5, 5, 1, 0, 0), Err(DropReason::Duplicate));
     }
 
     #[test]
     fn reset_jumps_to_a_synced_round() {
         let mut b = book();
-        b.offer(b"a", 6, 6, 1, 0).unwrap();
-        b.offer(b"a", 9, 9, 1, 1).unwrap();
+        b.offer(b"a", 6, 6, 1, 0, 0).unwrap();
+        b.offer(b"a", 9, 9, 1, 1, 1).unwrap();
         b.reset(9);
         assert_eq!(b.round(), 9);
         assert!(b.has_all([&b"a"[..]]));

@@ -80,11 +80,13 @@ pub enum DropReason {
     /// Its sender publishes faster than any honest peer (a flood): not forwarded. Counted once a
     /// second per sender, not per message.
     RateLimited,
+    /// Its sender signed two different updates for the same round: neither counts.
+    Equivocation,
 }
 
 impl DropReason {
     /// Every reason, in report order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         Self::TooStale,
         Self::FromFuture,
         Self::ForeignRun,
@@ -99,6 +101,7 @@ impl DropReason {
         Self::PayloadMismatch,
         Self::Overclaimed,
         Self::RateLimited,
+        Self::Equivocation,
     ];
 
     /// A short stable name for reports and metrics.
@@ -118,6 +121,7 @@ impl DropReason {
             Self::PayloadMismatch => "payload_mismatch",
             Self::Overclaimed => "overclaimed",
             Self::RateLimited => "rate_limited",
+            Self::Equivocation => "equivocation",
         }
     }
 }

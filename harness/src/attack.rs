@@ -57,6 +57,9 @@ pub enum Attack {
     StatePoison,
     /// Sends each heartbeat [`FLOOD_COPIES`] times and each update 20 times.
     Flood,
+    /// Signs two different updates for each round (Δ and −Δ), hoping that peers keep different
+    /// ones and part.
+    Equivocate,
     /// Every other kind in turn, a new one each round ([`Attack::ROTATION`]): all attacks at once
     /// when several such peers start at different points of the rotation.
     Mixed,
@@ -64,7 +67,7 @@ pub enum Attack {
 
 impl Attack {
     /// The kinds a [`Attack::Mixed`] attacker goes through, one per round.
-    pub const ROTATION: [Attack; 13] = [
+    pub const ROTATION: [Attack; 14] = [
         Attack::SignFlip,
         Attack::Scale,
         Attack::Nan,
@@ -78,6 +81,7 @@ impl Attack {
         Attack::Stall,
         Attack::StatePoison,
         Attack::Flood,
+        Attack::Equivocate,
     ];
 }
 
@@ -225,6 +229,11 @@ impl Edge for Attacker {
             }
             Attack::DriftPoison | Attack::StatePoison => vec![update],
             Attack::Flood => vec![update; 20],
+            Attack::Equivocate => {
+                let flipped: Vec<f32> = delta.iter().map(|v| -v).collect();
+                let other = Self::with_payload(update.clone(), self.encode(&flipped, round));
+                [vec![update], other].concat()
+            }
             Attack::Stall | Attack::Mixed => Vec::new(),
         }
     }

@@ -177,6 +177,16 @@ impl Update {
         self.codec.validate()
     }
 
+    /// What its sender signed for its round, as one number: two updates of one sender for one
+    /// round with different content digests are an equivocation ([`crate::RoundBook::offer`]).
+    pub fn content_digest(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.base_round.to_le_bytes());
+        h.update(&self.samples.to_le_bytes());
+        h.update(&self.payload);
+        h.digest()
+    }
+
     /// Decodes the payload into the values it carries (checking them against `limits.model_len`).
     pub fn decode_payload(&self, limits: &WireLimits) -> Result<DecodedUpdate, DecodeError> {
         decode_payload(&self.codec, &self.payload, limits.model_len)

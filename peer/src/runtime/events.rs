@@ -148,7 +148,8 @@ impl Peer {
                     debug!("update from {from} dropped: {reason}");
                     self.record_drop(reason);
                     // Refused: nobody waits for it any longer (see `linger`).
-                    self.book.refuse(&update.peer_id, update.round);
+                    self.book
+                        .refuse(&update.peer_id, update.round, update.content_digest());
                     return;
                 }
                 self.edge.received(&update);
@@ -157,6 +158,7 @@ impl Peer {
                     update.round,
                     update.base_round,
                     update.samples,
+                    update.content_digest(),
                     decoded,
                 ) {
                     Ok(()) => {

@@ -151,10 +151,11 @@ impl Peer {
         report.updates += 1;
         report.staleness.push(accepted.tau);
         if accepted.peer != self.me.to_bytes() {
-            let name = PeerId::from_bytes(&accepted.peer)
-                .map(|p| p.to_base58())
-                .unwrap_or_else(|_| "?".into());
-            *self.summary.counted_from.entry(name).or_default() += 1;
+            *self
+                .summary
+                .counted_from
+                .entry(peer_name(&accepted.peer))
+                .or_default() += 1;
         }
     }
 
@@ -198,11 +199,22 @@ impl Peer {
         for correction in corrections {
             let (after, dropped) = self.aggregate(correction.round, &correction.after);
             self.count_all(correction.added(), &dropped, report);
-            let (before, _) = self.aggregate(correction.round, &correction.before);
-            let Some(mut delta) = after else { continue };
-            if let Some(before) = before {
-                delta.iter_mut().zip(&before).for_each(|(d, b)| *d -= b);
+            for gone in correction.removed() {
+                if let Some(n) = self.summary.counted_from.get_mut(&peer_name(&gone.peer)) {
+                    *n = n.saturating_sub(1);
+                }
             }
+            let (before, _) = self.aggregate(correction.round, &correction.before);
+            // An equivocator's update taken back can leave a round with nothing that counts.
+            let delta = match (after, before) {
+                (Some(mut delta), Some(before)) => {
+                    delta.iter_mut().zip(&before).for_each(|(d, b)| *d -= b);
+                    delta
+                }
+                (Some(after), None) => after,
+                (None, Some(before)) => before.into_iter().map(|b| -b).collect(),
+                (None, None) => continue,
+            };
             moves.push((delta, Some(applied_until - correction.round)));
         }
         moves
@@ -331,9 +343,10 @@ impl Peer {
             let own = update
                 .decode_payload(&self.limits)
                 .map_err(|e| PeerError::Sync(format!("own update does not decode: {e}")))?;
+            let digest = update.content_digest();
             if let Err(reason) =
                 self.book
-                    .offer(&update.peer_id, round, base, samples, Arc::new(own))
+                    .offer(&update.peer_id, round, base, samples, digest, Arc::new(own))
             {
                 self.record_drop(reason);
             }
@@ -386,6 +399,13 @@ impl Peer {
             .moved_on(others.iter().map(Vec::as_slice))
             .is_some_and(|r| r > self.book.round())
     }
+}
+
+/// A peer id's bytes as reports name it (base58).
+fn peer_name(bytes: &[u8]) -> String {
+    PeerId::from_bytes(bytes)
+        .map(|p| p.to_base58())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// A per-peer seed for the codec's stochastic rounding, so peers round independently.
