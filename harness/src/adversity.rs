@@ -31,6 +31,7 @@ pub fn with_attack(scenario: &Scenario, attack: Option<Attack>, attackers: &[usi
                     slowdown: 1.0,
                     join_at_round: None,
                     kill_at_round: None,
+                    restart_at_round: None,
                     attack: Some(kind),
                 }),
             }

@@ -221,6 +221,12 @@ pub fn serve(
     // The same attacker seed as the same peer on a thread would get.
     swarm.started = index;
     swarm.snapshot_every = scenario.eval_every;
+    if scenario
+        .spec(index)
+        .is_some_and(|p| p.restart_at_round.is_some())
+    {
+        swarm.checkpoint = Some(checkpoint_path(dir, index));
+    }
     let (_, peer) = swarm.spawn_as(
         scenario.spec(index).and_then(|p| p.attack),
         scenario.peer_config(index),
@@ -274,6 +280,11 @@ pub fn serve(
         }
         Err(e) => send(&Line::Failed(format!("{e:#}"))),
     }
+}
+
+/// Where peer `index` of a run with peer processes in `dir` keeps its checkpoint.
+pub fn checkpoint_path(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("peer-{index}.safetensors"))
 }
 
 /// This process's peak resident memory, from /proc/self/status (`VmHWM`, in kB).

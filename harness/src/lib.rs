@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use gradswarm_core::CpuCodec;
 use gradswarm_model::burn::prelude::Device;
+use gradswarm_model::{Checkpoint, checkpoint};
 use gradswarm_model::{Corpus, DataConfig, ModelConfig, TrainConfig, Trainer};
 use gradswarm_net::{Multiaddr, NetConfig, NetHandle, native};
 use gradswarm_peer::{
-    Edge, Honest, Peer, PeerConfig, PeerSummary, RoundReport, StopHandle, stop_pair,
+    Edge, Honest, MOMENTUM_KEY, Peer, PeerConfig, PeerSummary, RESIDUAL_KEY, RoundReport,
+    StopHandle, stop_pair,
 };
 
 use crate::attack::{Attack, Attacker};
@@ -135,6 +137,15 @@ pub struct LocalSwarm {
     /// Attach θ to the reports of rounds `r` with `(r + 1) % snapshot_every == 0` (0: never), so
     /// that replica divergence can be measured along the run.
     pub snapshot_every: u64,
+    /// Peers started from here on write a checkpoint to this file after each round, and start
+    /// from it when it is there (a peer process restarted after a SIGKILL).
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Where a peer restarts from: its checkpoint's round and its own state beside θ and AdamW.
+struct Resume {
+    round: u64,
+    state: Vec<(&'static str, Vec<f32>)>,
 }
 
 impl LocalSwarm {
@@ -194,6 +205,7 @@ impl LocalSwarm {
             started: 0,
             killed: Arc::default(),
             snapshot_every: 0,
+            checkpoint: None,
         })
     }
 
@@ -221,7 +233,19 @@ impl LocalSwarm {
         corpus: Arc<Corpus>,
         min_peers: usize,
     ) -> Result<(usize, PeerProc)> {
-        let trainer = Trainer::new(model, train, &Device::flex())?;
+        let (trainer, resume) = match &self.checkpoint {
+            Some(path) if path.exists() => {
+                let ckpt = Checkpoint::load(path)?;
+                let trainer = ckpt.into_trainer(path, train, &Device::flex())?;
+                let state = [RESIDUAL_KEY, MOMENTUM_KEY]
+                    .into_iter()
+                    .filter_map(|key| ckpt.state(key).map(|v| (key, v.to_vec())))
+                    .collect();
+                let round = ckpt.meta.round;
+                (trainer, Some(Resume { round, state }))
+            }
+            _ => (Trainer::new(model, train, &Device::flex())?, None),
+        };
         let edge: Box<dyn Edge> = match attack {
             Some(attack) => Box::new(Attacker::new(
                 attack,
@@ -231,7 +255,7 @@ impl LocalSwarm {
             )?),
             None => Box::new(Honest),
         };
-        self.spawn_with(config, trainer, corpus, min_peers, edge)
+        self.spawn_with(config, trainer, corpus, min_peers, edge, resume)
     }
 
     /// Starts a peer around a trainer made by the caller (whose replica a test may have moved).
@@ -242,7 +266,7 @@ impl LocalSwarm {
         corpus: Arc<Corpus>,
         min_peers: usize,
     ) -> Result<(usize, PeerProc)> {
-        self.spawn_with(config, trainer, corpus, min_peers, Box::new(Honest))
+        self.spawn_with(config, trainer, corpus, min_peers, Box::new(Honest), None)
     }
 
     fn spawn_with(
@@ -252,6 +276,7 @@ impl LocalSwarm {
         corpus: Arc<Corpus>,
         min_peers: usize,
         edge: Box<dyn Edge>,
+        resume: Option<Resume>,
     ) -> Result<(usize, PeerProc)> {
         let index = self.started;
         self.started += 1;
@@ -272,14 +297,28 @@ impl LocalSwarm {
         let peer_net = net.clone();
         let counted_net = net.clone();
         let snapshot_every = self.snapshot_every;
+        let checkpoint_path = self.checkpoint.clone();
+        let run_id = config.run_id.clone();
         let thread = std::thread::Builder::new()
             .name(format!("peer-{index}"))
             .spawn(move || -> Result<PeerSummary> {
                 let mut peer =
                     Peer::new(config, trainer, corpus, codec, peer_net, events, stop_rx)?;
+                if let Some(resume) = resume {
+                    peer.resume_at(resume.round);
+                    for (key, values) in resume.state {
+                        peer.restore_local_state(key, values)?;
+                    }
+                }
                 peer.wait_for_peers(min_peers);
                 peer.set_edge(edge);
-                peer.set_observer(Box::new(move |round, trainer, _| {
+                peer.set_observer(Box::new(move |round, trainer, state| {
+                    if let Some(path) = &checkpoint_path
+                        && let Err(e) =
+                            checkpoint::save(path, trainer, &run_id, round.round + 1, state)
+                    {
+                        tracing::warn!("checkpoint after round {}: {e}", round.round);
+                    }
                     let (wire_sent, wire_received) = counted_net.wire_bytes();
                     let params = (snapshot_every > 0
                         && (round.round + 1).is_multiple_of(snapshot_every))

@@ -56,6 +56,9 @@ pub struct PeerRow {
     pub synced_from: Option<String>,
     /// Whether it was killed.
     pub killed: bool,
+    /// The round of the checkpoint it restarted from after a kill (`restart_at_round`).
+    #[serde(default)]
+    pub resumed_from: Option<u64>,
     /// The attack it made, if it was an attacker: its rounds are not the swarm's progress.
     pub attack: Option<Attack>,
     /// Its peak resident memory, when it ran in a process of its own (`processes = true`).

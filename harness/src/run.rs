@@ -17,6 +17,15 @@ use crate::{LocalSwarm, PeerProc, load_corpus, max_divergence};
 /// How long the run may go without any peer closing a round before it is called stuck.
 const STALL: Duration = Duration::from_secs(600);
 
+/// What a counter that was `before` (at the previous report) added by `now`; a counter that
+/// went back started over (a restarted process).
+fn since(now: u64, before: Option<u64>) -> u64 {
+    match before {
+        Some(b) if b <= now => now - b,
+        _ => now,
+    }
+}
+
 fn row(r: &crate::Report, previous: Option<&crate::Report>) -> RoundRow {
     let rr = &r.round;
     let mut hist = Vec::new();
@@ -32,8 +41,9 @@ fn row(r: &crate::Report, previous: Option<&crate::Report>) -> RoundRow {
         loss: rr.loss.is_finite().then_some(rr.loss),
         val_loss: rr.val_loss,
         samples: rr.samples,
-        wire_bytes_up: r.wire_sent - previous.map_or(0, |p| p.wire_sent),
-        wire_bytes_down: r.wire_received - previous.map_or(0, |p| p.wire_received),
+        // A restarted peer process counts from zero again.
+        wire_bytes_up: since(r.wire_sent, previous.map(|p| p.wire_sent)),
+        wire_bytes_down: since(r.wire_received, previous.map(|p| p.wire_received)),
         update_bytes_up: rr.bytes_up,
         update_bytes_down: rr.bytes_down,
         staleness_histogram: hist,
@@ -136,6 +146,9 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
     let mut thetas: BTreeMap<u64, Vec<Arc<Vec<f32>>>> = BTreeMap::new();
     let mut divergence = Vec::new();
     let mut killed = BTreeSet::new();
+    // Killed peers waiting to come back, and those that did (with their checkpoint's round).
+    let mut restarting: Vec<usize> = Vec::new();
+    let mut resumed: BTreeMap<usize, u64> = BTreeMap::new();
     let mut finished = BTreeSet::new();
     let mut log_rows = Vec::new();
     let last = scenario.rounds - 1;
@@ -192,14 +205,43 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
                 pending.retain(|&j| j != joiner);
             }
         }
+        for index in restarting.clone() {
+            let at = scenario
+                .spec(index)
+                .and_then(|p| p.restart_at_round)
+                .unwrap_or(0);
+            if swarm_round >= at {
+                let path = crate::child::checkpoint_path(&dir.0, index);
+                let from = gradswarm_model::Checkpoint::load(&path)
+                    .with_context(|| format!("peer {index}'s checkpoint"))?
+                    .meta
+                    .round;
+                log(&format!(
+                    "peer {index} restarts at round {swarm_round} from its checkpoint of round {from}"
+                ));
+                let (h, p) = spawn(&mut swarm, index, 1)?;
+                harness_index.insert(h, index);
+                procs.insert(index, p);
+                killed.remove(&index);
+                resumed.insert(index, from);
+                restarting.retain(|&j| j != index);
+            }
+        }
         if let Some(kill_at) = scenario.spec(index).and_then(|p| p.kill_at_round)
             && round >= kill_at
+            && !resumed.contains_key(&index)
             && let Some(p) = procs.remove(&index)
         {
             // Its rows so far stay in the report.
             log(&format!("peer {index} killed at round {round}"));
             killed.insert(index);
             p.kill();
+            if scenario
+                .spec(index)
+                .is_some_and(|p| p.restart_at_round.is_some())
+            {
+                restarting.push(index);
+            }
         }
     }
     let wall_s = started.elapsed().as_secs_f64();
@@ -218,6 +260,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
             start_round: summary.start_round,
             synced_from: summary.synced_from,
             killed: false,
+            resumed_from: resumed.get(&index).copied(),
             attack: scenario.spec(index).and_then(|p| p.attack),
             max_rss_bytes,
             rounds: rows
@@ -240,6 +283,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
             start_round: rows.first().map_or(0, |r| r.round.round),
             synced_from: None,
             killed: true,
+            resumed_from: None,
             attack: scenario.spec(index).and_then(|p| p.attack),
             max_rss_bytes: None,
             rounds: rows

@@ -41,9 +41,14 @@ pub struct PeerSpec {
     /// It starts once the swarm has closed this round, and syncs state first.
     #[serde(default)]
     pub join_at_round: Option<u64>,
-    /// It is killed (its network cut mid-round) once it has closed this round.
+    /// It is killed (its network cut mid-round; SIGKILL with `processes = true`) once it has
+    /// closed this round.
     #[serde(default)]
     pub kill_at_round: Option<u64>,
+    /// A killed peer starts again once the swarm has closed this round, from the checkpoint it
+    /// wrote after each of its rounds (`processes = true` only).
+    #[serde(default)]
+    pub restart_at_round: Option<u64>,
     /// It is an attacker of this kind (see `crate::attack`), not an honest peer.
     #[serde(default)]
     pub attack: Option<Attack>,
@@ -190,6 +195,14 @@ impl Scenario {
             }
             if !(p.slowdown >= 1.0 && p.slowdown.is_finite()) {
                 bail!("peer {}: slowdown must be ≥ 1", p.index);
+            }
+            if let Some(restart) = p.restart_at_round
+                && (!self.processes || p.kill_at_round.is_none_or(|kill| restart <= kill))
+            {
+                bail!(
+                    "peer {}: restart_at_round needs processes = true and a kill_at_round before it",
+                    p.index
+                );
             }
         }
         if self.feedback_decay.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {

@@ -155,3 +155,52 @@ fn peer_processes_train_and_survive_a_sigkill() {
     assert!(s.max_honest_rss_bytes.is_some(), "{s:?}");
     assert!(!report.divergence.is_empty());
 }
+
+/// Churn: half the peers are SIGKILLed and come back from their own checkpoints a few rounds
+/// later; each resumes at its checkpoint's round, catches up with the swarm, and ends on the
+/// replica the others hold.
+#[test]
+#[ignore = "fails about 2 runs in 3: a restarted peer sometimes ends its join without \
+            syncing and closes the rounds it missed empty (see docs/security.md, churn)"]
+fn killed_peers_resume_from_their_checkpoints_and_catch_up() {
+    // SAFETY: set before any thread of this test reads it; the other tests set the same value.
+    unsafe { std::env::set_var("SWARM_HARNESS_EXE", env!("CARGO_BIN_EXE_swarm-harness")) };
+    // Every peer 20× slower than the tiny model's compute: a restarted process takes about a
+    // second to start, a few rounds rather than the whole run.
+    let text = SCENARIO
+        .split("[[peer]]")
+        .next()
+        .unwrap()
+        .replace("name = \"harness-smoke\"", "name = \"harness-churn\"")
+        .replace("peers = 4", "peers = 4\nprocesses = true")
+        .replace("eval_every = 10", "eval_every = 5")
+        + "\n[[peer]]\nindex = 0\nslowdown = 20\n"
+        + "\n[[peer]]\nindex = 1\nslowdown = 20\n"
+        + "\n[[peer]]\nindex = 2\nslowdown = 20\nkill_at_round = 5\nrestart_at_round = 8\n"
+        + "\n[[peer]]\nindex = 3\nslowdown = 20\nkill_at_round = 8\nrestart_at_round = 11\n";
+    let mut scenario: Scenario = toml::from_str(&text).unwrap();
+    scenario.baseline = false;
+    let report = gradswarm_harness::run::run(&scenario, |_| {}).expect("the scenario runs");
+    for (index, kill, restart) in [(2, 5, 8), (3, 8, 11)] {
+        let p = &report.peers[index];
+        let from = p.resumed_from.expect("it restarted from its checkpoint");
+        // The checkpoint of the last round it closed before the SIGKILL (or one it closed
+        // while the kill was on its way): not θ₀, not the swarm's round at the restart.
+        assert!(
+            (kill + 1..=restart).contains(&from),
+            "peer {index} resumed from round {from}"
+        );
+        assert!(!p.killed, "peer {index} is reported as gone");
+        assert_eq!(p.rounds.last().map(|r| r.round), Some(59), "peer {index}");
+    }
+    for p in &report.peers {
+        let vals: Vec<f64> = p.rounds.iter().filter_map(|r| r.val_loss).collect();
+        assert!(
+            vals.len() >= 2 && vals[vals.len() - 1] < vals[0] - 0.2,
+            "peer {}: {vals:?}",
+            p.index
+        );
+    }
+    let s = &report.summary;
+    assert!(s.max_replica_divergence < 1e-3, "{s:?}");
+}

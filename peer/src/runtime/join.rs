@@ -125,7 +125,11 @@ impl Peer {
                 Ok(state) => self.verify(*peer, &state).await.map(|()| state),
                 Err(e) => Err(e),
             };
-            match checked.and_then(|state| self.install(&state).map(|()| state)) {
+            let installed = match checked {
+                Ok(state) => self.install(&state).await.map(|()| state),
+                Err(e) => Err(e),
+            };
+            match installed {
                 Ok(state) => {
                     self.summary.synced_from = Some(peer.to_base58());
                     info!("synced to round {} from {peer}", state.round);
@@ -227,16 +231,22 @@ impl Peer {
         )))
     }
 
-    /// Installs a fetched state: θ, the optimizer moments, the outer momentum and the round.
-    pub(super) fn install(&mut self, state: &PeerState) -> Result<(), PeerError> {
-        self.trainer.set_parameters(&state.params)?;
+    /// Installs a fetched state: θ, the optimizer moments, the outer momentum and the round. A
+    /// peer resumed from its own checkpoint keeps its own moments ([`Peer::resume_at`]).
+    pub(super) async fn install(&mut self, state: &PeerState) -> Result<(), PeerError> {
         let (outer, inner): (Vec<_>, Vec<_>) = state
             .optimizer
             .iter()
             .cloned()
             .partition(|(name, _)| name == super::MOMENTUM_KEY);
+        let (optimizer_steps, inner) = if self.resumed {
+            self.trainer.optimizer_state_async().await?
+        } else {
+            (state.optimizer_steps, inner)
+        };
+        self.trainer.set_parameters(&state.params)?;
         self.trainer
-            .set_optimizer_state(state.step, state.optimizer_steps, &inner)?;
+            .set_optimizer_state(state.step, optimizer_steps, &inner)?;
         if let Some((_, m)) = outer.into_iter().next() {
             self.outer.set_momentum(m);
         }

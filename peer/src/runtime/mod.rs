@@ -158,6 +158,9 @@ pub struct Peer {
     edge: Box<dyn Edge>,
     /// Whether the round loop runs (drift is only looked at once this peer has joined).
     running: bool,
+    /// Whether it started from its own checkpoint ([`Peer::resume_at`]): catching up then keeps
+    /// its own AdamW moments.
+    resumed: bool,
     marks: VecDeque<Mark>,
     max_marks: usize,
     /// θ at the start of the round it names, as heartbeats describe it (kept apart from the
@@ -243,6 +246,7 @@ impl Peer {
             observer: None,
             edge: Box::new(Honest),
             running: false,
+            resumed: false,
             marks: VecDeque::new(),
             fingerprint: None,
             published: VecDeque::new(),
@@ -312,9 +316,13 @@ impl Peer {
         Ok(())
     }
 
-    /// Starts from a restored replica (a checkpoint) at `round`; peers ahead are caught up with.
+    /// Starts from a restored replica (a checkpoint) at `round`. If the swarm moved on meanwhile,
+    /// it catches up as a joiner does (a state the others vouch for), but takes only what the
+    /// replicas share from it (θ, outer momentum, round, schedule step): its AdamW moments and
+    /// error-feedback residual stay the checkpoint's, its own.
     pub fn resume_at(&mut self, round: u64) {
         self.book.reset(round);
+        self.resumed = true;
     }
 
     /// Joins the run (fetching its state from a peer when one is ahead), then runs rounds until
