@@ -72,6 +72,15 @@ impl Peer {
         let syncing = Instant::now();
         while !(self.sync_from_ahead().await? || self.stopped) {
             if syncing.elapsed() >= JOIN_PATIENCE {
+                if self.resumed {
+                    // Its own checkpoint is a replica too: better than none (reconciliation
+                    // follows the majority later), and a liar claiming rounds ahead cannot
+                    // keep it out.
+                    warn!(
+                        "no peer served a state the others agree with: going on from the checkpoint"
+                    );
+                    break;
+                }
                 // Training from θ₀ in a swarm that is ahead would only produce too-stale updates.
                 return Err(PeerError::Sync(
                     "no peer served a state the others agree with".into(),
@@ -146,9 +155,19 @@ impl Peer {
     }
 
     /// The round the peers heard from are on, by their heartbeats: the lower median of their
-    /// claims, which a minority claiming later rounds cannot move.
+    /// claims, which a minority claiming later rounds cannot move. Claims behind this peer's own
+    /// round do not count: they cannot show the swarm is ahead, and a peer resumed from a
+    /// checkpoint heartbeats that checkpoint's round until it has caught up itself (two peers
+    /// restarted together would otherwise each hold the other back, and close the rounds they
+    /// missed without their updates).
     fn typical_round(&self) -> u64 {
-        let mut claimed: Vec<u64> = self.peers.values().map(|s| s.round).collect();
+        let own = self.book.round();
+        let mut claimed: Vec<u64> = self
+            .peers
+            .values()
+            .map(|s| s.round)
+            .filter(|&r| r >= own)
+            .collect();
         claimed.sort_unstable();
         claimed
             .get(claimed.len().saturating_sub(1) / 2)
