@@ -70,10 +70,7 @@ impl Peer {
             }
         }
         let syncing = Instant::now();
-        // Updates of the rounds the swarm was on before this peer listened went out without it:
-        // a state of such a round would leave them out of this replica for good.
-        let listened_from = self.typical_round() + 1;
-        while !(self.sync_from_ahead(listened_from).await? || self.stopped) {
+        while !(self.sync_from_ahead().await? || self.stopped) {
             if syncing.elapsed() >= JOIN_PATIENCE {
                 if self.resumed {
                     // Its own checkpoint is a replica too: better than none (reconciliation
@@ -111,10 +108,9 @@ impl Peer {
     }
 
     /// Fetches the run's state from the peers ahead, connected ones and the most advanced first,
-    /// and installs the first one the others agree with ([`Peer::verify`]) of a round from
-    /// `listened_from` on. Returns whether it installed one, or nobody was ahead (false: try
-    /// again).
-    async fn sync_from_ahead(&mut self, listened_from: u64) -> Result<bool, PeerError> {
+    /// and installs the first one the others agree with ([`Peer::verify`]). Returns whether it
+    /// installed one, or nobody was ahead (false: try again).
+    async fn sync_from_ahead(&mut self) -> Result<bool, PeerError> {
         let typical = self.typical_round();
         if typical <= self.book.round() {
             return Ok(true);
@@ -135,10 +131,6 @@ impl Peer {
             let fetched =
                 state::fetch(&self.net, *peer, &self.config.run_id, self.model_hash, n).await;
             let checked = match fetched {
-                Ok(state) if state.round < listened_from => Err(PeerError::Sync(format!(
-                    "its round {} began before this peer listened (a later one is needed)",
-                    state.round
-                ))),
                 Ok(state) => self.verify(*peer, &state).await.map(|()| state),
                 Err(e) => Err(e),
             };
