@@ -48,23 +48,23 @@ pub struct Correction<T> {
 impl<T> Correction<T> {
     /// The updates taken back out of the round (their senders equivocated).
     pub fn removed(&self) -> impl Iterator<Item = &Accepted<T>> {
-        self.before.iter().filter(|b| {
-            !self
-                .after
-                .iter()
-                .any(|a| a.peer == b.peer && a.round == b.round)
-        })
+        missing_from(&self.before, &self.after)
     }
 
     /// The late updates themselves.
     pub fn added(&self) -> impl Iterator<Item = &Accepted<T>> {
-        self.after.iter().filter(|a| {
-            !self
-                .before
-                .iter()
-                .any(|b| b.peer == a.peer && b.round == a.round)
-        })
+        missing_from(&self.after, &self.before)
     }
+}
+
+/// The entries of `these` whose sender has none in `those`.
+fn missing_from<'a, T>(
+    these: &'a [Accepted<T>],
+    those: &'a [Accepted<T>],
+) -> impl Iterator<Item = &'a Accepted<T>> {
+    these
+        .iter()
+        .filter(move |a| !those.iter().any(|b| b.peer == a.peer && b.round == a.round))
 }
 
 /// What closing a round gives: the updates that count, corrections of earlier rounds, and what
