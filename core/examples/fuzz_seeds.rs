@@ -104,6 +104,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             model_hash: [0; 32],
             round: 9,
         },
+        Request::Update {
+            run_id: "fuzz".into(),
+            digest: [5; 32],
+            chunk: 2,
+        },
     ];
     for (i, r) in requests.iter().enumerate() {
         write(
@@ -119,7 +124,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             checksum: 42,
             sketch: DriftSketch::of(&theta),
         },
-        Response::Update(updates[1].to_bytes()),
+        Response::Update {
+            chunk: 0,
+            chunks: 1,
+            bytes: updates[1].to_bytes(),
+        },
         Response::Error("no such chunk".into()),
     ];
     for (i, r) in responses.iter().enumerate() {

@@ -37,6 +37,7 @@ pub use behaviour::{Behaviour, BehaviourEvent, MAX_PENDING_INCOMING};
 pub use counting::{Counting, WireCounters};
 pub use driver::{Driver, peer_of};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+pub use rpc::RpcCodec;
 pub use store::UpdateStore;
 
 /// Identify's protocol version: peers of other protocol versions are not added to the routing table.
@@ -47,6 +48,10 @@ pub const KAD_PROTOCOL: &str = "/gradswarm/kad/1.0.0";
 pub const STATE_PROTOCOL: &str = "/gradswarm/state/1";
 /// The request-response protocol that serves announced updates.
 pub const UPDATE_PROTOCOL: &str = "/gradswarm/update/1";
+
+/// The error a node answers a state request with once the requester has had its share of the
+/// node's upload; it may ask again later, or ask another peer.
+pub const OVER_BUDGET: &str = "over your share of this peer's upload; ask again later";
 
 /// What a node is in the swarm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

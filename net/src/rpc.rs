@@ -18,6 +18,9 @@ use libp2p::request_response::Codec;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RpcCodec;
 
+/// Reads one length-prefixed frame. The buffer grows with the bytes that actually arrive, not
+/// with the length the sender claims: a stream that announces 1 MiB and then stalls holds only
+/// what it sent until the protocol's timeout closes it (issue 26, attack 16).
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
@@ -28,10 +31,24 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u
             format!("frame of {len} bytes exceeds {MAX_RPC_BYTES}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; READ_CHUNK];
+    while buf.len() < len {
+        let want = (len - buf.len()).min(READ_CHUNK);
+        let got = io.read(&mut chunk[..want]).await?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("frame ended after {} of {len} bytes", buf.len()),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
     Ok(buf)
 }
+
+/// Bytes read from a stream at a time (the largest a stalled frame holds beyond what it sent).
+const READ_CHUNK: usize = 16 * 1024;
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
     let len = u32::try_from(bytes.len())

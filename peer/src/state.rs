@@ -396,7 +396,7 @@ async fn fetch_chunks(
                         return Ok((round, buf));
                     }
                 }
-                Response::Update(_) | Response::Fingerprint { .. } => {
+                Response::Update { .. } | Response::Fingerprint { .. } => {
                     return Err(PeerError::Sync(format!(
                         "{peer} answered a state request with something else"
                     )));

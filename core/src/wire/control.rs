@@ -136,16 +136,27 @@ pub const MAX_STATE_TENSORS: usize = 1024;
 /// Bytes of state per chunk of a state transfer.
 pub const STATE_CHUNK_BYTES: usize = 1 << 20;
 
+/// Bytes of an encoded update per chunk of a pull: any update within the model's wire limits can
+/// be pulled, each frame staying under [`MAX_RPC_BYTES`].
+pub const UPDATE_CHUNK_BYTES: usize = STATE_CHUNK_BYTES;
+
+/// The chunks an encoded update of `len` bytes is pulled in (at least one).
+pub fn update_chunks(len: usize) -> usize {
+    len.div_ceil(UPDATE_CHUNK_BYTES).max(1)
+}
+
 /// A request to a peer: state chunks over `/gradswarm/state/1`, announced updates over
 /// `/gradswarm/update/1`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
-    /// The encoded update with this digest (announced on the updates topic).
+    /// Chunk `chunk` of the encoded update with this digest (announced on the updates topic).
     Update {
         /// The run.
         run_id: String,
         /// The announced digest.
         digest: Digest,
+        /// Chunk index ([`UPDATE_CHUNK_BYTES`] each).
+        chunk: u32,
     },
     /// Chunk `chunk` of the peer's state snapshot `snapshot` (0: its latest; the answer names it).
     State {
@@ -202,8 +213,16 @@ pub enum Response {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
-    /// An encoded update, as pulled with [`Request::Update`].
-    Update(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// One chunk of an encoded update, as pulled with [`Request::Update`].
+    Update {
+        /// This chunk's index.
+        chunk: u32,
+        /// Total chunks of the update.
+        chunks: u32,
+        /// The chunk's bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// The request could not be served (another run, no snapshot yet, a snapshot since replaced).
     Error(String),
     /// The answer to [`Request::Fingerprint`].

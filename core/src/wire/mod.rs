@@ -16,7 +16,7 @@ use crate::error::DecodeError;
 
 pub use control::{
     Heartbeat, MAX_HEARTBEAT_BYTES, MAX_RPC_BYTES, MAX_STATE_TENSORS, PeerState, Request, Response,
-    STATE_CHUNK_BYTES, params_checksum,
+    STATE_CHUNK_BYTES, UPDATE_CHUNK_BYTES, params_checksum, update_chunks,
 };
 pub use update::{Announce, Digest, MAX_ANNOUNCE_BYTES, Update, UpdateGossip, digest};
 

@@ -53,6 +53,8 @@ pub struct Driver {
     finding: HashMap<PeerId, web_time::Instant>,
     /// Per-signer rate limits, one per topic (updates, heartbeats).
     rates: [rate::RateLimit; 2],
+    /// Bytes of state served to each requester.
+    served: rate::RateLimit,
 }
 
 impl Driver {
@@ -94,14 +96,14 @@ impl Driver {
             local_peer_id: *swarm.local_peer_id(),
             wire,
         };
-        // Own and pulled updates, up to a few dense copies of θ.
-        let store_bytes = config.max_message_bytes.saturating_mul(8).max(64 << 20);
+        let store_bytes = store_budget(config.max_message_bytes);
         let driver = Self {
             swarm,
             store: UpdateStore::new(store_bytes, STORE_ENTRIES),
             pulls: HashMap::new(),
             finding: HashMap::new(),
-            rates: [rate::RateLimit::new(), rate::RateLimit::new()],
+            rates: [rate::RateLimit::messages(), rate::RateLimit::messages()],
+            served: rate::RateLimit::served_state(config.max_message_bytes),
             config,
             commands,
             events,
@@ -243,6 +245,18 @@ impl Driver {
             BehaviourEvent::Pull(event) => self.on_pull(event),
             event => self.on_discovery(event),
         }
+    }
+}
+
+/// Bytes of updates held to serve, and at most being pulled at once: a few dense copies of θ.
+fn store_budget(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_mul(8).max(64 << 20)
+}
+
+impl Driver {
+    /// [`store_budget`] of this node.
+    fn store_budget(&self) -> usize {
+        store_budget(self.config.max_message_bytes)
     }
 }
 

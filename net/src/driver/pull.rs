@@ -1,9 +1,11 @@
 //! Announce-and-pull: an announced update's payload is fetched over `/gradswarm/update/1` from its
-//! announcer (or the peer that forwarded the announcement), checked against the announcement,
-//! stored to serve others, and only then accepted for gossipsub to forward.
+//! announcer (or the peer that forwarded the announcement), in chunks of
+//! [`UPDATE_CHUNK_BYTES`] so that any update within the wire limits can travel, checked against
+//! the announcement, stored to serve others, and only then accepted for gossipsub to forward.
 
 use std::sync::Arc;
 
+use gradswarm_core::wire::{UPDATE_CHUNK_BYTES, update_chunks};
 use gradswarm_core::{Announce, DropReason, Request, Response, Update};
 use libp2p::PeerId;
 use libp2p::gossipsub::{self, MessageAcceptance};
@@ -24,6 +26,30 @@ pub(super) struct Pull {
     announce: Announce,
     /// Peers asked so far (the announcer first, then the peer that forwarded the announcement).
     asked: Vec<PeerId>,
+    /// The chunks received so far from the peer asked last, in order.
+    received: Vec<u8>,
+}
+
+impl Pull {
+    /// Takes one answered chunk; `Ok(true)` once the whole update is in. A chunk out of order or
+    /// of another size than the announcement implies ends the pull.
+    fn take(&mut self, chunk: u32, chunks: u32, bytes: Vec<u8>) -> Result<bool, String> {
+        let total = self.announce.bytes as usize;
+        let expected = (self.received.len() / UPDATE_CHUNK_BYTES) as u32;
+        let left = total - self.received.len();
+        if chunk != expected
+            || chunks as usize != update_chunks(total)
+            || bytes.len() != left.min(UPDATE_CHUNK_BYTES)
+        {
+            return Err(format!(
+                "sent chunk {chunk} of {chunks} ({} bytes) where chunk {expected} of {} was due",
+                bytes.len(),
+                update_chunks(total)
+            ));
+        }
+        self.received.extend_from_slice(&bytes);
+        Ok(self.received.len() == total)
+    }
 }
 
 impl Driver {
@@ -35,9 +61,11 @@ impl Driver {
         from: PeerId,
         announce: Announce,
     ) {
-        if self.pulls.len() >= MAX_PULLS {
+        let in_flight: u64 = self.pulls.values().map(|p| p.announce.bytes).sum();
+        if self.pulls.len() >= MAX_PULLS || in_flight + announce.bytes > self.store_budget() as u64
+        {
             warn!(
-                "{} pulls in flight; ignoring an announcement from {from}",
+                "{} pulls ({in_flight} bytes) in flight; ignoring an announcement from {from}",
                 self.pulls.len()
             );
             self.settle(&message_id, &propagation_source, MessageAcceptance::Ignore);
@@ -48,17 +76,25 @@ impl Driver {
             propagation_source,
             announce,
             asked: Vec::new(),
+            received: Vec::new(),
         };
         self.ask(pull, from);
     }
 
-    /// Asks `peer` for the payload of `pull`'s announcement.
+    /// Asks `peer` for the payload of `pull`'s announcement, from its first chunk.
     pub(super) fn ask(&mut self, mut pull: Pull, peer: PeerId) {
+        pull.asked.push(peer);
+        pull.received.clear();
+        self.ask_next(pull, peer);
+    }
+
+    /// Asks `peer` for the next chunk `pull` lacks.
+    fn ask_next(&mut self, pull: Pull, peer: PeerId) {
         let request = Request::Update {
             run_id: self.config.run_id.clone(),
             digest: pull.announce.digest,
+            chunk: (pull.received.len() / UPDATE_CHUNK_BYTES) as u32,
         };
-        pull.asked.push(peer);
         let id = self.swarm.behaviour_mut().pull.send_request(&peer, request);
         self.pulls.insert(id, pull);
     }
@@ -116,11 +152,21 @@ impl Driver {
                     request, channel, ..
                 } => {
                     let response = match request {
-                        Request::Update { run_id, digest } if run_id == self.config.run_id => self
-                            .store
-                            .get(&digest)
-                            .map(|b| Response::Update(b.as_ref().clone()))
-                            .unwrap_or_else(|| Response::Error("no such update here".into())),
+                        Request::Update {
+                            run_id,
+                            digest,
+                            chunk,
+                        } if run_id == self.config.run_id => {
+                            let requester = xxhash_rust::xxh3::xxh3_64(&peer.to_bytes());
+                            match self.store.serve(&digest, requester, chunk) {
+                                Ok(c) => Response::Update {
+                                    chunk: c.chunk,
+                                    chunks: c.chunks,
+                                    bytes: c.bytes,
+                                },
+                                Err(refusal) => Response::Error(refusal.as_str().into()),
+                            }
+                        }
                         _ => Response::Error("not an update of this run".into()),
                     };
                     if self
@@ -137,15 +183,26 @@ impl Driver {
                     request_id,
                     response,
                 } => {
-                    if let Some(pull) = self.pulls.remove(&request_id) {
-                        let answer = match response {
-                            Response::Update(bytes) => Ok(bytes),
+                    if let Some(mut pull) = self.pulls.remove(&request_id) {
+                        let taken = match response {
+                            Response::Update {
+                                chunk,
+                                chunks,
+                                bytes,
+                            } => pull.take(chunk, chunks, bytes),
                             Response::Error(e) => Err(e),
                             Response::StateChunk { .. } | Response::Fingerprint { .. } => {
                                 Err("answered with state".into())
                             }
                         };
-                        self.finish_pull(pull, answer);
+                        match taken {
+                            Ok(false) => self.ask_next(pull, peer),
+                            Ok(true) => {
+                                let bytes = std::mem::take(&mut pull.received);
+                                self.finish_pull(pull, Ok(bytes));
+                            }
+                            Err(e) => self.finish_pull(pull, Err(e)),
+                        }
                     }
                 }
             },

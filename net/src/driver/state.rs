@@ -2,13 +2,35 @@
 //! answers to the runtime's own requests.
 
 use gradswarm_core::{Request, Response};
-use libp2p::request_response;
+use libp2p::{PeerId, request_response};
 use tracing::debug;
+use web_time::Instant;
 
 use super::Driver;
-use crate::NetError;
+use super::rate::Verdict;
+use crate::{NetError, OVER_BUDGET};
+
+/// What a small answer (an error, a fingerprint) costs a requester's budget, in bytes: enough
+/// that a flood of cheap requests is bounded too.
+const SMALL_ANSWER_COST: f64 = 256.0;
 
 impl Driver {
+    /// `response`, or a refusal once `peer` has had its share of this node's upload (the state
+    /// budget of [`super::rate::RateLimit::served_state`]).
+    fn within_budget(&mut self, peer: PeerId, response: Response) -> Response {
+        let cost = match &response {
+            Response::StateChunk { bytes, .. } => bytes.len() as f64,
+            _ => SMALL_ANSWER_COST,
+        };
+        match self.served.take_cost(peer, cost, Instant::now()) {
+            Verdict::Allow => response,
+            _ => {
+                debug!("{peer} asked for more state than its share; refused");
+                Response::Error(OVER_BUDGET.into())
+            }
+        }
+    }
+
     /// Serves this node's state to joiners and hands the answers to its own requests back.
     pub(super) fn on_state(&mut self, event: request_response::Event<Request, Response>) {
         match event {
@@ -20,6 +42,7 @@ impl Driver {
                         Some(server) => server(&request),
                         None => Response::Error("this node serves no state".into()),
                     };
+                    let response = self.within_budget(peer, response);
                     if self
                         .swarm
                         .behaviour_mut()

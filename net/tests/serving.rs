@@ -1,0 +1,161 @@
+//! What a node serves over request-response, between two real nodes on loopback.
+//!
+//! - An update larger than one frame (1 MiB) still travels: it is announced and pulled in chunks
+//!   (issue 26, attack 9). Before, the pull's single answer frame was refused past
+//!   `MAX_RPC_BYTES` and every such update was dropped as `unfetchable`, so a dense or dense-ish
+//!   update of any model over ~260k parameters never arrived.
+//! - A requester asking for state again and again gets two whole states' worth, then refusals
+//!   (issue 26, attacks 11 and 17). Before, every ~100-byte request was answered with 1 MiB.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use std::sync::Arc;
+
+use gradswarm_core::wire::STATE_CHUNK_BYTES;
+use gradswarm_core::{
+    Codec, CodecDescriptor, CpuCodec, Request, Response, RngKey, Update, WireLimits,
+};
+use gradswarm_net::{Keypair, NetConfig, NetEvent, NetHandle, OVER_BUDGET, native};
+
+/// Parameters of the model: its dense f32 update is ~1.6 MB, two chunks.
+const MODEL_LEN: usize = 400_000;
+
+async fn node(bootstrap: Option<libp2p::Multiaddr>) -> (NetHandle, mpsc::Receiver<NetEvent>) {
+    let limits = WireLimits::for_model(MODEL_LEN, 64).with_codec(CodecDescriptor::DENSE_F32);
+    let mut config = NetConfig::peer("serving", [7; 32], limits);
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.bootstrap = bootstrap.into_iter().collect();
+    config.gossip_heartbeat = Duration::from_millis(100);
+    let (net, events, driver) = native::build(config, Keypair::generate_ed25519())
+        .await
+        .expect("the node starts");
+    tokio::spawn(driver.run());
+    (net, events)
+}
+
+/// The next event that `pick` keeps, within 30 s.
+async fn next<T>(
+    events: &mut mpsc::Receiver<NetEvent>,
+    mut pick: impl FnMut(NetEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = events.next().await {
+            if let Some(t) = pick(event) {
+                return t;
+            }
+        }
+        panic!("the node stopped");
+    })
+    .await
+    .expect("the event came within 30 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_over_one_frame_is_pulled_in_chunks() {
+    let (a, mut a_events) = node(None).await;
+    let addr = next(&mut a_events, |e| match e {
+        NetEvent::Listening(addr) => Some(addr),
+        _ => None,
+    })
+    .await;
+    let (b, mut b_events) = node(Some(addr)).await;
+    let b_id = b.local_peer_id();
+    next(&mut a_events, |e| {
+        matches!(e, NetEvent::PeerJoined(p) if p == b_id).then_some(())
+    })
+    .await;
+
+    let delta: Vec<f32> = (0..MODEL_LEN).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut residual = vec![0.0; MODEL_LEN];
+    let payload = CpuCodec::new(CodecDescriptor::DENSE_F32)
+        .expect("a valid codec")
+        .encode(&delta, &mut residual, RngKey::new(1, 0))
+        .expect("encodes");
+    let update = Update {
+        run_id: "serving".into(),
+        model_hash: [7; 32],
+        peer_id: a.local_peer_id().to_bytes(),
+        round: 0,
+        base_round: 0,
+        samples: 8,
+        codec: CodecDescriptor::DENSE_F32,
+        payload,
+    };
+    let size = a.publish_update(update.clone()).expect("published");
+    assert!(
+        size > gradswarm_core::wire::MAX_RPC_BYTES,
+        "the update ({size} bytes) must not fit one frame"
+    );
+    let (got, decoded, bytes) = next(&mut b_events, |e| match e {
+        NetEvent::Update {
+            update,
+            decoded,
+            bytes,
+            ..
+        } => Some((update, decoded, bytes)),
+        NetEvent::Dropped { reason, .. } => panic!("the update was dropped: {reason:?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(bytes, size);
+    assert_eq!(*got, update);
+    assert_eq!(decoded.values, delta);
+    a.shutdown();
+    b.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greedy_requester_gets_two_states_then_refusals() {
+    let (a, mut a_events) = node(None).await;
+    let addr = next(&mut a_events, |e| match e {
+        NetEvent::Listening(addr) => Some(addr),
+        _ => None,
+    })
+    .await;
+    // Every answer is a full chunk, as a state transfer's are.
+    a.serve_state(Arc::new(|_: &Request| Response::StateChunk {
+        snapshot: 1,
+        round: 3,
+        chunk: 0,
+        chunks: 1,
+        total_bytes: STATE_CHUNK_BYTES as u64,
+        bytes: vec![1; STATE_CHUNK_BYTES],
+    }))
+    .expect("serves");
+    let (b, _b_events) = node(Some(addr)).await;
+    let a_id = a.local_peer_id();
+    let ask = Request::State {
+        run_id: "serving".into(),
+        model_hash: [7; 32],
+        snapshot: 0,
+        chunk: 0,
+    };
+    let (mut served, mut refused) = (0usize, 0usize);
+    for _ in 0..60 {
+        match b.request(a_id, ask.clone()).await.expect("answered") {
+            Response::StateChunk { bytes, .. } => served += bytes.len(),
+            Response::Error(e) => {
+                assert_eq!(e, OVER_BUDGET);
+                refused += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    // The node's largest message is one dense θ (~1.6 MB); a whole state is about four of them.
+    let state = 4 * (4 * MODEL_LEN + 4096);
+    eprintln!("served {served} bytes, refused {refused} of 60 requests");
+    assert!(
+        served <= 2 * state + STATE_CHUNK_BYTES,
+        "served {served} bytes to one requester at once, two states are {}",
+        2 * state
+    );
+    assert!(
+        served >= state,
+        "a joiner's whole state ({state}) must be served"
+    );
+    assert!(refused > 0);
+    a.shutdown();
+    b.shutdown();
+}
