@@ -40,6 +40,10 @@ struct Args {
     /// The training text the page's peer trains on (the run's corpus).
     #[arg(long, default_value = "data/shakespeare.txt")]
     corpus: PathBuf,
+    /// A private run: a peer id that may connect (repeatable; `gradswarm id` prints one). Anyone
+    /// else is refused, and what they sign is not forwarded. None: an open run.
+    #[arg(long, value_name = "PEER_ID")]
+    allow: Vec<String>,
 }
 
 fn listen_addrs(host: std::net::IpAddr, port: u16) -> Result<Vec<Multiaddr>> {
@@ -75,6 +79,9 @@ async fn main() -> Result<()> {
     let key = native::load_or_create_identity(&args.key)?;
     let mut config = NetConfig::bootstrap(&args.run_id, args.max_message_bytes);
     config.listen = listen_addrs(args.host, args.port)?;
+    if !args.allow.is_empty() {
+        config.allow = Some(gradswarm_net::parse_peer_ids(&args.allow)?);
+    }
     let (handle, mut events, driver) = native::build(config, key)
         .await
         .context("starting the bootstrap node")?;

@@ -82,11 +82,13 @@ pub enum DropReason {
     RateLimited,
     /// Its sender signed two different updates for the same round: neither counts.
     Equivocation,
+    /// Its signer is not on a private run's allow-list.
+    NotAllowed,
 }
 
 impl DropReason {
     /// Every reason, in report order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         Self::TooStale,
         Self::FromFuture,
         Self::ForeignRun,
@@ -102,6 +104,7 @@ impl DropReason {
         Self::Overclaimed,
         Self::RateLimited,
         Self::Equivocation,
+        Self::NotAllowed,
     ];
 
     /// A short stable name for reports and metrics.
@@ -122,6 +125,7 @@ impl DropReason {
             Self::Overclaimed => "overclaimed",
             Self::RateLimited => "rate_limited",
             Self::Equivocation => "equivocation",
+            Self::NotAllowed => "not_allowed",
         }
     }
 }

@@ -7,8 +7,8 @@ use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, kad, ping, relay,
-    request_response,
+    StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, kad,
+    ping, relay, request_response,
 };
 
 use crate::rpc::RpcCodec;
@@ -25,6 +25,8 @@ type Mdns = libp2p::swarm::dummy::Behaviour;
 /// node turns the relay server on, and only native peers turn mDNS on.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// A private run's allow-list: connections to or from any other peer are denied.
+    pub allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     /// Caps connections (pending, established, per peer) before any other protocol sees them.
     pub limits: connection_limits::Behaviour,
     /// Exchanges listen addresses and protocol versions.
@@ -125,7 +127,16 @@ impl Behaviour {
                 ..Default::default()
             },
         );
+        let allow = config.allow.as_ref().map(|peers| {
+            let mut list = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+            let bootstraps = config.bootstrap.iter().filter_map(crate::peer_of);
+            for peer in peers.iter().copied().chain(bootstraps) {
+                list.allow_peer(peer);
+            }
+            list
+        });
         Ok(Self {
+            allow: allow.into(),
             limits: connection_limits::Behaviour::new(connection_limits(config.role)),
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),

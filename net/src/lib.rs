@@ -85,6 +85,10 @@ pub struct NetConfig {
     pub gossip_heartbeat: std::time::Duration,
     /// Updates up to this size are gossiped whole, larger ones announced and pulled (0: always pull).
     pub inline_update_bytes: usize,
+    /// A private run's allow-list: `Some` refuses connections with any other peer and drops
+    /// messages they signed (`not_allowed`), even when an allowed peer forwards them. The
+    /// bootstrap nodes dialled are allowed too. `None`: an open run.
+    pub allow: Option<Vec<PeerId>>,
 }
 
 impl NetConfig {
@@ -101,6 +105,7 @@ impl NetConfig {
             mdns: false,
             gossip_heartbeat: std::time::Duration::from_millis(500),
             inline_update_bytes: DEFAULT_INLINE_UPDATE_BYTES,
+            allow: None,
         }
     }
 
@@ -117,8 +122,23 @@ impl NetConfig {
             max_message_bytes,
             gossip_heartbeat: std::time::Duration::from_millis(500),
             inline_update_bytes: DEFAULT_INLINE_UPDATE_BYTES,
+            allow: None,
         }
     }
+}
+
+/// Parses an allow-list's peer ids (as `gradswarm id` prints them).
+pub fn parse_peer_ids(ids: &[String]) -> Result<Vec<PeerId>, NetError> {
+    ids.iter()
+        .map(|id| {
+            id.trim()
+                .parse()
+                .map_err(|e: libp2p::identity::ParseError| NetError::BadPeerId {
+                    id: id.clone(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect()
 }
 
 /// Which of the run's topics a message goes to.
@@ -223,6 +243,14 @@ pub enum NetError {
     /// The network task has ended.
     #[error("the network task has stopped")]
     Stopped,
+    /// A peer id given by the user (an allow-list) does not parse.
+    #[error("{id:?} is not a peer id: {reason}")]
+    BadPeerId {
+        /// What was given.
+        id: String,
+        /// Why it does not parse.
+        reason: String,
+    },
     /// A key file could not be read or written.
     #[error("identity key {path}: {reason}")]
     Identity {

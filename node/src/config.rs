@@ -80,6 +80,9 @@ pub struct SwarmConfig {
     pub mdns: bool,
     /// Validation loss every this many rounds (0: never).
     pub eval_every: u64,
+    /// A private run: the peer ids (`gradswarm id` prints one) that may connect; anyone else is
+    /// refused, and what they sign is dropped. Empty: an open run.
+    pub allow: Vec<String>,
 }
 
 impl Default for SwarmConfig {
@@ -108,6 +111,7 @@ impl Default for SwarmConfig {
             bootstrap: Vec::new(),
             mdns: true,
             eval_every: 50,
+            allow: Vec::new(),
         }
     }
 }
@@ -154,6 +158,7 @@ impl NodeConfig {
         self.model.validate()?;
         self.train.validate()?;
         self.data.validate()?;
+        gradswarm_net::parse_peer_ids(&self.swarm.allow).context("swarm.allow")?;
         if self.swarm.mode == Mode::LocalSteps && self.swarm.local_steps == 0 {
             anyhow::bail!("swarm.local_steps must be at least 1");
         }

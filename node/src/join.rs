@@ -94,6 +94,16 @@ fn status_line(r: &RoundReport) -> String {
     )
 }
 
+/// Runs `gradswarm id`: the peer id `join` with the same config and `--out` will have.
+pub fn print_id(config: Option<&std::path::Path>, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = NodeConfig::load(config)?;
+    let out = out.unwrap_or(cfg.run.out);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let key = native::load_or_create_identity(&out.join("identity.key"))?;
+    println!("{}", key.public().to_peer_id());
+    Ok(())
+}
+
 /// Runs `gradswarm join`.
 pub fn join(args: JoinArgs) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::load(args.config.as_deref())?;
@@ -170,6 +180,13 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
     net_cfg.listen = parse_all(&cfg.swarm.listen)?;
     net_cfg.bootstrap = parse_all(&cfg.swarm.bootstrap)?;
     net_cfg.mdns = cfg.swarm.mdns && net_cfg.bootstrap.is_empty();
+    if !cfg.swarm.allow.is_empty() {
+        net_cfg.allow = Some(gradswarm_net::parse_peer_ids(&cfg.swarm.allow)?);
+        eprintln!(
+            "private run: {} peers allowed (swarm.allow)",
+            cfg.swarm.allow.len()
+        );
+    }
     if net_cfg.mdns {
         eprintln!("no bootstrap node given: looking for peers on the LAN (mDNS)");
     }

@@ -71,6 +71,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         min_peers: usize,
     },
+    /// Print this peer's id (creating its identity key if there is none), for a private run's
+    /// `swarm.allow` list.
+    Id {
+        /// TOML config whose `run.out` holds the key.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output folder holding the identity key (as for `join`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Loss of a checkpoint on a text file, as one JSON object.
     Eval {
         /// The checkpoint.
@@ -188,6 +198,7 @@ fn main() -> ExitCode {
             listen,
             rounds,
         }),
+        Command::Id { config, out } => join::print_id(config.as_deref(), out),
         Command::Eval {
             checkpoint,
             text,

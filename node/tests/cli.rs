@@ -164,6 +164,35 @@ fn bad_input_gives_clear_errors_and_no_panic() {
         ]),
         "--resume",
     );
+
+    std::fs::write(&bad, "[swarm]\nallow = [\"not-a-peer\"]\n").expect("write");
+    assert_clean_failure(
+        &run(&["join", "--config", bad.to_str().expect("utf8")]),
+        "\"not-a-peer\" is not a peer id",
+    );
+}
+
+#[test]
+fn id_prints_the_peer_id_join_will_have_and_keeps_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let id = |out: &Path| {
+        let o = run(&["id", "--out", out.to_str().expect("utf8")]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let first = id(&out);
+    assert!(
+        first.starts_with("12D3KooW"),
+        "not an ed25519 peer id: {first}"
+    );
+    assert_eq!(id(&out), first, "the identity key is kept");
+    assert!(out.join("identity.key").is_file());
+    assert_ne!(
+        id(&dir.path().join("other")),
+        first,
+        "another folder, another peer"
+    );
 }
 
 #[test]

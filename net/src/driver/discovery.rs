@@ -48,6 +48,7 @@ impl Driver {
                     self.connect(peer);
                 }
             }
+            BehaviourEvent::Allow(never) => match never {},
             _ => {}
         }
     }

@@ -47,6 +47,22 @@ impl Driver {
                     self.settle(&message_id, &propagation_source, acceptance);
                     return;
                 }
+                if self
+                    .config
+                    .allow
+                    .as_ref()
+                    .is_some_and(|a| !a.contains(&from))
+                {
+                    // Signed by a stranger to a private run and forwarded by a member or a
+                    // bootstrap node that let it through (rate-limited above like anyone's):
+                    // dropped, and not held against the forwarder.
+                    self.emit(NetEvent::Dropped {
+                        from,
+                        reason: DropReason::NotAllowed,
+                    });
+                    self.settle(&message_id, &propagation_source, MessageAcceptance::Ignore);
+                    return;
+                }
                 let verdict = if message.topic == self.updates.hash() {
                     match self.check_update_gossip(from, &message.data) {
                         Ok(Gossiped::Announced(announce)) => {

@@ -1,0 +1,117 @@
+//! A private run's allow-list (issue 26): a node with one refuses connections from any peer not on
+//! it, and drops what such a peer signed even when a member forwards it (`not_allowed`). Without
+//! the list, the stranger's request below is answered and its heartbeat is accepted.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use gradswarm_core::{DriftSketch, DropReason, Heartbeat, Request, Response, WireLimits};
+use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, NetHandle, PeerId, Topic, native};
+
+const RUN: &str = "private";
+
+async fn node(
+    key: Keypair,
+    bootstrap: Vec<Multiaddr>,
+    allow: Option<Vec<PeerId>>,
+) -> (NetHandle, mpsc::Receiver<NetEvent>, Multiaddr) {
+    let mut config = NetConfig::peer(RUN, [7; 32], WireLimits::for_model(100, 8));
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.bootstrap = bootstrap;
+    config.gossip_heartbeat = Duration::from_millis(100);
+    config.allow = allow;
+    let (net, mut events, driver) = native::build(config, key).await.expect("starts");
+    tokio::spawn(driver.run());
+    let addr = within(next(&mut events, |e| match e {
+        NetEvent::Listening(addr) => Some(addr),
+        _ => None,
+    }))
+    .await;
+    (net, events, addr)
+}
+
+async fn next<T>(
+    events: &mut mpsc::Receiver<NetEvent>,
+    mut pick: impl FnMut(NetEvent) -> Option<T>,
+) -> T {
+    while let Some(event) = events.next().await {
+        if let Some(t) = pick(event) {
+            return t;
+        }
+    }
+    panic!("the node stopped");
+}
+
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("within 30 s")
+}
+
+fn heartbeat(of: PeerId) -> Vec<u8> {
+    Heartbeat {
+        run_id: RUN.into(),
+        model_hash: [7; 32],
+        peer_id: of.to_bytes(),
+        round: 0,
+        checksum: 0,
+        loss: f32::NAN,
+        sketch: DriftSketch::default(),
+        applied: 0,
+        published: 0,
+        settled: false,
+    }
+    .to_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_run_refuses_strangers_and_what_they_sign() {
+    let (a_key, b_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (a_id, b_id) = (a_key.public().to_peer_id(), b_key.public().to_peer_id());
+    // A is private, B a member whose own run is open, C a stranger that knows both addresses.
+    let (a, mut a_events, a_addr) = node(a_key, vec![], Some(vec![b_id])).await;
+    let (b, mut b_events, b_addr) = node(b_key, vec![a_addr.clone()], None).await;
+    let (c, _c_events, _) = node(Keypair::generate_ed25519(), vec![a_addr, b_addr], None).await;
+    let c_id = c.local_peer_id();
+    let ask = Request::Fingerprint {
+        run_id: RUN.into(),
+        model_hash: [7; 32],
+        round: 0,
+    };
+
+    // The member is answered; the stranger cannot even connect.
+    let member = within(b.request(a_id, ask.clone())).await;
+    assert!(
+        matches!(member, Ok(Response::Error(_))),
+        "the member was not answered: {member:?}"
+    );
+    let stranger = within(c.request(a_id, ask)).await;
+    assert!(stranger.is_err(), "the stranger was answered: {stranger:?}");
+
+    // The stranger's heartbeat reaches A through the member, and is dropped there.
+    within(next(&mut b_events, |e| {
+        matches!(e, NetEvent::PeerJoined(p) if p == c_id).then_some(())
+    }))
+    .await;
+    let dropped = within(async {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => c.publish(Topic::Heartbeat, heartbeat(c_id)).expect("publish"),
+                event = a_events.next() => match event.expect("A runs") {
+                    NetEvent::Dropped { from, reason } if from == c_id => return reason,
+                    NetEvent::Heartbeat { from, .. } if from == c_id => {
+                        panic!("A took a stranger's heartbeat")
+                    }
+                    _ => {}
+                },
+            }
+        }
+    })
+    .await;
+    assert_eq!(dropped, DropReason::NotAllowed);
+    for n in [a, b, c] {
+        n.shutdown();
+    }
+}
