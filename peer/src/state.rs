@@ -401,7 +401,9 @@ async fn fetch_chunks(
                         "{peer} answered a state request with something else"
                     )));
                 }
-                Response::Error(reason) if !retry => {
+                // Over budget: asking this peer again soon only deepens the debt; the joiner
+                // asks the next peer instead.
+                Response::Error(reason) if !retry || reason == gradswarm_net::OVER_BUDGET => {
                     return Err(PeerError::Sync(format!("{peer}: {reason}")));
                 }
                 Response::Error(reason) => {
