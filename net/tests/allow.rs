@@ -2,51 +2,23 @@
 //! it, and drops what such a peer signed even when a member forwards it (`not_allowed`). Without
 //! the list, the stranger's request below is answered and its heartbeat is accepted.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{Node, next, node, within};
 use futures::StreamExt;
-use futures::channel::mpsc;
 use gradswarm_core::{DriftSketch, DropReason, Heartbeat, Request, Response, WireLimits};
-use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, NetHandle, PeerId, Topic, native};
+use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, PeerId, Topic};
 
 const RUN: &str = "private";
 
-async fn node(
-    key: Keypair,
-    bootstrap: Vec<Multiaddr>,
-    allow: Option<Vec<PeerId>>,
-) -> (NetHandle, mpsc::Receiver<NetEvent>, Multiaddr) {
+/// A node of the run, dialling `bootstrap`, with the allow-list `allow`.
+async fn member(key: Keypair, bootstrap: Vec<Multiaddr>, allow: Option<Vec<PeerId>>) -> Node {
     let mut config = NetConfig::peer(RUN, [7; 32], WireLimits::for_model(100, 8));
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     config.bootstrap = bootstrap;
-    config.gossip_heartbeat = Duration::from_millis(100);
     config.allow = allow;
-    let (net, mut events, driver) = native::build(config, key).await.expect("starts");
-    tokio::spawn(driver.run());
-    let addr = within(next(&mut events, |e| match e {
-        NetEvent::Listening(addr) => Some(addr),
-        _ => None,
-    }))
-    .await;
-    (net, events, addr)
-}
-
-async fn next<T>(
-    events: &mut mpsc::Receiver<NetEvent>,
-    mut pick: impl FnMut(NetEvent) -> Option<T>,
-) -> T {
-    while let Some(event) = events.next().await {
-        if let Some(t) = pick(event) {
-            return t;
-        }
-    }
-    panic!("the node stopped");
-}
-
-async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("within 30 s")
+    node(config, key).await
 }
 
 fn heartbeat(of: PeerId) -> Vec<u8> {
@@ -70,9 +42,19 @@ async fn a_private_run_refuses_strangers_and_what_they_sign() {
     let (a_key, b_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
     let (a_id, b_id) = (a_key.public().to_peer_id(), b_key.public().to_peer_id());
     // A is private, B a member whose own run is open, C a stranger that knows both addresses.
-    let (a, mut a_events, a_addr) = node(a_key, vec![], Some(vec![b_id])).await;
-    let (b, mut b_events, b_addr) = node(b_key, vec![a_addr.clone()], None).await;
-    let (c, _c_events, _) = node(Keypair::generate_ed25519(), vec![a_addr, b_addr], None).await;
+    let Node {
+        net: a,
+        events: mut a_events,
+        addr: a_addr,
+    } = member(a_key, vec![], Some(vec![b_id])).await;
+    let Node {
+        net: b,
+        events: mut b_events,
+        addr: b_addr,
+    } = member(b_key, vec![a_addr.clone()], None).await;
+    let c = member(Keypair::generate_ed25519(), vec![a_addr, b_addr], None)
+        .await
+        .net;
     let c_id = c.local_peer_id();
     let ask = Request::Fingerprint {
         run_id: RUN.into(),

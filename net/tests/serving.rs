@@ -7,64 +7,44 @@
 //! - A requester asking for state again and again gets two whole states' worth, then refusals
 //!   (issue 26, attacks 11 and 17). Before, every ~100-byte request was answered with 1 MiB.
 
-use std::time::Duration;
+mod common;
 
-use futures::StreamExt;
-use futures::channel::mpsc;
 use std::sync::Arc;
 
+use common::{Node, next, node, within};
 use gradswarm_core::wire::STATE_CHUNK_BYTES;
 use gradswarm_core::{
     Codec, CodecDescriptor, CpuCodec, Request, Response, RngKey, Update, WireLimits,
 };
-use gradswarm_net::{Keypair, NetConfig, NetEvent, NetHandle, OVER_BUDGET, native};
+use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, OVER_BUDGET};
 
 /// Parameters of the model: its dense f32 update is ~1.6 MB, two chunks.
 const MODEL_LEN: usize = 400_000;
 
-async fn node(bootstrap: Option<libp2p::Multiaddr>) -> (NetHandle, mpsc::Receiver<NetEvent>) {
+/// A node of the run, dialling `bootstrap`.
+async fn serving_node(bootstrap: Option<Multiaddr>) -> Node {
     let limits = WireLimits::for_model(MODEL_LEN, 64).with_codec(CodecDescriptor::DENSE_F32);
     let mut config = NetConfig::peer("serving", [7; 32], limits);
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     config.bootstrap = bootstrap.into_iter().collect();
-    config.gossip_heartbeat = Duration::from_millis(100);
-    let (net, events, driver) = native::build(config, Keypair::generate_ed25519())
-        .await
-        .expect("the node starts");
-    tokio::spawn(driver.run());
-    (net, events)
-}
-
-/// The next event that `pick` keeps, within 30 s.
-async fn next<T>(
-    events: &mut mpsc::Receiver<NetEvent>,
-    mut pick: impl FnMut(NetEvent) -> Option<T>,
-) -> T {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(event) = events.next().await {
-            if let Some(t) = pick(event) {
-                return t;
-            }
-        }
-        panic!("the node stopped");
-    })
-    .await
-    .expect("the event came within 30 s")
+    node(config, Keypair::generate_ed25519()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_over_one_frame_is_pulled_in_chunks() {
-    let (a, mut a_events) = node(None).await;
-    let addr = next(&mut a_events, |e| match e {
-        NetEvent::Listening(addr) => Some(addr),
-        _ => None,
-    })
-    .await;
-    let (b, mut b_events) = node(Some(addr)).await;
+    let Node {
+        net: a,
+        events: mut a_events,
+        addr,
+    } = serving_node(None).await;
+    let Node {
+        net: b,
+        events: mut b_events,
+        ..
+    } = serving_node(Some(addr)).await;
     let b_id = b.local_peer_id();
-    next(&mut a_events, |e| {
+    within(next(&mut a_events, |e| {
         matches!(e, NetEvent::PeerJoined(p) if p == b_id).then_some(())
-    })
+    }))
     .await;
 
     let delta: Vec<f32> = (0..MODEL_LEN).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -88,7 +68,7 @@ async fn an_update_over_one_frame_is_pulled_in_chunks() {
         size > gradswarm_core::wire::MAX_RPC_BYTES,
         "the update ({size} bytes) must not fit one frame"
     );
-    let (got, decoded, bytes) = next(&mut b_events, |e| match e {
+    let (got, decoded, bytes) = within(next(&mut b_events, |e| match e {
         NetEvent::Update {
             update,
             decoded,
@@ -97,7 +77,7 @@ async fn an_update_over_one_frame_is_pulled_in_chunks() {
         } => Some((update, decoded, bytes)),
         NetEvent::Dropped { reason, .. } => panic!("the update was dropped: {reason:?}"),
         _ => None,
-    })
+    }))
     .await;
     assert_eq!(bytes, size);
     assert_eq!(*got, update);
@@ -108,12 +88,7 @@ async fn an_update_over_one_frame_is_pulled_in_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_greedy_requester_gets_two_states_then_refusals() {
-    let (a, mut a_events) = node(None).await;
-    let addr = next(&mut a_events, |e| match e {
-        NetEvent::Listening(addr) => Some(addr),
-        _ => None,
-    })
-    .await;
+    let Node { net: a, addr, .. } = serving_node(None).await;
     // Every answer is a full chunk, as a state transfer's are.
     a.serve_state(Arc::new(|_: &Request| Response::StateChunk {
         snapshot: 1,
@@ -124,7 +99,7 @@ async fn a_greedy_requester_gets_two_states_then_refusals() {
         bytes: vec![1; STATE_CHUNK_BYTES],
     }))
     .expect("serves");
-    let (b, _b_events) = node(Some(addr)).await;
+    let b = serving_node(Some(addr)).await.net;
     let a_id = a.local_peer_id();
     let ask = Request::State {
         run_id: "serving".into(),

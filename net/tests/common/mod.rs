@@ -1,0 +1,52 @@
+//! Real nodes on loopback for the net crate's tests, and waiting on their events.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, NetHandle, native};
+
+/// A running node: its handle, its events, and the address it listens on.
+pub struct Node {
+    /// Commands.
+    pub net: NetHandle,
+    /// What it reports.
+    pub events: mpsc::Receiver<NetEvent>,
+    /// Its TCP address, with `/p2p/<id>`.
+    pub addr: Multiaddr,
+}
+
+/// Starts a node of `config` (listening on loopback TCP, quick gossip heartbeats) with `key`,
+/// and waits until it listens.
+pub async fn node(mut config: NetConfig, key: Keypair) -> Node {
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a multiaddr")];
+    config.gossip_heartbeat = Duration::from_millis(100);
+    let (net, mut events, driver) = native::build(config, key).await.expect("the node starts");
+    tokio::spawn(driver.run());
+    let addr = within(next(&mut events, |e| match e {
+        NetEvent::Listening(addr) => Some(addr),
+        _ => None,
+    }))
+    .await;
+    Node { net, events, addr }
+}
+
+/// The next event that `pick` keeps.
+pub async fn next<T>(
+    events: &mut mpsc::Receiver<NetEvent>,
+    mut pick: impl FnMut(NetEvent) -> Option<T>,
+) -> T {
+    while let Some(event) = events.next().await {
+        if let Some(t) = pick(event) {
+            return t;
+        }
+    }
+    panic!("the node stopped");
+}
+
+/// `f`, which must finish within 30 s.
+pub async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("within 30 s")
+}
