@@ -123,6 +123,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             round: 9,
             checksum: 42,
             sketch: DriftSketch::of(&theta),
+            applied: 7,
         },
         Response::Update {
             chunk: 0,

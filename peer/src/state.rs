@@ -48,7 +48,7 @@ pub(crate) struct Snapshots {
     marks: Mutex<VecDeque<(u64, Arc<Vec<f32>>)>>,
     /// Fingerprints of this replica's last [`FINGERPRINTS`] round starts, kept whether or not
     /// marks are: joiners check the state another peer served against them.
-    fingerprints: Mutex<VecDeque<(u64, u64, DriftSketch)>>,
+    fingerprints: Mutex<VecDeque<Fingerprint>>,
 }
 
 /// Round starts whose fingerprints a peer serves (32 × ~140 bytes).
@@ -78,11 +78,11 @@ impl Snapshots {
         }
     }
 
-    /// Serves the fingerprint (checksum, sketch) of θ at the start of `round`.
-    pub(crate) fn fingerprint(&self, round: u64, checksum: u64, sketch: DriftSketch) {
+    /// Serves the fingerprint of θ at the start of its round.
+    pub(crate) fn fingerprint(&self, print: Fingerprint) {
         let mut prints = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
-        prints.retain(|(r, _, _)| *r < round);
-        prints.push_back((round, checksum, sketch));
+        prints.retain(|p| p.round < print.round);
+        prints.push_back(print);
         while prints.len() > FINGERPRINTS {
             prints.pop_front();
         }
@@ -139,11 +139,12 @@ impl Snapshots {
                     return Response::Error("another run or model".into());
                 }
                 let prints = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
-                return match prints.iter().find(|(r, _, _)| r == round) {
-                    Some((round, checksum, sketch)) => Response::Fingerprint {
-                        round: *round,
-                        checksum: *checksum,
-                        sketch: sketch.clone(),
+                return match prints.iter().find(|p| p.round == *round) {
+                    Some(print) => Response::Fingerprint {
+                        round: print.round,
+                        checksum: print.checksum,
+                        sketch: print.sketch.clone(),
+                        applied: print.applied,
                     },
                     None => Response::Error(format!("no fingerprint of round {round} here")),
                 };
@@ -243,15 +244,29 @@ pub(crate) async fn fetch(
 /// not vote, and holds nobody up.
 const FINGERPRINT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Asks `peer` for the fingerprint (checksum, sketch) of its θ at the start of `round`; one
-/// request, no retry, at most [`FINGERPRINT_TIMEOUT`].
+/// A replica's fingerprint at a round's start: what its heartbeat carries, and what
+/// [`Request::Fingerprint`] answers.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Fingerprint {
+    /// The round whose start θ is.
+    pub(crate) round: u64,
+    /// [`params_checksum`](gradswarm_core::wire::params_checksum) of θ.
+    pub(crate) checksum: u64,
+    /// θ's drift sketch.
+    pub(crate) sketch: DriftSketch,
+    /// The round book's digest of the updates θ holds lately.
+    pub(crate) applied: u64,
+}
+
+/// Asks `peer` for the fingerprint of its θ at the start of `round`; one request, no retry, at
+/// most [`FINGERPRINT_TIMEOUT`].
 pub(crate) async fn fetch_fingerprint(
     net: &NetHandle,
     peer: PeerId,
     run_id: &str,
     model_hash: ModelHash,
     round: u64,
-) -> Result<(u64, DriftSketch), PeerError> {
+) -> Result<Fingerprint, PeerError> {
     let request = net.request(
         peer,
         Request::Fingerprint {
@@ -269,7 +284,13 @@ pub(crate) async fn fetch_fingerprint(
             round: got,
             checksum,
             sketch,
-        } if got == round && sketch.check().is_ok() => Ok((checksum, sketch)),
+            applied,
+        } if got == round && sketch.check().is_ok() => Ok(Fingerprint {
+            round,
+            checksum,
+            sketch,
+            applied,
+        }),
         Response::Error(e) => Err(PeerError::Sync(format!("{peer}: {e}"))),
         _ => Err(PeerError::Sync(format!("{peer} sent another fingerprint"))),
     }

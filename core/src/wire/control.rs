@@ -233,6 +233,8 @@ pub enum Response {
         checksum: u64,
         /// Its drift sketch.
         sketch: DriftSketch,
+        /// [`crate::RoundBook::applied_digest`] at its start, as a heartbeat carries it.
+        applied: u64,
     },
 }
 

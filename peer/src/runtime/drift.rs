@@ -11,9 +11,9 @@ use gradswarm_core::{DriftSketch, Heartbeat};
 use gradswarm_net::PeerId;
 use tracing::{debug, info};
 
-use super::{Fingerprint, Mark, Peer, Vote};
+use super::{Mark, Peer};
 use crate::error::PeerError;
-use crate::state;
+use crate::state::{self, Fingerprint};
 
 /// After a pairwise averaging, heartbeats of the next this many rounds are not looked at: they
 /// may predate the partners' halves of the averaging, and acting on them would overshoot.
@@ -32,8 +32,7 @@ impl Peer {
             applied: self.book.applied_digest(),
         };
         self.fingerprint = Some(fingerprint.clone());
-        self.snapshots
-            .fingerprint(round, fingerprint.checksum, fingerprint.sketch.clone());
+        self.snapshots.fingerprint(fingerprint.clone());
         if self.config.drift_tolerance.is_none() {
             return;
         }
@@ -66,7 +65,8 @@ impl Peer {
         }
         self.votes.entry(heartbeat.round).or_default().insert(
             from,
-            Vote {
+            Fingerprint {
+                round: heartbeat.round,
                 checksum: heartbeat.checksum,
                 sketch: heartbeat.sketch.clone(),
                 applied: heartbeat.applied,
@@ -99,7 +99,7 @@ impl Peer {
         };
         // Replicas whose recent updates differ from ours are still taking one in (it arrives as
         // a correction): averaging now would make the gap it closes permanent. They do not vote.
-        let same: Vec<(&PeerId, &Vote)> = votes
+        let same: Vec<(&PeerId, &Fingerprint)> = votes
             .iter()
             .filter(|(_, v)| v.applied == mark.applied)
             .collect();
@@ -118,6 +118,24 @@ impl Peer {
             }
         });
         let Some((from, verdict, checksum)) = choice else {
+            // Heartbeats go out every few seconds, so when rounds are short the votes heard for
+            // one round rarely include every replica, and a replica that is alone in being far
+            // off never hears the majority it needs. Ask the silent ones for theirs.
+            let far = same.iter().any(|(_, v)| {
+                v.checksum != mark.checksum
+                    && mark
+                        .sketch
+                        .relative_distance(&v.sketch)
+                        .is_some_and(|d| d > tolerance)
+            });
+            if far && votes.len() + 1 < voters {
+                let silent: Vec<PeerId> = self
+                    .contributors()
+                    .filter(|p| !votes.contains_key(p))
+                    .copied()
+                    .collect();
+                self.poll(round, silent);
+            }
             return;
         };
         info!(
@@ -146,6 +164,53 @@ impl Peer {
             }
             .boxed(),
         );
+    }
+
+    /// Asks `peers` for their fingerprints of `round`, once per round and one poll at a time:
+    /// their answers count as their heartbeats would have ([`Self::take_poll`]).
+    fn poll(&mut self, round: u64, peers: Vec<PeerId>) {
+        if self.polling.is_some() || round <= self.polled || peers.is_empty() {
+            return;
+        }
+        self.polled = round;
+        debug!(
+            "asking {} silent replicas for their round {round}",
+            peers.len()
+        );
+        let net = self.net.clone();
+        let run_id = self.config.run_id.clone();
+        let model_hash = self.model_hash;
+        self.polling = Some(
+            async move {
+                let answers = futures::future::join_all(
+                    peers
+                        .iter()
+                        .map(|&p| state::fetch_fingerprint(&net, p, &run_id, model_hash, round)),
+                )
+                .await;
+                let votes = peers
+                    .into_iter()
+                    .zip(answers)
+                    .filter_map(|(p, a)| a.ok().map(|print| (p, print)))
+                    .collect();
+                (round, votes)
+            }
+            .boxed(),
+        );
+    }
+
+    /// Takes the answers to a poll as votes on their round, and looks at that round again.
+    pub(super) fn take_poll(&mut self, round: u64, answers: Vec<(PeerId, Fingerprint)>) {
+        self.polling = None;
+        let oldest = self.marks.front().map_or(round, |m| m.fingerprint.round);
+        if round < oldest {
+            return;
+        }
+        let votes = self.votes.entry(round).or_default();
+        for (peer, print) in answers {
+            votes.entry(peer).or_insert(print);
+        }
+        self.reconsider(round);
     }
 
     /// Applies a reconciliation with `peer`'s replica of `round` (docs/architecture.md): θ moves

@@ -12,6 +12,7 @@ use web_time::Instant;
 
 use super::{MISSED_LIMIT, Peer, Seen};
 use crate::error::PeerError;
+use crate::state::Fingerprint;
 
 /// How long a peer that left is not brought back by gossip still in flight from it.
 const GONE_GRACE: Duration = Duration::from_secs(5);
@@ -90,6 +91,7 @@ impl Peer {
             Timeout,
             Stop,
             Reconciled(PeerId, u64, Verdict, Result<Vec<f32>, PeerError>),
+            Polled(u64, Vec<(PeerId, Fingerprint)>),
         }
         let remaining = until.saturating_duration_since(Instant::now());
         let mut timeout = futures_timer::Delay::new(remaining).fuse();
@@ -104,11 +106,21 @@ impl Peer {
         }
         .fuse();
         futures::pin_mut!(reconciled);
+        let polling = &mut self.polling;
+        let polled = async move {
+            match polling {
+                Some(poll) => poll.await,
+                None => futures::future::pending().await,
+            }
+        }
+        .fuse();
+        futures::pin_mut!(polled);
         let wake = futures::select! {
             event = events.next() => Wake::Net(event),
             _ = timeout => Wake::Timeout,
             _ = stop.next() => Wake::Stop,
             (peer, round, verdict, theirs) = reconciled => Wake::Reconciled(peer, round, verdict, theirs),
+            (round, answers) = polled => Wake::Polled(round, answers),
         };
         match wake {
             Wake::Net(event) => {
@@ -121,6 +133,10 @@ impl Peer {
             Wake::Timeout => None,
             Wake::Stop => {
                 self.stopped = true;
+                None
+            }
+            Wake::Polled(round, answers) => {
+                self.take_poll(round, answers);
                 None
             }
             Wake::Reconciled(peer, round, verdict, theirs) => {

@@ -61,12 +61,7 @@ impl Peer {
                 break;
             }
             if let Some(event) = self.next_event(next_beat).await {
-                // Updates wait until the round is known: a joiner's book is not at the swarm's round yet.
-                if matches!(event, NetEvent::Update { .. }) {
-                    held.push(event);
-                } else {
-                    self.on_event(event);
-                }
+                self.hold_or_take(event, &mut held);
             }
         }
         let syncing = Instant::now();
@@ -89,11 +84,7 @@ impl Peer {
             // Between passes the swarm moves on: heartbeats tell who is ahead now and who left.
             let until = Instant::now() + Duration::from_secs(1);
             while let Some(event) = self.next_event(until).await {
-                if matches!(event, NetEvent::Update { .. }) {
-                    held.push(event);
-                } else {
-                    self.on_event(event);
-                }
+                self.hold_or_take(event, &mut held);
             }
         }
         let synced = self.book.round();
@@ -105,6 +96,20 @@ impl Peer {
             self.on_event(event);
         }
         Ok(())
+    }
+
+    /// While joining: an update waits until the round is known (the book is not at the swarm's
+    /// round yet), but the round it names counts at once as its sender's claim, as a heartbeat's
+    /// would. Heartbeats go out every few seconds; without this, a peer restarted a few rounds
+    /// behind heard no claim within `join_wait`, skipped the sync, and closed the rounds it had
+    /// missed with none of the others' updates (the churn test's failure, a replica 8e-2 apart).
+    fn hold_or_take(&mut self, event: NetEvent, held: &mut Vec<NetEvent>) {
+        if let NetEvent::Update { from, update, .. } = &event {
+            self.touch(*from, Some(update.round));
+            held.push(event);
+        } else {
+            self.on_event(event);
+        }
     }
 
     /// Fetches the run's state from the peers ahead, connected ones and the most advanced first,
@@ -225,8 +230,8 @@ impl Peer {
             .await;
             for (peer, answer) in asked.iter().zip(answers) {
                 let distance = match answer {
-                    Ok((c, _)) if c == checksum => Some(0.0),
-                    Ok((_, s)) => sketch.relative_distance(&s),
+                    Ok(print) if print.checksum == checksum => Some(0.0),
+                    Ok(print) => sketch.relative_distance(&print.sketch),
                     Err(_) => None,
                 };
                 if let Some(d) = distance {

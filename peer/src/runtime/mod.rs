@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use gradswarm_core::drift::Verdict;
 use gradswarm_core::{
-    Aggregator, Averaging, Codec, DecodedUpdate, DriftSketch, DropCounts, ErrorFeedback, ModelHash,
+    Aggregator, Averaging, Codec, DecodedUpdate, DropCounts, ErrorFeedback, ModelHash,
     OuterOptimizer, RoundBook, UpdateValidator, WireLimits,
 };
 use gradswarm_model::data::validation_batches;
@@ -30,7 +30,7 @@ use crate::config::PeerConfig;
 use crate::edge::{Edge, Honest};
 use crate::error::PeerError;
 use crate::report::{PeerSummary, RoundReport};
-use crate::state::Snapshots;
+use crate::state::{Fingerprint, Snapshots};
 
 /// Asks a running peer to stop after its current round.
 #[derive(Clone)]
@@ -75,30 +75,15 @@ struct Mark {
     params: Arc<Vec<f32>>,
 }
 
-/// A replica's θ at the start of a round, as its heartbeats describe it.
-#[derive(Clone)]
-struct Fingerprint {
-    round: u64,
-    checksum: u64,
-    sketch: DriftSketch,
-    /// The round book's [`gradswarm_core::RoundBook::applied_digest`] then.
-    applied: u64,
-}
-
-/// What a peer's heartbeat said of its replica at one round: its vote in reconciliation.
-struct Vote {
-    checksum: u64,
-    sketch: DriftSketch,
-    /// The round book's digest of recent updates (see [`Fingerprint::applied`]).
-    applied: u64,
-}
-
 /// Memory the marks of past rounds may take (at least two rounds are kept whatever the model).
 const MARK_BUDGET_BYTES: usize = 64 << 20;
 
 /// A reconciliation in flight: the partner, the round, how far to move, and the partner's θ of
 /// that round.
 type Reconciling = BoxFuture<'static, (PeerId, u64, Verdict, Result<Vec<f32>, PeerError>)>;
+
+/// A poll of fingerprints in flight: the round, and the answers that came.
+type Polling = BoxFuture<'static, (u64, Vec<(PeerId, Fingerprint)>)>;
 
 /// Called after every round with its report, the trainer and [`Peer::local_state`] (to checkpoint
 /// them, say).
@@ -173,13 +158,17 @@ pub struct Peer {
     /// When the last heartbeat went out.
     last_heartbeat: Option<Instant>,
     reconciling: Option<Reconciling>,
+    /// Fingerprints of one round being asked of the replicas that have not voted on it.
+    polling: Option<Polling>,
+    /// The last round polled: each round is polled once.
+    polled: u64,
     /// Per partner, the first heartbeat round whose drift is looked at again.
     reconcile_after: BTreeMap<PeerId, u64>,
     /// The first heartbeat round whose drift is looked at again, after an averaging.
     quiet_until: u64,
     /// Per round, the replica each peer's heartbeat described (rounds this peer holds marks of,
     /// and a horizon ahead, looked at once it marks them).
-    votes: BTreeMap<u64, BTreeMap<PeerId, Vote>>,
+    votes: BTreeMap<u64, BTreeMap<PeerId, Fingerprint>>,
     reconciled_pending: u64,
 }
 
@@ -254,6 +243,8 @@ impl Peer {
             last_heartbeat: None,
             max_marks: (MARK_BUDGET_BYTES / (4 * n).max(1)).clamp(2, 16),
             reconciling: None,
+            polling: None,
+            polled: 0,
             reconcile_after: BTreeMap::new(),
             quiet_until: 0,
             votes: BTreeMap::new(),
