@@ -334,6 +334,11 @@ pub(crate) async fn fetch_params(
 /// attempts of the protocol's 30 s timeout each.
 const STATE_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long one chunk may take to come: a peer silent for longer is given up on, so that a
+/// joiner facing a peer that never answers moves on in seconds (it held the joiner for the
+/// protocol's 30 s timeout, twice, before). A 1 MiB chunk takes about a second at 10 Mbit/s.
+const CHUNK_DEADLINE: Duration = Duration::from_secs(10);
+
 /// `fetch`, or an error once `deadline` has passed.
 async fn within<T>(
     deadline: Duration,
@@ -370,13 +375,20 @@ async fn fetch_chunks(
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = 0u32;
         loop {
-            let response = match net.request(peer, request(snapshot, chunk)).await {
+            let asked = within(CHUNK_DEADLINE, peer, async {
+                net.request(peer, request(snapshot, chunk))
+                    .await
+                    .map_err(PeerError::from)
+            });
+            let response = match asked.await {
                 Ok(r) => r,
-                Err(gradswarm_net::NetError::Stopped) => {
+                Err(PeerError::Net(gradswarm_net::NetError::Stopped)) => {
                     return Err(gradswarm_net::NetError::Stopped.into());
                 }
+                // Silent past the deadline: the next peer is asked.
+                Err(e @ PeerError::Sync(_)) => return Err(e),
                 Err(e) => {
-                    // Not dialable yet, a timeout: the connection may come up; try again shortly.
+                    // Not dialable yet: the connection may come up; try again shortly.
                     debug!("state request to {peer}: {e}");
                     futures_timer::Delay::new(Duration::from_millis(500)).await;
                     continue 'again;
