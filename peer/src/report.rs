@@ -1,5 +1,7 @@
 //! What a peer reports per round (the harness's report rows, the node's status line).
 
+use std::collections::BTreeMap;
+
 use gradswarm_core::DropCounts;
 use serde::{Deserialize, Serialize};
 
@@ -60,9 +62,9 @@ pub struct PeerSummary {
     /// All drops, by reason.
     pub drops: DropCounts,
     /// Updates received from each other peer that counted, keyed by peer id (base58).
-    pub counted_from: std::collections::BTreeMap<String, u64>,
+    pub counted_from: BTreeMap<String, u64>,
     /// Pairwise averagings with drifted replicas, keyed by the partner's peer id (base58).
-    pub reconciled_with: std::collections::BTreeMap<String, u64>,
+    pub reconciled_with: BTreeMap<String, u64>,
     /// θ at the end.
     pub final_params: Vec<f32>,
 }
@@ -71,6 +73,25 @@ pub struct PeerSummary {
 /// (the observer sees every one as it happens). A run of a million rounds would otherwise hold a
 /// million reports.
 pub const MAX_REPORTS: usize = 4096;
+
+/// Peers a [`PeerSummary`] counts per map (`counted_from`, `reconciled_with`): identities are
+/// free, and a stranger making new ones must not grow an honest peer's summary without bound.
+pub const MAX_COUNTED_PEERS: usize = 4096;
+
+/// Adds `by` to `peer`'s count in `counts`; when a new peer would pass [`MAX_COUNTED_PEERS`],
+/// the peer with the smallest count (the first such, by id) is forgotten first.
+pub fn count_peer(counts: &mut BTreeMap<String, u64>, peer: String, by: u64) {
+    if counts.len() >= MAX_COUNTED_PEERS && !counts.contains_key(&peer) {
+        let least = counts
+            .iter()
+            .min_by_key(|&(_, &n)| n)
+            .map(|(p, _)| p.clone());
+        if let Some(least) = least {
+            counts.remove(&least);
+        }
+    }
+    *counts.entry(peer).or_default() += by;
+}
 
 impl PeerSummary {
     /// Keeps `report`, forgetting the oldest half once [`MAX_REPORTS`] × 2 are held.
@@ -90,6 +111,23 @@ fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_peer_counts_stay_bounded_and_keep_the_largest() {
+        let mut counts = BTreeMap::new();
+        count_peer(&mut counts, "honest".into(), 500);
+        for i in 0..3 * MAX_COUNTED_PEERS {
+            count_peer(&mut counts, format!("sybil-{i}"), 1);
+        }
+        assert_eq!(counts.len(), MAX_COUNTED_PEERS);
+        assert_eq!(
+            counts.get("honest"),
+            Some(&500),
+            "the largest count is kept"
+        );
+        count_peer(&mut counts, "honest".into(), 1);
+        assert_eq!(counts.get("honest"), Some(&501));
+    }
 
     #[test]
     fn a_summary_keeps_a_bounded_window_of_the_latest_reports() {

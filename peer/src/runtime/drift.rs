@@ -249,11 +249,7 @@ impl Peer {
             "moved {share} of the way to {peer}'s replica of round {round} (it was {drift:.1e} from ours)"
         );
         self.reconciled_pending += 1;
-        *self
-            .summary
-            .reconciled_with
-            .entry(peer.to_base58())
-            .or_default() += 1;
+        crate::report::count_peer(&mut self.summary.reconciled_with, peer.to_base58(), 1);
         Ok(())
     }
 }

@@ -151,11 +151,7 @@ impl Peer {
         report.updates += 1;
         report.staleness.push(accepted.tau);
         if accepted.peer != self.me.to_bytes() {
-            *self
-                .summary
-                .counted_from
-                .entry(peer_name(&accepted.peer))
-                .or_default() += 1;
+            crate::report::count_peer(&mut self.summary.counted_from, peer_name(&accepted.peer), 1);
         }
     }
 
