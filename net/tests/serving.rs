@@ -6,6 +6,10 @@
 //!   update of any model over ~260k parameters never arrived.
 //! - A requester asking for state again and again gets two whole states' worth, then refusals
 //!   (issue 26, attacks 11 and 17). Before, every ~100-byte request was answered with 1 MiB.
+//! - An update whose announcer cannot serve it (it died, say) is pulled from another peer of the
+//!   run that holds it. Before, a peer that heard the announcement from the announcer itself had
+//!   nobody else to ask, dropped it as `unfetchable`, and its replica parted from those whose
+//!   pulls had succeeded (a rare failure of the harness's SIGKILL test).
 
 mod common;
 
@@ -14,9 +18,10 @@ use std::sync::Arc;
 use common::{Node, next, node, within};
 use gradswarm_core::wire::STATE_CHUNK_BYTES;
 use gradswarm_core::{
-    Codec, CodecDescriptor, CpuCodec, Request, Response, RngKey, Update, WireLimits,
+    Announce, Codec, CodecDescriptor, CpuCodec, DropReason, Request, Response, RngKey, Update,
+    UpdateGossip, WireLimits,
 };
-use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, OVER_BUDGET};
+use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, NetHandle, OVER_BUDGET, Topic};
 
 /// Parameters of the model: its dense f32 update is ~1.6 MB, two chunks.
 const MODEL_LEN: usize = 400_000;
@@ -27,6 +32,27 @@ async fn serving_node(bootstrap: Option<Multiaddr>) -> Node {
     let mut config = NetConfig::peer("serving", [7; 32], limits);
     config.bootstrap = bootstrap.into_iter().collect();
     node(config, Keypair::generate_ed25519()).await
+}
+
+/// A dense update of `by` (1.6 MB encoded), and the values it carries.
+fn dense_update(by: &NetHandle) -> (Update, Vec<f32>) {
+    let delta: Vec<f32> = (0..MODEL_LEN).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut residual = vec![0.0; MODEL_LEN];
+    let payload = CpuCodec::new(CodecDescriptor::DENSE_F32)
+        .expect("a valid codec")
+        .encode(&delta, &mut residual, RngKey::new(1, 0))
+        .expect("encodes");
+    let update = Update {
+        run_id: "serving".into(),
+        model_hash: [7; 32],
+        peer_id: by.local_peer_id().to_bytes(),
+        round: 0,
+        base_round: 0,
+        samples: 8,
+        codec: CodecDescriptor::DENSE_F32,
+        payload,
+    };
+    (update, delta)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,22 +73,7 @@ async fn an_update_over_one_frame_is_pulled_in_chunks() {
     }))
     .await;
 
-    let delta: Vec<f32> = (0..MODEL_LEN).map(|i| (i as f32 * 0.37).sin()).collect();
-    let mut residual = vec![0.0; MODEL_LEN];
-    let payload = CpuCodec::new(CodecDescriptor::DENSE_F32)
-        .expect("a valid codec")
-        .encode(&delta, &mut residual, RngKey::new(1, 0))
-        .expect("encodes");
-    let update = Update {
-        run_id: "serving".into(),
-        model_hash: [7; 32],
-        peer_id: a.local_peer_id().to_bytes(),
-        round: 0,
-        base_round: 0,
-        samples: 8,
-        codec: CodecDescriptor::DENSE_F32,
-        payload,
-    };
+    let (update, delta) = dense_update(&a);
     let size = a.publish_update(update.clone()).expect("published");
     assert!(
         size > gradswarm_core::wire::MAX_RPC_BYTES,
@@ -133,4 +144,75 @@ async fn a_greedy_requester_gets_two_states_then_refusals() {
     assert!(refused > 0);
     a.shutdown();
     b.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_its_announcer_cannot_serve_is_pulled_from_another_peer() {
+    let Node {
+        net: a,
+        events: mut a_events,
+        addr: a_addr,
+    } = serving_node(None).await;
+    let Node {
+        net: b,
+        addr: b_addr,
+        ..
+    } = serving_node(Some(a_addr.clone())).await;
+    let mut config = NetConfig::peer(
+        "serving",
+        [7; 32],
+        WireLimits::for_model(MODEL_LEN, 64).with_codec(CodecDescriptor::DENSE_F32),
+    );
+    config.bootstrap = vec![a_addr, b_addr];
+    let Node {
+        net: c,
+        events: mut c_events,
+        ..
+    } = node(config, Keypair::generate_ed25519()).await;
+    let (b_id, c_id) = (b.local_peer_id(), c.local_peer_id());
+    let mut joined = Vec::new();
+    within(next(&mut c_events, |e| match e {
+        NetEvent::PeerJoined(p) => {
+            joined.push(p);
+            (joined.contains(&a.local_peer_id()) && joined.contains(&b_id)).then_some(())
+        }
+        _ => None,
+    }))
+    .await;
+    within(next(&mut a_events, |e| {
+        matches!(e, NetEvent::PeerJoined(p) if p == c_id).then_some(())
+    }))
+    .await;
+
+    // B holds A's update (it published it as its own, which everyone refuses: B signed it, the
+    // update names A), and A announces it without holding it, as if it had died since.
+    let (update, delta) = dense_update(&a);
+    let bytes = update.to_bytes();
+    b.publish_update(update.clone()).expect("published");
+    within(next(&mut c_events, |e| match e {
+        NetEvent::Dropped { from, reason } if from == b_id => {
+            assert_eq!(reason, DropReason::SenderMismatch);
+            Some(())
+        }
+        _ => None,
+    }))
+    .await;
+    a.publish(
+        Topic::Updates,
+        UpdateGossip::Announce(Announce::of(&update, &bytes)).to_bytes(),
+    )
+    .expect("announced");
+    let (got, decoded) = within(next(&mut c_events, |e| match e {
+        NetEvent::Update {
+            update, decoded, ..
+        } => Some((update, decoded)),
+        NetEvent::Dropped { reason, .. } => panic!("the update was dropped: {reason:?}"),
+        _ => None,
+    }))
+    .await;
+    assert_eq!(*got, update);
+    assert_eq!(decoded.values, delta);
+    for n in [a, b, c] {
+        n.shutdown();
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use gradswarm_core::wire::{UPDATE_CHUNK_BYTES, update_chunks};
+use gradswarm_core::wire::{UPDATE_CHUNK_BYTES, digest, update_chunks};
 use gradswarm_core::{Announce, DropReason, Request, Response, Update};
 use libp2p::PeerId;
 use libp2p::gossipsub::{self, MessageAcceptance};
@@ -18,6 +18,10 @@ use crate::NetEvent;
 /// Announced updates being pulled at once, at most; announcements beyond are ignored (not
 /// forwarded, not held against anyone), so a flood of announcements cannot queue unbounded work.
 const MAX_PULLS: usize = 256;
+
+/// Peers asked for one announced update, at most: the announcer, the peer that forwarded the
+/// announcement, then other peers of the run (one that pulled it serves it too).
+const MAX_SERVERS: usize = 4;
 
 /// An announcement whose payload is being pulled; its gossipsub verdict waits for the payload.
 pub(super) struct Pull {
@@ -99,17 +103,28 @@ impl Driver {
         self.pulls.insert(id, pull);
     }
 
-    /// A pull ended: with bytes to check, or with nothing (then the forwarder is asked, if it was
-    /// someone else; a forwarder only forwards announcements whose payload it pulled).
+    /// A pull ended: with bytes to check, or with nothing (then the next server is asked: the
+    /// forwarder, then other peers of the run, [`MAX_SERVERS`] in all).
     pub(super) fn finish_pull(&mut self, pull: Pull, answer: Result<Vec<u8>, String>) {
         let from = PeerId::from_bytes(&pull.announce.peer_id).unwrap_or(pull.propagation_source);
+        // Bytes from anyone but the announcer must be the ones the announcement's digest names:
+        // a server that sends others is the liar, not the announcer, and the next one is asked.
+        let served_by_announcer = pull.asked.last() == Some(&from);
+        let answer = answer.and_then(|bytes| {
+            let announced =
+                bytes.len() as u64 == pull.announce.bytes && digest(&bytes) == pull.announce.digest;
+            if served_by_announcer || announced {
+                Ok(bytes)
+            } else {
+                Err("served other bytes than announced".to_string())
+            }
+        });
         let bytes = match answer {
             Ok(bytes) => bytes,
             Err(reason) => {
-                if !pull.asked.contains(&pull.propagation_source) {
-                    debug!("pull from {from} failed ({reason}); asking the forwarder");
-                    let forwarder = pull.propagation_source;
-                    self.ask(pull, forwarder);
+                if let Some(next) = self.next_server(&pull) {
+                    debug!("pull of {from}'s update failed ({reason}); asking {next}");
+                    self.ask(pull, next);
                     return;
                 }
                 debug!("announced update of {from} unavailable: {reason}");
@@ -142,6 +157,24 @@ impl Driver {
             self.store.insert(pull.announce.digest, Arc::new(bytes));
         }
         self.conclude(&pull.message_id, &pull.propagation_source, from, verdict);
+    }
+
+    /// Who to ask next for `pull`'s update: the peer that forwarded the announcement (it pulled
+    /// the payload before forwarding), then peers of the run not asked yet. An announcer that
+    /// died after announcing (SIGKILLed, say) leaves peers that heard it directly nobody else to
+    /// ask, and replicas whose pulls succeeded then hold an update the others never get.
+    fn next_server(&self, pull: &Pull) -> Option<PeerId> {
+        if !pull.asked.contains(&pull.propagation_source) {
+            return Some(pull.propagation_source);
+        }
+        if pull.asked.len() >= MAX_SERVERS {
+            return None;
+        }
+        self.joined
+            .iter()
+            .filter(|p| !pull.asked.contains(p))
+            .min()
+            .copied()
     }
 
     /// Serves pulls of updates this node holds, and takes in the answers to its own pulls.
