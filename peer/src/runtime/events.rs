@@ -17,6 +17,15 @@ use crate::state::Fingerprint;
 /// How long a peer that left is not brought back by gossip still in flight from it.
 const GONE_GRACE: Duration = Duration::from_secs(5);
 
+/// The output of the future in `slot`, or never when there is none (a branch of `select!` that
+/// is idle until a transfer or a poll is under way).
+async fn in_flight<F: std::future::Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(f) => f.await,
+        None => futures::future::pending().await,
+    }
+}
+
 impl Peer {
     /// The peers heard from within `peer_timeout`: whose updates a round waits for.
     pub(super) fn live(&self) -> impl Iterator<Item = &PeerId> {
@@ -97,30 +106,18 @@ impl Peer {
         let mut timeout = futures_timer::Delay::new(remaining).fuse();
         let events = &mut self.events;
         let stop = &mut self.stop;
-        let reconciling = &mut self.reconciling;
-        let reconciled = async move {
-            match reconciling {
-                Some(transfer) => transfer.await,
-                None => futures::future::pending().await,
+        let wake = {
+            let reconciled = in_flight(&mut self.reconciling).fuse();
+            futures::pin_mut!(reconciled);
+            let polled = in_flight(&mut self.polling).fuse();
+            futures::pin_mut!(polled);
+            futures::select! {
+                event = events.next() => Wake::Net(event),
+                _ = timeout => Wake::Timeout,
+                _ = stop.next() => Wake::Stop,
+                (peer, round, verdict, theirs) = reconciled => Wake::Reconciled(peer, round, verdict, theirs),
+                (round, answers) = polled => Wake::Polled(round, answers),
             }
-        }
-        .fuse();
-        futures::pin_mut!(reconciled);
-        let polling = &mut self.polling;
-        let polled = async move {
-            match polling {
-                Some(poll) => poll.await,
-                None => futures::future::pending().await,
-            }
-        }
-        .fuse();
-        futures::pin_mut!(polled);
-        let wake = futures::select! {
-            event = events.next() => Wake::Net(event),
-            _ = timeout => Wake::Timeout,
-            _ = stop.next() => Wake::Stop,
-            (peer, round, verdict, theirs) = reconciled => Wake::Reconciled(peer, round, verdict, theirs),
-            (round, answers) = polled => Wake::Polled(round, answers),
         };
         match wake {
             Wake::Net(event) => {
