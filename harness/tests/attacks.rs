@@ -15,14 +15,23 @@ use common::*;
 const HONEST: usize = 3;
 const ROUNDS: u64 = 20;
 
-/// What an attacked run left: the honest peers' summaries and the attacker's id.
+/// What an attacked run left: the honest peers' summaries and the attackers' ids.
 struct Attacked {
     honest: Vec<PeerSummary>,
+    /// The first (in most tests the only) attacker.
     attacker: String,
+    /// Every attacker identity.
+    attackers: Vec<String>,
 }
 
 /// Runs three honest peers and one `attack`er for [`ROUNDS`] rounds.
 fn attacked(name: &str, attack: Attack) -> Attacked {
+    attacked_by(name, &[attack])
+}
+
+/// Runs three honest peers and one attacker identity per entry of `attacks` for [`ROUNDS`]
+/// rounds.
+fn attacked_by(name: &str, attacks: &[Attack]) -> Attacked {
     let _serial = serial();
     let mut swarm = LocalSwarm::start(name).unwrap();
     let corpus = corpus();
@@ -41,20 +50,31 @@ fn attacked(name: &str, attack: Attack) -> Attacked {
                 .1
         })
         .collect();
-    let (_, attacker) = swarm
-        .spawn_as(
-            Some(attack),
-            c,
-            &tiny_model(),
-            &tiny_train(),
-            corpus,
-            HONEST,
-        )
-        .unwrap();
-    let attacker_id = attacker.net.local_peer_id().to_base58();
+    let attackers: Vec<_> = attacks
+        .iter()
+        .map(|&attack| {
+            swarm
+                .spawn_as(
+                    Some(attack),
+                    c.clone(),
+                    &tiny_model(),
+                    &tiny_train(),
+                    corpus.clone(),
+                    HONEST,
+                )
+                .unwrap()
+                .1
+        })
+        .collect();
+    let attacker_ids: Vec<String> = attackers
+        .iter()
+        .map(|a| a.net.local_peer_id().to_base58())
+        .collect();
     let honest: Vec<PeerSummary> = honest.into_iter().map(|p| p.join().unwrap()).collect();
-    // The attacker's own run may end any way it likes.
-    let _ = attacker.join();
+    // The attackers' own runs may end any way they like.
+    for attacker in attackers {
+        let _ = attacker.join();
+    }
     for s in &honest {
         let waited_out = s.rounds.iter().filter(|r| r.waited_out).count();
         eprintln!(
@@ -68,7 +88,8 @@ fn attacked(name: &str, attack: Attack) -> Attacked {
     }
     Attacked {
         honest,
-        attacker: attacker_id,
+        attacker: attacker_ids[0].clone(),
+        attackers: attacker_ids,
     }
 }
 
@@ -198,6 +219,29 @@ fn a_stalling_peer_does_not_hold_rounds() {
         assert!(
             waited <= 2,
             "{}: {waited} rounds ran to their deadline waiting for the staller",
+            s.peer_id
+        );
+    }
+}
+
+/// A sybil: one attacker with three identities, as many as there are honest peers, each of them
+/// heartbeating and never sending an update. Rounds wait for a silent identity at most
+/// `MISSED_LIMIT` (2) rounds, and for all three at once, not one after another; after that they
+/// are neither waited for nor given a share of the data. With the rule switched off
+/// (`MISSED_LIMIT` raised to 1000) this test fails: the rounds ran to their deadlines waiting.
+#[test]
+fn a_sybil_of_three_silent_identities_holds_two_rounds_at_most() {
+    let run = attacked_by("attack-sybil", &[Attack::Stall; 3]);
+    run.honest_trained_and_agree();
+    for s in &run.honest {
+        let waited = s
+            .rounds
+            .iter()
+            .filter(|r| run.attackers.iter().any(|a| r.missing.contains(a)))
+            .count();
+        assert!(
+            waited <= 2,
+            "{}: {waited} rounds ran to their deadline waiting for the sybil's identities",
             s.peer_id
         );
     }
