@@ -115,6 +115,24 @@ impl Attacked {
         self
     }
 
+    /// No honest peer ran more than `rounds` rounds to their deadline waiting for an attacker
+    /// identity (rounds a loaded machine made late, with no attacker missing, do not count).
+    fn waited_for_attackers_at_most(&self, rounds: usize) -> &Self {
+        for s in &self.honest {
+            let waited = s
+                .rounds
+                .iter()
+                .filter(|r| self.attackers.iter().any(|a| r.missing.contains(a)))
+                .count();
+            assert!(
+                waited <= rounds,
+                "{}: {waited} rounds ran to their deadline waiting for the attackers",
+                s.peer_id
+            );
+        }
+        self
+    }
+
     /// Every honest peer dropped the attacker's updates for one of `reasons`, and counted at
     /// most `counted_at_most` of them. (A few drops suffice: four rejections graylist the
     /// attacker, whose messages gossipsub then discards before validation.)
@@ -207,21 +225,9 @@ fn a_poisoned_replica_is_not_followed() {
 
 #[test]
 fn a_stalling_peer_does_not_hold_rounds() {
-    let run = attacked("attack-stall", Attack::Stall);
-    run.honest_trained_and_agree();
-    for s in &run.honest {
-        // Rounds that waited for the staller (not those a loaded machine made late).
-        let waited = s
-            .rounds
-            .iter()
-            .filter(|r| r.missing.contains(&run.attacker))
-            .count();
-        assert!(
-            waited <= 2,
-            "{}: {waited} rounds ran to their deadline waiting for the staller",
-            s.peer_id
-        );
-    }
+    attacked("attack-stall", Attack::Stall)
+        .honest_trained_and_agree()
+        .waited_for_attackers_at_most(2);
 }
 
 /// A sybil: one attacker with three identities, as many as there are honest peers, each of them
@@ -231,20 +237,9 @@ fn a_stalling_peer_does_not_hold_rounds() {
 /// (`MISSED_LIMIT` raised to 1000) this test fails: the rounds ran to their deadlines waiting.
 #[test]
 fn a_sybil_of_three_silent_identities_holds_two_rounds_at_most() {
-    let run = attacked_by("attack-sybil", &[Attack::Stall; 3]);
-    run.honest_trained_and_agree();
-    for s in &run.honest {
-        let waited = s
-            .rounds
-            .iter()
-            .filter(|r| run.attackers.iter().any(|a| r.missing.contains(a)))
-            .count();
-        assert!(
-            waited <= 2,
-            "{}: {waited} rounds ran to their deadline waiting for the sybil's identities",
-            s.peer_id
-        );
-    }
+    attacked_by("attack-sybil", &[Attack::Stall; 3])
+        .honest_trained_and_agree()
+        .waited_for_attackers_at_most(2);
 }
 
 #[test]

@@ -111,25 +111,37 @@ fn local_steps_mode_trains_with_the_peer_defaults() {
     assert!(s.bytes_ratio_vs_dense > 4.0, "{s:?}");
 }
 
-/// Peers in processes of their own (`processes = true`): three `swarm-harness peer` processes
-/// train, one is killed with SIGKILL at round 8, and the two others run to the end with losses
-/// that fall, replicas that agree, and a peak RSS each that the report carries.
-#[test]
-fn peer_processes_train_and_survive_a_sigkill() {
-    // SAFETY: set before any thread of this test reads it; the other test here never does.
+/// Runs [`SCENARIO`]'s settings as `name` with `peers` peers, each in a process of its own, for
+/// `rounds` rounds, with `peer_sections` (`[[peer]]` tables) in place of its own, and no baseline.
+fn run_in_processes(name: &str, peers: usize, rounds: u64, peer_sections: &str) -> Report {
+    // SAFETY: set before any thread of these tests reads it, and always to the same value.
     unsafe { std::env::set_var("SWARM_HARNESS_EXE", env!("CARGO_BIN_EXE_swarm-harness")) };
     let text = SCENARIO
         .split("[[peer]]")
         .next()
         .unwrap()
-        .replace("name = \"harness-smoke\"", "name = \"harness-processes\"")
-        .replace("peers = 4", "peers = 3\nprocesses = true")
-        .replace("rounds = 60", "rounds = 20")
+        .replace("name = \"harness-smoke\"", &format!("name = \"{name}\""))
+        .replace("peers = 4", &format!("peers = {peers}\nprocesses = true"))
+        .replace("rounds = 60", &format!("rounds = {rounds}"))
         .replace("eval_every = 10", "eval_every = 5")
-        + "\n[[peer]]\nindex = 2\nkill_at_round = 8\n";
+        + "\n"
+        + peer_sections;
     let mut scenario: Scenario = toml::from_str(&text).unwrap();
     scenario.baseline = false;
-    let report = gradswarm_harness::run::run(&scenario, |_| {}).expect("the scenario runs");
+    gradswarm_harness::run::run(&scenario, |_| {}).expect("the scenario runs")
+}
+
+/// Peers in processes of their own (`processes = true`): three `swarm-harness peer` processes
+/// train, one is killed with SIGKILL at round 8, and the two others run to the end with losses
+/// that fall, replicas that agree, and a peak RSS each that the report carries.
+#[test]
+fn peer_processes_train_and_survive_a_sigkill() {
+    let report = run_in_processes(
+        "harness-processes",
+        3,
+        20,
+        "[[peer]]\nindex = 2\nkill_at_round = 8\n",
+    );
     let killed = &report.peers[2];
     assert!(
         killed.killed && killed.rounds.len() < 20,
@@ -163,24 +175,17 @@ fn peer_processes_train_and_survive_a_sigkill() {
 /// ones for their fingerprints (the majority that reconciliation needs was never heard).
 #[test]
 fn killed_peers_resume_from_their_checkpoints_and_catch_up() {
-    // SAFETY: set before any thread of this test reads it; the other tests set the same value.
-    unsafe { std::env::set_var("SWARM_HARNESS_EXE", env!("CARGO_BIN_EXE_swarm-harness")) };
     // Every peer 20× slower than the tiny model's compute: a restarted process takes about a
     // second to start, a few rounds rather than the whole run.
-    let text = SCENARIO
-        .split("[[peer]]")
-        .next()
-        .unwrap()
-        .replace("name = \"harness-smoke\"", "name = \"harness-churn\"")
-        .replace("peers = 4", "peers = 4\nprocesses = true")
-        .replace("eval_every = 10", "eval_every = 5")
-        + "\n[[peer]]\nindex = 0\nslowdown = 20\n"
-        + "\n[[peer]]\nindex = 1\nslowdown = 20\n"
-        + "\n[[peer]]\nindex = 2\nslowdown = 20\nkill_at_round = 5\nrestart_at_round = 8\n"
-        + "\n[[peer]]\nindex = 3\nslowdown = 20\nkill_at_round = 8\nrestart_at_round = 11\n";
-    let mut scenario: Scenario = toml::from_str(&text).unwrap();
-    scenario.baseline = false;
-    let report = gradswarm_harness::run::run(&scenario, |_| {}).expect("the scenario runs");
+    let report = run_in_processes(
+        "harness-churn",
+        4,
+        60,
+        "[[peer]]\nindex = 0\nslowdown = 20\n\n\
+         [[peer]]\nindex = 1\nslowdown = 20\n\n\
+         [[peer]]\nindex = 2\nslowdown = 20\nkill_at_round = 5\nrestart_at_round = 8\n\n\
+         [[peer]]\nindex = 3\nslowdown = 20\nkill_at_round = 8\nrestart_at_round = 11\n",
+    );
     for (index, kill, restart) in [(2, 5, 8), (3, 8, 11)] {
         let p = &report.peers[index];
         let from = p.resumed_from.expect("it restarted from its checkpoint");
