@@ -63,6 +63,12 @@ pub enum Attack {
     /// Every other kind in turn, a new one each round ([`Attack::ROTATION`]): all attacks at once
     /// when several such peers start at different points of the rotation.
     Mixed,
+    /// Identities of one attacker that lie in agreement (from a shared seed): each takes its
+    /// share of the data and sends the same fixed direction at an honest norm, so that their
+    /// bias adds up round after round instead of averaging out; each describes and serves the
+    /// same poisoned θ, claiming a later round, so that they vouch for each other to a joiner
+    /// and vote together on drift.
+    Sybil,
 }
 
 impl Attack {
@@ -103,10 +109,19 @@ pub struct Attacker {
     replayed: usize,
     /// The latest update received from someone else (copycat).
     copied: Option<Update>,
+    /// The direction a sybil pushes, drawn once from [`SYBIL_SEED`].
+    direction: Vec<f32>,
 }
 
 /// How many of its first updates a replaying attacker sends, and then sends again.
 const REPLAY_AGE: usize = 3;
+
+/// The seed every [`Attack::Sybil`] identity shares: what makes them one attacker.
+const SYBIL_SEED: u64 = 0x5EB1_1DE5;
+
+/// How far (× θ's root mean square) a sybil's described and served θ is from its own: beyond the
+/// joiner's tolerance (0.25), so that only its fellow identities vouch for it.
+const SYBIL_POISON: f32 = 0.5;
 
 impl Attacker {
     /// An attacker encoding with `codec` (the run's) in a run of `staleness`; `seed` fixes its noise.
@@ -130,6 +145,7 @@ impl Attacker {
             sent: VecDeque::new(),
             replayed: 0,
             copied: None,
+            direction: Vec::new(),
         })
     }
 
@@ -228,6 +244,14 @@ impl Edge for Attacker {
                 vec![update]
             }
             Attack::DriftPoison | Attack::StatePoison => vec![update],
+            Attack::Sybil => {
+                let norm = l2(delta);
+                let direction = self.sybil_direction(delta.len());
+                let scale = norm / l2(direction).max(1e-30);
+                let biased: Vec<f32> = direction.iter().map(|v| v * scale).collect();
+                let p = self.encode(&biased, round);
+                Self::with_payload(update, p)
+            }
             Attack::Flood => vec![update; 20],
             Attack::Equivocate => {
                 let flipped: Vec<f32> = delta.iter().map(|v| -v).collect();
@@ -238,16 +262,18 @@ impl Edge for Attacker {
         }
     }
 
-    fn mark(&mut self, _round: u64, params: &mut Vec<f32>) {
-        if self.current == Attack::DriftPoison {
+    fn mark(&mut self, round: u64, params: &mut Vec<f32>) {
+        match self.current {
             // Far enough to read as drift, near enough to look like a replica: θ + 20% of its norm.
-            self.poison(params, 0.2);
+            Attack::DriftPoison => self.poison(params, 0.2),
+            Attack::Sybil => sybil_poison(round, params),
+            _ => {}
         }
     }
 
     fn heartbeat(&mut self, mut heartbeat: Heartbeat) -> Vec<Heartbeat> {
         match self.current {
-            Attack::StatePoison => {
+            Attack::StatePoison | Attack::Sybil => {
                 heartbeat.round += 3;
                 vec![heartbeat]
             }
@@ -257,8 +283,11 @@ impl Edge for Attacker {
     }
 
     fn snapshot(&mut self, state: &mut PeerState) {
-        if self.current == Attack::StatePoison {
-            self.poison(&mut state.params, 1.0);
+        match self.current {
+            Attack::StatePoison => self.poison(&mut state.params, 1.0),
+            // The θ its fellow identities describe for that round, so that they vouch for it.
+            Attack::Sybil => sybil_poison(state.round, &mut state.params),
+            _ => {}
         }
     }
 
@@ -271,12 +300,31 @@ impl Edge for Attacker {
 }
 
 impl Attacker {
+    /// The fixed direction every sybil identity pushes (the same in all of them, every round).
+    fn sybil_direction(&mut self, len: usize) -> &[f32] {
+        if self.direction.len() != len {
+            let mut rng = SplitMix::new(SYBIL_SEED);
+            self.direction = (0..len).map(|_| rng.normal() as f32).collect();
+        }
+        &self.direction
+    }
+
     /// Adds Gaussian noise of `share` × θ's root mean square to every coordinate.
     fn poison(&mut self, params: &mut [f32], share: f32) {
         let rms = (l2(params) / (params.len().max(1) as f32).sqrt()).max(1e-3);
         for v in params.iter_mut() {
             *v += share * rms * self.rng.normal() as f32;
         }
+    }
+}
+
+/// θ of `round` as every sybil identity describes it: its own plus noise drawn from the shared
+/// seed and the round, so that the identities' poisoned replicas agree with one another.
+fn sybil_poison(round: u64, params: &mut [f32]) {
+    let rms = (l2(params) / (params.len().max(1) as f32).sqrt()).max(1e-3);
+    let mut rng = SplitMix::new(SYBIL_SEED ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    for v in params.iter_mut() {
+        *v += SYBIL_POISON * rms * rng.normal() as f32;
     }
 }
 

@@ -272,8 +272,21 @@ fn a_mixed_attacker_does_not_part_the_replicas() {
 /// checked against the others and refused, and the joiner synced from an honest peer instead.
 #[test]
 fn a_joiner_does_not_install_a_poisoned_state() {
+    joiner_refuses("attack-state", &[Attack::StatePoison]);
+}
+
+/// Two identities of one attacker serve the same poisoned θ and vouch for each other: the
+/// joiner follows the majority of the peers, not the first one that agrees with its server.
+/// With the check asking for one other voice instead of a majority, the joiner installed it.
+#[test]
+fn colluding_sybils_cannot_vouch_a_poisoned_state_in() {
+    joiner_refuses("attack-sybil-state", &[Attack::Sybil; 2]);
+}
+
+/// Three honest peers and one peer per entry of `attacks` train; a joiner then arrives at round
+/// 10 and must sync from an honest peer and start where the swarm is.
+fn joiner_refuses(name: &str, attacks: &[Attack]) {
     let _serial = serial();
-    let name = "attack-state";
     let mut swarm = LocalSwarm::start(name).unwrap();
     let corpus = corpus();
     let mut c = config(name, 0);
@@ -292,17 +305,26 @@ fn a_joiner_does_not_install_a_poisoned_state() {
                 .1
         })
         .collect();
-    let (_, attacker) = swarm
-        .spawn_as(
-            Some(Attack::StatePoison),
-            c.clone(),
-            &tiny_model(),
-            &tiny_train(),
-            corpus.clone(),
-            HONEST,
-        )
-        .unwrap();
-    let attacker_id = attacker.net.local_peer_id().to_base58();
+    let attackers: Vec<_> = attacks
+        .iter()
+        .map(|&attack| {
+            swarm
+                .spawn_as(
+                    Some(attack),
+                    c.clone(),
+                    &tiny_model(),
+                    &tiny_train(),
+                    corpus.clone(),
+                    HONEST,
+                )
+                .unwrap()
+                .1
+        })
+        .collect();
+    let attacker_ids: Vec<String> = attackers
+        .iter()
+        .map(|a| a.net.local_peer_id().to_base58())
+        .collect();
     let mut log = Vec::new();
     swarm
         .wait_for(&mut log, DEADLINE, |r| r.round.round >= 10)
@@ -317,13 +339,15 @@ fn a_joiner_does_not_install_a_poisoned_state() {
         .unwrap();
     let late = late.stop().unwrap();
     let honest: Vec<PeerSummary> = honest.into_iter().map(|p| p.stop().unwrap()).collect();
-    let _ = attacker.stop();
+    for attacker in attackers {
+        let _ = attacker.stop();
+    }
     let synced = late.synced_from.clone().unwrap_or_default();
-    eprintln!("joiner synced from {synced}; the attacker is {attacker_id}");
+    eprintln!("joiner synced from {synced}; the attackers are {attacker_ids:?}");
     assert!(!synced.is_empty(), "the joiner did not sync");
-    assert_ne!(
-        synced, attacker_id,
-        "the joiner installed the attacker's state"
+    assert!(
+        !attacker_ids.contains(&synced),
+        "the joiner installed an attacker's state"
     );
     // Its first own round starts where the swarm is, not from a poisoned θ.
     let at = late.start_round;

@@ -51,7 +51,7 @@ enum Command {
         /// The folder for the reports.
         #[arg(long)]
         out: PathBuf,
-        /// The kinds to run (default: every kind, then `mixed`).
+        /// The kinds to run (default: every kind, then `sybil` and `mixed`).
         #[arg(long, value_enum, value_delimiter = ',')]
         kinds: Vec<Attack>,
     },
@@ -157,7 +157,7 @@ fn main() -> Result<()> {
             let s = Scenario::load(&scenario)?;
             if kinds.is_empty() {
                 kinds = Attack::ROTATION.to_vec();
-                kinds.push(Attack::Mixed);
+                kinds.extend([Attack::Sybil, Attack::Mixed]);
             }
             let mut rows = Vec::new();
             gradswarm_harness::adversity::run(
