@@ -41,8 +41,8 @@ pub use shard::ShardKey;
 pub use staleness::{DropCounts, DropReason, StalenessPolicy};
 pub use topology::{Averaging, AveragingConfig, Broadcast};
 pub use wire::{
-    Announce, Digest, FORMAT_VERSION, Heartbeat, ModelHash, PeerState, Request, Response, Update,
-    UpdateGossip, WireLimits,
+    Announce, Digest, FORMAT_VERSION, Heartbeat, Manifest, ModelHash, PeerState, Request, Response,
+    RunFiles, Update, UpdateGossip, WireLimits,
 };
 
 /// The usage example of `core/README.md`, compiled and run as a doctest so that it stays true.

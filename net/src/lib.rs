@@ -13,6 +13,7 @@ mod behaviour;
 mod counting;
 mod driver;
 mod rpc;
+pub mod run;
 mod store;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -180,6 +181,8 @@ pub enum Command {
     },
     /// Sets the function that answers state requests.
     ServeState(StateServer),
+    /// Serve this run's manifest and data pieces.
+    ServeRun(Arc<gradswarm_core::RunFiles>),
     /// Dials an address.
     Dial(Multiaddr),
     /// Closes the swarm and ends [`Driver::run`].
@@ -251,6 +254,14 @@ pub enum NetError {
         /// Why it does not parse.
         reason: String,
     },
+    /// A run folder (manifest and data) could not be read, written or checked.
+    #[error("run files {path}: {reason}")]
+    RunFiles {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A key file could not be read or written.
     #[error("identity key {path}: {reason}")]
     Identity {
@@ -313,7 +324,13 @@ impl NetHandle {
         self.send(Command::ServeState(server))
     }
 
-    /// Dials an address.
+    /// Serves a run's manifest and data pieces to whoever asks ([`Request::Manifest`],
+    /// [`Request::Piece`]), within each requester's serving budget.
+    pub fn serve_run(&self, files: Arc<gradswarm_core::RunFiles>) -> Result<(), NetError> {
+        self.send(Command::ServeRun(files))
+    }
+
+    /// Dials `addr`.
     pub fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.send(Command::Dial(addr))
     }

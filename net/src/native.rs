@@ -1,9 +1,11 @@
-//! Desktop transports (TCP + noise + yamux, QUIC, WebSocket, DNS) on tokio, and identity key files.
+//! Desktop transports (TCP + noise + yamux, QUIC, WebSocket, DNS) on tokio, identity key files and
+//! run folders.
 
 use std::path::Path;
 use std::time::Duration;
 
 use futures::channel::mpsc;
+use gradswarm_core::{Manifest, RunFiles};
 use libp2p::core::{Transport, upgrade};
 use libp2p::identity::Keypair;
 use libp2p::{noise, tcp, yamux};
@@ -54,6 +56,45 @@ pub async fn build(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
     Driver::new(swarm, config, wire)
+}
+
+/// The file of a run folder that holds the encoded manifest ([`Manifest::to_bytes`]).
+pub const RUN_MANIFEST_FILE: &str = "run.manifest";
+/// The file of a run folder that holds the run's data set.
+pub const RUN_DATA_FILE: &str = "run.data";
+
+/// Reads the run folder `dir` (`gradswarm publish` writes one; a joiner keeps what it fetched in
+/// one) and checks its data against its manifest.
+pub fn load_run(dir: &Path) -> Result<RunFiles, NetError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|e| NetError::RunFiles {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    let err = |name: &str, reason: String| NetError::RunFiles {
+        path: dir.join(name).display().to_string(),
+        reason,
+    };
+    let manifest = Manifest::from_bytes(&read(RUN_MANIFEST_FILE)?)
+        .map_err(|e| err(RUN_MANIFEST_FILE, e.to_string()))?;
+    RunFiles::new(manifest, read(RUN_DATA_FILE)?).map_err(|e| err(RUN_DATA_FILE, e.to_string()))
+}
+
+/// Writes `files` as the run folder `dir`.
+pub fn save_run(dir: &Path, files: &RunFiles) -> Result<(), NetError> {
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, bytes))
+            .map_err(|e| NetError::RunFiles {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+    };
+    write(RUN_DATA_FILE, files.data())?;
+    write(RUN_MANIFEST_FILE, &files.manifest().to_bytes())
 }
 
 /// Loads the ed25519 identity at `path`, or creates one there (owner-only permissions) if the file

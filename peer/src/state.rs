@@ -149,7 +149,9 @@ impl Snapshots {
                     None => Response::Error(format!("no fingerprint of round {round} here")),
                 };
             }
-            Request::Update { .. } => return Response::Error("not a state request".into()),
+            Request::Update { .. } | Request::Manifest | Request::Piece { .. } => {
+                return Response::Error("not a state request".into());
+            }
         };
         if *run_id != self.run_id || *model_hash != self.model_hash {
             return Response::Error("another run or model".into());
@@ -429,7 +431,10 @@ async fn fetch_chunks(
                         return Ok((round, buf));
                     }
                 }
-                Response::Update { .. } | Response::Fingerprint { .. } => {
+                Response::Update { .. }
+                | Response::Fingerprint { .. }
+                | Response::Manifest { .. }
+                | Response::Piece { .. } => {
                     return Err(PeerError::Sync(format!(
                         "{peer} answered a state request with something else"
                     )));

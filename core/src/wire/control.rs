@@ -192,6 +192,16 @@ pub enum Request {
         /// The round.
         round: u64,
     },
+    /// The manifest of the run this node publishes or takes part in: how a joiner that knows
+    /// one address learns the run.
+    Manifest,
+    /// Piece `index` of the data set of the run whose manifest hashes to `manifest`.
+    Piece {
+        /// [`super::Manifest::id`] of the run.
+        manifest: super::ManifestId,
+        /// Piece index ([`super::PIECE_BYTES`] each).
+        index: u32,
+    },
 }
 
 /// A peer's answer to a [`Request`].
@@ -235,6 +245,20 @@ pub enum Response {
         sketch: DriftSketch,
         /// [`crate::RoundBook::applied_digest`] at its start, as a heartbeat carries it.
         applied: u64,
+    },
+    /// The answer to [`Request::Manifest`]: an encoded [`super::Manifest`].
+    Manifest {
+        /// Its bytes ([`super::Manifest::from_bytes`] reads them).
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The answer to [`Request::Piece`].
+    Piece {
+        /// The piece's index.
+        index: u32,
+        /// Its bytes, to check against the manifest ([`super::Manifest::check_piece`]).
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
     },
 }
 

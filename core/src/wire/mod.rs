@@ -4,9 +4,11 @@
 //! [`DecodeError`], never a panic or an unbounded allocation.
 //!
 //! [`update`] holds what the updates topic carries ([`Update`], [`Announce`], [`UpdateGossip`]);
-//! [`control`] the heartbeats, the state a late joiner fetches, and the request-response messages.
+//! [`control`] the heartbeats, the state a late joiner fetches, and the request-response messages;
+//! [`manifest`] what defines a run, as a joiner fetches it.
 
 mod control;
+mod manifest;
 mod update;
 
 use serde::Serialize;
@@ -17,6 +19,10 @@ use crate::error::DecodeError;
 pub use control::{
     Heartbeat, MAX_HEARTBEAT_BYTES, MAX_RPC_BYTES, MAX_STATE_TENSORS, PeerState, Request, Response,
     STATE_CHUNK_BYTES, UPDATE_CHUNK_BYTES, params_checksum, update_chunks,
+};
+pub use manifest::{
+    MAX_MANIFEST_BYTES, MAX_PIECES, MAX_RUN_NAME_LEN, Manifest, ManifestError, ManifestId,
+    PIECE_BYTES, RunFiles, sha256,
 };
 pub use update::{Announce, Digest, MAX_ANNOUNCE_BYTES, Update, UpdateGossip, digest};
 

@@ -45,6 +45,8 @@ pub struct Driver {
     updates: IdentTopic,
     heartbeats: IdentTopic,
     state_server: Option<StateServer>,
+    /// The run's manifest and data, when this node serves them.
+    run_files: Option<Arc<gradswarm_core::RunFiles>>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
     joined: HashSet<PeerId>,
     lost_events: u64,
@@ -55,6 +57,8 @@ pub struct Driver {
     rates: [rate::RateLimit; 2],
     /// Bytes of state served to each requester.
     served: rate::RateLimit,
+    /// Bytes of the run's data served to each requester (set with the run's files).
+    served_data: rate::RateLimit,
 }
 
 impl Driver {
@@ -104,12 +108,14 @@ impl Driver {
             finding: HashMap::new(),
             rates: [rate::RateLimit::messages(), rate::RateLimit::messages()],
             served: rate::RateLimit::served_state(config.max_message_bytes),
+            served_data: rate::RateLimit::served_data(0),
             config,
             commands,
             events,
             updates,
             heartbeats,
             state_server: None,
+            run_files: None,
             pending: HashMap::new(),
             joined: HashSet::new(),
             lost_events: 0,
@@ -205,6 +211,10 @@ impl Driver {
                 self.pending.insert(id, reply);
             }
             Command::ServeState(server) => self.state_server = Some(server),
+            Command::ServeRun(files) => {
+                self.served_data = rate::RateLimit::served_data(files.manifest().data_bytes);
+                self.run_files = Some(files);
+            }
             Command::Dial(addr) => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     warn!("dial {addr}: {e}");

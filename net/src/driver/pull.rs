@@ -224,9 +224,7 @@ impl Driver {
                                 bytes,
                             } => pull.take(chunk, chunks, bytes),
                             Response::Error(e) => Err(e),
-                            Response::StateChunk { .. } | Response::Fingerprint { .. } => {
-                                Err("answered with state".into())
-                            }
+                            _ => Err("answered with something else than an update".into()),
                         };
                         match taken {
                             Ok(false) => self.ask_next(pull, peer),

@@ -25,6 +25,10 @@ pub(crate) const BURST: f64 = 80.0;
 /// fetches one state, and a drifted replica one θ now and then.
 pub(crate) const SERVE_REFILL_SECONDS: f64 = 30.0;
 
+/// Seconds in which a requester's data budget refills by one copy of the data set: a joiner
+/// needs it once; one that asks again and again is served at this pace.
+const DATA_REFILL_SECONDS: f64 = 300.0;
+
 /// The smallest state budget, in bytes: a tiny model's state is a few kilobytes, and its
 /// fingerprints and θ fetches must never be refused for that.
 const SERVE_MIN_BURST: f64 = 4.0 * 1024.0 * 1024.0;
@@ -72,6 +76,14 @@ impl RateLimit {
         let state = 4.0 * max_message_bytes as f64;
         let burst = (2.0 * state).max(SERVE_MIN_BURST);
         Self::new(burst / 2.0 / SERVE_REFILL_SECONDS, burst)
+    }
+
+    /// Bytes of a run's data (and manifest) served to each requester, for a data set of
+    /// `data_bytes`: two whole copies at once, then one per [`DATA_REFILL_SECONDS`]. Apart from
+    /// the state budget, so that a joiner's data does not cost it its state.
+    pub(crate) fn served_data(data_bytes: u64) -> Self {
+        let burst = (2.0 * data_bytes as f64).max(SERVE_MIN_BURST);
+        Self::new(burst / 2.0 / DATA_REFILL_SECONDS, burst)
     }
 
     fn new(rate: f64, burst: f64) -> Self {

@@ -1,5 +1,5 @@
-//! The state protocol (`/gradswarm/state/1`): this node's snapshots served to joiners, and the
-//! answers to the runtime's own requests.
+//! The state protocol (`/gradswarm/state/1`): this node's snapshots and the run's manifest and
+//! data served to joiners, and the answers to the runtime's own requests.
 
 use gradswarm_core::{Request, Response};
 use libp2p::{PeerId, request_response};
@@ -16,16 +16,20 @@ const SMALL_ANSWER_COST: f64 = 256.0;
 
 impl Driver {
     /// `response`, or a refusal once `peer` has had its share of this node's upload (the state
-    /// budget of [`super::rate::RateLimit::served_state`]).
+    /// budget of [`super::rate::RateLimit::served_state`], or for the run's data
+    /// [`super::rate::RateLimit::served_data`]).
     fn within_budget(&mut self, peer: PeerId, response: Response) -> Response {
-        let cost = match &response {
-            Response::StateChunk { bytes, .. } => bytes.len() as f64,
-            _ => SMALL_ANSWER_COST,
+        let (budget, cost) = match &response {
+            Response::Piece { bytes, .. } | Response::Manifest { bytes } => {
+                (&mut self.served_data, bytes.len() as f64)
+            }
+            Response::StateChunk { bytes, .. } => (&mut self.served, bytes.len() as f64),
+            _ => (&mut self.served, SMALL_ANSWER_COST),
         };
-        match self.served.take_cost(peer, cost, Instant::now()) {
+        match budget.take_cost(peer, cost.max(SMALL_ANSWER_COST), Instant::now()) {
             Verdict::Allow => response,
             _ => {
-                debug!("{peer} asked for more state than its share; refused");
+                debug!("{peer} asked for more than its share; refused");
                 Response::Error(OVER_BUDGET.into())
             }
         }
@@ -38,9 +42,11 @@ impl Driver {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let response = match &self.state_server {
-                        Some(server) => server(&request),
-                        None => Response::Error("this node serves no state".into()),
+                    let files = self.run_files.as_ref().and_then(|f| f.answer(&request));
+                    let response = match (files, &self.state_server) {
+                        (Some(answer), _) => answer,
+                        (None, Some(server)) => server(&request),
+                        (None, None) => Response::Error("this node serves no state".into()),
                     };
                     let response = self.within_budget(peer, response);
                     if self

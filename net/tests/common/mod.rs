@@ -10,7 +10,8 @@ use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, NetHandle, native};
 pub struct Node {
     /// Commands.
     pub net: NetHandle,
-    /// What it reports.
+    /// What it reports (not every test file reads them).
+    #[allow(dead_code)]
     pub events: mpsc::Receiver<NetEvent>,
     /// Its TCP address, with `/p2p/<id>`.
     pub addr: Multiaddr,
