@@ -1,4 +1,5 @@
-//! `gradswarm-bootstrap`: the node volunteers dial first. It serves the DHT (Kademlia server mode),
+//! `gradswarm-bootstrap`: the node volunteers dial first. It publishes a run (`--run DIR`: its
+//! manifest and data, so that joiners need its address alone), serves the DHT (Kademlia server mode),
 //! relays circuits for peers behind NAT (circuit relay v2), forwards the run's gossip, and prints
 //! its full multiaddrs so they can be handed to `gradswarm join`.
 
@@ -15,9 +16,15 @@ mod web;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// The run whose gossip this node forwards.
-    #[arg(long, default_value = "shakespeare-byte-gpt")]
-    run_id: String,
+    /// The run whose gossip this node forwards, when it publishes none (default:
+    /// shakespeare-byte-gpt).
+    #[arg(long, conflicts_with = "run")]
+    run_id: Option<String>,
+    /// Publish the run in this folder (`gradswarm publish --out DIR` writes it): serve its
+    /// manifest and data to joiners, who then need this node's address alone, and forward its
+    /// gossip. The run id is the manifest's.
+    #[arg(long, value_name = "DIR")]
+    run: Option<PathBuf>,
     /// TCP port (QUIC listens on the same UDP port; WebSocket on the next TCP port).
     #[arg(long, default_value_t = 4001)]
     port: u16,
@@ -37,9 +44,10 @@ struct Args {
     /// The page's folder (built by `scripts/build-web`).
     #[arg(long, default_value = "web/www")]
     web_root: PathBuf,
-    /// The training text the page's peer trains on (the run's corpus).
-    #[arg(long, default_value = "data/shakespeare.txt")]
-    corpus: PathBuf,
+    /// The training text the page's peer trains on (default: the published run's data, else
+    /// data/shakespeare.txt).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
     /// A private run: a peer id that may connect (repeatable; `gradswarm id` prints one). Anyone
     /// else is refused, and what they sign is not forwarded. None: an open run.
     #[arg(long, value_name = "PEER_ID")]
@@ -77,7 +85,21 @@ async fn main() -> Result<()> {
         .init();
     let args = Args::parse();
     let key = native::load_or_create_identity(&args.key)?;
-    let mut config = NetConfig::bootstrap(&args.run_id, args.max_message_bytes);
+    let files = match &args.run {
+        Some(dir) => Some(Arc::new(native::load_run(dir)?)),
+        None => None,
+    };
+    let run_id = match (&files, &args.run_id) {
+        (Some(f), _) => f.manifest().run_id(),
+        (None, Some(id)) => id.clone(),
+        (None, None) => "shakespeare-byte-gpt".to_string(),
+    };
+    let corpus = match (&args.corpus, &args.run) {
+        (Some(c), _) => c.clone(),
+        (None, Some(dir)) => dir.join(native::RUN_DATA_FILE),
+        (None, None) => "data/shakespeare.txt".into(),
+    };
+    let mut config = NetConfig::bootstrap(&run_id, args.max_message_bytes);
     config.listen = listen_addrs(args.host, args.port)?;
     if !args.allow.is_empty() {
         config.allow = Some(gradswarm_net::parse_peer_ids(&args.allow)?);
@@ -86,10 +108,18 @@ async fn main() -> Result<()> {
         .await
         .context("starting the bootstrap node")?;
     println!(
-        "gradswarm-bootstrap {} for run {}",
+        "gradswarm-bootstrap {} for run {run_id}",
         handle.local_peer_id(),
-        args.run_id
     );
+    if let Some(files) = files {
+        let m = files.manifest();
+        println!(
+            "publishing run {run_id}: {} bytes of data in {} pieces",
+            m.data_bytes,
+            m.pieces.len()
+        );
+        handle.serve_run(files)?;
+    }
     let net = tokio::spawn(driver.run());
     let ws_addrs = Arc::new(Mutex::new(Vec::new()));
     if let Some(port) = args.web {
@@ -100,10 +130,10 @@ async fn main() -> Result<()> {
             );
         }
         let state = web::WebState {
-            run_id: args.run_id.clone(),
+            run_id: run_id.clone(),
             ws_addrs: ws_addrs.clone(),
             root: args.web_root.clone(),
-            corpus: args.corpus.clone(),
+            corpus,
         };
         // The page is for volunteers on this machine's browser: loopback only.
         let bound = web::serve(([127, 0, 0, 1], port).into(), state).await?;

@@ -61,6 +61,8 @@ pub enum Role {
     Peer,
     /// A bootstrap node: Kademlia server, circuit relay server, forwards the run's gossip.
     Bootstrap,
+    /// A node that only asks, on no run's topics: a joiner fetching a run before it trains.
+    Client,
 }
 
 /// How to set a node's network up.
@@ -127,6 +129,21 @@ impl NetConfig {
         }
     }
 }
+
+impl NetConfig {
+    /// A node that only asks (`Role::Client`): it dials `servers`, listens nowhere and joins no
+    /// run's topics; [`run::fetch_manifest`] and [`run::fetch_pieces`] use it.
+    pub fn client(servers: Vec<Multiaddr>) -> Self {
+        Self {
+            role: Role::Client,
+            bootstrap: servers,
+            ..Self::bootstrap("", MAX_RPC_CLIENT_MESSAGE)
+        }
+    }
+}
+
+/// The largest gossip message a [`Role::Client`] would take: it takes none.
+const MAX_RPC_CLIENT_MESSAGE: usize = 1024;
 
 /// Parses an allow-list's peer ids (as `gradswarm id` prints them).
 pub fn parse_peer_ids(ids: &[String]) -> Result<Vec<PeerId>, NetError> {
@@ -241,6 +258,15 @@ pub enum NetError {
         /// The peer asked.
         peer: PeerId,
         /// Why it failed.
+        reason: String,
+    },
+    /// A peer answered, but with a refusal or an answer that does not hold (asking it again will
+    /// not change that).
+    #[error("{peer} refused: {reason}")]
+    Refused {
+        /// The peer asked.
+        peer: PeerId,
+        /// What it said, or what was wrong with its answer.
         reason: String,
     },
     /// The network task has ended.

@@ -26,9 +26,11 @@ pub struct FetchStats {
     pub failed: usize,
 }
 
-/// Asks `server` for the manifest of the run it publishes or takes part in.
+/// Asks `server` for the manifest of the run it publishes or takes part in: a transport failure
+/// is [`NetError::Request`] (it may be reachable later), anything it answered but a good manifest
+/// [`NetError::Refused`].
 pub async fn fetch_manifest(net: &NetHandle, server: PeerId) -> Result<Manifest, NetError> {
-    let refused = |reason: String| NetError::Request {
+    let refused = |reason: String| NetError::Refused {
         peer: server,
         reason,
     };

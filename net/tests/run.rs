@@ -15,7 +15,7 @@ use common::{Node, node, within};
 use gradswarm_core::wire::PIECE_BYTES;
 use gradswarm_core::{Manifest, Request, Response, RunFiles};
 use gradswarm_net::run::{fetch_manifest, fetch_pieces};
-use gradswarm_net::{Keypair, NetConfig, NetHandle, OVER_BUDGET, peer_of};
+use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetHandle, OVER_BUDGET, peer_of};
 
 /// Two and a half pieces of data.
 fn data() -> Vec<u8> {
@@ -34,6 +34,15 @@ fn files() -> RunFiles {
 async fn server() -> Node {
     node(
         NetConfig::bootstrap("fetch-test", 1 << 20),
+        Keypair::generate_ed25519(),
+    )
+    .await
+}
+
+/// A joiner that knows `server`'s address and nothing else.
+async fn joiner(server: &Multiaddr) -> Node {
+    node(
+        NetConfig::client(vec![server.clone()]),
         Keypair::generate_ed25519(),
     )
     .await
@@ -83,12 +92,7 @@ async fn the_data_arrives_whole_though_a_piece_was_corrupted_in_transit() {
         answer
     }))
     .expect("serving");
-    let Node { net: joiner, .. } = node(
-        NetConfig::bootstrap("fetch-test", 1 << 20),
-        Keypair::generate_ed25519(),
-    )
-    .await;
-    joiner.dial(addr.clone()).expect("dial");
+    let Node { net: joiner, .. } = joiner(&addr).await;
     let server_id = peer_of(&addr).expect("a /p2p/ address");
     let (manifest, buf, stats) = fetch_all(&joiner, &[server_id]).await;
     assert_eq!(manifest.run_id(), served.manifest().run_id());
@@ -102,8 +106,7 @@ async fn a_requester_gets_two_copies_of_the_data_then_refusals() {
     let served = Arc::new(files());
     let Node { net: a, addr, .. } = server().await;
     a.serve_run(served.clone()).expect("serving");
-    let Node { net: joiner, .. } = server().await;
-    joiner.dial(addr.clone()).expect("dial");
+    let Node { net: joiner, .. } = joiner(&addr).await;
     let server_id = peer_of(&addr).expect("a /p2p/ address");
     let (_, buf, stats) = fetch_all(&joiner, &[server_id]).await;
     assert!(buf == data());

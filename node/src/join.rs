@@ -106,6 +106,13 @@ pub fn print_id(config: Option<&std::path::Path>, out: Option<PathBuf>) -> anyho
 
 /// Runs `gradswarm join`.
 pub fn join(args: JoinArgs) -> anyhow::Result<()> {
+    let local_text = match &args.config {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?,
+        ),
+        None => None,
+    };
     let mut cfg = NodeConfig::load(args.config.as_deref())?;
     cfg.swarm.bootstrap.extend(args.addrs);
     if let Some(o) = args.out {
@@ -121,6 +128,18 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
         cfg.swarm.rounds = r;
     }
     cfg.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    // The first bootstrap address may publish the run: then the run comes from there.
+    let published = match parse_all(&cfg.swarm.bootstrap)?.into_iter().next() {
+        Some(addr) => runtime.block_on(published_run(addr, &cfg, local_text.as_deref()))?,
+        None => None,
+    };
+    if let Some((run_cfg, _)) = &published {
+        cfg = run_cfg.clone();
+    }
     let corpus = Arc::new(Corpus::load(&cfg.data, cfg.model.context)?);
     let selected = crate::pick_device(cfg.run.device)?;
     std::fs::create_dir_all(&cfg.run.out)
@@ -191,13 +210,13 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
         eprintln!("no bootstrap node given: looking for peers on the LAN (mDNS)");
     }
     let key = native::load_or_create_identity(&cfg.run.out.join("identity.key"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
     let (net, events, driver) = runtime.block_on(native::build(net_cfg, key))?;
     eprintln!("peer id {}", net.local_peer_id());
     runtime.spawn(driver.run());
+    // A peer of a published run serves it on, so a joiner may start from any peer's address.
+    if let Some((_, files)) = published {
+        net.serve_run(Arc::new(files))?;
+    }
 
     let (stop, stop_rx) = stop_pair();
     let ctrl_c = stop.clone();
@@ -284,6 +303,48 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
     });
     println!("{out}");
     Ok(())
+}
+
+/// The run `addr`'s node publishes, fetched into `cfg.run.out`: the config to run it with (the
+/// run's settings and this volunteer's own keys; its run id the manifest's) and its files. `None`
+/// when that node publishes no run: `cfg` is the run then. A volunteer's config file `local_text`
+/// may only narrow what is theirs to choose.
+async fn published_run(
+    addr: Multiaddr,
+    cfg: &NodeConfig,
+    local_text: Option<&str>,
+) -> anyhow::Result<Option<(NodeConfig, gradswarm_core::RunFiles)>> {
+    let Some(server) = gradswarm_net::peer_of(&addr) else {
+        return Ok(None);
+    };
+    let (client, _events, driver) = native::build(
+        NetConfig::client(vec![addr.clone()]),
+        gradswarm_net::Keypair::generate_ed25519(),
+    )
+    .await?;
+    let task = tokio::spawn(driver.run());
+    let fetched = async {
+        let manifest = match crate::run::fetch_manifest(&client, server).await? {
+            Ok(m) => m,
+            Err(reason) => {
+                eprintln!("{addr} publishes no run ({reason}): running the config's");
+                return Ok(None);
+            }
+        };
+        let mut run_cfg = crate::run::config_of(&manifest, cfg)?;
+        if let Some(text) = local_text {
+            crate::run::check_narrows(text, &run_cfg)?;
+        }
+        eprintln!("run {} from {addr}", manifest.run_id());
+        let files = crate::run::fetch_into(&client, server, &manifest, &cfg.run.out).await?;
+        run_cfg.data.path = cfg.run.out.join(native::RUN_DATA_FILE);
+        run_cfg.run.id = manifest.run_id();
+        Ok(Some((run_cfg, files)))
+    }
+    .await;
+    client.shutdown();
+    let _ = task.await;
+    fetched
 }
 
 fn parse_all(addrs: &[String]) -> anyhow::Result<Vec<Multiaddr>> {

@@ -3,6 +3,7 @@
 
 mod config;
 mod join;
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +71,16 @@ enum Command {
         /// Wait for this many other peers before the first round (a swarm that starts together).
         #[arg(long, default_value_t = 0)]
         min_peers: usize,
+    },
+    /// Publish a run: write the manifest of a config and its data (the run folder) that
+    /// `gradswarm-bootstrap --run DIR` serves to volunteers, who then join with its address alone.
+    Publish {
+        /// TOML config defining the run (its `data.path` is the data set).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The run folder to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print this peer's id (creating its identity key if there is none), for a private run's
     /// `swarm.allow` list.
@@ -199,6 +210,7 @@ fn main() -> ExitCode {
             rounds,
         }),
         Command::Id { config, out } => join::print_id(config.as_deref(), out),
+        Command::Publish { config, out } => run::publish(config.as_deref(), &out),
         Command::Eval {
             checkpoint,
             text,

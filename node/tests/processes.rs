@@ -345,3 +345,116 @@ fn join_refuses_a_checkpoint_of_another_run() {
     );
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
 }
+
+/// Issue 27: an organiser publishes a run (`gradswarm publish`, `gradswarm-bootstrap --run`);
+/// two volunteers, each in an empty directory, join with the bootstrap's address alone, fetch
+/// the run's settings and data, and train together. A volunteer whose config says another swarm
+/// setting is refused with a message naming it.
+#[test]
+fn volunteers_join_a_published_run_with_its_address_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = join_config(dir.path());
+    let folder = dir.path().join("published");
+    let published = run(&[
+        "publish",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--out",
+        folder.to_str().expect("utf8"),
+    ]);
+    let stdout = String::from_utf8_lossy(&published.stdout);
+    assert!(
+        published.status.success(),
+        "publish: {}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let run_id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .expect("publish prints the run id")
+        .to_string();
+    assert!(run_id.starts_with("process-test-"), "{run_id}");
+    let mut boot = Watched::spawn(Command::new(bootstrap_bin()).args([
+        "--run",
+        folder.to_str().expect("utf8"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--key",
+        dir.path().join("bootstrap.key").to_str().expect("utf8"),
+    ]));
+    let addr = boot.wait_for(
+        "the bootstrap's TCP address",
+        |l| l.starts_with("listening on /ip4/127.0.0.1/tcp/") && l.contains("/p2p/"),
+        Duration::from_secs(60),
+    );
+    let addr = addr.trim_start_matches("listening on ").to_string();
+
+    // Another swarm setting in a volunteer's config: refused, naming it, before any training.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, "[swarm]\ntau_max = 9\n").expect("write");
+    let refused = run(&[
+        "join",
+        &addr,
+        "--config",
+        other.to_str().expect("utf8"),
+        "--out",
+        dir.path().join("refused").to_str().expect("utf8"),
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "joined anyway: {stderr}");
+    assert!(stderr.contains("swarm.tau_max"), "unclear: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+
+    let homes = [dir.path().join("home-a"), dir.path().join("home-b")];
+    let volunteers: Vec<Watched> = homes
+        .iter()
+        .map(|home| {
+            std::fs::create_dir_all(home).expect("mkdir");
+            Watched::spawn(Command::new(BIN).current_dir(home).args([
+                "join",
+                &addr,
+                "--device",
+                "cpu",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--rounds",
+                "20",
+                "--min-peers",
+                "1",
+            ]))
+        })
+        .collect();
+    let mut summaries = Vec::new();
+    for v in volunteers {
+        let (status, lines) = v.finish(Duration::from_secs(300));
+        assert!(
+            status.success(),
+            "a volunteer failed:\n{}",
+            lines.join("\n")
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("run {run_id} from"))),
+            "the volunteer did not take the published run:\n{}",
+            lines.join("\n")
+        );
+        summaries.push(summary(&lines));
+    }
+    let corpus = std::fs::read(common::corpus()).expect("corpus");
+    for (home, s) in homes.iter().zip(&summaries) {
+        assert_eq!(s["rounds"], 20, "{s}");
+        let data = std::fs::read(home.join("runs/default/run.data")).expect("fetched data");
+        assert!(data == corpus, "the fetched data is not the run's");
+    }
+    for (i, s) in summaries.iter().enumerate() {
+        let other = summaries[1 - i]["peer_id"].as_str().expect("an id");
+        let counted = s["counted_from"][other].as_u64().unwrap_or(0);
+        assert!(
+            counted >= 15,
+            "volunteer {i} counted {counted} of the other's: {s}"
+        );
+    }
+}

@@ -71,7 +71,12 @@ impl Driver {
     ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Self), NetError> {
         let updates = IdentTopic::new(updates_topic(&config.run_id));
         let heartbeats = IdentTopic::new(heartbeat_topic(&config.run_id));
-        for topic in [&updates, &heartbeats] {
+        let topics = if config.role == Role::Client {
+            Vec::new()
+        } else {
+            vec![&updates, &heartbeats]
+        };
+        for topic in topics {
             swarm
                 .behaviour_mut()
                 .gossipsub
@@ -152,8 +157,8 @@ impl Driver {
 
     /// Hands an event to the runtime without ever waiting on it (a full queue drops it).
     fn emit(&mut self, event: NetEvent) {
-        // Bootstrap nodes have no runtime to feed, only a console to print addresses on.
-        if self.config.role == Role::Bootstrap && !matches!(event, NetEvent::Listening(_)) {
+        // Bootstrap nodes and clients have no runtime to feed, only a console to print addresses on.
+        if self.config.role != Role::Peer && !matches!(event, NetEvent::Listening(_)) {
             return;
         }
         if let Err(e) = self.events.try_send(event)
