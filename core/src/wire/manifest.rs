@@ -100,10 +100,11 @@ impl Manifest {
         if self.settings.len() > MAX_SETTINGS_BYTES {
             return Err(ManifestError::SettingsTooLong(self.settings.len()));
         }
-        let expected = (self.data_bytes as usize).div_ceil(PIECE_BYTES);
+        // In u64: a 32-bit (wasm) usize cannot hold the largest data set's size.
+        let expected = self.data_bytes.div_ceil(PIECE_BYTES as u64);
         if self.data_bytes == 0
-            || self.data_bytes > (MAX_PIECES * PIECE_BYTES) as u64
-            || self.pieces.len() != expected
+            || self.data_bytes > MAX_PIECES as u64 * PIECE_BYTES as u64
+            || self.pieces.len() as u64 != expected
         {
             return Err(ManifestError::BadDataSize(self.data_bytes));
         }
@@ -146,8 +147,8 @@ impl Manifest {
                 pieces: self.pieces.len(),
             });
         }
-        let start = i * PIECE_BYTES;
-        Ok((self.data_bytes as usize - start).min(PIECE_BYTES))
+        let start = i as u64 * PIECE_BYTES as u64;
+        Ok((self.data_bytes - start).min(PIECE_BYTES as u64) as usize)
     }
 
     /// Checks that `bytes` are piece `index` of this run's data.
