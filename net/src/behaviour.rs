@@ -63,7 +63,9 @@ impl Behaviour {
         let id = key.public().to_peer_id();
         let identify = identify::Behaviour::new(
             identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
-                .with_interval(Duration::from_secs(60)),
+                .with_interval(Duration::from_secs(60))
+                // A relayed (`/p2p-circuit`) address reaches the others as soon as it is reserved.
+                .with_push_listen_addr_updates(true),
         );
         let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
         kad_config.set_query_timeout(Duration::from_secs(30));
@@ -118,12 +120,29 @@ impl Behaviour {
             )],
             request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
         );
-        let relay_server = (config.role == Role::Bootstrap)
-            .then(|| relay::Behaviour::new(id, relay::Config::default()));
+        // A relayed connection carries a run's traffic until hole punching replaces it (or for
+        // good where the NATs do not allow that): libp2p's default limits (128 KiB, 2 minutes a
+        // circuit) cut it within a second of gossip, and hole punching with it.
+        let relay_server = (config.role == Role::Bootstrap).then(|| {
+            relay::Behaviour::new(
+                id,
+                relay::Config {
+                    max_circuit_bytes: RELAY_CIRCUIT_BYTES,
+                    max_circuit_duration: RELAY_CIRCUIT_DURATION,
+                    ..Default::default()
+                },
+            )
+        });
         let autonat = autonat::Behaviour::new(
             id,
             autonat::Config {
-                only_global_ips: config.role == Role::Bootstrap,
+                // A peer behind a NAT learns it within seconds, and reserves a relay slot.
+                boot_delay: Duration::from_secs(3),
+                retry_interval: Duration::from_secs(20),
+                // A bootstrap node on the internet dials back public addresses only; one on a
+                // private network (a LAN, the NAT test's namespaces) serves that network.
+                only_global_ips: config.role == Role::Bootstrap
+                    && config.listen.iter().all(listens_publicly),
                 ..Default::default()
             },
         );
@@ -150,6 +169,20 @@ impl Behaviour {
             autonat,
             mdns: mdns(config, id)?.into(),
         })
+    }
+}
+
+/// Whether a listen address is on the internet: a global IP, or every interface (`0.0.0.0`).
+fn listens_publicly(addr: &libp2p::Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => {
+            ip.is_unspecified() || !(ip.is_private() || ip.is_loopback() || ip.is_link_local())
+        }
+        Some(Protocol::Ip6(ip)) => {
+            ip.is_unspecified() || !(ip.is_loopback() || ip.is_unique_local())
+        }
+        _ => true,
     }
 }
 
@@ -183,6 +216,11 @@ fn connection_limits(role: Role) -> connection_limits::ConnectionLimits {
         .with_max_established(Some(total))
         .with_max_established_per_peer(Some(4))
 }
+
+/// Bytes one relayed connection may carry before the relay closes it (peers reconnect through it).
+const RELAY_CIRCUIT_BYTES: u64 = 64 << 20;
+/// How long one relayed connection may last before the relay closes it.
+const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(30 * 60);
 
 /// Connections a peer accepts that have not finished their handshake.
 pub const MAX_PENDING_INCOMING: u32 = 64;

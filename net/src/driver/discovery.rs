@@ -9,6 +9,16 @@ use super::Driver;
 use crate::behaviour::BehaviourEvent;
 use crate::{PROTOCOL_VERSION, Role};
 
+/// Whether `addr` is a loopback address.
+fn is_loopback(addr: &libp2p::Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
 /// How long before a peer that could not be reached directly is looked for again.
 const FIND_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -20,9 +30,16 @@ impl Driver {
                 if info.protocol_version != PROTOCOL_VERSION {
                     return;
                 }
+                // A peer's loopback addresses reach it only from its own machine: when it sees us
+                // elsewhere, dialling them would reach ourselves (or another process here), and
+                // such a dial can win the race against the address that reaches it (measured in
+                // the NAT test: every relayed dial lost to a loopback one that hit the dialler).
+                let same_host = is_loopback(&info.observed_addr);
                 let kad = &mut self.swarm.behaviour_mut().kad;
                 for addr in info.listen_addrs {
-                    kad.add_address(&peer_id, addr);
+                    if same_host || !is_loopback(&addr) {
+                        kad.add_address(&peer_id, addr);
+                    }
                 }
             }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => self.connect(peer),

@@ -4,6 +4,7 @@
 //! updates) and [`state`] (the state protocol).
 
 mod discovery;
+mod nat;
 mod pull;
 mod rate;
 mod state;
@@ -53,6 +54,8 @@ pub struct Driver {
     store: UpdateStore,
     pulls: HashMap<OutboundRequestId, Pull>,
     finding: HashMap<PeerId, web_time::Instant>,
+    /// Whether this peer listens through the bootstrap nodes' relays (autonat found it private).
+    relayed: bool,
     /// Per-signer rate limits, one per topic (updates, heartbeats).
     rates: [rate::RateLimit; 2],
     /// Bytes of state served to each requester.
@@ -111,6 +114,7 @@ impl Driver {
             store: UpdateStore::new(store_bytes, STORE_ENTRIES),
             pulls: HashMap::new(),
             finding: HashMap::new(),
+            relayed: false,
             rates: [rate::RateLimit::messages(), rate::RateLimit::messages()],
             served: rate::RateLimit::served_state(config.max_message_bytes),
             served_data: rate::RateLimit::served_data(0),
@@ -258,6 +262,9 @@ impl Driver {
             BehaviourEvent::Gossipsub(event) => self.on_gossip(event),
             BehaviourEvent::State(event) => self.on_state(event),
             BehaviourEvent::Pull(event) => self.on_pull(event),
+            BehaviourEvent::Autonat(event) => self.on_autonat(event),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client(event),
+            BehaviourEvent::Dcutr(event) => self.on_dcutr(event),
             event => self.on_discovery(event),
         }
     }
