@@ -111,14 +111,14 @@ async fn main() -> Result<()> {
         "gradswarm-bootstrap {} for run {run_id}",
         handle.local_peer_id(),
     );
-    if let Some(files) = files {
+    if let Some(files) = &files {
         let m = files.manifest();
         println!(
             "publishing run {run_id}: {} bytes of data in {} pieces",
             m.data_bytes,
             m.pieces.len()
         );
-        handle.serve_run(files)?;
+        handle.serve_run(files.clone())?;
     }
     let net = tokio::spawn(driver.run());
     let ws_addrs = Arc::new(Mutex::new(Vec::new()));
@@ -134,6 +134,7 @@ async fn main() -> Result<()> {
             ws_addrs: ws_addrs.clone(),
             root: args.web_root.clone(),
             corpus,
+            settings: files.as_ref().map(|f| f.manifest().settings.clone()),
         };
         // The page is for volunteers on this machine's browser: loopback only.
         let bound = web::serve(([127, 0, 0, 1], port).into(), state).await?;

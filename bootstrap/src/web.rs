@@ -1,7 +1,8 @@
 //! `--web`: serves the browser peer's page over HTTP, with this node's WebSocket address filled
 //! in, so that a volunteer only opens a URL.
 //!
-//! Routes: `/bootstrap.json` (the run id and this node's `/ws` multiaddrs, which the page dials),
+//! Routes: `/bootstrap.json` (the run id, this node's `/ws` multiaddrs, which the page dials, and
+//! a published run's settings),
 //! `/corpus.txt` (the training text), and every other path a file under the page's folder
 //! (`web/www/`, where `scripts/build-web` puts the wasm package too).
 
@@ -27,6 +28,8 @@ pub struct WebState {
     pub root: PathBuf,
     /// The training text.
     pub corpus: PathBuf,
+    /// A published run's settings (its manifest's TOML), which the page's peer trains with.
+    pub settings: Option<String>,
 }
 
 /// Serves the page on `addr` until the process ends; returns the bound address.
@@ -54,7 +57,12 @@ async fn bootstrap_json(State(state): State<WebState>) -> Response {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let body = serde_json::json!({ "run_id": state.run_id, "bootstrap": addrs }).to_string();
+    let body = serde_json::json!({
+        "run_id": state.run_id,
+        "bootstrap": addrs,
+        "settings": state.settings,
+    })
+    .to_string();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 

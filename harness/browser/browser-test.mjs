@@ -2,7 +2,7 @@
 // native peer, and Debian's Chromium as the browser peer. The browser joins, trains ≥ 10 rounds,
 // its loss falls, and the native peer's summary counts the browser's updates. Every wait is on an
 // event (a line printed, a DOM attribute) with a deadline.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -16,6 +16,9 @@ const ROUNDS = Number(process.env.GS_ROUNDS ?? 12);
 // Where the browser peer trains: auto (WebGPU on a hardware adapter, else the CPU backend), gpu
 // (WebGPU on any adapter: here Chromium's SwiftShader) or cpu.
 const DEVICE = process.env.GS_DEVICE ?? "auto";
+// The run's swarm.mode: gradient (peer.toml's) or local_steps (H = 2), which the page's peer
+// learns from the published settings like every other setting.
+const MODE = process.env.GS_MODE ?? "gradient";
 const DEADLINE_MS = 8 * 60 * 1000;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gs-browser-"));
 fs.mkdirSync(artifacts, { recursive: true });
@@ -51,25 +54,28 @@ function start(name, cmd, args) {
   return { child, waitFor, exited };
 }
 
-const tiny = {
-  model: { layers: 1, d_model: 32, heads: 2, context: 32, mlp_ratio: 2 },
-  train: { steps: 100000, batch_size: 8, micro_batch_size: 8, lr: 0.01, min_lr: 0.001, warmup_steps: 3 },
-  // peer.toml's swarm.top_k_per_million: peers accept updates in the run's codec only.
-  top_k_per_million: 100000,
-};
-
 try {
+  // The run is published (peer.toml's settings and data): the page's peer takes the model,
+  // trainer and codec from it, as the native peer does.
+  let config = path.join(root, "harness/browser/peer.toml");
+  if (MODE !== "gradient") {
+    // peer.toml ends in its [swarm] table.
+    const text = fs.readFileSync(config, "utf8") + `mode = "${MODE}"\nlocal_steps = 2\n`;
+    config = path.join(tmp, "peer.toml");
+    fs.writeFileSync(config, text);
+  }
+  execFileSync(path.join(bin, "gradswarm"), ["publish", "--config", config, "--out", path.join(tmp, "run")], { cwd: root });
   const boot = start("bootstrap", path.join(bin, "gradswarm-bootstrap"), [
-    "--run-id", "browser-e2e", "--host", "127.0.0.1", "--port", "0",
+    "--run", path.join(tmp, "run"), "--host", "127.0.0.1", "--port", "0",
     "--key", path.join(tmp, "bootstrap.key"), "--web", "0",
-    "--web-root", path.join(root, "web/www"), "--corpus", path.join(root, "data/shakespeare.txt"),
+    "--web-root", path.join(root, "web/www"),
   ]);
   const page = (await boot.waitFor(/^page: http:/)).slice("page: ".length);
   const tcp = (await boot.waitFor(/^listening on \/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\//)).slice("listening on ".length);
   await boot.waitFor(/^listening on .*\/ws\/p2p\//);
 
   const native = start("native-peer", path.join(bin, "gradswarm"), [
-    "join", tcp, "--config", path.join(root, "harness/browser/peer.toml"),
+    "join", tcp, "--config", config,
     "--out", path.join(tmp, "native"), "--min-peers", "1", "--rounds", String(ROUNDS),
   ]);
 
@@ -90,7 +96,7 @@ try {
     consoleLog.write(`worker started: ${w.url()}\n`);
     w.on("console", (m) => consoleLog.write(`worker ${m.type()}: ${m.text()}\n`));
   });
-  const options = encodeURIComponent(JSON.stringify({ rounds: ROUNDS + 30, min_peers: 1, device: DEVICE, ...tiny }));
+  const options = encodeURIComponent(JSON.stringify({ rounds: ROUNDS + 30, min_peers: 1, device: DEVICE }));
   await tab.goto(`${page}?options=${options}`);
   await tab.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout: 120_000 });
   const ready = await tab.evaluate(() => document.body.dataset.state);
@@ -124,7 +130,8 @@ try {
   if (!(last < first - 0.3)) fail(`the browser's loss did not fall: ${first.toFixed(3)} → ${last.toFixed(3)}`);
   const compute = seen.reports.reduce((a, r) => a + r.compute_s, 0);
   const samples = Math.max(...seen.reports.map((r) => r.samples));
-  const browserTokS = (samples * tiny.model.context) / Math.max(1e-9, compute);
+  const CONTEXT = 32; // peer.toml's model.context
+  const browserTokS = (samples * CONTEXT) / Math.max(1e-9, compute);
 
   const { code, lines } = await Promise.race([
     native.exited,
@@ -137,10 +144,11 @@ try {
   // config (peer.toml: swarm.min_wait) makes its rounds wait for the tab's update, so the tab's
   // updates count in both runs instead of arriving too stale.
   if (counted < 5) fail(`the native peer counted ${counted} updates of the browser peer ${seen.peer}`);
-  const nativeTokS = (summary.samples * tiny.model.context) / Math.max(1e-9, summary.compute_s);
+  const nativeTokS = (summary.samples * CONTEXT) / Math.max(1e-9, summary.compute_s);
   await context.close();
   const result = {
     device: DEVICE,
+    mode: MODE,
     webgpu: seen.webgpu,
     adapter: seen.adapter,
     browser_rounds: seen.rounds,

@@ -8,12 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use gradswarm_core::{CodecDescriptor, StalenessPolicy};
 use gradswarm_model::{BackendKind, Checkpoint, Corpus, Trainer, checkpoint};
 use gradswarm_net::{Multiaddr, NetConfig, native};
-use gradswarm_peer::{
-    MOMENTUM_KEY, Peer, PeerConfig, PeerSummary, RESIDUAL_KEY, RoundReport, stop_pair,
-};
+use gradswarm_peer::{MOMENTUM_KEY, Peer, PeerSummary, RESIDUAL_KEY, RoundReport, stop_pair};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::NodeConfig;
@@ -34,45 +31,6 @@ pub struct JoinArgs {
     pub rounds: Option<u64>,
     /// Other peers to wait for before the first round.
     pub min_peers: usize,
-}
-
-/// The peer configuration a node config asks for.
-pub fn peer_config(cfg: &NodeConfig) -> PeerConfig {
-    let mut p = PeerConfig::new(&cfg.run.id, cfg.swarm.mode);
-    p.local_steps = cfg.swarm.local_steps;
-    p.codec = CodecDescriptor::top_k_int8_zstd(cfg.swarm.top_k_per_million);
-    p.staleness = StalenessPolicy {
-        alpha: cfg.swarm.alpha,
-        tau_max: cfg.swarm.tau_max,
-    };
-    p.aggregation = cfg.swarm.aggregation;
-    p.averaging = cfg.swarm.averaging;
-    p.rounds = (cfg.swarm.rounds > 0).then_some(cfg.swarm.rounds);
-    p.eval_every = cfg.swarm.eval_every;
-    if let Some(outer) = cfg.swarm.outer {
-        p.outer = outer;
-    }
-    if let Some(decay) = cfg.swarm.feedback_decay {
-        p.feedback_decay = decay;
-    }
-    if let Some(lookahead) = cfg.swarm.feedback_lookahead {
-        p.feedback_lookahead = lookahead;
-    }
-    if let Some(global) = cfg.swarm.global_second_moment {
-        p.global_second_moment = global;
-    }
-    if let Some(lo) = cfg.swarm.min_wait {
-        p.min_wait = Duration::from_secs_f64(lo);
-    }
-    if let Some(hi) = cfg.swarm.max_wait {
-        p.max_wait = Duration::from_secs_f64(hi);
-    }
-    // One bound given alone still bounds the other: a min_wait above the default max_wait raises it.
-    p.max_wait = p.max_wait.max(p.min_wait);
-    if let Some(tolerance) = cfg.swarm.drift_tolerance {
-        p.drift_tolerance = tolerance.is_finite().then_some(tolerance);
-    }
-    p
 }
 
 fn status_line(r: &RoundReport) -> String {
@@ -96,7 +54,7 @@ fn status_line(r: &RoundReport) -> String {
 
 /// Runs `gradswarm id`: the peer id `join` with the same config and `--out` will have.
 pub fn print_id(config: Option<&std::path::Path>, out: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg = NodeConfig::load(config)?;
+    let cfg = crate::config::load(config)?;
     let out = out.unwrap_or(cfg.run.out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let key = native::load_or_create_identity(&out.join("identity.key"))?;
@@ -113,7 +71,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut cfg = NodeConfig::load(args.config.as_deref())?;
+    let mut cfg = crate::config::load(args.config.as_deref())?;
     cfg.swarm.bootstrap.extend(args.addrs);
     if let Some(o) = args.out {
         cfg.run.out = o;
@@ -175,7 +133,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
         )
     };
     let resumed_names: Vec<&str> = resumed_state.iter().map(|(k, _)| *k).collect();
-    let peer_cfg = peer_config(&cfg);
+    let peer_cfg = cfg.peer_config();
     let wgpu = match (selected.kind, &selected.wgpu) {
         (BackendKind::Wgpu, Some(setup)) => Some((setup.device.clone(), setup.queue.clone())),
         _ => None,

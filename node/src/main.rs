@@ -19,8 +19,6 @@ use gradswarm_model::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::NodeConfig;
-
 /// Train one neural network together, from desktops and browser tabs.
 #[derive(Parser, Debug)]
 #[command(name = "gradswarm", version, about)]
@@ -263,7 +261,7 @@ fn train(
     resume: bool,
     device: Option<DeviceChoice>,
 ) -> anyhow::Result<()> {
-    let mut cfg = NodeConfig::load(config)?;
+    let mut cfg = crate::config::load(config)?;
     if let Some(s) = steps {
         cfg.train.steps = s;
     }
@@ -423,7 +421,7 @@ fn sample(
 }
 
 fn bench(config: Option<&Path>, steps: u64, only: DeviceChoice) -> anyhow::Result<()> {
-    let cfg = NodeConfig::load(config)?;
+    let cfg = crate::config::load(config)?;
     let corpus = Corpus::load(&cfg.data, cfg.model.context)?;
     let me = ShardKey::of(b"bench");
     let sampler = corpus.sampler(me, &[me], 0, cfg.train.seed);

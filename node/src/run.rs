@@ -70,7 +70,7 @@ pub fn files_of(cfg: &NodeConfig) -> anyhow::Result<RunFiles> {
 /// Runs `gradswarm publish`: writes the run folder `out` of the config at `config` (the default
 /// job's with none) and says how to serve it.
 pub fn publish(config: Option<&Path>, out: &Path) -> anyhow::Result<()> {
-    let cfg = NodeConfig::load(config)?;
+    let cfg = crate::config::load(config)?;
     let files = files_of(&cfg)?;
     gradswarm_net::native::save_run(out, &files)?;
     let m = files.manifest();

@@ -11,6 +11,7 @@ mod edge;
 mod error;
 mod report;
 mod runtime;
+pub mod settings;
 mod state;
 
 pub use config::{DEFAULT_LOCAL_STEPS, Mode, PeerConfig};
@@ -18,3 +19,4 @@ pub use edge::{Edge, Honest};
 pub use error::PeerError;
 pub use report::{MAX_REPORTS, PeerSummary, RoundReport};
 pub use runtime::{MOMENTUM_KEY, Observer, Peer, RESIDUAL_KEY, StopHandle, stop_pair};
+pub use settings::{NodeConfig, SettingsError};

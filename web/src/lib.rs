@@ -17,7 +17,7 @@ use gradswarm_model::{
     BackendKind, Corpus, DataConfig, DeviceChoice, ModelConfig, TrainConfig, Trainer, device,
 };
 use gradswarm_net::{Keypair, Multiaddr, NetConfig};
-use gradswarm_peer::{Mode, Peer, PeerConfig, RoundReport, StopHandle, stop_pair};
+use gradswarm_peer::{Mode, NodeConfig, Peer, PeerConfig, RoundReport, StopHandle, stop_pair};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
@@ -36,7 +36,7 @@ pub fn start() {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinOptions {
-    /// The run to join: it must match the native peers' `swarm.run_id`.
+    /// The run to join: it must match the native peers' run id.
     pub run_id: String,
     /// Multiaddrs of nodes to dial (a bootstrap node's `/ws` address, with `/p2p/<id>`).
     pub bootstrap: Vec<String>,
@@ -60,6 +60,43 @@ pub struct JoinOptions {
     /// (WebGPU on any adapter, software ones included) or `cpu`.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// A published run's settings (its manifest's TOML, which the page server hands out): the
+    /// model, trainer, mode and codec come from them, as a desktop node's do, instead of
+    /// `model`, `train` and `top_k_per_million`.
+    #[serde(default)]
+    pub settings: Option<String>,
+}
+
+impl JoinOptions {
+    /// The model, trainer, data split and peer settings these options ask for.
+    fn resolve(&self) -> Result<(ModelConfig, TrainConfig, DataConfig, PeerConfig), JsError> {
+        if let Some(text) = &self.settings {
+            if self.model.is_some() || self.train.is_some() || self.top_k_per_million.is_some() {
+                return Err(JsError::new(
+                    "join options: a published run's settings say the model, trainer and \
+                     codec; give them or settings, not both",
+                ));
+            }
+            let run = NodeConfig::from_toml(text).map_err(|e| js_error("run settings", e))?;
+            let mut config = run.peer_config();
+            config.run_id = self.run_id.clone();
+            return Ok((run.model, run.train, run.data, config));
+        }
+        let mut config = PeerConfig::new(&self.run_id, Mode::Gradient);
+        if let Some(per_million) = self.top_k_per_million {
+            config.codec = CodecDescriptor::top_k_int8_zstd(per_million);
+            config
+                .codec
+                .validate()
+                .map_err(|e| js_error("top_k_per_million", e))?;
+        }
+        Ok((
+            self.model.clone().unwrap_or_default(),
+            self.train.clone().unwrap_or_default(),
+            DataConfig::default(),
+            config,
+        ))
+    }
 }
 
 /// What the page is told after each round: a [`RoundReport`] in JavaScript's terms (numbers
@@ -168,10 +205,9 @@ pub async fn join(
 ) -> Result<BrowserPeer, JsError> {
     let options: JoinOptions =
         serde_wasm_bindgen::from_value(options).map_err(|e| js_error("join options", e))?;
-    let model = options.model.unwrap_or_default();
-    let train = options.train.unwrap_or_default();
-    let corpus = Corpus::from_bytes(corpus, &DataConfig::default(), model.context)
-        .map_err(|e| js_error("corpus", e))?;
+    let (model, train, data, mut config) = options.resolve()?;
+    let corpus =
+        Corpus::from_bytes(corpus, &data, model.context).map_err(|e| js_error("corpus", e))?;
     let bootstrap = options
         .bootstrap
         .iter()
@@ -186,15 +222,7 @@ pub async fn join(
     }
     let trainer =
         Trainer::new(&model, &train, &selected.device).map_err(|e| js_error("model", e))?;
-    let mut config = PeerConfig::new(&options.run_id, Mode::Gradient);
     config.rounds = options.rounds;
-    if let Some(per_million) = options.top_k_per_million {
-        config.codec = CodecDescriptor::top_k_int8_zstd(per_million);
-        config
-            .codec
-            .validate()
-            .map_err(|e| js_error("top_k_per_million", e))?;
-    }
     let n = trainer.num_params();
     let limits = config.wire_limits(n, train.batch_size);
     let mut net_config = NetConfig::peer(&config.run_id, model.hash(), limits);

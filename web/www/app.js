@@ -107,9 +107,11 @@ async function main() {
       fetch("corpus.txt").then((r) => (r.ok ? r.arrayBuffer() : Promise.reject(new Error(`corpus.txt: HTTP ${r.status}`)))),
     ]);
     // ?options={...} adds join options (rounds, model, train, device: auto|gpu|cpu), e.g. for a
-    // test's tiny model.
+    // test's tiny model. A published run's settings (model, trainer, mode, codec) come with
+    // bootstrap.json, as a desktop node's come with the manifest.
     const extra = new URLSearchParams(location.search).get("options");
-    const options = { run_id: boot.run_id, bootstrap: boot.bootstrap, ...(extra ? JSON.parse(extra) : {}) };
+    const published = boot.settings ? { settings: boot.settings } : {};
+    const options = { run_id: boot.run_id, bootstrap: boot.bootstrap, ...published, ...(extra ? JSON.parse(extra) : {}) };
     if (!options.bootstrap.length) throw new Error("the serving node has no WebSocket address yet; reload in a moment");
     $("run").textContent = options.run_id;
     $("adapter").textContent = await offeredText();
