@@ -19,6 +19,8 @@ const DEVICE = process.env.GS_DEVICE ?? "auto";
 // The run's swarm.mode: gradient (peer.toml's) or local_steps (H = 2), which the page's peer
 // learns from the published settings like every other setting.
 const MODE = process.env.GS_MODE ?? "gradient";
+// GS_RELOAD=1: after its rounds the tab is reloaded and joins again, and must keep its peer id.
+const RELOAD = process.env.GS_RELOAD === "1";
 const DEADLINE_MS = 8 * 60 * 1000;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gs-browser-"));
 fs.mkdirSync(artifacts, { recursive: true });
@@ -76,7 +78,9 @@ try {
 
   const native = start("native-peer", path.join(bin, "gradswarm"), [
     "join", tcp, "--config", config,
-    "--out", path.join(tmp, "native"), "--min-peers", "1", "--rounds", String(ROUNDS),
+    "--out", path.join(tmp, "native"), "--min-peers", "1",
+    // With a reload, the native peer trains on until the reloaded tab has rejoined (then SIGINT).
+    "--rounds", String(RELOAD ? 100000 : ROUNDS),
   ]);
 
   const context = await chromium.launchPersistentContext(path.join(tmp, "profile"), {
@@ -96,7 +100,10 @@ try {
     consoleLog.write(`worker started: ${w.url()}\n`);
     w.on("console", (m) => consoleLog.write(`worker ${m.type()}: ${m.text()}\n`));
   });
-  const options = encodeURIComponent(JSON.stringify({ rounds: ROUNDS + 30, min_peers: 1, device: DEVICE }));
+  // `rounds` is the round to stop at: a reloaded tab syncs to the native peer's round, which went
+  // on without it, so with a reload the tab runs until it is closed.
+  const stopAt = RELOAD ? 1_000_000 : ROUNDS + 30;
+  const options = encodeURIComponent(JSON.stringify({ rounds: stopAt, min_peers: 1, device: DEVICE }));
   await tab.goto(`${page}?options=${options}`);
   await tab.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout: 120_000 });
   const ready = await tab.evaluate(() => document.body.dataset.state);
@@ -133,6 +140,26 @@ try {
   const CONTEXT = 32; // peer.toml's model.context
   const browserTokS = (samples * CONTEXT) / Math.max(1e-9, compute);
 
+  let reloaded = null;
+  if (RELOAD) {
+    // The page keeps its peer's key: a reload and a new Join bring back the same peer id, which
+    // syncs the run's state from the native peer and trains on.
+    await tab.reload();
+    await tab.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout: 120_000 });
+    await tab.click("#join");
+    await tab.waitForFunction(() => Number(document.body.dataset.rounds ?? 0) >= 2 || ["error", "done"].includes(document.body.dataset.state), null, { timeout: DEADLINE_MS });
+    reloaded = await tab.evaluate(() => ({
+      peer: document.getElementById("peer").textContent,
+      rounds: Number(document.body.dataset.rounds ?? 0),
+      state: document.body.dataset.state,
+      error: document.getElementById("error").textContent,
+    }));
+    if (reloaded.state === "error") fail(`after the reload the page shows an error: ${reloaded.error}`);
+    if (reloaded.peer !== seen.peer) fail(`a reload changed the peer id: ${seen.peer} → ${reloaded.peer}`);
+    if (reloaded.rounds < 2) fail(`after the reload the tab trained ${reloaded.rounds} rounds (${reloaded.state})`);
+    native.child.kill("SIGINT");
+  }
+
   const { code, lines } = await Promise.race([
     native.exited,
     new Promise((_, reject) => setTimeout(() => reject(new Error("the native peer did not finish")), DEADLINE_MS)),
@@ -159,6 +186,7 @@ try {
     browser_tokens_per_s: browserTokS,
     browser_compute_s_per_round: compute / Math.max(1, own.length),
     native_tokens_per_s: nativeTokS,
+    reload: reloaded && { same_peer_id: reloaded.peer === seen.peer, rounds_after: reloaded.rounds },
     screenshot: path.join(artifacts, "page.png"),
   };
   fs.writeFileSync(path.join(artifacts, "result.json"), JSON.stringify(result, null, 2));

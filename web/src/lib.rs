@@ -65,6 +65,10 @@ pub struct JoinOptions {
     /// `model`, `train` and `top_k_per_million`.
     #[serde(default)]
     pub settings: Option<String>,
+    /// This tab's key (its protobuf encoding, as [`BrowserPeer::identity`] gave it on an earlier
+    /// visit), so that a reload rejoins with the same peer id (absent: a new identity).
+    #[serde(default)]
+    pub identity: Option<Vec<u8>>,
 }
 
 impl JoinOptions {
@@ -151,6 +155,7 @@ impl From<&RoundReport> for PageReport {
 pub struct BrowserPeer {
     stop: StopHandle,
     peer_id: String,
+    identity: Vec<u8>,
     adapter: String,
     webgpu: bool,
     fallback: Option<String>,
@@ -158,6 +163,13 @@ pub struct BrowserPeer {
 
 #[wasm_bindgen]
 impl BrowserPeer {
+    /// This peer's key (protobuf encoding), for the page to keep and pass back as
+    /// [`JoinOptions::identity`] on its next visit.
+    #[wasm_bindgen(getter)]
+    pub fn identity(&self) -> Vec<u8> {
+        self.identity.clone()
+    }
+
     /// This peer's libp2p id (base58).
     #[wasm_bindgen(getter)]
     pub fn peer_id(&self) -> String {
@@ -227,7 +239,15 @@ pub async fn join(
     let limits = config.wire_limits(n, train.batch_size);
     let mut net_config = NetConfig::peer(&config.run_id, model.hash(), limits);
     net_config.bootstrap = bootstrap;
-    let key = Keypair::generate_ed25519();
+    let key = match &options.identity {
+        Some(bytes) => {
+            Keypair::from_protobuf_encoding(bytes).map_err(|e| js_error("identity", e))?
+        }
+        None => Keypair::generate_ed25519(),
+    };
+    let identity = key
+        .to_protobuf_encoding()
+        .map_err(|e| js_error("identity", e))?;
     let (net, events, driver) =
         gradswarm_net::web::build(net_config, key).map_err(|e| js_error("network", e))?;
     let peer_id = net.local_peer_id().to_base58();
@@ -278,6 +298,7 @@ pub async fn join(
     Ok(BrowserPeer {
         stop,
         peer_id,
+        identity,
         adapter: selected.summary,
         webgpu: selected.kind == BackendKind::Wgpu,
         fallback: selected.fallback_reason,

@@ -100,6 +100,10 @@ function usedText(p) {
   return `CPU (burn flex in wasm) — ${p.fallback ?? "asked for the CPU backend"}`;
 }
 
+// Where the page keeps its peer's key (this origin's localStorage), so that a reload rejoins as
+// the same peer.
+const IDENTITY_KEY = "gradswarm.identity";
+
 async function main() {
   try {
     const [boot, corpus] = await Promise.all([
@@ -131,6 +135,8 @@ async function main() {
           $("join").disabled = false;
           fail(data.message);
         } else if (data.type === "joined") {
+          // The tab's identity outlives a reload: the next Join has the same peer id.
+          localStorage.setItem(IDENTITY_KEY, JSON.stringify(data.identity));
           $("peer").textContent = data.peer_id;
           $("adapter").textContent = usedText(data);
           document.body.dataset.adapter = $("adapter").textContent;
@@ -141,7 +147,9 @@ async function main() {
         }
       };
       // The corpus is copied to the worker; the page keeps its own for a later Join.
-      worker.postMessage({ type: "join", options, corpus: corpus.slice(0) });
+      const saved = localStorage.getItem(IDENTITY_KEY);
+      const identity = saved ? { identity: JSON.parse(saved) } : {};
+      worker.postMessage({ type: "join", options: { ...options, ...identity }, corpus: corpus.slice(0) });
     };
     $("leave").onclick = () => worker?.postMessage({ type: "leave" });
   } catch (e) {

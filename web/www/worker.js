@@ -34,6 +34,7 @@ self.onmessage = async (event) => {
     self.postMessage({
       type: "joined",
       peer_id: peer.peer_id,
+      identity: Array.from(peer.identity),
       adapter: peer.adapter,
       webgpu: peer.webgpu,
       fallback: peer.fallback ?? null,
