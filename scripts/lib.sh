@@ -22,9 +22,9 @@ gs_apt_ensure() {
 
 # Debian packages gradswarm needs: a C toolchain for zstd, Mesa's lavapipe (a real Vulkan adapter
 # on the CPU, for the wgpu tests), fonts-dejavu-core (labels of the harness's plots), python3-venv (the checkpoint test loads files with Python's
-# safetensors), nftables (the NAT test's home routers), and the wasm32 toolchain of
+# safetensors), nftables (the NAT test's home routers), openssl (the browser test's certificate), and the wasm32 toolchain of
 # docs/building.md (Debian's rustc-web with its std source, clang and wasm-ld for zstd's C code).
-GS_APT_PACKAGES=(build-essential pkg-config mesa-vulkan-drivers python3-venv fonts-dejavu-core nftables rustc-web cargo-web rust-web-src lld-22 clang-22 llvm-22)
+GS_APT_PACKAGES=(build-essential pkg-config mesa-vulkan-drivers python3-venv fonts-dejavu-core nftables openssl rustc-web cargo-web rust-web-src lld-22 clang-22 llvm-22)
 
 # Runs cargo for wasm32-unknown-unknown with Debian's rustc-web and -Zbuild-std (see WASM.md).
 gs_wasm_cargo() {

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use gradswarm_net::{Multiaddr, NetConfig, native};
 
+mod tls;
 mod web;
 
 /// gradswarm's bootstrap and relay node.
@@ -52,26 +53,45 @@ struct Args {
     /// else is refused, and what they sign is not forwarded. None: an open run.
     #[arg(long, value_name = "PEER_ID")]
     allow: Vec<String>,
+    /// Where the page is served (with `--web`): loopback by default; any address browsers
+    /// elsewhere reach needs `--tls-cert` too, since browsers give WebGPU to secure pages only.
+    #[arg(long, default_value = "127.0.0.1")]
+    web_host: std::net::IpAddr,
+    /// A PEM certificate chain for the page (HTTPS) and for WebSocket over TLS (`/tls/ws` on the
+    /// TCP port after the WebSocket one), which browsers beyond this machine dial as `wss://`.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
-fn listen_addrs(host: std::net::IpAddr, port: u16) -> Result<Vec<Multiaddr>> {
+/// TCP on `port`, QUIC on the same UDP port, WebSocket on the next TCP port and, with `tls`,
+/// WebSocket over TLS on the one after (all any free port with `port` 0).
+fn listen_addrs(host: std::net::IpAddr, port: u16, tls: bool) -> Result<Vec<Multiaddr>> {
     let ip = match host {
         std::net::IpAddr::V4(_) => "ip4",
         std::net::IpAddr::V6(_) => "ip6",
     };
-    let ws = if port == 0 {
-        0
-    } else {
-        port.checked_add(1).context("port too large")?
+    let next = |by: u16| -> Result<u16> {
+        if port == 0 {
+            Ok(0)
+        } else {
+            port.checked_add(by).context("port too large")
+        }
     };
-    [
+    let mut addrs = vec![
         format!("/{ip}/{host}/tcp/{port}"),
         format!("/{ip}/{host}/udp/{port}/quic-v1"),
-        format!("/{ip}/{host}/tcp/{ws}/ws"),
-    ]
-    .iter()
-    .map(|a| a.parse().with_context(|| format!("bad listen address {a}")))
-    .collect()
+        format!("/{ip}/{host}/tcp/{}/ws", next(1)?),
+    ];
+    if tls {
+        addrs.push(format!("/{ip}/{host}/tcp/{}/tls/ws", next(2)?));
+    }
+    addrs
+        .iter()
+        .map(|a| a.parse().with_context(|| format!("bad listen address {a}")))
+        .collect()
 }
 
 #[tokio::main]
@@ -99,8 +119,13 @@ async fn main() -> Result<()> {
         (None, Some(dir)) => dir.join(native::RUN_DATA_FILE),
         (None, None) => "data/shakespeare.txt".into(),
     };
+    let pem = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::Pem::load(cert, key)?),
+        _ => None,
+    };
     let mut config = NetConfig::bootstrap(&run_id, args.max_message_bytes);
-    config.listen = listen_addrs(args.host, args.port)?;
+    config.listen = listen_addrs(args.host, args.port, pem.is_some())?;
+    config.tls = pem.as_ref().map(tls::Pem::for_net);
     if !args.allow.is_empty() {
         config.allow = Some(gradswarm_net::parse_peer_ids(&args.allow)?);
     }
@@ -136,21 +161,33 @@ async fn main() -> Result<()> {
             corpus,
             settings: files.as_ref().map(|f| f.manifest().settings.clone()),
         };
-        // The page is for volunteers on this machine's browser: loopback only.
-        let bound = web::serve(([127, 0, 0, 1], port).into(), state).await?;
-        println!("page: http://{bound}/");
+        let acceptor = pem.as_ref().map(tls::Pem::acceptor).transpose()?;
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let bound = web::serve((args.web_host, port).into(), state, acceptor).await?;
+        println!("page: {scheme}://{bound}/");
     }
     // Bootstrap nodes emit no events but their listen addresses, which are printed as they come.
+    let (page_host, secure) = (args.web_host, pem.is_some());
     let printer = tokio::spawn(async move {
         use futures::StreamExt;
+        use gradswarm_net::Protocol;
         while let Some(event) = events.next().await {
             if let gradswarm_net::NetEvent::Listening(addr) = event {
                 println!("listening on {addr}");
-                // The page is served on loopback, so its browser dials this node on loopback.
+                // The page's browser dials this node where it found the page: secure WebSocket
+                // when the page is secure (a secure page may open no other), else plain.
                 let text = addr.to_string();
-                if text.contains("/ws/")
-                    && (text.starts_with("/ip4/127.") || text.starts_with("/ip6/::1/"))
-                {
+                let on_page_host = addr.iter().next().is_some_and(|p| match p {
+                    Protocol::Ip4(ip) => std::net::IpAddr::V4(ip) == page_host,
+                    Protocol::Ip6(ip) => std::net::IpAddr::V6(ip) == page_host,
+                    _ => false,
+                });
+                let wanted = if secure {
+                    text.contains("/tls/ws/")
+                } else {
+                    text.contains("/ws/") && !text.contains("/tls/")
+                };
+                if wanted && on_page_host {
                     ws_addrs
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

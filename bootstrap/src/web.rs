@@ -1,5 +1,5 @@
-//! `--web`: serves the browser peer's page over HTTP, with this node's WebSocket address filled
-//! in, so that a volunteer only opens a URL.
+//! `--web`: serves the browser peer's page over HTTP (HTTPS with `--tls-cert`), with this node's
+//! WebSocket address filled in, so that a volunteer only opens a URL.
 //!
 //! Routes: `/bootstrap.json` (the run id, this node's `/ws` multiaddrs, which the page dials, and
 //! a published run's settings),
@@ -32,8 +32,13 @@ pub struct WebState {
     pub settings: Option<String>,
 }
 
-/// Serves the page on `addr` until the process ends; returns the bound address.
-pub async fn serve(addr: SocketAddr, state: WebState) -> Result<SocketAddr> {
+/// Serves the page on `addr` (over TLS with `tls`) until the process ends; returns the bound
+/// address.
+pub async fn serve(
+    addr: SocketAddr,
+    state: WebState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the page server to {addr}"))?;
@@ -44,7 +49,14 @@ pub async fn serve(addr: SocketAddr, state: WebState) -> Result<SocketAddr> {
         .fallback(get(file))
         .with_state(state);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let served = match tls {
+            Some(acceptor) => {
+                let tcp = listener;
+                axum::serve(crate::tls::TlsListener { tcp, acceptor }, app).await
+            }
+            None => axum::serve(listener, app).await,
+        };
+        if let Err(e) = served {
             tracing::error!("page server stopped: {e}");
         }
     });

@@ -21,6 +21,11 @@ const DEVICE = process.env.GS_DEVICE ?? "auto";
 const MODE = process.env.GS_MODE ?? "gradient";
 // GS_RELOAD=1: after its rounds the tab is reloaded and joins again, and must keep its peer id.
 const RELOAD = process.env.GS_RELOAD === "1";
+// GS_HOST=<ip>: the bootstrap, its page and the native peer on that (non-loopback) address, the
+// page over HTTPS and the tab dialling WebSocket over TLS (`/tls/ws`), as a browser elsewhere
+// would; the certificate is made here (openssl) for that address.
+const HOST = process.env.GS_HOST ?? "127.0.0.1";
+const TLS = HOST !== "127.0.0.1";
 const DEADLINE_MS = 8 * 60 * 1000;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gs-browser-"));
 fs.mkdirSync(artifacts, { recursive: true });
@@ -67,18 +72,29 @@ try {
     fs.writeFileSync(config, text);
   }
   execFileSync(path.join(bin, "gradswarm"), ["publish", "--config", config, "--out", path.join(tmp, "run")], { cwd: root });
+  const tlsArgs = [];
+  if (TLS) {
+    const [cert, key] = [path.join(tmp, "cert.pem"), path.join(tmp, "key.pem")];
+    execFileSync("openssl", [
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+      "-subj", "/CN=gradswarm-browser-test", "-addext", `subjectAltName=IP:${HOST}`, "-keyout", key, "-out", cert,
+    ], { stdio: "ignore" });
+    tlsArgs.push("--web-host", HOST, "--tls-cert", cert, "--tls-key", key);
+  }
   const boot = start("bootstrap", path.join(bin, "gradswarm-bootstrap"), [
-    "--run", path.join(tmp, "run"), "--host", "127.0.0.1", "--port", "0",
+    "--run", path.join(tmp, "run"), "--host", HOST, "--port", "0",
     "--key", path.join(tmp, "bootstrap.key"), "--web", "0",
-    "--web-root", path.join(root, "web/www"),
+    "--web-root", path.join(root, "web/www"), ...tlsArgs,
   ]);
-  const page = (await boot.waitFor(/^page: http:/)).slice("page: ".length);
-  const tcp = (await boot.waitFor(/^listening on \/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\//)).slice("listening on ".length);
+  const page = (await boot.waitFor(/^page: https?:/)).slice("page: ".length);
+  const escaped = HOST.replaceAll(".", "\\.");
+  const tcp = (await boot.waitFor(new RegExp(`^listening on /ip4/${escaped}/tcp/\\d+/p2p/`))).slice("listening on ".length);
   await boot.waitFor(/^listening on .*\/ws\/p2p\//);
 
   const native = start("native-peer", path.join(bin, "gradswarm"), [
     "join", tcp, "--config", config,
     "--out", path.join(tmp, "native"), "--min-peers", "1",
+    ...(TLS ? ["--listen", `/ip4/${HOST}/tcp/0`] : []),
     // With a reload, the native peer trains on until the reloaded tab has rejoined (then SIGINT).
     "--rounds", String(RELOAD ? 100000 : ROUNDS),
   ]);
@@ -86,6 +102,8 @@ try {
   const context = await chromium.launchPersistentContext(path.join(tmp, "profile"), {
     executablePath: process.env.GS_CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
+    // The test's own certificate: a volunteer's browser trusts the organiser's real one.
+    ignoreHTTPSErrors: TLS,
     args: [
       "--no-sandbox", "--disable-gpu-sandbox", "--no-first-run", "--disable-background-networking",
       "--disable-component-update", "--disable-sync", "--disable-quic", "--enable-unsafe-webgpu",
@@ -176,6 +194,7 @@ try {
   const result = {
     device: DEVICE,
     mode: MODE,
+    page,
     webgpu: seen.webgpu,
     adapter: seen.adapter,
     browser_rounds: seen.rounds,
@@ -192,6 +211,8 @@ try {
   fs.writeFileSync(path.join(artifacts, "result.json"), JSON.stringify(result, null, 2));
   console.log(`browser-test: ok ${JSON.stringify(result)}`);
   for (const c of children) c.kill("SIGTERM");
+  // The browser profile and the run folder (~50 MB) are kept only when the test fails.
+  fs.rmSync(tmp, { recursive: true, force: true });
   process.exit(0);
 } catch (e) {
   fail(e?.stack ?? String(e));

@@ -37,7 +37,7 @@ use thiserror::Error;
 pub use behaviour::{Behaviour, BehaviourEvent, MAX_PENDING_INCOMING};
 pub use counting::{Counting, WireCounters};
 pub use driver::{Driver, peer_of};
-pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 pub use rpc::RpcCodec;
 pub use store::UpdateStore;
 
@@ -92,6 +92,18 @@ pub struct NetConfig {
     /// messages they signed (`not_allowed`), even when an allowed peer forwards them. The
     /// bootstrap nodes dialled are allowed too. `None`: an open run.
     pub allow: Option<Vec<PeerId>>,
+    /// A certificate for WebSocket over TLS (`/tls/ws` listen addresses, which browsers dial as
+    /// `wss://`): native nodes only; `None`, plain WebSocket only.
+    pub tls: Option<TlsCertificate>,
+}
+
+/// A TLS certificate chain and its private key, DER-encoded.
+#[derive(Clone, Debug)]
+pub struct TlsCertificate {
+    /// The chain, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// The leaf's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Vec<u8>,
 }
 
 impl NetConfig {
@@ -109,6 +121,7 @@ impl NetConfig {
             gossip_heartbeat: std::time::Duration::from_millis(500),
             inline_update_bytes: DEFAULT_INLINE_UPDATE_BYTES,
             allow: None,
+            tls: None,
         }
     }
 
@@ -126,6 +139,7 @@ impl NetConfig {
             gossip_heartbeat: std::time::Duration::from_millis(500),
             inline_update_bytes: DEFAULT_INLINE_UPDATE_BYTES,
             allow: None,
+            tls: None,
         }
     }
 }

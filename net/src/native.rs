@@ -8,7 +8,7 @@ use futures::channel::mpsc;
 use gradswarm_core::{Manifest, RunFiles};
 use libp2p::core::{Transport, upgrade};
 use libp2p::identity::Keypair;
-use libp2p::{noise, tcp, yamux};
+use libp2p::{noise, tcp, websocket, yamux};
 use std::sync::Arc;
 
 use crate::behaviour::Behaviour;
@@ -22,6 +22,7 @@ pub async fn build(
 ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Driver), NetError> {
     let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
     let behaviour_config = config.clone();
+    let tls = config.tls.clone();
     let wire = Arc::new(WireCounters::default());
     let counters = wire.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -39,6 +40,30 @@ pub async fn build(
                     .multiplex(yamux::Config::default())
                     .boxed(),
             )
+        })
+        .map_err(|e| transport(&e))?
+        // WebSocket over TLS (`/tls/ws`), for browsers beyond this machine: before the plain
+        // WebSocket transport below, so that a `/tls/ws` listen address reaches this one.
+        .with_other_transport(move |key| {
+            let Some(cert) = tls else {
+                return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    libp2p::core::transport::dummy::DummyTransport::new().boxed(),
+                );
+            };
+            let noise = noise::Config::new(key)?;
+            let server = websocket::tls::Config::new(
+                websocket::tls::PrivateKey::new(cert.key),
+                cert.chain.into_iter().map(websocket::tls::Certificate::new),
+            )?;
+            let mut ws = websocket::Config::new(tcp::tokio::Transport::new(
+                tcp::Config::default().nodelay(true),
+            ));
+            ws.set_tls_config(server);
+            Ok(ws
+                .upgrade(upgrade::Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .boxed())
         })
         .map_err(|e| transport(&e))?
         .with_dns()
