@@ -4,10 +4,13 @@
 //! messages are dropped and counted with their reason. docs/security.md says which defence each
 //! one meets, and what the same test measured before it.
 
+use std::sync::Arc;
+
 use gradswarm_core::DropReason;
-use gradswarm_harness::LocalSwarm;
 use gradswarm_harness::attack::Attack;
-use gradswarm_peer::PeerSummary;
+use gradswarm_harness::{LocalSwarm, PeerProc};
+use gradswarm_model::Corpus;
+use gradswarm_peer::{PeerConfig, PeerSummary};
 
 mod common;
 use common::*;
@@ -29,6 +32,36 @@ fn attacked(name: &str, attack: Attack) -> Attacked {
     attacked_by(name, &[attack])
 }
 
+/// Starts [`HONEST`] honest peers and one attacker identity per entry of `attacks`, all of
+/// config `c`; returns the honest peers, the attackers and the attackers' peer ids.
+fn spawn_attacked(
+    swarm: &mut LocalSwarm,
+    c: &PeerConfig,
+    corpus: &Arc<Corpus>,
+    attacks: &[Attack],
+) -> (Vec<PeerProc>, Vec<PeerProc>, Vec<String>) {
+    let mut spawn = |attack: Option<Attack>| {
+        swarm
+            .spawn_as(
+                attack,
+                c.clone(),
+                &tiny_model(),
+                &tiny_train(),
+                corpus.clone(),
+                HONEST,
+            )
+            .unwrap()
+            .1
+    };
+    let honest: Vec<PeerProc> = (0..HONEST).map(|_| spawn(None)).collect();
+    let attackers: Vec<PeerProc> = attacks.iter().map(|&a| spawn(Some(a))).collect();
+    let ids = attackers
+        .iter()
+        .map(|a| a.net.local_peer_id().to_base58())
+        .collect();
+    (honest, attackers, ids)
+}
+
 /// Runs three honest peers and one attacker identity per entry of `attacks` for [`ROUNDS`]
 /// rounds.
 fn attacked_by(name: &str, attacks: &[Attack]) -> Attacked {
@@ -36,40 +69,7 @@ fn attacked_by(name: &str, attacks: &[Attack]) -> Attacked {
     let mut swarm = LocalSwarm::start(name).unwrap();
     let corpus = corpus();
     let c = config(name, ROUNDS);
-    let honest: Vec<_> = (0..HONEST)
-        .map(|_| {
-            swarm
-                .spawn_peer(
-                    c.clone(),
-                    &tiny_model(),
-                    &tiny_train(),
-                    corpus.clone(),
-                    HONEST,
-                )
-                .unwrap()
-                .1
-        })
-        .collect();
-    let attackers: Vec<_> = attacks
-        .iter()
-        .map(|&attack| {
-            swarm
-                .spawn_as(
-                    Some(attack),
-                    c.clone(),
-                    &tiny_model(),
-                    &tiny_train(),
-                    corpus.clone(),
-                    HONEST,
-                )
-                .unwrap()
-                .1
-        })
-        .collect();
-    let attacker_ids: Vec<String> = attackers
-        .iter()
-        .map(|a| a.net.local_peer_id().to_base58())
-        .collect();
+    let (honest, attackers, attacker_ids) = spawn_attacked(&mut swarm, &c, &corpus, attacks);
     let honest: Vec<PeerSummary> = honest.into_iter().map(|p| p.join().unwrap()).collect();
     // The attackers' own runs may end any way they like.
     for attacker in attackers {
@@ -291,40 +291,7 @@ fn joiner_refuses(name: &str, attacks: &[Attack]) {
     let corpus = corpus();
     let mut c = config(name, 0);
     c.rounds = None;
-    let honest: Vec<_> = (0..HONEST)
-        .map(|_| {
-            swarm
-                .spawn_peer(
-                    c.clone(),
-                    &tiny_model(),
-                    &tiny_train(),
-                    corpus.clone(),
-                    HONEST,
-                )
-                .unwrap()
-                .1
-        })
-        .collect();
-    let attackers: Vec<_> = attacks
-        .iter()
-        .map(|&attack| {
-            swarm
-                .spawn_as(
-                    Some(attack),
-                    c.clone(),
-                    &tiny_model(),
-                    &tiny_train(),
-                    corpus.clone(),
-                    HONEST,
-                )
-                .unwrap()
-                .1
-        })
-        .collect();
-    let attacker_ids: Vec<String> = attackers
-        .iter()
-        .map(|a| a.net.local_peer_id().to_base58())
-        .collect();
+    let (honest, attackers, attacker_ids) = spawn_attacked(&mut swarm, &c, &corpus, attacks);
     let mut log = Vec::new();
     swarm
         .wait_for(&mut log, DEADLINE, |r| r.round.round >= 10)

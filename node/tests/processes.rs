@@ -21,6 +21,26 @@ fn bootstrap_bin() -> PathBuf {
     ))
 }
 
+/// A bootstrap node on loopback (its key in `dir`, and `args` besides) and its TCP address.
+fn bootstrap(dir: &Path, args: &[&str]) -> (Watched, String) {
+    let key = dir.join("bootstrap.key");
+    let mut boot = Watched::spawn(Command::new(bootstrap_bin()).args(args).args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--key",
+        key.to_str().expect("utf8"),
+    ]));
+    let addr = boot.wait_for(
+        "the bootstrap's TCP address",
+        |l| l.starts_with("listening on /ip4/127.0.0.1/tcp/") && l.contains("/p2p/"),
+        Duration::from_secs(60),
+    );
+    let addr = addr.trim_start_matches("listening on ").to_string();
+    (boot, addr)
+}
+
 /// A tiny model's join config in `dir` (loopback only, no mDNS).
 fn join_config(dir: &Path) -> PathBuf {
     let path = dir.join("peer.toml");
@@ -140,22 +160,7 @@ fn summary(lines: &[String]) -> serde_json::Value {
 fn a_killed_peer_process_leaves_the_others_training() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = join_config(dir.path());
-    let mut boot = Watched::spawn(Command::new(bootstrap_bin()).args([
-        "--run-id",
-        "process-test",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--key",
-        dir.path().join("bootstrap.key").to_str().expect("utf8"),
-    ]));
-    let addr = boot.wait_for(
-        "the bootstrap's TCP address",
-        |l| l.starts_with("listening on /ip4/127.0.0.1/tcp/") && l.contains("/p2p/"),
-        Duration::from_secs(60),
-    );
-    let addr = addr.trim_start_matches("listening on ").to_string();
+    let (_boot, addr) = bootstrap(dir.path(), &["--run-id", "process-test"]);
     let peer_with = |name: &str, rounds: &str, min_peers: &str| {
         Watched::spawn(Command::new(BIN).args([
             "join",
@@ -374,22 +379,7 @@ fn volunteers_join_a_published_run_with_its_address_alone() {
         .expect("publish prints the run id")
         .to_string();
     assert!(run_id.starts_with("process-test-"), "{run_id}");
-    let mut boot = Watched::spawn(Command::new(bootstrap_bin()).args([
-        "--run",
-        folder.to_str().expect("utf8"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--key",
-        dir.path().join("bootstrap.key").to_str().expect("utf8"),
-    ]));
-    let addr = boot.wait_for(
-        "the bootstrap's TCP address",
-        |l| l.starts_with("listening on /ip4/127.0.0.1/tcp/") && l.contains("/p2p/"),
-        Duration::from_secs(60),
-    );
-    let addr = addr.trim_start_matches("listening on ").to_string();
+    let (_boot, addr) = bootstrap(dir.path(), &["--run", folder.to_str().expect("utf8")]);
 
     // Another swarm setting in a volunteer's config: refused, naming it, before any training.
     let other = dir.path().join("other.toml");
