@@ -148,6 +148,56 @@ fn a_late_joiner_syncs_the_swarm_state() {
     );
 }
 
+/// A peer alone runs rounds as fast as nothing holds them back; a joiner must still be able to
+/// train in step with it. Without the round floor (`ROUND_FLOOR` set to zero) the lone peer ran
+/// ~100 rounds a second, past the rate the joiner takes its updates at: they were dropped as a
+/// flood, each took the other for a staller, and their rounds parted for good (0 counted).
+#[test]
+fn a_joiner_trains_in_step_with_a_peer_that_ran_alone() {
+    let _serial = serial();
+    let mut swarm = LocalSwarm::start("e2e-alone").unwrap();
+    let corpus = corpus();
+    let unbounded = || {
+        let mut c = config("e2e-alone", 0);
+        c.rounds = None;
+        c
+    };
+    let (_, alone) = swarm
+        .spawn_peer(unbounded(), &tiny_model(), &tiny_train(), corpus.clone(), 0)
+        .unwrap();
+    let mut log = Vec::new();
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| r.round.round >= 60)
+        .unwrap();
+    // The node's default: the joiner heartbeats for 3 s before it syncs, and the lone peer,
+    // after waiting out two rounds for it, runs on alone meanwhile.
+    let mut joiner = unbounded();
+    joiner.join_wait = Duration::from_secs(3);
+    let (late_index, late) = swarm
+        .spawn_peer(joiner, &tiny_model(), &tiny_train(), corpus.clone(), 1)
+        .unwrap();
+    let mut trained = 0;
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| {
+            trained += usize::from(r.peer == late_index && !r.round.catch_up);
+            trained >= 40
+        })
+        .unwrap();
+    let late = late.stop().unwrap();
+    let alone = alone.stop().unwrap();
+    assert!(late.synced_from.is_some(), "the joiner did not sync");
+    for (me, other) in [(&alone, &late), (&late, &alone)] {
+        let counted = me.counted_from.get(&other.peer_id).copied().unwrap_or(0);
+        assert!(
+            counted >= 20,
+            "{} counted {counted} of {}'s updates in {} rounds",
+            me.peer_id,
+            other.peer_id,
+            me.rounds.len()
+        );
+    }
+}
+
 #[test]
 fn a_killed_peer_leaves_the_others_training() {
     let _serial = serial();

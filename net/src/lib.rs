@@ -36,6 +36,7 @@ use thiserror::Error;
 
 pub use behaviour::{Behaviour, BehaviourEvent, MAX_PENDING_INCOMING};
 pub use counting::{Counting, WireCounters};
+pub use driver::rate::RATE_PER_SECOND;
 pub use driver::{Driver, peer_of};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 pub use rpc::RpcCodec;

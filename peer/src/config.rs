@@ -8,6 +8,14 @@ use gradswarm_core::{
 };
 use serde::{Deserialize, Serialize};
 
+/// The shortest a round may take. A peer alone, or whose partners are all in at once, would
+/// otherwise run a tiny model's rounds as fast as it computes them (100 a second measured), past
+/// the rate at which the others take its updates ([`gradswarm_net::RATE_PER_SECOND`] a topic):
+/// its updates would be dropped as a flood and its rounds run away from theirs for good. One
+/// update a round at half that rate leaves room for catch-up bursts.
+pub const ROUND_FLOOR: Duration =
+    Duration::from_millis((2000.0 / gradswarm_net::RATE_PER_SECOND) as u64);
+
 /// What a peer sends each round: `mode` in the node's `[swarm]` table, in harness scenarios and
 /// in the browser's options (one enum for all of them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +78,9 @@ pub struct PeerConfig {
     pub min_wait: Duration,
     /// …nor later than this.
     pub max_wait: Duration,
+    /// The shortest a round may take, so that this peer's updates stay within the rate the
+    /// others take them at ([`ROUND_FLOOR`]); tests of timing relative to compute set it to 0.
+    pub round_floor: Duration,
     /// A peer not heard from for this long is not waited for.
     pub peer_timeout: Duration,
     /// Before training, wait this long for peers to fetch the run's state from (0: start alone).
@@ -131,6 +142,7 @@ impl PeerConfig {
             rounds: None,
             deadline_factor: 2.0,
             min_wait: Duration::from_millis(500),
+            round_floor: ROUND_FLOOR,
             max_wait: Duration::from_secs(60),
             peer_timeout: Duration::from_secs(30),
             join_wait: Duration::from_secs(3),

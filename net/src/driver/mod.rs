@@ -6,7 +6,7 @@
 mod discovery;
 mod nat;
 mod pull;
-mod rate;
+pub(crate) mod rate;
 mod state;
 mod validate;
 

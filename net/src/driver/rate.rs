@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use libp2p::PeerId;
 use web_time::Instant;
 
-/// Messages per second a signer may keep up on one topic. Honest peers send one heartbeat and one
-/// update per round, and rounds of a tiny model can be 20 a second; a flood is 1000.
-pub(crate) const RATE_PER_SECOND: f64 = 40.0;
+/// Messages per second a signer may keep up on one topic. Honest peers send one update per round
+/// and pace their rounds to half this rate (`gradswarm_peer`'s round floor); a flood is 1000.
+pub const RATE_PER_SECOND: f64 = 40.0;
 
 /// Messages a signer may send at once beyond the rate (a peer catching up, a lingering peer).
 pub(crate) const BURST: f64 = 80.0;

@@ -280,6 +280,7 @@ impl Peer {
     pub(super) async fn run_round(&mut self) -> Result<(), PeerError> {
         let base = self.book.round();
         let t0 = Instant::now();
+        let floor = t0 + self.config.round_floor;
         let computed = match self.compute().await {
             Ok(c) => Some(c),
             Err(PeerError::Model(ModelError::Diverged { step, loss })) => {
@@ -381,6 +382,12 @@ impl Peer {
             }
         }
         report.network_s = t2.elapsed().as_secs_f64();
+        // Paced (see `PeerConfig::round_floor`): what arrives meanwhile is taken in.
+        while !self.stopped && Instant::now() < floor {
+            if let Some(event) = self.next_event(floor).await {
+                self.on_event(event);
+            }
+        }
         self.close_round(&mut report).await?;
         self.finish_report(report).await
     }
