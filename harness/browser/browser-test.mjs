@@ -24,7 +24,7 @@ const RELOAD = process.env.GS_RELOAD === "1";
 // GS_HOST=<ip>: the bootstrap, its page and the native peer on that (non-loopback) address, the
 // page over HTTPS and the tab dialling WebSocket over TLS (`/tls/ws`), as a browser elsewhere
 // would; the certificate is made here (openssl) for that address.
-const HOST = process.env.GS_HOST ?? "127.0.0.1";
+const HOST = process.env.GS_HOST || "127.0.0.1";
 const TLS = HOST !== "127.0.0.1";
 const DEADLINE_MS = 8 * 60 * 1000;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gs-browser-"));
