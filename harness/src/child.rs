@@ -69,6 +69,19 @@ impl ChildProc {
         let _ = self.child.wait();
     }
 
+    /// Sends the process a signal by name (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{name} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
     /// Waits for the peer to finish its rounds.
     pub fn join(mut self) -> Result<Finished> {
         let finished = self

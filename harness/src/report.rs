@@ -52,8 +52,10 @@ pub struct PeerRow {
     pub peer_id: String,
     /// The round it started on (non-zero for a late joiner).
     pub start_round: u64,
-    /// The peer that served its state, when it joined late.
+    /// The peer that served its state, when it joined late (or re-synced after falling behind).
     pub synced_from: Option<String>,
+    /// Times it fell too far behind mid-run and fetched the run's state again.
+    pub resyncs: u64,
     /// Whether it was killed.
     pub killed: bool,
     /// The round of the checkpoint it restarted from after a kill (`restart_at_round`).

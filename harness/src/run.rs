@@ -69,6 +69,15 @@ impl Running {
         }
     }
 
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) a peer process; a thread peer cannot be (the
+    /// scenario's validation sees to that).
+    fn signal(&self, pause: bool) -> Result<()> {
+        match self {
+            Running::Thread(_) => bail!("only a peer process can be paused"),
+            Running::Process(p) => p.signal(if pause { "STOP" } else { "CONT" }),
+        }
+    }
+
     /// Its summary, and its peak RSS when it ran in a process of its own.
     fn join(self) -> Result<(gradswarm_peer::PeerSummary, Option<u64>)> {
         match self {
@@ -149,6 +158,8 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
     // Killed peers waiting to come back, and those that did (with their checkpoint's round).
     let mut restarting: Vec<usize> = Vec::new();
     let mut resumed: BTreeMap<usize, u64> = BTreeMap::new();
+    // Peers paused at their `pause_at_round`: true while asleep.
+    let mut paused: BTreeMap<usize, bool> = BTreeMap::new();
     let mut finished = BTreeSet::new();
     let mut log_rows = Vec::new();
     let last = scenario.rounds - 1;
@@ -227,6 +238,30 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
                 restarting.retain(|&j| j != index);
             }
         }
+        if scenario
+            .spec(index)
+            .and_then(|p| p.pause_at_round)
+            .is_some_and(|at| at <= round)
+            && !paused.contains_key(&index)
+            && let Some(p) = procs.get(&index)
+        {
+            log(&format!("peer {index} paused at round {round}"));
+            p.signal(true)?;
+            paused.insert(index, true);
+        }
+        for (&index, asleep) in paused.iter_mut() {
+            if *asleep
+                && scenario
+                    .spec(index)
+                    .and_then(|p| p.resume_at_round)
+                    .is_some_and(|at| at <= swarm_round)
+                && let Some(p) = procs.get(&index)
+            {
+                log(&format!("peer {index} resumed at round {swarm_round}"));
+                p.signal(false)?;
+                *asleep = false;
+            }
+        }
         if let Some(kill_at) = scenario.spec(index).and_then(|p| p.kill_at_round)
             && round >= kill_at
             && !resumed.contains_key(&index)
@@ -259,6 +294,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
             peer_id: summary.peer_id,
             start_round: summary.start_round,
             synced_from: summary.synced_from,
+            resyncs: summary.resyncs,
             killed: false,
             resumed_from: resumed.get(&index).copied(),
             attack: scenario.spec(index).and_then(|p| p.attack),
@@ -282,6 +318,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
             peer_id: String::new(),
             start_round: rows.first().map_or(0, |r| r.round.round),
             synced_from: None,
+            resyncs: 0,
             killed: true,
             resumed_from: None,
             attack: scenario.spec(index).and_then(|p| p.attack),

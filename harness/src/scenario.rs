@@ -49,6 +49,12 @@ pub struct PeerSpec {
     /// wrote after each of its rounds (`processes = true` only).
     #[serde(default)]
     pub restart_at_round: Option<u64>,
+    /// Its process is paused (SIGSTOP: a laptop that slept) once it has closed this round…
+    #[serde(default)]
+    pub pause_at_round: Option<u64>,
+    /// …and resumed (SIGCONT) once the swarm has closed this one (`processes = true` only).
+    #[serde(default)]
+    pub resume_at_round: Option<u64>,
     /// It is an attacker of this kind (see `crate::attack`), not an honest peer.
     #[serde(default)]
     pub attack: Option<Attack>,
@@ -201,6 +207,21 @@ impl Scenario {
             {
                 bail!(
                     "peer {}: restart_at_round needs processes = true and a kill_at_round before it",
+                    p.index
+                );
+            }
+        }
+        for p in &self.peer {
+            let paused = (p.pause_at_round, p.resume_at_round);
+            if paused.0.is_some() != paused.1.is_some()
+                || (paused.0.is_some() && !self.processes)
+                || paused
+                    .0
+                    .zip(paused.1)
+                    .is_some_and(|(pause, resume)| resume <= pause)
+            {
+                bail!(
+                    "peer {}: pause_at_round needs processes = true and a resume_at_round after it",
                     p.index
                 );
             }

@@ -209,3 +209,24 @@ fn killed_peers_resume_from_their_checkpoints_and_catch_up() {
     let s = &report.summary;
     assert!(s.max_replica_divergence < 1e-3, "{s:?}");
 }
+
+/// A laptop that slept: a peer process is paused (SIGSTOP) at round 10 while the two others run
+/// on to round 40, further ahead than the round book keeps updates for (τ_max 4: 10 rounds).
+/// Resumed, it can count none of their updates, nor they its; it fetches the run's state again
+/// (verified as a joiner's) and ends on the others' replica. Without the re-sync
+/// (`resync_if_far_behind` returning at once) it trained alone from then on and ended far apart.
+#[test]
+fn a_peer_that_slept_fetches_the_state_again_and_ends_on_the_others_replica() {
+    let report = run_in_processes(
+        "harness-sleep",
+        3,
+        60,
+        "[[peer]]\nindex = 2\npause_at_round = 10\nresume_at_round = 40\n",
+    );
+    let slept = &report.peers[2];
+    assert!(slept.resyncs >= 1, "it never fetched the state again");
+    assert!(slept.synced_from.is_some());
+    assert_eq!(slept.rounds.last().map(|r| r.round), Some(59));
+    let s = &report.summary;
+    assert!(s.max_replica_divergence < 1e-3, "{s:?}");
+}

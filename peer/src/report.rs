@@ -55,8 +55,11 @@ pub struct PeerSummary {
     pub peer_id: String,
     /// The round the peer started on (non-zero when it synced from a peer).
     pub start_round: u64,
-    /// The peer that served its state, if it synced.
+    /// The peer that served its state, if it synced (at the join, or the latest re-sync).
     pub synced_from: Option<String>,
+    /// Times it fell too far behind the others mid-run and fetched the run's state again.
+    #[serde(default)]
+    pub resyncs: u64,
     /// Every round's report.
     pub rounds: Vec<RoundReport>,
     /// All drops, by reason.

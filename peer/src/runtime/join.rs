@@ -28,6 +28,9 @@ const VERIFY_PATIENCE: Duration = Duration::from_secs(20);
 /// (harness/tests/harness.rs). A lie worth telling moves θ further; one that stays under this is
 /// found by reconciliation, which follows the majority at `drift_tolerance` (1e-4).
 const JOIN_TOLERANCE: f64 = 0.25;
+
+/// How often a replica that fell too far behind tries to fetch the run's state again.
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
 use crate::error::PeerError;
 use crate::state;
 
@@ -94,6 +97,40 @@ impl Peer {
                 continue;
             }
             self.on_event(event);
+        }
+        Ok(())
+    }
+
+    /// Mid-run: when most live peers are further ahead than the round book keeps updates
+    /// for ([`gradswarm_core::RoundBook::horizon`]), this replica can no longer count theirs nor
+    /// they its (a laptop that slept, a link that was down): it fetches the run's state again,
+    /// verified as a joiner's. At most once per [`RESYNC_EVERY`], so that a peer nobody serves a
+    /// good state to trains on meanwhile.
+    pub(super) async fn resync_if_far_behind(&mut self) -> Result<(), PeerError> {
+        let own = self.book.round();
+        let horizon = own + self.book.horizon();
+        // A majority of the live peers, those behind counted: one liar claiming rounds far
+        // ahead must not send a replica off fetching and verifying (up to `VERIFY_PATIENCE`).
+        let claims: Vec<u64> = self
+            .live()
+            .filter_map(|p| self.peers.get(p))
+            .map(|s| s.round)
+            .collect();
+        let ahead = claims.iter().filter(|&&r| r > horizon).count();
+        if 2 * ahead <= claims.len() || self.resynced_at.is_some_and(|t| t.elapsed() < RESYNC_EVERY)
+        {
+            return Ok(());
+        }
+        let typical = self.typical_round();
+        self.resynced_at = Some(Instant::now());
+        warn!(
+            "round {own}, the others at {typical}: too far behind to count their updates; \
+             fetching the run's state again"
+        );
+        if self.sync_from_ahead().await? && self.book.round() > own {
+            self.summary.resyncs += 1;
+            let params = self.trainer.parameters_async().await?;
+            self.mark(params);
         }
         Ok(())
     }

@@ -146,6 +146,8 @@ pub struct Peer {
     /// Whether it started from its own checkpoint ([`Peer::resume_at`]): catching up then keeps
     /// its own AdamW moments.
     resumed: bool,
+    /// When this replica last found itself too far behind and fetched the run's state again.
+    resynced_at: Option<Instant>,
     marks: VecDeque<Mark>,
     max_marks: usize,
     /// θ at the start of the round it names, as heartbeats describe it (kept apart from the
@@ -236,6 +238,7 @@ impl Peer {
             edge: Box::new(Honest),
             running: false,
             resumed: false,
+            resynced_at: None,
             marks: VecDeque::new(),
             fingerprint: None,
             published: VecDeque::new(),
@@ -325,6 +328,7 @@ impl Peer {
         let params = self.trainer.parameters_async().await?;
         self.mark(params);
         while !self.stopped && self.config.rounds.is_none_or(|r| self.book.round() < r) {
+            self.resync_if_far_behind().await?;
             self.run_round().await?;
             if self.stop.next().now_or_never().flatten().is_some() {
                 self.stopped = true;
