@@ -31,6 +31,8 @@ pub struct JoinArgs {
     pub rounds: Option<u64>,
     /// Other peers to wait for before the first round.
     pub min_peers: usize,
+    /// The run id the volunteer was told to join: the published manifest must have it.
+    pub expect_run: Option<String>,
 }
 
 fn status_line(r: &RoundReport) -> String {
@@ -92,9 +94,19 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
         .build()?;
     // The first bootstrap address may publish the run: then the run comes from there.
     let published = match parse_all(&cfg.swarm.bootstrap)?.into_iter().next() {
-        Some(addr) => runtime.block_on(published_run(addr, &cfg, local_text.as_deref()))?,
+        Some(addr) => runtime.block_on(published_run(
+            addr,
+            &cfg,
+            local_text.as_deref(),
+            args.expect_run.as_deref(),
+        ))?,
         None => None,
     };
+    if let Some(expected) = &args.expect_run
+        && published.is_none()
+    {
+        anyhow::bail!("--expect-run {expected}: no bootstrap address publishes a run to check");
+    }
     if let Some((run_cfg, _)) = &published {
         cfg = run_cfg.clone();
     }
@@ -266,11 +278,13 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
 /// The run `addr`'s node publishes, fetched into `cfg.run.out`: the config to run it with (the
 /// run's settings and this volunteer's own keys; its run id the manifest's) and its files. `None`
 /// when that node publishes no run: `cfg` is the run then. A volunteer's config file `local_text`
-/// may only narrow what is theirs to choose.
+/// may only narrow what is theirs to choose. With `expected`, the manifest must carry that run id
+/// (a hash of its settings and data), so a node that was handed the address cannot swap the run.
 async fn published_run(
     addr: Multiaddr,
     cfg: &NodeConfig,
     local_text: Option<&str>,
+    expected: Option<&str>,
 ) -> anyhow::Result<Option<(NodeConfig, gradswarm_core::RunFiles)>> {
     let Some(server) = gradswarm_net::peer_of(&addr) else {
         return Ok(None);
@@ -284,11 +298,22 @@ async fn published_run(
     let fetched = async {
         let manifest = match crate::run::fetch_manifest(&client, server).await? {
             Ok(m) => m,
-            Err(reason) => {
+            Err(reason) if expected.is_none() => {
                 eprintln!("{addr} publishes no run ({reason}): running the config's");
                 return Ok(None);
             }
+            Err(reason) => {
+                anyhow::bail!("{addr} publishes no run ({reason}), not the expected one")
+            }
         };
+        if let Some(expected) = expected
+            && manifest.run_id() != expected
+        {
+            anyhow::bail!(
+                "{addr} publishes run {}, not {expected} (--expect-run): refusing it",
+                manifest.run_id()
+            );
+        }
         let mut run_cfg = crate::run::config_of(&manifest, cfg)?;
         if let Some(text) = local_text {
             crate::run::check_narrows(text, &run_cfg)?;

@@ -69,6 +69,10 @@ enum Command {
         /// Wait for this many other peers before the first round (a swarm that starts together).
         #[arg(long, default_value_t = 0)]
         min_peers: usize,
+        /// Join only this run (the id `gradswarm publish` printed): a node that publishes any
+        /// other, or none, is refused.
+        #[arg(long)]
+        expect_run: Option<String>,
     },
     /// Publish a run: write the manifest of a config and its data (the run folder) that
     /// `gradswarm-bootstrap --run DIR` serves to volunteers, who then join with its address alone.
@@ -198,8 +202,10 @@ fn main() -> ExitCode {
             listen,
             rounds,
             min_peers,
+            expect_run,
         } => join::join(join::JoinArgs {
             min_peers,
+            expect_run,
             config,
             addrs,
             out,

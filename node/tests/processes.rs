@@ -397,6 +397,29 @@ fn volunteers_join_a_published_run_with_its_address_alone() {
     assert!(stderr.contains("swarm.tau_max"), "unclear: {stderr}");
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
 
+    // A volunteer told to join another run refuses this one, before fetching its data.
+    let pinned = dir.path().join("pinned");
+    let refused = run(&[
+        "join",
+        &addr,
+        "--expect-run",
+        "process-test-0000000000000000",
+        "--out",
+        pinned.to_str().expect("utf8"),
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "joined anyway: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "publishes run {run_id}, not process-test-0000000000000000"
+        )),
+        "unclear: {stderr}"
+    );
+    assert!(
+        !pinned.join("run.data").exists(),
+        "it fetched the data anyway"
+    );
+
     let homes = [dir.path().join("home-a"), dir.path().join("home-b")];
     let volunteers: Vec<Watched> = homes
         .iter()
@@ -405,6 +428,8 @@ fn volunteers_join_a_published_run_with_its_address_alone() {
             Watched::spawn(Command::new(BIN).current_dir(home).args([
                 "join",
                 &addr,
+                "--expect-run",
+                &run_id,
                 "--device",
                 "cpu",
                 "--listen",
