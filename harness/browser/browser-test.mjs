@@ -19,7 +19,8 @@ const DEVICE = process.env.GS_DEVICE ?? "auto";
 // The run's swarm.mode: gradient (peer.toml's) or local_steps (H = 2), which the page's peer
 // learns from the published settings like every other setting.
 const MODE = process.env.GS_MODE ?? "gradient";
-// GS_RELOAD=1: after its rounds the tab is reloaded and joins again, and must keep its peer id.
+// GS_RELOAD=1: after its rounds (and a checkpoint kept in IndexedDB) the native peer leaves and
+// the tab is loaded again: it must keep its peer id and resume alone from its checkpoint.
 const RELOAD = process.env.GS_RELOAD === "1";
 // GS_HOST=<ip>: the bootstrap, its page and the native peer on that (non-loopback) address, the
 // page over HTTPS and the tab dialling WebSocket over TLS (`/tls/ws`), as a browser elsewhere
@@ -134,6 +135,8 @@ try {
     (n) => Number(document.body.dataset.trained ?? 0) >= n || ["error", "done"].includes(document.body.dataset.state),
     10, { timeout: DEADLINE_MS },
   );
+  // Every run checkpoints in the tab (IndexedDB, every 10 rounds), on WebGPU as on the CPU.
+  await tab.waitForFunction(() => document.body.dataset.checkpoint !== undefined || ["error", "done"].includes(document.body.dataset.state), null, { timeout: DEADLINE_MS });
   await tab.screenshot({ path: path.join(artifacts, "page.png"), fullPage: true });
   const seen = await tab.evaluate(() => ({
     state: document.body.dataset.state,
@@ -143,11 +146,14 @@ try {
     error: document.getElementById("error").textContent,
     peer: document.getElementById("peer").textContent,
     reports: window.gsReports ?? [],
+    checkpoint: document.body.dataset.checkpoint,
   }));
   fs.writeFileSync(path.join(artifacts, "reports.json"), JSON.stringify(seen.reports, null, 1));
   if (seen.state === "error") fail(`the page shows an error: ${seen.error}`);
   if (DEVICE === "gpu" && !seen.webgpu) fail(`asked for WebGPU, the page trained on: ${seen.adapter}`);
   if (seen.rounds < 10) fail(`the browser peer completed ${seen.rounds} rounds`);
+  const kept = Number(seen.checkpoint);
+  if (!Number.isFinite(kept)) fail("the tab kept no checkpoint");
   const own = seen.reports.filter((r) => !r.catch_up && Number.isFinite(r.loss)).map((r) => r.loss);
   const mean = (xs) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
   const first = mean(own.slice(0, 3));
@@ -160,22 +166,35 @@ try {
 
   let reloaded = null;
   if (RELOAD) {
-    // The page keeps its peer's key: a reload and a new Join bring back the same peer id, which
-    // syncs the run's state from the native peer and trains on.
-    await tab.reload();
+    // The native peer leaves, so that after the reload the tab is alone: where it starts is its
+    // own checkpoint's doing (kept above), not a sync from a peer.
+    native.child.kill("SIGINT");
+    await native.exited;
+    // The page loaded again (its options now wait for nobody): the same peer id, from the key
+    // it kept, and its checkpoint's round and θ, from IndexedDB.
+    const alone = encodeURIComponent(JSON.stringify({ rounds: stopAt, min_peers: 0, device: DEVICE }));
+    await tab.goto(`${page}?options=${alone}`);
     await tab.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout: 120_000 });
     await tab.click("#join");
     await tab.waitForFunction(() => Number(document.body.dataset.rounds ?? 0) >= 2 || ["error", "done"].includes(document.body.dataset.state), null, { timeout: DEADLINE_MS });
     reloaded = await tab.evaluate(() => ({
       peer: document.getElementById("peer").textContent,
       rounds: Number(document.body.dataset.rounds ?? 0),
+      resumedFrom: Number(document.body.dataset.resumedFrom),
       state: document.body.dataset.state,
       error: document.getElementById("error").textContent,
+      reports: window.gsReports ?? [],
     }));
     if (reloaded.state === "error") fail(`after the reload the page shows an error: ${reloaded.error}`);
     if (reloaded.peer !== seen.peer) fail(`a reload changed the peer id: ${seen.peer} → ${reloaded.peer}`);
     if (reloaded.rounds < 2) fail(`after the reload the tab trained ${reloaded.rounds} rounds (${reloaded.state})`);
-    native.child.kill("SIGINT");
+    if (!(reloaded.resumedFrom >= kept)) fail(`the tab kept round ${kept} but resumed from ${reloaded.resumedFrom}`);
+    const firstRound = reloaded.reports[0]?.round;
+    if (!(firstRound >= reloaded.resumedFrom)) fail(`resumed from round ${reloaded.resumedFrom}, yet its first round was ${firstRound}`);
+    const after = reloaded.reports.filter((r) => Number.isFinite(r.loss)).map((r) => r.loss);
+    // θ₀'s loss is the first rounds' before the reload: a resumed θ is far below it.
+    if (!(mean(after.slice(0, 2)) < first - 0.3)) fail(`after the reload the loss was ${mean(after.slice(0, 2)).toFixed(3)}, a fresh model's ${first.toFixed(3)}`);
+    reloaded.lossAfter = mean(after.slice(0, 2));
   }
 
   const { code, lines } = await Promise.race([
@@ -198,6 +217,7 @@ try {
     webgpu: seen.webgpu,
     adapter: seen.adapter,
     browser_rounds: seen.rounds,
+    checkpoint_round: kept,
     browser_loss_first3: first,
     browser_loss_last3: last,
     native_counted_browser_updates: counted,
@@ -205,7 +225,12 @@ try {
     browser_tokens_per_s: browserTokS,
     browser_compute_s_per_round: compute / Math.max(1, own.length),
     native_tokens_per_s: nativeTokS,
-    reload: reloaded && { same_peer_id: reloaded.peer === seen.peer, rounds_after: reloaded.rounds },
+    reload: reloaded && {
+      same_peer_id: reloaded.peer === seen.peer,
+      resumed_from_round: reloaded.resumedFrom,
+      rounds_after: reloaded.rounds,
+      loss_after: reloaded.lossAfter,
+    },
     screenshot: path.join(artifacts, "page.png"),
   };
   fs.writeFileSync(path.join(artifacts, "result.json"), JSON.stringify(result, null, 2));

@@ -79,27 +79,72 @@ pub fn save(
     round: u64,
     extra: &[(&str, &[f32])],
 ) -> Result<(), ModelError> {
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let flat = trainer.parameters()?;
+    let (optimizer_steps, moments) = trainer.optimizer_state()?;
+    let read = Read {
+        flat: &flat,
+        optimizer_steps,
+        moments: &moments,
+    };
+    write_atomically(path, &encode(path, trainer, &read, run_id, round, extra)?)
+}
+
+/// [`save`]'s bytes, read from the device without blocking on it: a browser tab keeps them
+/// (IndexedDB) and resumes from them as the node does from its file.
+pub async fn to_bytes_async(
+    trainer: &Trainer,
+    run_id: &str,
+    round: u64,
+    extra: &[(&str, &[f32])],
+) -> Result<Vec<u8>, ModelError> {
+    let flat = trainer.parameters_async().await?;
+    let (optimizer_steps, moments) = trainer.optimizer_state_async().await?;
+    let read = Read {
+        flat: &flat,
+        optimizer_steps,
+        moments: &moments,
+    };
+    encode(Path::new(IN_MEMORY), trainer, &read, run_id, round, extra)
+}
+
+/// What errors call a checkpoint that is not a file.
+const IN_MEMORY: &str = "<checkpoint in memory>";
+
+/// A trainer's state as read from its device.
+struct Read<'a> {
+    flat: &'a [f32],
+    optimizer_steps: u64,
+    /// The AdamW moments under their checkpoint names (`optimizer.exp_avg.<name>`, …).
+    moments: &'a [(String, Vec<f32>)],
+}
+
+/// The safetensors bytes of a checkpoint (`path` only names it in errors).
+fn encode(
+    path: &Path,
+    trainer: &Trainer,
+    read: &Read<'_>,
+    run_id: &str,
+    round: u64,
+    extra: &[(&str, &[f32])],
+) -> Result<Vec<u8>, ModelError> {
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut shapes = BTreeMap::new();
     for spec in trainer.layout() {
         owned.push((
             spec.name.clone(),
             spec.shape.clone(),
-            f32_bytes(&flat[spec.offset..spec.offset + spec.len()]),
+            f32_bytes(&read.flat[spec.offset..spec.offset + spec.len()]),
         ));
-        if let Some(m) = trainer.optimizer().moments.get(&spec.name) {
-            for (kind, t) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
-                let values = t
-                    .clone()
-                    .try_into_vec_as::<f32>()
-                    .map_err(|e| ModelError::Readback(format!("{e:?}")))?;
-                owned.push((
-                    format!("optimizer.{kind}.{}", spec.name),
-                    spec.shape.clone(),
-                    f32_bytes(&values),
-                ));
-            }
-        }
+        shapes.insert(spec.name, spec.shape);
+    }
+    for (name, values) in read.moments {
+        let param = name
+            .strip_prefix("optimizer.exp_avg_sq.")
+            .or_else(|| name.strip_prefix("optimizer.exp_avg."));
+        let shape = param
+            .and_then(|p| shapes.get(p))
+            .ok_or_else(|| err(path, format!("optimizer state {name} of no parameter")))?;
+        owned.push((name.clone(), shape.clone(), f32_bytes(values)));
     }
     for (key, values) in extra {
         owned.push((
@@ -121,7 +166,7 @@ pub fn save(
         ("run_id", run_id.to_string()),
         ("step", trainer.step().to_string()),
         ("round", round.to_string()),
-        ("optimizer_steps", trainer.optimizer().steps.to_string()),
+        ("optimizer_steps", read.optimizer_steps.to_string()),
         ("model_config", to_json(trainer.model_config())),
         ("train_config", to_json(trainer.config())),
         ("model_hash", hex(&trainer.model_config().hash())),
@@ -129,8 +174,7 @@ pub fn save(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
-    write_atomically(path, &bytes)
+    safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))
 }
 
 /// A config as JSON for the metadata (plain structs of numbers and strings always serialize).
@@ -188,9 +232,19 @@ impl Checkpoint {
     /// Reads and checks a checkpoint file.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         let bytes = std::fs::read(path).map_err(io(path))?;
-        let st = SafeTensors::deserialize(&bytes)
+        Self::parse(&bytes, path)
+    }
+
+    /// Reads and checks a checkpoint's bytes (kept elsewhere than in a file: a browser tab's).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
+        Self::parse(bytes, Path::new(IN_MEMORY))
+    }
+
+    /// Checks `bytes`, read from `path` (named in errors).
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
+        let st = SafeTensors::deserialize(bytes)
             .map_err(|e| err(path, format!("not a readable safetensors file ({e})")))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
+        let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| err(path, format!("not a readable safetensors file ({e})")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let get = |k: &str| {

@@ -98,10 +98,31 @@ fn resume_reproduces_an_uninterrupted_run() {
     let mut first = Trainer::new(&m, &t, &cpu()).expect("trainer");
     first.local_steps(&sampler, 4).expect("trains");
     checkpoint::save(&path, &first, "run", 0, &[]).expect("saves");
-    let ckpt = Checkpoint::load(&path).expect("loads");
-    assert_eq!(ckpt.meta.step, 4);
-    let mut resumed = ckpt.into_trainer(&path, &t, &cpu()).expect("restores");
-    let rest = resumed.local_steps(&sampler, 4).expect("trains");
+    // The same checkpoint as a browser tab keeps it: bytes, read without blocking on the device.
+    let bytes = futures::executor::block_on(checkpoint::to_bytes_async(&first, "run", 0, &[]))
+        .expect("encodes");
+    for ckpt in [
+        Checkpoint::load(&path).expect("loads"),
+        Checkpoint::from_bytes(&bytes).expect("parses"),
+    ] {
+        assert_eq!(ckpt.meta.step, 4);
+        resumes_where_it_left(
+            ckpt.into_trainer(&path, &t, &cpu()).expect("restores"),
+            &straight,
+            &all,
+            &sampler,
+        );
+    }
+}
+
+/// A trainer resumed after 4 of 8 steps takes the 4 last steps of the uninterrupted run.
+fn resumes_where_it_left(
+    mut resumed: Trainer,
+    straight: &Trainer,
+    all: &[gradswarm_model::StepReport],
+    sampler: &gradswarm_model::data::Sampler<'_>,
+) {
+    let rest = resumed.local_steps(sampler, 4).expect("trains");
     for (a, b) in all[4..].iter().zip(&rest) {
         assert_eq!(a.step, b.step);
         assert!(

@@ -18,5 +18,7 @@ pub use config::{DEFAULT_LOCAL_STEPS, Mode, PeerConfig, ROUND_FLOOR};
 pub use edge::{Edge, Honest};
 pub use error::PeerError;
 pub use report::{MAX_REPORTS, PeerSummary, RoundReport};
-pub use runtime::{MOMENTUM_KEY, Observer, Peer, RESIDUAL_KEY, StopHandle, stop_pair};
+pub use runtime::{
+    CheckpointSink, MOMENTUM_KEY, Observer, Peer, RESIDUAL_KEY, StopHandle, stop_pair,
+};
 pub use settings::{NodeConfig, SettingsError};

@@ -14,10 +14,14 @@ use futures::StreamExt;
 use futures::channel::mpsc;
 use gradswarm_core::{CodecDescriptor, CpuCodec};
 use gradswarm_model::{
-    BackendKind, Corpus, DataConfig, DeviceChoice, ModelConfig, TrainConfig, Trainer, device,
+    BackendKind, Checkpoint, Corpus, DataConfig, DeviceChoice, ModelConfig, TrainConfig, Trainer,
+    device,
 };
 use gradswarm_net::{Keypair, Multiaddr, NetConfig};
-use gradswarm_peer::{Mode, NodeConfig, Peer, PeerConfig, RoundReport, StopHandle, stop_pair};
+use gradswarm_peer::{
+    MOMENTUM_KEY, Mode, NodeConfig, Peer, PeerConfig, RESIDUAL_KEY, RoundReport, StopHandle,
+    stop_pair,
+};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
@@ -69,6 +73,14 @@ pub struct JoinOptions {
     /// visit), so that a reload rejoins with the same peer id (absent: a new identity).
     #[serde(default)]
     pub identity: Option<Vec<u8>>,
+    /// Rounds between the checkpoints handed to the page (one more when the peer leaves).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+}
+
+/// A tab checkpoints more often than a desktop node (100 rounds): it is closed without warning.
+fn default_checkpoint_every() -> u64 {
+    10
 }
 
 impl JoinOptions {
@@ -159,10 +171,17 @@ pub struct BrowserPeer {
     adapter: String,
     webgpu: bool,
     fallback: Option<String>,
+    resumed_from: Option<u64>,
 }
 
 #[wasm_bindgen]
 impl BrowserPeer {
+    /// The round of the tab's own checkpoint it resumed from, if it did.
+    #[wasm_bindgen(getter)]
+    pub fn resumed_from(&self) -> Option<u64> {
+        self.resumed_from
+    }
+
     /// This peer's key (protobuf encoding), for the page to keep and pass back as
     /// [`JoinOptions::identity`] on its next visit.
     #[wasm_bindgen(getter)]
@@ -204,16 +223,20 @@ fn js_error(context: &str, e: impl std::fmt::Display) -> JsError {
     JsError::new(&format!("{context}: {e}"))
 }
 
-/// Joins the run: `options` as [`JoinOptions`], `corpus` the training text's bytes, `on_round`
-/// called with each round's report (an object shaped like [`RoundReport`]) and `on_end` with an
-/// error message or null when the peer stops. Resolves once the device is chosen and the peer
-/// started.
+/// Joins the run: `options` as [`JoinOptions`], `corpus` the training text's bytes, `checkpoint`
+/// the bytes `on_checkpoint` was last called with in this run (absent: a fresh start), `on_round`
+/// called with each round's report (an object shaped like [`RoundReport`]), `on_end` with an
+/// error message or null when the peer stops, and `on_checkpoint` with `(round, bytes)` every
+/// `checkpoint_every` rounds and when the peer leaves. Resolves once the device is chosen and the
+/// peer started.
 #[wasm_bindgen]
 pub async fn join(
     options: JsValue,
     corpus: Vec<u8>,
+    checkpoint: Option<Vec<u8>>,
     on_round: js_sys::Function,
     on_end: js_sys::Function,
+    on_checkpoint: js_sys::Function,
 ) -> Result<BrowserPeer, JsError> {
     let options: JoinOptions =
         serde_wasm_bindgen::from_value(options).map_err(|e| js_error("join options", e))?;
@@ -232,8 +255,19 @@ pub async fn join(
         Some(why) => tracing::info!("training on {} ({why})", selected.summary),
         None => tracing::info!("training on {}", selected.summary),
     }
-    let trainer =
-        Trainer::new(&model, &train, &selected.device).map_err(|e| js_error("model", e))?;
+    let resumed = match checkpoint {
+        Some(bytes) => resumable(&bytes, &config.run_id, &model),
+        None => None,
+    };
+    let trainer = match &resumed {
+        Some(ckpt) => ckpt.into_trainer(
+            std::path::Path::new("the tab's checkpoint"),
+            &train,
+            &selected.device,
+        ),
+        None => Trainer::new(&model, &train, &selected.device),
+    }
+    .map_err(|e| js_error("model", e))?;
     config.rounds = options.rounds;
     let n = trainer.num_params();
     let limits = config.wire_limits(n, train.batch_size);
@@ -265,7 +299,39 @@ pub async fn join(
         stop_rx,
     )
     .map_err(|e| js_error("peer", e))?;
+    if let Some(ckpt) = &resumed {
+        // As the node resumes: from the checkpoint's round, catching up if the swarm moved on.
+        peer.resume_at(ckpt.meta.round);
+        for key in [RESIDUAL_KEY, MOMENTUM_KEY] {
+            if let Some(values) = ckpt.state(key) {
+                peer.restore_local_state(key, values.to_vec())
+                    .map_err(|e| js_error("the tab's checkpoint", e))?;
+            }
+        }
+        tracing::info!(
+            "resuming from the tab's checkpoint of round {}",
+            ckpt.meta.round
+        );
+    }
     peer.wait_for_peers(options.min_peers);
+    // Checkpoints cross to the page as reports do (the sink must be Send).
+    let (checkpoints, mut kept) = mpsc::unbounded::<(u64, Vec<u8>)>();
+    peer.set_checkpoint_sink(
+        options.checkpoint_every,
+        Box::new(move |round, bytes| {
+            let _ = checkpoints.unbounded_send((round, bytes));
+        }),
+    );
+    wasm_bindgen_futures::spawn_local(async move {
+        while let Some((round, bytes)) = kept.next().await {
+            let bytes = js_sys::Uint8Array::from(bytes.as_slice());
+            if let Err(e) =
+                on_checkpoint.call2(&JsValue::NULL, &JsValue::from_f64(round as f64), &bytes)
+            {
+                tracing::warn!("the page's checkpoint callback failed: {e:?}");
+            }
+        }
+    });
     // The observer must be Send (native peers run on threads); JavaScript values are not, so
     // reports cross a channel to a task that calls the page.
     let (reports, mut received) = mpsc::unbounded::<RoundReport>();
@@ -302,5 +368,25 @@ pub async fn join(
         adapter: selected.summary,
         webgpu: selected.kind == BackendKind::Wgpu,
         fallback: selected.fallback_reason,
+        resumed_from: resumed.map(|c| c.meta.round),
     })
+}
+
+/// The tab's checkpoint, if it is one of this run and model; a stale or damaged one is set aside
+/// (logged), and the tab starts as a new peer would, syncing from the swarm.
+fn resumable(bytes: &[u8], run_id: &str, model: &ModelConfig) -> Option<Checkpoint> {
+    match Checkpoint::from_bytes(bytes) {
+        Ok(ckpt) if ckpt.meta.run_id == run_id && ckpt.meta.model_config == *model => Some(ckpt),
+        Ok(ckpt) => {
+            tracing::warn!(
+                "the tab's checkpoint is of run {}, not {run_id}: starting afresh",
+                ckpt.meta.run_id
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!("the tab's checkpoint is unreadable ({e}): starting afresh");
+            None
+        }
+    }
 }

@@ -104,6 +104,24 @@ function usedText(p) {
 // the same peer.
 const IDENTITY_KEY = "gradswarm.identity";
 
+// The tab's checkpoints, one per run ({round, bytes}: the node's safetensors format), in this
+// origin's IndexedDB: a reload resumes from there, as a desktop node does from its --out folder.
+function checkpoints(mode, use) {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open("gradswarm", 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("checkpoints");
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const tx = open.result.transaction("checkpoints", mode);
+      const request = use(tx.objectStore("checkpoints"));
+      tx.oncomplete = () => resolve(request.result);
+      tx.onerror = () => reject(tx.error);
+    };
+  });
+}
+const loadCheckpoint = (runId) => checkpoints("readonly", (store) => store.get(runId));
+const keepCheckpoint = (runId, round, bytes) => checkpoints("readwrite", (store) => store.put({ round, bytes }, runId));
+
 async function main() {
   try {
     const [boot, corpus] = await Promise.all([
@@ -122,7 +140,7 @@ async function main() {
     $("status").textContent = "ready";
     document.body.dataset.state = "ready";
     $("join").disabled = false;
-    $("join").onclick = () => {
+    $("join").onclick = async () => {
       $("join").disabled = true;
       $("status").textContent = "starting";
       worker?.terminate();
@@ -130,6 +148,14 @@ async function main() {
       worker.onerror = (e) => fail(`the peer's worker failed: ${e.message ?? e}`);
       worker.onmessage = ({ data }) => {
         if (data.type === "round") onRound(data.report);
+        else if (data.type === "checkpoint") {
+          keepCheckpoint(options.run_id, data.round, data.bytes)
+            .then(() => {
+              $("checkpoint").textContent = `round ${data.round}, ${fmtBytes(data.bytes.byteLength)}, kept in this browser`;
+              document.body.dataset.checkpoint = String(data.round);
+            })
+            .catch((e) => console.warn(`checkpoint of round ${data.round} not kept: ${e}`));
+        }
         else if (data.type === "end") onEnd(data.error);
         else if (data.type === "error") {
           $("join").disabled = false;
@@ -141,6 +167,10 @@ async function main() {
           $("adapter").textContent = usedText(data);
           document.body.dataset.adapter = $("adapter").textContent;
           document.body.dataset.webgpu = String(data.webgpu);
+          if (data.resumed_from !== null) {
+            document.body.dataset.resumedFrom = String(data.resumed_from);
+            $("checkpoint").textContent = `resumed from this browser's checkpoint of round ${data.resumed_from}`;
+          }
           $("status").textContent = "training";
           document.body.dataset.state = "running";
           $("leave").disabled = false;
@@ -149,7 +179,14 @@ async function main() {
       // The corpus is copied to the worker; the page keeps its own for a later Join.
       const saved = localStorage.getItem(IDENTITY_KEY);
       const identity = saved ? { identity: JSON.parse(saved) } : {};
-      worker.postMessage({ type: "join", options: { ...options, ...identity }, corpus: corpus.slice(0) });
+      // A browser without IndexedDB (private modes of some) starts afresh, as a new peer would.
+      const kept = await loadCheckpoint(options.run_id).catch(() => null);
+      worker.postMessage({
+        type: "join",
+        options: { ...options, ...identity },
+        corpus: corpus.slice(0),
+        checkpoint: kept?.bytes ?? null,
+      });
     };
     $("leave").onclick = () => worker?.postMessage({ type: "leave" });
   } catch (e) {

@@ -1,7 +1,7 @@
 // The browser peer's worker: the wasm peer runs here, off the page's thread, so that training on
 // the CPU backend (whose steps block while they compute) never freezes the page. The page sends
-// {type: "join", options, corpus} and {type: "leave"}; the worker answers with "joined", "round",
-// "end" and "error" messages.
+// {type: "join", options, corpus, checkpoint} and {type: "leave"}; the worker answers with
+// "joined", "round", "checkpoint", "end" and "error" messages.
 import init, { join } from "./pkg/gradswarm_web.js";
 
 let peer = null;
@@ -25,11 +25,14 @@ self.onmessage = async (event) => {
     peer = await join(
       message.options,
       new Uint8Array(message.corpus),
+      message.checkpoint ?? undefined,
       (report) => self.postMessage({ type: "round", report }),
       (error) => {
         peer = null;
         self.postMessage({ type: "end", error });
       },
+      // The page keeps it (IndexedDB); the buffer moves there rather than being copied.
+      (round, bytes) => self.postMessage({ type: "checkpoint", round, bytes }, [bytes.buffer]),
     );
     self.postMessage({
       type: "joined",
@@ -38,6 +41,7 @@ self.onmessage = async (event) => {
       adapter: peer.adapter,
       webgpu: peer.webgpu,
       fallback: peer.fallback ?? null,
+      resumed_from: peer.resumed_from ?? null,
     });
   } catch (e) {
     peer = null;

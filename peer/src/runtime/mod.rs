@@ -89,6 +89,11 @@ type Polling = BoxFuture<'static, (u64, Vec<(PeerId, Fingerprint)>)>;
 /// them, say).
 pub type Observer = Box<dyn FnMut(&RoundReport, &Trainer, &[(&str, &[f32])]) + Send>;
 
+/// Called every so many rounds, and when the peer leaves, with a checkpoint's bytes (the
+/// node's safetensors format, read without blocking on the device) and the round it resumes at:
+/// a browser tab keeps them, having no file system of its own to write to.
+pub type CheckpointSink = Box<dyn FnMut(u64, Vec<u8>) + Send>;
+
 /// Checkpoint key of the error-feedback residual: what this peer computed but has not sent yet.
 pub const RESIDUAL_KEY: &str = "feedback.residual";
 /// Checkpoint key of the outer optimizer's momentum (Nesterov; SGD keeps none).
@@ -139,6 +144,8 @@ pub struct Peer {
     min_peers: usize,
     summary: PeerSummary,
     observer: Option<Observer>,
+    /// Every how many rounds, and to what, checkpoints go ([`Peer::set_checkpoint_sink`]).
+    checkpoints: Option<(u64, CheckpointSink)>,
     /// Where messages leave this peer ([`Honest`] unless an experiment set an attacker's).
     edge: Box<dyn Edge>,
     /// Whether the round loop runs (drift is only looked at once this peer has joined).
@@ -235,6 +242,7 @@ impl Peer {
             last_loss: f32::NAN,
             min_peers: 0,
             observer: None,
+            checkpoints: None,
             edge: Box::new(Honest),
             running: false,
             resumed: false,
@@ -258,6 +266,36 @@ impl Peer {
     /// Waits for at least `n` other peers before the first round (harness runs start together).
     pub fn wait_for_peers(&mut self, n: usize) {
         self.min_peers = n;
+    }
+
+    /// Hands `sink` a checkpoint every `every` rounds (0: only when leaving) and when leaving.
+    pub fn set_checkpoint_sink(&mut self, every: u64, sink: CheckpointSink) {
+        self.checkpoints = Some((every, sink));
+    }
+
+    /// A checkpoint of the open round to the sink, if there is one; a failed read is logged,
+    /// and the next checkpoint may work.
+    pub(super) async fn checkpoint(&mut self) {
+        if self.checkpoints.is_none() {
+            return;
+        }
+        let round = self.book.round();
+        let state = local_state(&self.feedback, &self.outer);
+        let bytes = gradswarm_model::checkpoint::to_bytes_async(
+            &self.trainer,
+            &self.config.run_id,
+            round,
+            &state,
+        )
+        .await;
+        match bytes {
+            Ok(bytes) => {
+                if let Some((_, sink)) = self.checkpoints.as_mut() {
+                    sink(round, bytes);
+                }
+            }
+            Err(e) => tracing::warn!("checkpoint of round {round}: {e}"),
+        }
     }
 
     /// Calls `observer` after every round (the node's status line, the harness's report).
@@ -337,6 +375,7 @@ impl Peer {
         if !self.stopped {
             self.linger().await?;
         }
+        self.checkpoint().await;
         self.summary.drops = self.drops.clone();
         self.summary.final_params = self.trainer.parameters_async().await?;
         // A joiner asking after our last round still gets our state while the network lives.

@@ -272,6 +272,13 @@ impl Peer {
             observer(&report, &self.trainer, &state);
         }
         self.summary.keep(report);
+        if self
+            .checkpoints
+            .as_ref()
+            .is_some_and(|(every, _)| *every > 0 && round.is_multiple_of(*every))
+        {
+            self.checkpoint().await;
+        }
         self.forget_the_long_gone();
         Ok(())
     }
