@@ -111,13 +111,18 @@ try {
     ],
   });
   const tab = context.pages()[0] ?? (await context.newPage());
+  // Encodes the WGSL codec handed to the CPU reference (same bytes, so only the log tells).
+  let gpuFallbacks = 0;
   const consoleLog = fs.createWriteStream(path.join(artifacts, "browser-console.log"));
   tab.on("console", (m) => consoleLog.write(`${m.type()}: ${m.text()}\n`));
   tab.on("pageerror", (e) => consoleLog.write(`pageerror: ${e.message}\n`));
   // The peer runs in a worker (web/www/worker.js): keep its console too.
   tab.on("worker", (w) => {
     consoleLog.write(`worker started: ${w.url()}\n`);
-    w.on("console", (m) => consoleLog.write(`worker ${m.type()}: ${m.text()}\n`));
+    w.on("console", (m) => {
+      consoleLog.write(`worker ${m.type()}: ${m.text()}\n`);
+      if (m.text().includes("GPU encode failed")) gpuFallbacks += 1;
+    });
   });
   // `rounds` is the round to stop at: a reloaded tab syncs to the native peer's round, which went
   // on without it, so with a reload the tab runs until it is closed.
@@ -147,10 +152,15 @@ try {
     peer: document.getElementById("peer").textContent,
     reports: window.gsReports ?? [],
     checkpoint: document.body.dataset.checkpoint,
+    codec: document.body.dataset.codec,
   }));
   fs.writeFileSync(path.join(artifacts, "reports.json"), JSON.stringify(seen.reports, null, 1));
   if (seen.state === "error") fail(`the page shows an error: ${seen.error}`);
   if (DEVICE === "gpu" && !seen.webgpu) fail(`asked for WebGPU, the page trained on: ${seen.adapter}`);
+  // On WebGPU the update codec runs as WGSL kernels on the trainer's device (its readback
+  // awaited); the native peer counting the tab's updates below shows their bytes are the run's.
+  if (seen.webgpu !== seen.codec?.startsWith("WGSL")) fail(`WebGPU ${seen.webgpu}, yet the codec runs on: ${seen.codec}`);
+  if (gpuFallbacks > 0) fail(`${gpuFallbacks} encodes fell back from the WGSL codec to the CPU`);
   if (seen.rounds < 10) fail(`the browser peer completed ${seen.rounds} rounds`);
   const kept = Number(seen.checkpoint);
   if (!Number.isFinite(kept)) fail("the tab kept no checkpoint");
@@ -218,6 +228,7 @@ try {
     adapter: seen.adapter,
     browser_rounds: seen.rounds,
     checkpoint_round: kept,
+    codec: seen.codec,
     browser_loss_first3: first,
     browser_loss_last3: last,
     native_counted_browser_updates: counted,

@@ -63,6 +63,17 @@ pub struct SelectedDevice {
     pub wgpu: Option<WgpuSetup>,
 }
 
+impl SelectedDevice {
+    /// The wgpu device and queue training runs on, for the GPU codec to share; None on the CPU
+    /// backend.
+    pub fn wgpu_queue(&self) -> Option<(wgpu::Device, wgpu::Queue)> {
+        match (self.kind, &self.wgpu) {
+            (BackendKind::Wgpu, Some(setup)) => Some((setup.device.clone(), setup.queue.clone())),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Debug for SelectedDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SelectedDevice")

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use gradswarm_model::{BackendKind, Checkpoint, Corpus, Trainer, checkpoint};
+use gradswarm_model::{Checkpoint, Corpus, Trainer, checkpoint};
 use gradswarm_net::{Multiaddr, NetConfig, native};
 use gradswarm_peer::{MOMENTUM_KEY, Peer, PeerSummary, RESIDUAL_KEY, RoundReport, stop_pair};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -146,17 +146,9 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
     };
     let resumed_names: Vec<&str> = resumed_state.iter().map(|(k, _)| *k).collect();
     let peer_cfg = cfg.peer_config();
-    let wgpu = match (selected.kind, &selected.wgpu) {
-        (BackendKind::Wgpu, Some(setup)) => Some((setup.device.clone(), setup.queue.clone())),
-        _ => None,
-    };
-    let (codec, kind) = gradswarm_shaders::codec_for(peer_cfg.codec, wgpu)?;
-    let on = match kind {
-        gradswarm_shaders::CodecKind::Gpu => "WGSL kernels on the training device",
-        gradswarm_shaders::CodecKind::Cpu => "CPU",
-    };
+    let (codec, kind) = gradswarm_shaders::codec_for(peer_cfg.codec, selected.wgpu_queue())?;
     eprintln!(
-        "codec: top-{} ppm + int8 + zstd ({on})",
+        "codec: top-{} ppm + int8 + zstd ({kind})",
         cfg.swarm.top_k_per_million
     );
 

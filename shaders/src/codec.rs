@@ -1,10 +1,9 @@
 //! [`GpuCodec`]: core's [`Codec`] on a wgpu device. Encoding lives in `encode.rs`, decoding in
 //! `decode.rs`; this module holds the device, the dispatch grid and the readback.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use gradswarm_core::codec::{Codec, CodecDescriptor, CpuCodec, RngKey, parse_payload};
+use gradswarm_core::codec::{
+    Codec, CodecDescriptor, CpuCodec, EncodeFuture, RngKey, parse_payload,
+};
 use gradswarm_core::{DecodeError, EncodeError};
 
 use crate::decode::DecodeBuffers;
@@ -78,21 +77,39 @@ impl GpuCodec {
         (x as u32, groups.div_ceil(x) as u32)
     }
 
-    /// Maps `buffer`'s first `bytes` bytes, waits for the device, and copies them out.
+    /// Maps `buffer`'s first `bytes` bytes, waits for the device, and copies them out. In a
+    /// browser nothing may wait for WebGPU: an error there (callers fall back to the CPU).
     pub(crate) fn read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>, ShaderError> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(ShaderError::Readback(
+                "a browser's WebGPU reads back only asynchronously".into(),
+            ));
+        }
+        // Natively `read_async` polls the device to completion first: this returns at once.
+        pollster::block_on(self.read_async(buffer, bytes))
+    }
+
+    /// [`GpuCodec::read`] without blocking: the map's callback completes a channel. A browser's
+    /// WebGPU runs it once the page's event loop turns; native wgpu, when the device is polled.
+    pub(crate) async fn read_async(
+        &self,
+        buffer: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Result<Vec<u8>, ShaderError> {
         if bytes == 0 {
             return Ok(Vec::new());
         }
         let slice = buffer.slice(..bytes);
-        let ok = Arc::new(AtomicBool::new(false));
-        let flag = ok.clone();
+        let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
-            flag.store(r.is_ok(), Ordering::SeqCst)
+            let _ = tx.send(r.is_ok());
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| ShaderError::Readback(e.to_string()))?;
-        if !ok.load(Ordering::SeqCst) {
+        if cfg!(not(target_arch = "wasm32")) {
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| ShaderError::Readback(e.to_string()))?;
+        }
+        if rx.await != Ok(true) {
             return Err(ShaderError::Readback("buffer map failed".into()));
         }
         let out = slice
@@ -130,6 +147,15 @@ impl Codec for GpuCodec {
         key: RngKey,
     ) -> Result<Vec<u8>, EncodeError> {
         self.encode_on_device(delta, residual, key)
+    }
+
+    fn encode_async<'a>(
+        &'a mut self,
+        delta: &'a [f32],
+        residual: &'a mut [f32],
+        key: RngKey,
+    ) -> EncodeFuture<'a> {
+        Box::pin(self.encode_on_device_async(delta, residual, key))
     }
 
     fn decode_add(

@@ -12,6 +12,22 @@ use crate::pipelines::{
     uniform, words_bytes,
 };
 
+/// An encode submitted to the device: what its staging bytes hold, and where.
+struct EncodeJob {
+    /// The buffer its results were copied to.
+    staging: wgpu::Buffer,
+    k: usize,
+    nblocks: usize,
+    int8: bool,
+    block: u32,
+    top_k: bool,
+    /// Where the indices and the residual start in the staging buffer.
+    idx_at: u64,
+    res_at: u64,
+    /// How many staging bytes to read back.
+    bytes: u64,
+}
+
 /// Device buffers for vectors of up to `cap` values, reused across calls.
 pub(crate) struct EncodeBuffers {
     cap: usize,
@@ -197,6 +213,35 @@ impl GpuCodec {
         residual: &mut [f32],
         key: RngKey,
     ) -> Result<Vec<u8>, EncodeError> {
+        let Some(job) = self.submit_encode(delta, residual, key)? else {
+            return self.cpu.encode(delta, residual, key);
+        };
+        let read = self.read(&job.staging, job.bytes);
+        self.finish_encode(&job, read, delta, residual, key)
+    }
+
+    /// [`GpuCodec::encode_on_device`], awaiting the readback instead of blocking on it.
+    pub(crate) async fn encode_on_device_async(
+        &mut self,
+        delta: &[f32],
+        residual: &mut [f32],
+        key: RngKey,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let Some(job) = self.submit_encode(delta, residual, key)? else {
+            return self.cpu.encode(delta, residual, key);
+        };
+        let read = self.read_async(&job.staging, job.bytes).await;
+        self.finish_encode(&job, read, delta, residual, key)
+    }
+
+    /// Checks the inputs, uploads them and submits the encode kernels and the copy of their
+    /// results to the staging buffer; None where the device cannot (the CPU reference then).
+    fn submit_encode(
+        &mut self,
+        delta: &[f32],
+        residual: &[f32],
+        key: RngKey,
+    ) -> Result<Option<EncodeJob>, EncodeError> {
         let n = delta.len();
         if n != residual.len() {
             return Err(EncodeError::LengthMismatch {
@@ -212,7 +257,7 @@ impl GpuCodec {
                     "vector too long for the GPU; CPU codec"
                 );
             }
-            return self.cpu.encode(delta, residual, key);
+            return Ok(None);
         }
         let desc = self.descriptor;
         let k = desc.max_entries(n);
@@ -224,7 +269,7 @@ impl GpuCodec {
         };
         self.ensure_encode_buffers(n);
         let Some(b) = self.encode_buffers.as_ref() else {
-            return self.cpu.encode(delta, residual, key);
+            return Ok(None);
         };
         let nt = tiles(n);
         let q = &self.queue;
@@ -267,7 +312,30 @@ impl GpuCodec {
         }
         enc.copy_buffer_to_buffer(&b.residual, 0, &b.staging, res_at, Some(4 * n as u64));
         self.queue.submit([enc.finish()]);
-        let bytes = match self.read(&b.staging, res_at + 4 * n as u64) {
+        Ok(Some(EncodeJob {
+            staging: b.staging.clone(),
+            k,
+            nblocks,
+            int8,
+            block,
+            top_k,
+            idx_at,
+            res_at,
+            bytes: res_at + 4 * n as u64,
+        }))
+    }
+
+    /// The payload from an encode's read-back staging bytes, the residual updated; the CPU
+    /// reference when the readback failed.
+    fn finish_encode(
+        &mut self,
+        job: &EncodeJob,
+        read: Result<Vec<u8>, ShaderError>,
+        delta: &[f32],
+        residual: &mut [f32],
+        key: RngKey,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let bytes = match read {
             Ok(bytes) => bytes,
             Err(e) => {
                 // Nothing on the host has changed yet: the reference gives the same bytes.
@@ -275,7 +343,20 @@ impl GpuCodec {
                 return self.cpu.encode(delta, residual, key);
             }
         };
-
+        let EncodeJob {
+            k,
+            nblocks,
+            int8,
+            block,
+            top_k,
+            idx_at,
+            res_at,
+            ..
+        } = job;
+        let (k, nblocks, int8, block, top_k, idx_at, res_at) =
+            (*k, *nblocks, *int8, *block, *top_k, *idx_at, *res_at);
+        let n = delta.len();
+        let desc = self.descriptor;
         let words: Vec<u32> = bytes_words(&bytes).collect();
         let bad = words[0];
         if bad != u32::MAX {

@@ -76,6 +76,15 @@ pub enum CodecKind {
     Cpu,
 }
 
+impl std::fmt::Display for CodecKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CodecKind::Gpu => "WGSL kernels on the training device",
+            CodecKind::Cpu => "CPU",
+        })
+    }
+}
+
 /// The codec for a peer: the GPU codec on `device` (the trainer's, when it trains on wgpu), else
 /// the CPU reference, saying so in the log. Both produce the same bytes.
 pub fn codec_for(

@@ -218,3 +218,29 @@ fn without_a_device_the_cpu_codec_is_used_and_with_one_the_gpu_codec() {
             .expect("encodes")
     );
 }
+
+/// The path a browser takes (the readback awaited, not waited for) gives the same bytes and
+/// residuals: rounds alternate between it and the blocking one, against the CPU reference.
+#[test]
+fn the_awaited_encode_matches_the_cpu_byte_for_byte() {
+    let len = 50_003;
+    let mut gpu = gpu(CodecDescriptor::top_k_int8_zstd(10_000));
+    let mut cpu = CpuCodec::new(gpu.descriptor()).expect("valid chain");
+    let (mut ef_cpu, mut ef_gpu) = (ErrorFeedback::new(len), ErrorFeedback::new(len));
+    for round in 0..4 {
+        let delta = awkward(len, 77 + round);
+        let key = RngKey::new(77, round);
+        let a = ef_cpu.encode(&mut cpu, &delta, key).expect("cpu encodes");
+        let b = if round % 2 == 0 {
+            pollster::block_on(ef_gpu.encode_async(&mut gpu, &delta, key)).expect("gpu encodes")
+        } else {
+            ef_gpu.encode(&mut gpu, &delta, key).expect("gpu encodes")
+        };
+        assert!(a == b, "round {round}: payloads differ");
+        assert_eq!(
+            bits(ef_cpu.residual()),
+            bits(ef_gpu.residual()),
+            "round {round}"
+        );
+    }
+}

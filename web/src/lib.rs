@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
-use gradswarm_core::{CodecDescriptor, CpuCodec};
+use gradswarm_core::CodecDescriptor;
 use gradswarm_model::{
     BackendKind, Checkpoint, Corpus, DataConfig, DeviceChoice, ModelConfig, TrainConfig, Trainer,
     device,
@@ -172,10 +172,17 @@ pub struct BrowserPeer {
     webgpu: bool,
     fallback: Option<String>,
     resumed_from: Option<u64>,
+    codec: String,
 }
 
 #[wasm_bindgen]
 impl BrowserPeer {
+    /// Where the update codec runs: the WGSL kernels on the training device, or the CPU.
+    #[wasm_bindgen(getter)]
+    pub fn codec(&self) -> String {
+        self.codec.clone()
+    }
+
     /// The round of the tab's own checkpoint it resumed from, if it did.
     #[wasm_bindgen(getter)]
     pub fn resumed_from(&self) -> Option<u64> {
@@ -287,7 +294,9 @@ pub async fn join(
     let peer_id = net.local_peer_id().to_base58();
     wasm_bindgen_futures::spawn_local(driver.run());
 
-    let codec = Box::new(CpuCodec::new(config.codec).map_err(|e| js_error("codec", e))?);
+    // On WebGPU the codec's kernels share the trainer's device, as on the desktop.
+    let (codec, codec_kind) = gradswarm_shaders::codec_for(config.codec, selected.wgpu_queue())
+        .map_err(|e| js_error("codec", e))?;
     let (stop, stop_rx) = stop_pair();
     let mut peer = Peer::new(
         config,
@@ -369,6 +378,7 @@ pub async fn join(
         webgpu: selected.kind == BackendKind::Wgpu,
         fallback: selected.fallback_reason,
         resumed_from: resumed.map(|c| c.meta.round),
+        codec: codec_kind.to_string(),
     })
 }
 

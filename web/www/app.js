@@ -167,6 +167,8 @@ async function main() {
           $("adapter").textContent = usedText(data);
           document.body.dataset.adapter = $("adapter").textContent;
           document.body.dataset.webgpu = String(data.webgpu);
+          $("codec").textContent = `top-k + int8 + zstd: ${data.codec}`;
+          document.body.dataset.codec = data.codec;
           if (data.resumed_from !== null) {
             document.body.dataset.resumedFrom = String(data.resumed_from);
             $("checkpoint").textContent = `resumed from this browser's checkpoint of round ${data.resumed_from}`;

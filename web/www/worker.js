@@ -42,6 +42,7 @@ self.onmessage = async (event) => {
       webgpu: peer.webgpu,
       fallback: peer.fallback ?? null,
       resumed_from: peer.resumed_from ?? null,
+      codec: peer.codec,
     });
   } catch (e) {
     peer = null;

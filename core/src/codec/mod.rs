@@ -139,6 +139,19 @@ pub trait Codec {
         key: RngKey,
     ) -> Result<Vec<u8>, EncodeError>;
 
+    /// [`Codec::encode`] without blocking on a device: a browser's WebGPU answers a readback only
+    /// once the page's event loop runs, so a codec that reads back from a GPU awaits it there.
+    /// The default encodes at once.
+    fn encode_async<'a>(
+        &'a mut self,
+        delta: &'a [f32],
+        residual: &'a mut [f32],
+        key: RngKey,
+    ) -> EncodeFuture<'a> {
+        let result = self.encode(delta, residual, key);
+        Box::pin(std::future::ready(result))
+    }
+
     /// Decodes `payload` (made with `descriptor`) and adds `weight · D(payload)` into `out`.
     fn decode_add(
         &mut self,
@@ -148,6 +161,10 @@ pub trait Codec {
         out: &mut [f32],
     ) -> Result<(), DecodeError>;
 }
+
+/// What [`Codec::encode_async`] returns: the payload, once the device has answered.
+pub type EncodeFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, EncodeError>> + Send + 'a>>;
 
 /// The CPU reference codec.
 #[derive(Clone, Debug)]
@@ -303,16 +320,40 @@ impl ErrorFeedback {
         delta: &[f32],
         key: RngKey,
     ) -> Result<Vec<u8>, EncodeError> {
+        let kept = self.decay_residual();
+        let result = codec.encode(delta, &mut self.residual, key);
+        self.restore_on_error(kept, &result);
+        result
+    }
+
+    /// [`ErrorFeedback::encode`] through [`Codec::encode_async`].
+    pub async fn encode_async(
+        &mut self,
+        codec: &mut (dyn Codec + Send),
+        delta: &[f32],
+        key: RngKey,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let kept = self.decay_residual();
+        let result = codec.encode_async(delta, &mut self.residual, key).await;
+        self.restore_on_error(kept, &result);
+        result
+    }
+
+    /// Decays the residual before an encode; returns it as it was when the decay changed it.
+    fn decay_residual(&mut self) -> Option<Vec<f32>> {
         if self.decay == 1.0 {
-            return codec.encode(delta, &mut self.residual, key);
+            return None;
         }
         let kept = self.residual.clone();
         self.residual.iter_mut().for_each(|e| *e *= self.decay);
-        let result = codec.encode(delta, &mut self.residual, key);
-        if result.is_err() {
+        Some(kept)
+    }
+
+    /// A failed encode loses nothing: the residual goes back to what it was before the decay.
+    fn restore_on_error(&mut self, kept: Option<Vec<f32>>, result: &Result<Vec<u8>, EncodeError>) {
+        if let (Some(kept), Err(_)) = (kept, result) {
             self.residual = kept;
         }
-        result
     }
 
     /// `θ − c · e`: where θ will stand once this peer's unsent residual has been sent and

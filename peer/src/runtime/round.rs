@@ -332,7 +332,10 @@ impl Peer {
             self.samples += samples;
             let round = self.book.round();
             let key = RngKey::new(shard_seed(&self.me), round);
-            let payload = self.feedback.encode(self.codec.as_mut(), &delta, key)?;
+            let payload = self
+                .feedback
+                .encode_async(self.codec.as_mut(), &delta, key)
+                .await?;
             let update = Update {
                 run_id: self.config.run_id.clone(),
                 model_hash: self.model_hash,
