@@ -64,6 +64,10 @@ struct Args {
     /// The certificate's PEM private key.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics (libp2p's: connections, gossipsub, kad, relay, …) at
+    /// http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// TCP on `port`, QUIC on the same UDP port, WebSocket on the next TCP port and, with `tls`,
@@ -128,6 +132,12 @@ async fn main() -> Result<()> {
     config.tls = pem.as_ref().map(tls::Pem::for_net);
     if !args.allow.is_empty() {
         config.allow = Some(gradswarm_net::parse_peer_ids(&args.allow)?);
+    }
+    if let Some(addr) = args.metrics {
+        let registry = gradswarm_net::SharedRegistry::default();
+        config.metrics = Some(registry.clone());
+        let bound = gradswarm_net::metrics::serve_metrics(addr, registry).await?;
+        println!("metrics: http://{bound}/metrics");
     }
     let (handle, mut events, driver) = native::build(config, key)
         .await

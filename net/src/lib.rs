@@ -17,6 +17,8 @@ pub mod run;
 mod store;
 
 #[cfg(not(target_arch = "wasm32"))]
+pub mod metrics;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
@@ -96,7 +98,13 @@ pub struct NetConfig {
     /// A certificate for WebSocket over TLS (`/tls/ws` listen addresses, which browsers dial as
     /// `wss://`): native nodes only; `None`, plain WebSocket only.
     pub tls: Option<TlsCertificate>,
+    /// Where libp2p's own metrics go (connections, gossipsub, kad, identify, ping RTT, relay,
+    /// dcutr), named `libp2p_…`; `None`: none are kept.
+    pub metrics: Option<SharedRegistry>,
 }
+
+/// A Prometheus registry that the network, the peer and the `/metrics` server share.
+pub type SharedRegistry = std::sync::Arc<std::sync::Mutex<prometheus_client::registry::Registry>>;
 
 /// A TLS certificate chain and its private key, DER-encoded.
 #[derive(Clone, Debug)]
@@ -123,6 +131,7 @@ impl NetConfig {
             inline_update_bytes: DEFAULT_INLINE_UPDATE_BYTES,
             allow: None,
             tls: None,
+            metrics: None,
         }
     }
 
@@ -141,6 +150,7 @@ impl NetConfig {
             inline_update_bytes: DEFAULT_INLINE_UPDATE_BYTES,
             allow: None,
             tls: None,
+            metrics: None,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use gradswarm_model::{Checkpoint, Corpus, Trainer, checkpoint};
 use gradswarm_net::{Multiaddr, NetConfig, native};
+use gradswarm_peer::metrics::PeerMetrics;
 use gradswarm_peer::{MOMENTUM_KEY, Peer, PeerSummary, RESIDUAL_KEY, RoundReport, stop_pair};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -33,6 +34,8 @@ pub struct JoinArgs {
     pub min_peers: usize,
     /// The run id the volunteer was told to join: the published manifest must have it.
     pub expect_run: Option<String>,
+    /// Where to serve Prometheus metrics (`/metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 fn status_line(r: &RoundReport) -> String {
@@ -171,8 +174,24 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
     if net_cfg.mdns {
         eprintln!("no bootstrap node given: looking for peers on the LAN (mDNS)");
     }
+    // One registry for libp2p's metrics (the driver's) and the peer's own (the round observer's).
+    let metrics = args.metrics.map(|addr| {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let peer =
+            PeerMetrics::register(&mut registry, &selected.summary, cfg.model.context as u64);
+        (addr, Arc::new(std::sync::Mutex::new(registry)), peer)
+    });
+    net_cfg.metrics = metrics.as_ref().map(|(_, registry, _)| registry.clone());
     let key = native::load_or_create_identity(&cfg.run.out.join("identity.key"))?;
     let (net, events, driver) = runtime.block_on(native::build(net_cfg, key))?;
+    let peer_metrics = match metrics {
+        Some((addr, registry, peer)) => {
+            let bound = runtime.block_on(gradswarm_net::metrics::serve_metrics(addr, registry))?;
+            eprintln!("metrics: http://{bound}/metrics");
+            Some(peer)
+        }
+        None => None,
+    };
     eprintln!("peer id {}", net.local_peer_id());
     runtime.spawn(driver.run());
     // A peer of a published run serves it on, so a joiner may start from any peer's address.
@@ -217,6 +236,9 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
             let line_bar = bar.clone();
             let (ckpt_path, ckpt_run) = (path.clone(), run_id.clone());
             peer.set_observer(Box::new(move |r, trainer, state| {
+                if let Some(m) = &peer_metrics {
+                    m.observe(r);
+                }
                 if every > 0 && (r.round + 1) % every == 0 {
                     // The round loop goes on whatever the disk says; the next checkpoint may work.
                     if let Err(e) =

@@ -73,6 +73,9 @@ enum Command {
         /// other, or none, is refused.
         #[arg(long)]
         expect_run: Option<String>,
+        /// Serve Prometheus metrics (libp2p's and the peer's) at http://ADDR/metrics.
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Publish a run: write the manifest of a config and its data (the run folder) that
     /// `gradswarm-bootstrap --run DIR` serves to volunteers, who then join with its address alone.
@@ -203,9 +206,11 @@ fn main() -> ExitCode {
             rounds,
             min_peers,
             expect_run,
+            metrics,
         } => join::join(join::JoinArgs {
             min_peers,
             expect_run,
+            metrics,
             config,
             addrs,
             out,

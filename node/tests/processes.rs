@@ -473,3 +473,145 @@ fn volunteers_join_a_published_run_with_its_address_alone() {
         );
     }
 }
+
+/// The body of `GET url` (plain HTTP/1.1, as Prometheus scrapes).
+fn scrape(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_at(rest.find('/').expect("a path"));
+    let mut stream = std::net::TcpStream::connect(host).expect("the metrics server accepts");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// A metric's value in Prometheus text (`name value` or `name{labels} value`), summed over labels.
+fn metric(text: &str, name: &str) -> f64 {
+    let values: Vec<f64> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            rest.parse().ok()
+        })
+        .collect();
+    assert!(!values.is_empty(), "no {name} in:\n{text}");
+    values.iter().sum()
+}
+
+/// `--metrics ADDR` on `join` and on the bootstrap: Prometheus text with libp2p's metrics and the
+/// peer's own. Scraped at rounds 10 and 20 of a two-peer run, the peer's counters move and agree
+/// with the run (one round closed per round number, 8 samples per round trained), and with its
+/// JSON summary at the end; the bootstrap counts the peers' connections.
+#[test]
+fn metrics_are_served_and_move_with_the_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut boot, addr) = bootstrap(dir.path(), &["--metrics", "127.0.0.1:0"]);
+    let url_of = |line: String| line.trim_start_matches("metrics: ").to_string();
+    let boot_url = url_of(boot.wait_for(
+        "the bootstrap's metrics address",
+        |l| l.starts_with("metrics: http://"),
+        Duration::from_secs(30),
+    ));
+    let config = join_config(dir.path());
+    let mut peers: Vec<Watched> = (0..2)
+        .map(|i| {
+            Watched::spawn(Command::new(BIN).args([
+                "join",
+                &addr,
+                "--config",
+                config.to_str().expect("utf8"),
+                "--out",
+                dir.path().join(format!("peer{i}")).to_str().expect("utf8"),
+                "--rounds",
+                "30",
+                "--min-peers",
+                "1",
+                "--metrics",
+                "127.0.0.1:0",
+            ]))
+        })
+        .collect();
+    let url = url_of(peers[0].wait_for(
+        "the peer's metrics address",
+        |l| l.starts_with("metrics: http://"),
+        Duration::from_secs(60),
+    ));
+    let mut scrapes = Vec::new();
+    for round in [10, 20] {
+        peers[0].wait_for(
+            &format!("round {round}"),
+            |l| l.starts_with(&format!("round {round} ")),
+            Duration::from_secs(120),
+        );
+        scrapes.push(scrape(&url));
+    }
+    for text in &scrapes {
+        let round = metric(text, "gradswarm_round");
+        assert!(round >= 10.0, "{text}");
+        // Every round from 0 to the latest closed, once; each trained one took 8 samples.
+        assert_eq!(
+            metric(text, "gradswarm_rounds_total"),
+            round + 1.0,
+            "{text}"
+        );
+        assert_eq!(
+            metric(text, "gradswarm_samples_total"),
+            8.0 * metric(text, "gradswarm_trained_rounds_total"),
+            "{text}"
+        );
+        assert!(
+            metric(text, "gradswarm_updates_counted_total") > round,
+            "{text}"
+        );
+        assert!(text.contains("gradswarm_device_info{device="), "{text}");
+        // libp2p's own: connections to the bootstrap and the other peer, gossip received.
+        assert!(
+            metric(text, "libp2p_swarm_connections_established_total") >= 2.0,
+            "{text}"
+        );
+        assert!(
+            metric(text, "libp2p_gossipsub_messages_total") > 0.0,
+            "{text}"
+        );
+    }
+    let (first, second) = (&scrapes[0], &scrapes[1]);
+    for name in [
+        "gradswarm_round",
+        "gradswarm_samples_total",
+        "gradswarm_bytes_up_total",
+        "gradswarm_bytes_down_total",
+    ] {
+        assert!(
+            metric(second, name) > metric(first, name),
+            "{name} did not move"
+        );
+    }
+    let boot_text = scrape(&boot_url);
+    assert!(
+        metric(&boot_text, "libp2p_swarm_connections_established_total") >= 2.0,
+        "{boot_text}"
+    );
+    for peer in peers {
+        let (status, lines) = peer.finish(Duration::from_secs(120));
+        assert!(status.success(), "{}", lines.join("\n"));
+        let s = summary(&lines);
+        if lines
+            .iter()
+            .any(|l| l.contains(url.trim_start_matches("http://")))
+        {
+            let samples = s["samples"].as_f64().expect("samples");
+            assert!(samples >= metric(second, "gradswarm_samples_total"), "{s}");
+        }
+    }
+}

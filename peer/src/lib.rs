@@ -9,6 +9,7 @@
 mod config;
 mod edge;
 mod error;
+pub mod metrics;
 mod report;
 mod runtime;
 pub mod settings;

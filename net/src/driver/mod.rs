@@ -62,6 +62,8 @@ pub struct Driver {
     served: rate::RateLimit,
     /// Bytes of the run's data served to each requester (set with the run's files).
     served_data: rate::RateLimit,
+    /// libp2p's metrics, when the config asked for them.
+    metrics: Option<libp2p::metrics::Metrics>,
 }
 
 impl Driver {
@@ -109,7 +111,13 @@ impl Driver {
             wire,
         };
         let store_bytes = store_budget(config.max_message_bytes);
+        let metrics = config.metrics.as_ref().map(|registry| {
+            let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+            // It names its metrics `libp2p_…` itself.
+            libp2p::metrics::Metrics::new(&mut registry)
+        });
         let driver = Self {
+            metrics,
             swarm,
             store: UpdateStore::new(store_bytes, STORE_ENTRIES),
             pulls: HashMap::new(),
@@ -235,6 +243,7 @@ impl Driver {
 
     /// Reacts to the swarm: listen addresses, closed connections, behaviour events.
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.record(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address
@@ -252,6 +261,24 @@ impl Driver {
                 ..
             } if self.joined.remove(&peer_id) => self.emit(NetEvent::PeerLeft(peer_id)),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    /// Counts a swarm event, and the behaviour events libp2p-metrics knows, in libp2p's metrics.
+    fn record(&self, event: &SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        m.record(event);
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => m.record(e),
             _ => {}
         }
     }
