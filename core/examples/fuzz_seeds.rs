@@ -79,6 +79,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         applied: 7,
         published: 0b1011,
         settled: false,
+        samples: 72,
+        tokens_per_s: 5000.0,
+        agent: "gradswarm/0.1.0 browser webgpu".into(),
     };
     write(dir, "decode_heartbeat", "heartbeat", &heartbeat.to_bytes())?;
     let state = PeerState {

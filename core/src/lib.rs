@@ -24,6 +24,7 @@ pub mod shard;
 pub mod staleness;
 pub mod synthetic;
 pub mod topology;
+pub mod view;
 pub mod wire;
 
 pub use aggregate::{

@@ -207,7 +207,7 @@ fn mdns(_: &NetConfig, _: libp2p::PeerId) -> Result<Option<Mdns>, NetError> {
 /// a relayed one, with room for a redial.
 fn connection_limits(role: Role) -> connection_limits::ConnectionLimits {
     let (incoming, total) = match role {
-        Role::Peer | Role::Client => (MAX_INCOMING_PEER, 2 * MAX_INCOMING_PEER),
+        Role::Peer | Role::Client | Role::Watcher => (MAX_INCOMING_PEER, 2 * MAX_INCOMING_PEER),
         Role::Bootstrap => (MAX_INCOMING_BOOTSTRAP, 2 * MAX_INCOMING_BOOTSTRAP),
     };
     connection_limits::ConnectionLimits::default()

@@ -66,6 +66,9 @@ pub enum Role {
     Bootstrap,
     /// A node that only asks, on no run's topics: a joiner fetching a run before it trains.
     Client,
+    /// A node that only listens to a run's heartbeats (`gradswarm status`): no updates, no
+    /// listeners, no dials beyond the nodes it is given.
+    Watcher,
 }
 
 /// How to set a node's network up.
@@ -163,6 +166,17 @@ impl NetConfig {
             role: Role::Client,
             bootstrap: servers,
             ..Self::bootstrap("", MAX_RPC_CLIENT_MESSAGE)
+        }
+    }
+}
+
+impl NetConfig {
+    /// A node that watches `run_id`'s heartbeats (`Role::Watcher`) through `servers`.
+    pub fn watcher(run_id: &str, servers: Vec<Multiaddr>) -> Self {
+        Self {
+            role: Role::Watcher,
+            bootstrap: servers,
+            ..Self::bootstrap(run_id, gradswarm_core::wire::MAX_HEARTBEAT_BYTES)
         }
     }
 }

@@ -33,6 +33,9 @@ fn heartbeat(of: PeerId) -> Vec<u8> {
         applied: 0,
         published: 0,
         settled: false,
+        samples: 0,
+        tokens_per_s: 0.0,
+        agent: String::new(),
     }
     .to_bytes()
 }

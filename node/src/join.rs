@@ -148,7 +148,8 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
         )
     };
     let resumed_names: Vec<&str> = resumed_state.iter().map(|(k, _)| *k).collect();
-    let peer_cfg = cfg.peer_config();
+    let mut peer_cfg = cfg.peer_config();
+    peer_cfg.agent = gradswarm_peer::agent("desktop", &selected.summary);
     let (codec, kind) = gradswarm_shaders::codec_for(peer_cfg.codec, selected.wgpu_queue())?;
     eprintln!(
         "codec: top-{} ppm + int8 + zstd ({kind})",
@@ -303,12 +304,7 @@ async fn published_run(
     let Some(server) = gradswarm_net::peer_of(&addr) else {
         return Ok(None);
     };
-    let (client, _events, driver) = native::build(
-        NetConfig::client(vec![addr.clone()]),
-        gradswarm_net::Keypair::generate_ed25519(),
-    )
-    .await?;
-    let task = tokio::spawn(driver.run());
+    let (client, task) = crate::run::client(&addr).await?;
     let fetched = async {
         let manifest = match crate::run::fetch_manifest(&client, server).await? {
             Ok(m) => m,

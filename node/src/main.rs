@@ -4,6 +4,7 @@
 mod config;
 mod join;
 mod run;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,6 +87,21 @@ enum Command {
         /// The run folder to write.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// The run at a glance: listen to its heartbeats through a node's address, then print the
+    /// peers online (round, loss, throughput) and the run's summary.
+    Status {
+        /// A bootstrap or peer multiaddr (with /p2p/<id>).
+        addr: String,
+        /// Seconds to listen for heartbeats.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// The run to watch, when the node publishes none.
+        #[arg(long)]
+        run_id: Option<String>,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Print this peer's id (creating its identity key if there is none), for a private run's
     /// `swarm.allow` list.
@@ -219,6 +235,12 @@ fn main() -> ExitCode {
             rounds,
         }),
         Command::Id { config, out } => join::print_id(config.as_deref(), out),
+        Command::Status {
+            addr,
+            seconds,
+            run_id,
+            json,
+        } => status::status(&addr, seconds, run_id, json),
         Command::Publish { config, out } => run::publish(config.as_deref(), &out),
         Command::Eval {
             checkpoint,

@@ -152,6 +152,19 @@ fn same(run: &Value, mine: &Value) -> bool {
     }
 }
 
+/// A short-lived node that only asks (`Role::Client`), dialling `addr`, its driver running; shut
+/// it down and await the task when done.
+pub async fn client(
+    addr: &gradswarm_net::Multiaddr,
+) -> anyhow::Result<(NetHandle, tokio::task::JoinHandle<()>)> {
+    let (net, _events, driver) = gradswarm_net::native::build(
+        gradswarm_net::NetConfig::client(vec![addr.clone()]),
+        gradswarm_net::Keypair::generate_ed25519(),
+    )
+    .await?;
+    Ok((net, tokio::spawn(driver.run())))
+}
+
 /// Asks `server` for the run's manifest until it answers (it may not be reachable at once):
 /// `Err` with its reason when it answers without one (it publishes no run).
 pub async fn fetch_manifest(

@@ -512,9 +512,10 @@ fn metric(text: &str, name: &str) -> f64 {
 /// `--metrics ADDR` on `join` and on the bootstrap: Prometheus text with libp2p's metrics and the
 /// peer's own. Scraped at rounds 10 and 20 of a two-peer run, the peer's counters move and agree
 /// with the run (one round closed per round number, 8 samples per round trained), and with its
-/// JSON summary at the end; the bootstrap counts the peers' connections.
+/// JSON summary at the end; the bootstrap counts the peers' connections. Meanwhile `gradswarm
+/// status` lists both peers from their heartbeats.
 #[test]
-fn metrics_are_served_and_move_with_the_run() {
+fn metrics_and_status_show_the_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut boot, addr) = bootstrap(dir.path(), &["--metrics", "127.0.0.1:0"]);
     let url_of = |line: String| line.trim_start_matches("metrics: ").to_string();
@@ -534,7 +535,7 @@ fn metrics_are_served_and_move_with_the_run() {
                 "--out",
                 dir.path().join(format!("peer{i}")).to_str().expect("utf8"),
                 "--rounds",
-                "30",
+                "0",
                 "--min-peers",
                 "1",
                 "--metrics",
@@ -602,10 +603,57 @@ fn metrics_are_served_and_move_with_the_run() {
         metric(&boot_text, "libp2p_swarm_connections_established_total") >= 2.0,
         "{boot_text}"
     );
+    // The run at a glance, from the heartbeats (every 3 s): both peers, training.
+    let status = run(&[
+        "status",
+        &addr,
+        "--seconds",
+        "7",
+        "--run-id",
+        "process-test",
+        "--json",
+    ]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let view: serde_json::Value =
+        serde_json::from_slice(&status.stdout).expect("status prints JSON");
+    assert_eq!(view["peers"], 2, "{view}");
+    assert!(view["round"].as_u64().is_some_and(|r| r >= 20), "{view}");
+    let rows = view["online"].as_array().expect("rows");
+    for row in rows {
+        let agent = row["agent"].as_str().unwrap_or_default();
+        assert!(
+            agent.starts_with("gradswarm/") && agent.contains(" desktop "),
+            "{row}"
+        );
+        assert!(
+            row["tokens_per_s"].as_f64().is_some_and(|t| t > 0.0),
+            "{row}"
+        );
+        assert!(row["samples"].as_u64().is_some_and(|s| s >= 80), "{row}");
+    }
+    let listed: Vec<&str> = rows.iter().filter_map(|r| r["peer_id"].as_str()).collect();
+
+    for peer in &peers {
+        // Ctrl-C: the peer finishes its round, checkpoints and prints its summary.
+        let pid = peer.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+    }
     for peer in peers {
         let (status, lines) = peer.finish(Duration::from_secs(120));
         assert!(status.success(), "{}", lines.join("\n"));
         let s = summary(&lines);
+        let id = s["peer_id"].as_str().expect("peer id");
+        assert!(listed.contains(&id), "status did not list {id}: {listed:?}");
         if lines
             .iter()
             .any(|l| l.contains(url.trim_start_matches("http://")))

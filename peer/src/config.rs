@@ -16,6 +16,16 @@ use serde::{Deserialize, Serialize};
 pub const ROUND_FLOOR: Duration =
     Duration::from_millis((2000.0 / gradswarm_net::RATE_PER_SECOND) as u64);
 
+/// A heartbeat's agent string: `gradswarm/<version> <kind> <device>`, cut to what the wire
+/// allows and to printable ASCII (a device's name may hold anything).
+pub fn agent(kind: &str, device: &str) -> String {
+    let text = format!("gradswarm/{} {kind} {device}", env!("CARGO_PKG_VERSION"));
+    text.chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+        .take(gradswarm_core::wire::MAX_AGENT_LEN)
+        .collect()
+}
+
 /// What a peer sends each round: `mode` in the node's `[swarm]` table, in harness scenarios and
 /// in the browser's options (one enum for all of them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +91,9 @@ pub struct PeerConfig {
     /// The shortest a round may take, so that this peer's updates stay within the rate the
     /// others take them at ([`ROUND_FLOOR`]); tests of timing relative to compute set it to 0.
     pub round_floor: Duration,
+    /// What this peer runs, as its heartbeats tell the run's view (`gradswarm status`): the
+    /// binary sets `gradswarm/<version> <desktop|browser> <device>`.
+    pub agent: String,
     /// A peer not heard from for this long is not waited for.
     pub peer_timeout: Duration,
     /// Before training, wait this long for peers to fetch the run's state from (0: start alone).
@@ -143,6 +156,7 @@ impl PeerConfig {
             deadline_factor: 2.0,
             min_wait: Duration::from_millis(500),
             round_floor: ROUND_FLOOR,
+            agent: agent("peer", "unknown device"),
             max_wait: Duration::from_secs(60),
             peer_timeout: Duration::from_secs(30),
             join_wait: Duration::from_secs(3),

@@ -15,7 +15,7 @@ mod runtime;
 pub mod settings;
 mod state;
 
-pub use config::{DEFAULT_LOCAL_STEPS, Mode, PeerConfig, ROUND_FLOOR};
+pub use config::{DEFAULT_LOCAL_STEPS, Mode, PeerConfig, ROUND_FLOOR, agent};
 pub use edge::{Edge, Honest};
 pub use error::PeerError;
 pub use report::{MAX_REPORTS, PeerSummary, RoundReport};

@@ -276,6 +276,7 @@ pub async fn join(
     }
     .map_err(|e| js_error("model", e))?;
     config.rounds = options.rounds;
+    config.agent = gradswarm_peer::agent("browser", &selected.summary);
     let n = trainer.num_params();
     let limits = config.wire_limits(n, train.batch_size);
     let mut net_config = NetConfig::peer(&config.run_id, model.hash(), limits);

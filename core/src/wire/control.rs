@@ -8,7 +8,10 @@ use crate::drift::DriftSketch;
 use crate::error::DecodeError;
 
 /// Largest accepted heartbeat, in bytes.
-pub const MAX_HEARTBEAT_BYTES: usize = 512;
+pub const MAX_HEARTBEAT_BYTES: usize = 640;
+
+/// Longest [`Heartbeat::agent`], in bytes.
+pub const MAX_AGENT_LEN: usize = 64;
 
 /// A peer's periodic "I am here": its round, a checksum of its parameters and its latest loss.
 /// Peers count the live swarm from these and spot replicas that drifted apart.
@@ -37,6 +40,14 @@ pub struct Heartbeat {
     /// The sender has run its last round and holds every update it knows was published before
     /// it (or refused it for what it is): peers that wait on it may leave.
     pub settled: bool,
+    /// Training samples the sender computed so far (its own claim: the run's view shows it,
+    /// nothing weighs by it).
+    pub samples: u64,
+    /// The sender's training throughput over its last round, tokens per second of compute.
+    pub tokens_per_s: f32,
+    /// What the sender runs: `gradswarm/<version> <desktop|browser> <device>`, at most
+    /// [`MAX_AGENT_LEN`] printable ASCII bytes.
+    pub agent: String,
 }
 
 impl Heartbeat {
@@ -50,6 +61,20 @@ impl Heartbeat {
         let hb: Heartbeat = decode_versioned(bytes, MAX_HEARTBEAT_BYTES)?;
         check_ids(&hb.run_id, &hb.peer_id)?;
         hb.sketch.check()?;
+        if !(hb.tokens_per_s.is_finite() && hb.tokens_per_s >= 0.0) {
+            return Err(DecodeError::BadHeader("tokens_per_s is not a number ≥ 0"));
+        }
+        if hb.agent.len() > MAX_AGENT_LEN {
+            return Err(DecodeError::FieldTooLong {
+                field: "agent",
+                len: hb.agent.len(),
+                max: MAX_AGENT_LEN,
+            });
+        }
+        if !hb.agent.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            // It ends up on terminals and pages: no control characters.
+            return Err(DecodeError::BadHeader("agent is not printable ASCII"));
+        }
         Ok(hb)
     }
 }

@@ -140,6 +140,9 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         applied: 3,
         published: 0b101,
         settled: false,
+        samples: 64,
+        tokens_per_s: 1000.0,
+        agent: "gradswarm/0.1.0 desktop cpu".into(),
     };
     assert_eq!(Heartbeat::from_bytes(&hb.to_bytes()), Ok(hb.clone()));
     assert!(Heartbeat::from_bytes(&[FORMAT_VERSION; 600]).is_err());
@@ -153,13 +156,37 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         applied: u64::MAX,
         published: u64::MAX,
         settled: true,
+        samples: u64::MAX,
+        tokens_per_s: f32::MAX,
+        agent: "a".repeat(MAX_AGENT_LEN),
         ..hb.clone()
     };
     assert!(largest.to_bytes().len() <= MAX_HEARTBEAT_BYTES);
     assert!(Heartbeat::from_bytes(&largest.to_bytes()).is_ok());
-    let mut nan = hb;
+    let mut nan = hb.clone();
     nan.sketch.buckets[0] = f32::NAN;
     assert!(Heartbeat::from_bytes(&nan.to_bytes()).is_err());
+    // A throughput that is no number, an agent too long or with control characters: refused.
+    for lie in [
+        Heartbeat {
+            tokens_per_s: f32::NAN,
+            ..hb.clone()
+        },
+        Heartbeat {
+            tokens_per_s: -1.0,
+            ..hb.clone()
+        },
+        Heartbeat {
+            agent: "a".repeat(MAX_AGENT_LEN + 1),
+            ..hb.clone()
+        },
+        Heartbeat {
+            agent: "gradswarm\x1b[2J".into(),
+            ..hb
+        },
+    ] {
+        assert!(Heartbeat::from_bytes(&lie.to_bytes()).is_err(), "{lie:?}");
+    }
     assert_ne!(params_checksum(&[1.0, 2.0]), params_checksum(&[1.0, 2.5]));
 
     let state = PeerState {

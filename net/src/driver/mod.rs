@@ -76,10 +76,10 @@ impl Driver {
     ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Self), NetError> {
         let updates = IdentTopic::new(updates_topic(&config.run_id));
         let heartbeats = IdentTopic::new(heartbeat_topic(&config.run_id));
-        let topics = if config.role == Role::Client {
-            Vec::new()
-        } else {
-            vec![&updates, &heartbeats]
+        let topics = match config.role {
+            Role::Client => Vec::new(),
+            Role::Watcher => vec![&heartbeats],
+            Role::Peer | Role::Bootstrap => vec![&updates, &heartbeats],
         };
         for topic in topics {
             swarm
@@ -169,8 +169,14 @@ impl Driver {
 
     /// Hands an event to the runtime without ever waiting on it (a full queue drops it).
     fn emit(&mut self, event: NetEvent) {
-        // Bootstrap nodes and clients have no runtime to feed, only a console to print addresses on.
-        if self.config.role != Role::Peer && !matches!(event, NetEvent::Listening(_)) {
+        // Bootstrap nodes and clients have no runtime to feed, only a console to print addresses
+        // on; a watcher hears heartbeats.
+        let wanted = match self.config.role {
+            Role::Peer => true,
+            Role::Watcher => matches!(event, NetEvent::Heartbeat { .. }),
+            Role::Bootstrap | Role::Client => false,
+        };
+        if !wanted && !matches!(event, NetEvent::Listening(_)) {
             return;
         }
         if let Err(e) = self.events.try_send(event)

@@ -48,6 +48,9 @@ impl Peer {
             applied,
             published,
             settled: self.settled,
+            samples: self.samples,
+            tokens_per_s: self.tokens_per_s,
+            agent: self.config.agent.clone(),
         };
         for hb in self.edge.heartbeat(hb) {
             if let Err(e) = self.net.publish(Topic::Heartbeat, hb.to_bytes()) {

@@ -141,6 +141,8 @@ pub struct Peer {
     bytes_down: u64,
     samples: u64,
     last_loss: f32,
+    /// Training tokens per second of compute over the last round trained (heartbeats tell it).
+    tokens_per_s: f32,
     min_peers: usize,
     summary: PeerSummary,
     observer: Option<Observer>,
@@ -240,6 +242,7 @@ impl Peer {
             bytes_down: 0,
             samples: 0,
             last_loss: f32::NAN,
+            tokens_per_s: 0.0,
             min_peers: 0,
             observer: None,
             checkpoints: None,

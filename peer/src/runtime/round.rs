@@ -328,6 +328,10 @@ impl Peer {
         let t1 = Instant::now();
         if let Some((delta, loss, samples)) = computed {
             self.last_loss = loss;
+            if compute_s > 0.0 {
+                let tokens = samples as f64 * self.trainer.model_config().context as f64;
+                self.tokens_per_s = (tokens / compute_s) as f32;
+            }
             report.loss = loss;
             self.samples += samples;
             let round = self.book.round();

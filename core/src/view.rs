@@ -1,0 +1,196 @@
+//! The run as its heartbeats show it: who is online, at which round, with what loss and
+//! throughput. What `gradswarm status` prints and a dashboard draws; it trusts each claim as a
+//! claim (a heartbeat is signed by its sender, not checked against anything), bounded in size
+//! since identities are free.
+
+use std::collections::BTreeMap;
+
+use crate::wire::Heartbeat;
+
+/// Peers a view keeps at most: past it, the one heard from longest ago is forgotten.
+pub const MAX_VIEW_PEERS: usize = 4096;
+
+/// One peer as its latest heartbeat describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerView {
+    /// The peer's id bytes.
+    pub peer_id: Vec<u8>,
+    /// Its round.
+    pub round: u64,
+    /// Its latest training loss (NaN before its first step).
+    pub loss: f32,
+    /// Training samples it says it computed.
+    pub samples: u64,
+    /// Its tokens per second of compute over its last round.
+    pub tokens_per_s: f32,
+    /// What it runs (`gradswarm/<version> <desktop|browser> <device>`).
+    pub agent: String,
+    /// When its latest heartbeat arrived, in the caller's milliseconds.
+    pub heard_ms: u64,
+}
+
+/// The run at a glance, over the peers online.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    /// Peers heard from within the timeout.
+    pub peers: usize,
+    /// The median round they are on (a minority claiming far-off rounds cannot move it).
+    pub round: u64,
+    /// The median of their latest losses (NaN when none has trained yet).
+    pub loss: f32,
+    /// Their tokens per second, summed.
+    pub tokens_per_s: f64,
+    /// The samples they say they computed, summed.
+    pub samples: u64,
+}
+
+/// The latest heartbeat of each peer, for one run.
+#[derive(Clone, Debug, Default)]
+pub struct RunView {
+    peers: BTreeMap<Vec<u8>, PeerView>,
+}
+
+impl RunView {
+    /// Takes a heartbeat that arrived at `now_ms`; an older round of a known peer changes nothing
+    /// (gossip may deliver heartbeats out of order).
+    pub fn take(&mut self, hb: &Heartbeat, now_ms: u64) {
+        if self
+            .peers
+            .get(&hb.peer_id)
+            .is_some_and(|p| p.round > hb.round)
+        {
+            return;
+        }
+        if !self.peers.contains_key(&hb.peer_id) && self.peers.len() >= MAX_VIEW_PEERS {
+            let oldest = self
+                .peers
+                .values()
+                .min_by_key(|p| p.heard_ms)
+                .map(|p| p.peer_id.clone());
+            if let Some(oldest) = oldest {
+                self.peers.remove(&oldest);
+            }
+        }
+        self.peers.insert(
+            hb.peer_id.clone(),
+            PeerView {
+                peer_id: hb.peer_id.clone(),
+                round: hb.round,
+                loss: hb.loss,
+                samples: hb.samples,
+                tokens_per_s: hb.tokens_per_s,
+                agent: hb.agent.clone(),
+                heard_ms: now_ms,
+            },
+        );
+    }
+
+    /// The peers heard from within `timeout_ms` of `now_ms`, most advanced first.
+    pub fn online(&self, now_ms: u64, timeout_ms: u64) -> Vec<&PeerView> {
+        let mut online: Vec<&PeerView> = self
+            .peers
+            .values()
+            .filter(|p| now_ms.saturating_sub(p.heard_ms) <= timeout_ms)
+            .collect();
+        online.sort_by(|a, b| b.round.cmp(&a.round).then(a.peer_id.cmp(&b.peer_id)));
+        online
+    }
+
+    /// The run over the peers online.
+    pub fn summary(&self, now_ms: u64, timeout_ms: u64) -> RunSummary {
+        let online = self.online(now_ms, timeout_ms);
+        let mut rounds: Vec<u64> = online.iter().map(|p| p.round).collect();
+        rounds.sort_unstable();
+        let mut losses: Vec<f32> = online
+            .iter()
+            .map(|p| p.loss)
+            .filter(|l| l.is_finite())
+            .collect();
+        losses.sort_by(f32::total_cmp);
+        RunSummary {
+            peers: online.len(),
+            round: rounds
+                .get(rounds.len().saturating_sub(1) / 2)
+                .copied()
+                .unwrap_or(0),
+            loss: losses
+                .get(losses.len().saturating_sub(1) / 2)
+                .copied()
+                .unwrap_or(f32::NAN),
+            tokens_per_s: online.iter().map(|p| f64::from(p.tokens_per_s)).sum(),
+            samples: online
+                .iter()
+                .map(|p| p.samples)
+                .fold(0, u64::saturating_add),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DriftSketch;
+
+    fn hb(peer: u8, round: u64, loss: f32, samples: u64) -> Heartbeat {
+        Heartbeat {
+            run_id: "r".into(),
+            model_hash: [0; 32],
+            peer_id: vec![peer; 4],
+            round,
+            checksum: 0,
+            loss,
+            sketch: DriftSketch::default(),
+            applied: 0,
+            published: 0,
+            settled: false,
+            samples,
+            tokens_per_s: 100.0,
+            agent: format!("gradswarm/0.1.0 desktop {peer}"),
+        }
+    }
+
+    #[test]
+    fn the_view_keeps_each_peers_latest_round_and_sums_the_online_ones() {
+        let mut view = RunView::default();
+        view.take(&hb(1, 5, 3.0, 40), 0);
+        view.take(&hb(2, 6, 2.0, 48), 100);
+        view.take(&hb(3, 7, f32::NAN, 8), 200);
+        // Out of order: peer 1's round 4 arrives after its round 5.
+        view.take(&hb(1, 4, 9.0, 32), 300);
+        // A liar claiming a far-off round is one voice of three.
+        view.take(&hb(4, 1_000_000, 1.0, 1 << 40), 300);
+        let s = view.summary(300, 1000);
+        assert_eq!(s.peers, 4);
+        assert_eq!(s.round, 6);
+        assert_eq!(s.loss, 2.0);
+        assert_eq!(s.tokens_per_s, 400.0);
+        let online = view.online(300, 1000);
+        assert_eq!(online[0].round, 1_000_000);
+        assert_eq!(
+            online
+                .iter()
+                .find(|p| p.peer_id == vec![1; 4])
+                .map(|p| p.round),
+            Some(5)
+        );
+        // Peer 1, last heard at 0, is past a 250 ms timeout at 300.
+        assert_eq!(view.summary(300, 250).peers, 3);
+    }
+
+    #[test]
+    fn a_flood_of_identities_keeps_the_view_bounded() {
+        let mut view = RunView::default();
+        for i in 0..(MAX_VIEW_PEERS as u64 + 100) {
+            let mut h = hb(0, 1, 1.0, 1);
+            h.peer_id = i.to_le_bytes().to_vec();
+            view.take(&h, i);
+        }
+        assert_eq!(view.online(u64::MAX, u64::MAX).len(), MAX_VIEW_PEERS);
+        // The oldest went first.
+        assert!(
+            view.online(u64::MAX, u64::MAX)
+                .iter()
+                .all(|p| p.heard_ms >= 100)
+        );
+    }
+}
