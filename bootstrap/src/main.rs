@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use gradswarm_net::{Multiaddr, NetConfig, native};
 
+mod dashboard;
 mod tls;
 mod web;
 
@@ -157,6 +158,7 @@ async fn main() -> Result<()> {
     }
     let net = tokio::spawn(driver.run());
     let ws_addrs = Arc::new(Mutex::new(Vec::new()));
+    let board = Arc::new(Mutex::new(dashboard::Dashboard::new(&run_id)));
     if let Some(port) = args.web {
         if !args.web_root.join("index.html").is_file() {
             anyhow::bail!(
@@ -170,18 +172,27 @@ async fn main() -> Result<()> {
             root: args.web_root.clone(),
             corpus,
             settings: files.as_ref().map(|f| f.manifest().settings.clone()),
+            dashboard: board.clone(),
         };
         let acceptor = pem.as_ref().map(tls::Pem::acceptor).transpose()?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         let bound = web::serve((args.web_host, port).into(), state, acceptor).await?;
         println!("page: {scheme}://{bound}/");
+        println!("dashboard: {scheme}://{bound}/dashboard.html");
     }
-    // Bootstrap nodes emit no events but their listen addresses, which are printed as they come.
+    // Bootstrap nodes emit their listen addresses, printed as they come, and the run's heartbeats,
+    // which the dashboard folds.
     let (page_host, secure) = (args.web_host, pem.is_some());
     let printer = tokio::spawn(async move {
         use futures::StreamExt;
         use gradswarm_net::Protocol;
         while let Some(event) = events.next().await {
+            if let gradswarm_net::NetEvent::Heartbeat { heartbeat, .. } = &event {
+                board
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(heartbeat);
+            }
             if let gradswarm_net::NetEvent::Listening(addr) = event {
                 println!("listening on {addr}");
                 // The page's browser dials this node where it found the page: secure WebSocket

@@ -2,7 +2,7 @@
 //! WebSocket address filled in, so that a volunteer only opens a URL.
 //!
 //! Routes: `/bootstrap.json` (the run id, this node's `/ws` multiaddrs, which the page dials, and
-//! a published run's settings),
+//! a published run's settings), `/run.json` (the run's dashboard data, see [`crate::dashboard`]),
 //! `/corpus.txt` (the training text), and every other path a file under the page's folder
 //! (`web/www/`, where `scripts/build-web` puts the wasm package too).
 
@@ -30,6 +30,8 @@ pub struct WebState {
     pub corpus: PathBuf,
     /// A published run's settings (its manifest's TOML), which the page's peer trains with.
     pub settings: Option<String>,
+    /// The run as its heartbeats show it (`/run.json`, drawn by `dashboard.html`).
+    pub dashboard: Arc<Mutex<crate::dashboard::Dashboard>>,
 }
 
 /// Serves the page on `addr` (over TLS with `tls`) until the process ends; returns the bound
@@ -46,6 +48,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/bootstrap.json", get(bootstrap_json))
         .route("/corpus.txt", get(corpus))
+        .route("/run.json", get(run_json))
         .fallback(get(file))
         .with_state(state);
     tokio::spawn(async move {
@@ -76,6 +79,23 @@ async fn bootstrap_json(State(state): State<WebState>) -> Response {
     })
     .to_string();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn run_json(State(state): State<WebState>) -> Response {
+    let body = state
+        .dashboard
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .to_json()
+        .to_string();
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn corpus(State(state): State<WebState>) -> Response {

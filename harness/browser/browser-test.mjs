@@ -2,12 +2,12 @@
 // native peer, and Debian's Chromium as the browser peer. The browser joins, trains ≥ 10 rounds,
 // its loss falls, and the native peer's summary counts the browser's updates. Every wait is on an
 // event (a line printed, a DOM attribute) with a deadline.
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import readline from "node:readline";
 import { chromium } from "playwright-core";
+import { processes } from "./procs.mjs";
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
 const bin = process.env.GS_BIN_DIR ?? path.join(os.homedir(), ".cache/gradswarm-target/debug");
@@ -30,37 +30,7 @@ const TLS = HOST !== "127.0.0.1";
 const DEADLINE_MS = 8 * 60 * 1000;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gs-browser-"));
 fs.mkdirSync(artifacts, { recursive: true });
-const children = [];
-
-function fail(message) {
-  console.error(`browser-test: FAIL: ${message}`);
-  for (const c of children) c.kill("SIGKILL");
-  process.exit(1);
-}
-
-// Starts a process; `waitFor(re)` resolves with the first stdout line matching re.
-function start(name, cmd, args) {
-  const child = spawn(cmd, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
-  children.push(child);
-  const lines = [];
-  const waiters = [];
-  const log = fs.createWriteStream(path.join(artifacts, `${name}.log`));
-  readline.createInterface({ input: child.stdout }).on("line", (line) => {
-    lines.push(line);
-    log.write(`${line}\n`);
-    for (const w of waiters.splice(0)) (w.re.test(line) ? w.resolve(line) : waiters.push(w));
-  });
-  child.stderr.on("data", (d) => log.write(d));
-  const waitFor = (re, ms = 60_000) =>
-    new Promise((resolve, reject) => {
-      const hit = lines.find((l) => re.test(l));
-      if (hit) return resolve(hit);
-      waiters.push({ re, resolve });
-      setTimeout(() => reject(new Error(`${name}: no line matching ${re} within ${ms} ms`)), ms);
-    });
-  const exited = new Promise((resolve) => child.on("exit", (code) => resolve({ code, lines })));
-  return { child, waitFor, exited };
-}
+const { start, fail, children } = processes(root, artifacts, "browser-test");
 
 try {
   // The run is published (peer.toml's settings and data): the page's peer takes the model,

@@ -2,6 +2,8 @@
 // serving node names, and shows what the peer reports each round. State for tests is on
 // <body data-state data-rounds data-adapter data-webgpu>.
 
+import { drawLine } from "./chart.js";
+
 const $ = (id) => document.getElementById(id);
 const losses = [];
 let worker = null;
@@ -23,29 +25,7 @@ function fmtBytes(n) {
 }
 
 function draw() {
-  const c = $("chart");
-  const g = c.getContext("2d");
-  g.clearRect(0, 0, c.width, c.height);
-  const pts = losses.filter((p) => Number.isFinite(p.loss));
-  if (pts.length < 2) return;
-  const lo = Math.min(...pts.map((p) => p.loss));
-  const hi = Math.max(...pts.map((p) => p.loss));
-  const r0 = pts[0].round;
-  const r1 = pts[pts.length - 1].round;
-  const x = (r) => 40 + ((r - r0) / Math.max(1, r1 - r0)) * (c.width - 50);
-  const y = (l) => 10 + (1 - (l - lo) / Math.max(1e-9, hi - lo)) * (c.height - 40);
-  g.strokeStyle = "#999";
-  g.fillStyle = "#444";
-  g.font = "12px sans-serif";
-  g.fillText(hi.toFixed(2), 2, 14);
-  g.fillText(lo.toFixed(2), 2, c.height - 30);
-  g.fillText(`round ${r0}`, 40, c.height - 8);
-  g.fillText(`round ${r1}`, c.width - 70, c.height - 8);
-  g.strokeStyle = "#1565c0";
-  g.lineWidth = 2;
-  g.beginPath();
-  pts.forEach((p, i) => (i ? g.lineTo(x(p.round), y(p.loss)) : g.moveTo(x(p.round), y(p.loss))));
-  g.stroke();
+  drawLine($("chart"), losses.map((p) => ({ x: p.round, y: p.loss })), { xLabel: (r) => `round ${r}` });
 }
 
 window.gsReports = [];

@@ -170,11 +170,11 @@ impl Driver {
     /// Hands an event to the runtime without ever waiting on it (a full queue drops it).
     fn emit(&mut self, event: NetEvent) {
         // Bootstrap nodes and clients have no runtime to feed, only a console to print addresses
-        // on; a watcher hears heartbeats.
+        // on; a watcher and a bootstrap node (its dashboard) hear heartbeats.
         let wanted = match self.config.role {
             Role::Peer => true,
-            Role::Watcher => matches!(event, NetEvent::Heartbeat { .. }),
-            Role::Bootstrap | Role::Client => false,
+            Role::Watcher | Role::Bootstrap => matches!(event, NetEvent::Heartbeat { .. }),
+            Role::Client => false,
         };
         if !wanted && !matches!(event, NetEvent::Listening(_)) {
             return;

@@ -1,0 +1,60 @@
+// The run's dashboard: polls the serving node's /run.json (the run's heartbeats, folded) and
+// draws the loss and throughput against time and a table of the peers. State for tests is on
+// <body data-state data-peers data-points data-first-loss data-last-loss data-table-samples>.
+import { drawLine } from "./chart.js";
+
+const $ = (id) => document.getElementById(id);
+const fmt = (x, digits = 3) => (Number.isFinite(x) ? x.toFixed(digits) : "–");
+const short = (id) => `${id.slice(0, 8)}…${id.slice(-6)}`;
+const clock = (s) => `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
+
+function render(run) {
+  const s = run.summary;
+  $("run").textContent = run.run_id;
+  $("peers").textContent = s.peers;
+  $("round").textContent = s.round;
+  $("loss").textContent = fmt(s.loss ?? NaN);
+  $("throughput").textContent = `${Math.round(s.tokens_per_s)} tokens/s`;
+  $("samples").textContent = s.samples;
+  const losses = run.history.map((p) => ({ x: p.t_s, y: p.loss ?? NaN }));
+  drawLine($("loss-chart"), losses, { xLabel: clock });
+  drawLine($("speed-chart"), run.history.map((p) => ({ x: p.t_s, y: p.tokens_per_s })), { color: "#2e7d32", xLabel: clock, yDigits: 0 });
+  const total = run.peers.reduce((a, p) => a + p.samples, 0);
+  $("contributions").tBodies[0].replaceChildren(
+    ...run.peers.map((p) => {
+      const tr = document.createElement("tr");
+      const cells = [short(p.peer_id), p.agent, p.round, fmt(p.loss ?? NaN), Math.round(p.tokens_per_s), p.samples, `${((100 * p.samples) / Math.max(1, total)).toFixed(1)} %`];
+      for (const c of cells) {
+        const td = document.createElement("td");
+        td.textContent = String(c);
+        tr.append(td);
+      }
+      tr.title = p.peer_id;
+      return tr;
+    }),
+  );
+  const finite = losses.filter((p) => Number.isFinite(p.y));
+  Object.assign(document.body.dataset, {
+    state: "live",
+    peers: String(s.peers),
+    points: String(finite.length),
+    firstLoss: String(finite[0]?.y ?? NaN),
+    lastLoss: String(finite.at(-1)?.y ?? NaN),
+    tableSamples: String(total),
+    summarySamples: String(s.samples),
+  });
+}
+
+async function poll() {
+  try {
+    const r = await fetch("run.json", { cache: "no-store" });
+    if (!r.ok) throw new Error(`run.json: HTTP ${r.status}`);
+    render(await r.json());
+    $("error").hidden = true;
+  } catch (e) {
+    $("error").hidden = false;
+    $("error").textContent = String(e?.message ?? e);
+  }
+  setTimeout(poll, 2000);
+}
+poll();
