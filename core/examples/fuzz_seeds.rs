@@ -82,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         samples: 72,
         tokens_per_s: 5000.0,
         agent: "gradswarm/0.1.0 browser webgpu".into(),
+        throttled: false,
     };
     write(dir, "decode_heartbeat", "heartbeat", &heartbeat.to_bytes())?;
     let state = PeerState {

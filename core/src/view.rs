@@ -146,6 +146,7 @@ mod tests {
             samples,
             tokens_per_s: 100.0,
             agent: format!("gradswarm/0.1.0 desktop {peer}"),
+            throttled: false,
         }
     }
 

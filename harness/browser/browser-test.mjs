@@ -22,6 +22,8 @@ const MODE = process.env.GS_MODE ?? "gradient";
 // GS_RELOAD=1: after its rounds (and a checkpoint kept in IndexedDB) the native peer leaves and
 // the tab is loaded again: it must keep its peer id and resume alone from its checkpoint.
 const RELOAD = process.env.GS_RELOAD === "1";
+// GS_PAUSE=1: after its rounds the tab is paused (it must skip rounds, training none) and resumed.
+const PAUSE = process.env.GS_PAUSE === "1";
 // GS_HOST=<ip>: the bootstrap, its page and the native peer on that (non-loopback) address, the
 // page over HTTPS and the tab dialling WebSocket over TLS (`/tls/ws`), as a browser elsewhere
 // would; the certificate is made here (openssl) for that address.
@@ -67,7 +69,7 @@ try {
     "--out", path.join(tmp, "native"), "--min-peers", "1",
     ...(TLS ? ["--listen", `/ip4/${HOST}/tcp/0`] : []),
     // With a reload, the native peer trains on until the reloaded tab has rejoined (then SIGINT).
-    "--rounds", String(RELOAD ? 100000 : ROUNDS),
+    "--rounds", String(RELOAD || PAUSE ? 100000 : ROUNDS),
   ]);
 
   const context = await chromium.launchPersistentContext(path.join(tmp, "profile"), {
@@ -96,7 +98,7 @@ try {
   });
   // `rounds` is the round to stop at: a reloaded tab syncs to the native peer's round, which went
   // on without it, so with a reload the tab runs until it is closed.
-  const stopAt = RELOAD ? 1_000_000 : ROUNDS + 30;
+  const stopAt = RELOAD || PAUSE ? 1_000_000 : ROUNDS + 30;
   const options = encodeURIComponent(JSON.stringify({ rounds: stopAt, min_peers: 1, device: DEVICE }));
   await tab.goto(`${page}?options=${options}`);
   await tab.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout: 120_000 });
@@ -143,6 +145,23 @@ try {
   const samples = Math.max(...seen.reports.map((r) => r.samples));
   const CONTEXT = 32; // peer.toml's model.context
   const browserTokS = (samples * CONTEXT) / Math.max(1e-9, compute);
+
+  let paused = null;
+  if (PAUSE) {
+    // Paused, the tab stays in the run: its heartbeats say so, the native peer stops waiting for
+    // it, and the tab closes the rounds it sits out without training; resumed, it trains again.
+    const count = () => tab.evaluate(() => ({ rounds: Number(document.body.dataset.rounds ?? 0), trained: Number(document.body.dataset.trained ?? 0) }));
+    await tab.click("#pause");
+    const before = await count();
+    await tab.waitForFunction((n) => Number(document.body.dataset.rounds ?? 0) >= n, before.rounds + 10, { timeout: DEADLINE_MS });
+    const during = await count();
+    // One round may have been under way when the button was pressed.
+    if (during.trained > before.trained + 1) fail(`paused, the tab trained ${during.trained - before.trained} rounds`);
+    await tab.click("#pause");
+    await tab.waitForFunction((n) => Number(document.body.dataset.trained ?? 0) >= n, during.trained + 2, { timeout: DEADLINE_MS });
+    paused = { skipped_rounds: during.rounds - before.rounds, trained_while_paused: during.trained - before.trained };
+    native.child.kill("SIGINT");
+  }
 
   let reloaded = null;
   if (RELOAD) {
@@ -206,6 +225,7 @@ try {
     browser_tokens_per_s: browserTokS,
     browser_compute_s_per_round: compute / Math.max(1, own.length),
     native_tokens_per_s: nativeTokS,
+    pause: paused,
     reload: reloaded && {
       same_peer_id: reloaded.peer === seen.peer,
       resumed_from_round: reloaded.resumedFrom,

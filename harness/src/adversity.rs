@@ -32,6 +32,7 @@ pub fn with_attack(scenario: &Scenario, attack: Option<Attack>, attackers: &[usi
                     join_at_round: None,
                     kill_at_round: None,
                     restart_at_round: None,
+                    duty_cycle: 1.0,
                     pause_at_round: None,
                     resume_at_round: None,
                     attack: Some(kind),

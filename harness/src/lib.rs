@@ -17,8 +17,8 @@ use gradswarm_model::{Checkpoint, checkpoint};
 use gradswarm_model::{Corpus, DataConfig, ModelConfig, TrainConfig, Trainer};
 use gradswarm_net::{Multiaddr, NetConfig, NetHandle, native};
 use gradswarm_peer::{
-    Edge, Honest, MOMENTUM_KEY, Peer, PeerConfig, PeerSummary, RESIDUAL_KEY, RoundReport,
-    StopHandle, stop_pair,
+    Edge, Honest, MOMENTUM_KEY, PauseHandle, Peer, PeerConfig, PeerSummary, RESIDUAL_KEY,
+    RoundReport, StopHandle, stop_pair,
 };
 
 use crate::attack::{Attack, Attacker};
@@ -82,6 +82,8 @@ enum Event {
 pub struct PeerProc {
     /// Its network handle (to kill it: shut the network down).
     pub net: NetHandle,
+    /// Pauses and resumes it without it leaving.
+    pub pause: PauseHandle,
     stop: StopHandle,
     thread: Option<JoinHandle<Result<PeerSummary>>>,
     index: usize,
@@ -292,6 +294,8 @@ impl LocalSwarm {
         self.runtime.spawn(driver.run());
         let codec = Box::new(CpuCodec::new(config.codec)?);
         let (stop, stop_rx) = stop_pair();
+        let pause = PauseHandle::default();
+        let peer_pause = pause.clone();
         let tx = self.reports_tx.clone();
         let round_tx = tx.clone();
         let peer_net = net.clone();
@@ -312,6 +316,7 @@ impl LocalSwarm {
                 }
                 peer.wait_for_peers(min_peers);
                 peer.set_edge(edge);
+                peer.set_pause_handle(peer_pause);
                 peer.set_observer(Box::new(move |round, trainer, state| {
                     if let Some(path) = &checkpoint_path
                         && let Err(e) =
@@ -343,6 +348,7 @@ impl LocalSwarm {
             index,
             PeerProc {
                 net,
+                pause,
                 stop,
                 thread: Some(thread),
                 index,

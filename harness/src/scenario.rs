@@ -38,6 +38,9 @@ pub struct PeerSpec {
     /// Its compute takes this many times longer (1: normal).
     #[serde(default = "one")]
     pub slowdown: f64,
+    /// The share of the time it trains (1: all of it; see `PeerConfig::duty_cycle`).
+    #[serde(default = "one")]
+    pub duty_cycle: f64,
     /// It starts once the swarm has closed this round, and syncs state first.
     #[serde(default)]
     pub join_at_round: Option<u64>,
@@ -202,6 +205,9 @@ impl Scenario {
             if !(p.slowdown >= 1.0 && p.slowdown.is_finite()) {
                 bail!("peer {}: slowdown must be ≥ 1", p.index);
             }
+            if !(p.duty_cycle > 0.0 && p.duty_cycle <= 1.0) {
+                bail!("peer {}: duty_cycle must be in (0, 1]", p.index);
+            }
             if let Some(restart) = p.restart_at_round
                 && (!self.processes || p.kill_at_round.is_none_or(|kill| restart <= kill))
             {
@@ -302,6 +308,7 @@ impl Scenario {
         c.eval_batches = self.eval_batches;
         if let Some(spec) = self.spec(index) {
             c.slowdown = spec.slowdown;
+            c.duty_cycle = spec.duty_cycle;
         }
         c
     }

@@ -198,6 +198,68 @@ fn a_joiner_trains_in_step_with_a_peer_that_ran_alone() {
     }
 }
 
+/// A paused peer stays in the swarm without holding it back. Paused, its heartbeats say
+/// `throttled`, so the others' rounds stop waiting for it at once: none of theirs from two rounds
+/// after the pause runs to its deadline. It closes the rounds it sits out as skipped, and resumed,
+/// it trains on from the swarm's round and ends on the others' replica. Without the flag (the
+/// others wait for it as for any live peer) their rounds ran to the deadline until it counted as
+/// a staller.
+#[test]
+fn a_paused_peer_does_not_hold_the_others_and_resumes_in_step() {
+    let _serial = serial();
+    let mut swarm = LocalSwarm::start("e2e-pause").unwrap();
+    let corpus = corpus();
+    let peers: Vec<_> = (0..3)
+        .map(|_| {
+            // To round 120: the pause, 30 rounds of it and 10 trained after fit well before.
+            let c = config("e2e-pause", 120);
+            swarm
+                .spawn_peer(c, &tiny_model(), &tiny_train(), corpus.clone(), 2)
+                .unwrap()
+        })
+        .collect();
+    let (paused, others) = (peers[2].0, [peers[0].0, peers[1].0]);
+    let mut log = Vec::new();
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| r.round.round >= 10)
+        .unwrap();
+    let pause_round = log.iter().map(|r| r.round.round).max().unwrap_or(0);
+    peers[2].1.pause.set(true);
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| {
+            others.contains(&r.peer) && r.round.round >= pause_round + 30
+        })
+        .unwrap();
+    let resume_round = log.iter().map(|r| r.round.round).max().unwrap_or(0);
+    peers[2].1.pause.set(false);
+    let mut trained_after = 0;
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| {
+            trained_after +=
+                usize::from(r.peer == paused && !r.round.catch_up && r.round.round > resume_round);
+            trained_after >= 10
+        })
+        .unwrap();
+    let summaries: Vec<PeerSummary> = peers.into_iter().map(|(_, p)| p.join().unwrap()).collect();
+    let held: Vec<u64> = log
+        .iter()
+        .filter(|r| others.contains(&r.peer) && r.round.waited_out)
+        .map(|r| r.round.round)
+        .filter(|&round| round >= pause_round + 2 && round <= resume_round)
+        .collect();
+    assert!(
+        held.is_empty(),
+        "the others waited out rounds {held:?} for the paused peer"
+    );
+    let skipped = log
+        .iter()
+        .filter(|r| r.peer == paused && r.round.skipped)
+        .count();
+    assert!(skipped >= 20, "the paused peer sat out {skipped} rounds");
+    let divergence = final_divergence(&summaries);
+    assert!(divergence < 1e-4, "replicas parted: {divergence}");
+}
+
 #[test]
 fn a_killed_peer_leaves_the_others_training() {
     let _serial = serial();

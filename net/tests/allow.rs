@@ -36,6 +36,7 @@ fn heartbeat(of: PeerId) -> Vec<u8> {
         samples: 0,
         tokens_per_s: 0.0,
         agent: String::new(),
+        throttled: false,
     }
     .to_bytes()
 }

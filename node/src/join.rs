@@ -11,7 +11,9 @@ use anyhow::{Context, bail};
 use gradswarm_model::{Checkpoint, Corpus, Trainer, checkpoint};
 use gradswarm_net::{Multiaddr, NetConfig, native};
 use gradswarm_peer::metrics::PeerMetrics;
-use gradswarm_peer::{MOMENTUM_KEY, Peer, PeerSummary, RESIDUAL_KEY, RoundReport, stop_pair};
+use gradswarm_peer::{
+    MOMENTUM_KEY, PauseHandle, Peer, PeerSummary, RESIDUAL_KEY, RoundReport, stop_pair,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::NodeConfig;
@@ -36,6 +38,8 @@ pub struct JoinArgs {
     pub expect_run: Option<String>,
     /// Where to serve Prometheus metrics (`/metrics`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// The share of the time to train.
+    pub duty_cycle: f64,
 }
 
 fn status_line(r: &RoundReport) -> String {
@@ -148,7 +152,11 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
         )
     };
     let resumed_names: Vec<&str> = resumed_state.iter().map(|(k, _)| *k).collect();
+    if !(args.duty_cycle > 0.0 && args.duty_cycle <= 1.0) {
+        bail!("--duty-cycle must be in (0, 1], not {}", args.duty_cycle);
+    }
     let mut peer_cfg = cfg.peer_config();
+    peer_cfg.duty_cycle = args.duty_cycle;
     peer_cfg.agent = gradswarm_peer::agent("desktop", &selected.summary);
     let (codec, kind) = gradswarm_shaders::codec_for(peer_cfg.codec, selected.wgpu_queue())?;
     eprintln!(
@@ -201,6 +209,24 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
     }
 
     let (stop, stop_rx) = stop_pair();
+    let pause = PauseHandle::default();
+    #[cfg(unix)]
+    {
+        let pause = pause.clone();
+        runtime.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+                return;
+            };
+            while usr1.recv().await.is_some() {
+                if pause.toggle() {
+                    eprintln!("paused: heartbeats go on, rounds are skipped (SIGUSR1 resumes)");
+                } else {
+                    eprintln!("resumed");
+                }
+            }
+        });
+    }
     let ctrl_c = stop.clone();
     runtime.spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -226,6 +252,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
         .name("round-loop".into())
         .spawn(move || -> anyhow::Result<PeerSummary> {
             let mut peer = Peer::new(peer_cfg, trainer, corpus, codec, peer_net, events, stop_rx)?;
+            peer.set_pause_handle(pause);
             if let Some(r) = resume_round {
                 peer.resume_at(r);
             }

@@ -77,6 +77,10 @@ enum Command {
         /// Serve Prometheus metrics (libp2p's and the peer's) at http://ADDR/metrics.
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Train at most this share of the time, in (0, 1]: lend part of the machine. (SIGUSR1
+        /// pauses and resumes the peer without it leaving.)
+        #[arg(long, default_value_t = 1.0)]
+        duty_cycle: f64,
     },
     /// Publish a run: write the manifest of a config and its data (the run folder) that
     /// `gradswarm-bootstrap --run DIR` serves to volunteers, who then join with its address alone.
@@ -223,10 +227,12 @@ fn main() -> ExitCode {
             min_peers,
             expect_run,
             metrics,
+            duty_cycle,
         } => join::join(join::JoinArgs {
             min_peers,
             expect_run,
             metrics,
+            duty_cycle,
             config,
             addrs,
             out,

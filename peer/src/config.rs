@@ -106,6 +106,10 @@ pub struct PeerConfig {
     pub norm_screen: NormScreen,
     /// Experiments only: stretch each round's compute by this factor (1: none), to play a slow peer.
     pub slowdown: f64,
+    /// The share of the time this peer trains, in (0, 1]: after computing for `c` seconds it rests
+    /// until `c / duty_cycle` after the round began (a volunteer lending part of a machine).
+    /// Below 1 its heartbeats say `throttled`, and partners do not wait for its updates.
+    pub duty_cycle: f64,
     /// Replicas whose heartbeat sketches put them further apart than this (relative L2) reconcile
     /// by pairwise averaging (None: never).
     pub drift_tolerance: Option<f64>,
@@ -164,6 +168,7 @@ impl PeerConfig {
             eval_batches: 4,
             norm_screen: NormScreen::default(),
             slowdown: 1.0,
+            duty_cycle: 1.0,
             // Last-bit differences of updates applied in another order read as ~1e-7; one missed
             // update of the default job as ~1e-3.
             drift_tolerance: Some(1e-4),

@@ -20,6 +20,6 @@ pub use edge::{Edge, Honest};
 pub use error::PeerError;
 pub use report::{MAX_REPORTS, PeerSummary, RoundReport};
 pub use runtime::{
-    CheckpointSink, MOMENTUM_KEY, Observer, Peer, RESIDUAL_KEY, StopHandle, stop_pair,
+    CheckpointSink, MOMENTUM_KEY, Observer, PauseHandle, Peer, RESIDUAL_KEY, StopHandle, stop_pair,
 };
 pub use settings::{NodeConfig, SettingsError};

@@ -36,6 +36,7 @@ pub struct PeerMetrics {
     staleness: Histogram,
     live_peers: Gauge,
     waited_out: Counter,
+    skipped: Counter,
     reconciled: Counter,
     tokens_per_sample: u64,
 }
@@ -60,6 +61,7 @@ impl PeerMetrics {
             staleness: Histogram::new([0.0, 1.0, 2.0, 3.0, 4.0, 8.0, 16.0]),
             live_peers: Gauge::default(),
             waited_out: Counter::default(),
+            skipped: Counter::default(),
             reconciled: Counter::default(),
             tokens_per_sample,
         };
@@ -130,6 +132,11 @@ impl PeerMetrics {
             m.waited_out.clone(),
         );
         r.register(
+            "skipped_rounds",
+            "Rounds closed while paused, without training",
+            m.skipped.clone(),
+        );
+        r.register(
             "reconciliations",
             "Pairwise averagings with a drifted replica",
             m.reconciled.clone(),
@@ -175,6 +182,7 @@ impl PeerMetrics {
         }
         self.live_peers.set(r.peers as i64);
         self.waited_out.inc_by(u64::from(r.waited_out));
+        self.skipped.inc_by(u64::from(r.skipped));
         self.reconciled.inc_by(r.reconciled);
     }
 }

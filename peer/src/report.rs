@@ -44,6 +44,9 @@ pub struct RoundReport {
     pub reconciled: u64,
     /// True when the round closed at its deadline with a partner's update still missing.
     pub waited_out: bool,
+    /// The peer was paused: it closed this round as the swarm moved on, without training.
+    #[serde(default)]
+    pub skipped: bool,
     /// The partners (base58 ids) whose updates were missing then.
     pub missing: Vec<String>,
 }

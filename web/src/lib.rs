@@ -19,8 +19,8 @@ use gradswarm_model::{
 };
 use gradswarm_net::{Keypair, Multiaddr, NetConfig};
 use gradswarm_peer::{
-    MOMENTUM_KEY, Mode, NodeConfig, Peer, PeerConfig, RESIDUAL_KEY, RoundReport, StopHandle,
-    stop_pair,
+    MOMENTUM_KEY, Mode, NodeConfig, PauseHandle, Peer, PeerConfig, RESIDUAL_KEY, RoundReport,
+    StopHandle, stop_pair,
 };
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -73,6 +73,9 @@ pub struct JoinOptions {
     /// visit), so that a reload rejoins with the same peer id (absent: a new identity).
     #[serde(default)]
     pub identity: Option<Vec<u8>>,
+    /// The share of the time the tab trains, in (0, 1] (absent: all of it).
+    #[serde(default)]
+    pub duty_cycle: Option<f64>,
     /// Rounds between the checkpoints handed to the page (one more when the peer leaves).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
@@ -173,6 +176,7 @@ pub struct BrowserPeer {
     fallback: Option<String>,
     resumed_from: Option<u64>,
     codec: String,
+    pause: PauseHandle,
 }
 
 #[wasm_bindgen]
@@ -218,6 +222,16 @@ impl BrowserPeer {
     #[wasm_bindgen(getter)]
     pub fn fallback(&self) -> Option<String> {
         self.fallback.clone()
+    }
+
+    /// Stops training without leaving: heartbeats go on and the rounds are skipped.
+    pub fn pause(&self) {
+        self.pause.set(true);
+    }
+
+    /// Trains again after [`BrowserPeer::pause`], from the swarm's round.
+    pub fn resume(&self) {
+        self.pause.set(false);
     }
 
     /// Leaves the run after the current round: to the others, a tab that left.
@@ -276,6 +290,14 @@ pub async fn join(
     }
     .map_err(|e| js_error("model", e))?;
     config.rounds = options.rounds;
+    if let Some(duty) = options.duty_cycle {
+        if !(duty > 0.0 && duty <= 1.0) {
+            return Err(JsError::new(&format!(
+                "duty_cycle must be in (0, 1], not {duty}"
+            )));
+        }
+        config.duty_cycle = duty;
+    }
     config.agent = gradswarm_peer::agent("browser", &selected.summary);
     let n = trainer.num_params();
     let limits = config.wire_limits(n, train.batch_size);
@@ -324,6 +346,8 @@ pub async fn join(
         );
     }
     peer.wait_for_peers(options.min_peers);
+    let pause = PauseHandle::default();
+    peer.set_pause_handle(pause.clone());
     // Checkpoints cross to the page as reports do (the sink must be Send).
     let (checkpoints, mut kept) = mpsc::unbounded::<(u64, Vec<u8>)>();
     peer.set_checkpoint_sink(
@@ -380,6 +404,7 @@ pub async fn join(
         fallback: selected.fallback_reason,
         resumed_from: resumed.map(|c| c.meta.round),
         codec: codec_kind.to_string(),
+        pause,
     })
 }
 

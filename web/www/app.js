@@ -57,6 +57,7 @@ function onRound(r) {
 function onEnd(error) {
   $("join").disabled = false;
   $("leave").disabled = true;
+  $("pause").disabled = true;
   if (error) {
     fail(`the peer stopped: ${error}`);
   } else {
@@ -156,6 +157,7 @@ async function main() {
           $("status").textContent = "training";
           document.body.dataset.state = "running";
           $("leave").disabled = false;
+          $("pause").disabled = false;
         }
       };
       // The corpus is copied to the worker; the page keeps its own for a later Join.
@@ -165,12 +167,20 @@ async function main() {
       const kept = await loadCheckpoint(options.run_id).catch(() => null);
       worker.postMessage({
         type: "join",
-        options: { ...options, ...identity },
+        options: { duty_cycle: Number($("duty").value), ...options, ...identity },
         corpus: corpus.slice(0),
         checkpoint: kept?.bytes ?? null,
       });
     };
     $("leave").onclick = () => worker?.postMessage({ type: "leave" });
+    // Pausing keeps the tab in the run (heartbeats go on, rounds are skipped): a volunteer takes
+    // the machine back for a while without leaving.
+    $("pause").onclick = () => {
+      const pausing = $("pause").textContent === "Pause";
+      worker?.postMessage({ type: pausing ? "pause" : "resume" });
+      $("pause").textContent = pausing ? "Resume" : "Pause";
+      $("status").textContent = pausing ? "paused" : "training";
+    };
   } catch (e) {
     fail(String(e?.message ?? e));
   }

@@ -1,6 +1,7 @@
 // The browser peer's worker: the wasm peer runs here, off the page's thread, so that training on
 // the CPU backend (whose steps block while they compute) never freezes the page. The page sends
-// {type: "join", options, corpus, checkpoint} and {type: "leave"}; the worker answers with
+// {type: "join", options, corpus, checkpoint}, {type: "pause"}, {type: "resume"} and
+// {type: "leave"}; the worker answers with
 // "joined", "round", "checkpoint", "end" and "error" messages.
 import init, { join } from "./pkg/gradswarm_web.js";
 
@@ -17,6 +18,10 @@ self.onmessage = async (event) => {
   const message = event.data;
   if (message.type === "leave") {
     peer?.leave();
+    return;
+  }
+  if (message.type === "pause" || message.type === "resume") {
+    peer?.[message.type]();
     return;
   }
   if (message.type !== "join" || peer) return;

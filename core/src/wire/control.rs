@@ -48,6 +48,9 @@ pub struct Heartbeat {
     /// What the sender runs: `gradswarm/<version> <desktop|browser> <device>`, at most
     /// [`MAX_AGENT_LEN`] printable ASCII bytes.
     pub agent: String,
+    /// The sender trains only part of the time (a duty cycle below 1, or paused): partners do not
+    /// wait for its updates, and count them when they come.
+    pub throttled: bool,
 }
 
 impl Heartbeat {

@@ -143,6 +143,7 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         samples: 64,
         tokens_per_s: 1000.0,
         agent: "gradswarm/0.1.0 desktop cpu".into(),
+        throttled: false,
     };
     assert_eq!(Heartbeat::from_bytes(&hb.to_bytes()), Ok(hb.clone()));
     assert!(Heartbeat::from_bytes(&[FORMAT_VERSION; 600]).is_err());
@@ -159,6 +160,7 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         samples: u64::MAX,
         tokens_per_s: f32::MAX,
         agent: "a".repeat(MAX_AGENT_LEN),
+        throttled: true,
         ..hb.clone()
     };
     assert!(largest.to_bytes().len() <= MAX_HEARTBEAT_BYTES);

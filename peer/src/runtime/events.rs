@@ -37,12 +37,15 @@ impl Peer {
     }
 
     /// The live peers this peer waits for and shares the data with: those that have not left
-    /// [`MISSED_LIMIT`] more rounds waiting for an update that never came than it sent updates.
+    /// [`MISSED_LIMIT`] more rounds waiting for an update that never came than it sent updates,
+    /// and do not say they train only part of the time (`throttled`).
     pub(super) fn contributors(&self) -> impl Iterator<Item = &PeerId> {
         let timeout = self.config.peer_timeout;
         self.peers
             .iter()
-            .filter(move |(_, s)| s.last.elapsed() < timeout && s.missed < MISSED_LIMIT)
+            .filter(move |(_, s)| {
+                s.last.elapsed() < timeout && s.missed < MISSED_LIMIT && !s.throttled
+            })
             .map(|(p, _)| p)
     }
 
@@ -84,6 +87,7 @@ impl Peer {
             round: 0,
             published: (0, 0),
             settled: false,
+            throttled: false,
             missed: 0,
         });
         seen.last = Instant::now();
@@ -199,6 +203,7 @@ impl Peer {
                 {
                     seen.published = (heartbeat.round, heartbeat.published);
                     seen.settled = heartbeat.settled;
+                    seen.throttled = heartbeat.throttled;
                 }
                 self.check_drift(from, &heartbeat);
             }

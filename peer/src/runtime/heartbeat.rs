@@ -51,6 +51,7 @@ impl Peer {
             samples: self.samples,
             tokens_per_s: self.tokens_per_s,
             agent: self.config.agent.clone(),
+            throttled: self.throttled(),
         };
         for hb in self.edge.heartbeat(hb) {
             if let Err(e) = self.net.publish(Topic::Heartbeat, hb.to_bytes()) {

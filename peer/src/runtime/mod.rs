@@ -44,6 +44,29 @@ impl StopHandle {
     }
 }
 
+/// Pauses and resumes a running peer without it leaving: paused, it trains nothing, heartbeats
+/// on (saying `throttled`, so nobody waits for it) and closes the rounds the swarm moves on as
+/// skipped, so it resumes at the swarm's round.
+#[derive(Clone, Default)]
+pub struct PauseHandle(Arc<std::sync::atomic::AtomicBool>);
+
+impl PauseHandle {
+    /// Pauses (true) or resumes (false) the peer from its next round on.
+    pub fn set(&self, paused: bool) {
+        self.0.store(paused, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Flips the state; returns whether the peer is now paused.
+    pub fn toggle(&self) -> bool {
+        !self.0.fetch_xor(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the peer is paused.
+    pub fn is_paused(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A stop handle and the signal a [`Peer`] listens to.
 pub fn stop_pair() -> (StopHandle, mpsc::UnboundedReceiver<()>) {
     let (tx, rx) = mpsc::unbounded();
@@ -58,6 +81,8 @@ struct Seen {
     published: (u64, u64),
     /// Whether that heartbeat said its sender is done and holds every update (see [`Peer::linger`]).
     settled: bool,
+    /// Whether that heartbeat said its sender trains only part of the time: not waited for.
+    throttled: bool,
     /// Rounds that ran to their deadline without this peer's update, less its updates that
     /// counted: at [`MISSED_LIMIT`], rounds stop waiting for it (and its shard goes back to the
     /// others) until updates of its count again.
@@ -157,6 +182,10 @@ pub struct Peer {
     resumed: bool,
     /// When this replica last found itself too far behind and fetched the run's state again.
     resynced_at: Option<Instant>,
+    /// Pauses the peer ([`Peer::set_pause_handle`]).
+    pause: PauseHandle,
+    /// Whether the last round was sat out paused (a change is heartbeated at once).
+    sitting_out: bool,
     marks: VecDeque<Mark>,
     max_marks: usize,
     /// θ at the start of the round it names, as heartbeats describe it (kept apart from the
@@ -250,6 +279,8 @@ impl Peer {
             running: false,
             resumed: false,
             resynced_at: None,
+            pause: PauseHandle::default(),
+            sitting_out: false,
             marks: VecDeque::new(),
             fingerprint: None,
             published: VecDeque::new(),
@@ -269,6 +300,16 @@ impl Peer {
     /// Waits for at least `n` other peers before the first round (harness runs start together).
     pub fn wait_for_peers(&mut self, n: usize) {
         self.min_peers = n;
+    }
+
+    /// Pauses and resumes this peer through `pause` (see [`PauseHandle`]).
+    pub fn set_pause_handle(&mut self, pause: PauseHandle) {
+        self.pause = pause;
+    }
+
+    /// Whether partners should not wait for this peer's updates: it trains part of the time.
+    fn throttled(&self) -> bool {
+        self.config.duty_cycle < 1.0 || self.pause.is_paused()
     }
 
     /// Hands `sink` a checkpoint every `every` rounds (0: only when leaving) and when leaving.

@@ -283,8 +283,21 @@ impl Peer {
         Ok(())
     }
 
-    /// One round: local work, catch up, encode, publish, collect, aggregate, apply.
+    /// One round: local work, catch up, encode, publish, collect, aggregate, apply; then, below
+    /// a duty cycle of 1, rest. A paused peer sits the round out instead.
     pub(super) async fn run_round(&mut self) -> Result<(), PeerError> {
+        if self.pause.is_paused() != self.sitting_out {
+            // Paused or resumed: partners learn at once whether to wait for this peer.
+            self.sitting_out = self.pause.is_paused();
+            self.heartbeat();
+        }
+        if self.sitting_out {
+            return self.sit_out().await;
+        }
+        if self.config.duty_cycle < 1.0 {
+            // After a rest the swarm is rounds ahead: start from where it is.
+            self.catch_up(false).await?;
+        }
         let base = self.book.round();
         let t0 = Instant::now();
         let floor = t0 + self.config.round_floor;
@@ -311,21 +324,14 @@ impl Peer {
         while let Some(event) = self.next_event(Instant::now()).await {
             self.on_event(event);
         }
-        while self.swarm_moved_on() {
-            let mut report = RoundReport {
-                loss: f32::NAN,
-                catch_up: true,
-                ..Default::default()
-            };
-            self.close_round(&mut report).await?;
-            self.finish_report(report).await?;
-        }
+        self.catch_up(false).await?;
 
         let mut report = RoundReport {
             compute_s,
             ..Default::default()
         };
         let t1 = Instant::now();
+        let trained = computed.is_some();
         if let Some((delta, loss, samples)) = computed {
             self.last_loss = loss;
             if compute_s > 0.0 {
@@ -403,9 +409,62 @@ impl Peer {
             }
         }
         self.close_round(&mut report).await?;
-        self.finish_report(report).await
+        self.finish_report(report).await?;
+        if trained && self.config.duty_cycle < 1.0 {
+            // Train at most that share of the time: the round lasts compute / duty cycle.
+            let cycle = Duration::from_secs_f64(compute_s / self.config.duty_cycle);
+            self.idle_until(t0 + cycle, |_| false).await;
+        }
+        Ok(())
+    }
+
+    /// Closes the rounds the swarm moved on from, each reported as caught up (and as `skipped`
+    /// when this peer sat them out paused).
+    async fn catch_up(&mut self, skipped: bool) -> Result<(), PeerError> {
+        while self.swarm_moved_on() {
+            let mut report = RoundReport {
+                loss: f32::NAN,
+                catch_up: true,
+                skipped,
+                ..Default::default()
+            };
+            self.close_round(&mut report).await?;
+            self.finish_report(report).await?;
+        }
+        Ok(())
+    }
+
+    /// A paused peer's turn: it takes in events and heartbeats until the swarm moves on (or
+    /// [`SIT_OUT_POLL`] passes, or it is resumed), then closes the rounds it sat out.
+    async fn sit_out(&mut self) -> Result<(), PeerError> {
+        let until = Instant::now() + SIT_OUT_POLL;
+        self.idle_until(until, |p| !p.pause.is_paused() || p.swarm_moved_on())
+            .await;
+        self.catch_up(true).await
+    }
+
+    /// Takes in events until `until`, a stop, or `done` says so, heartbeating every
+    /// `heartbeat_every` (at least [`IDLE_HEARTBEAT_MIN`] apart): a resting or paused peer must
+    /// still be heard, or the others take it for gone.
+    async fn idle_until(&mut self, until: Instant, done: impl Fn(&Self) -> bool) {
+        let every = self.config.heartbeat_every.max(IDLE_HEARTBEAT_MIN);
+        while !self.stopped && Instant::now() < until && !done(self) {
+            let beat = self.last_heartbeat.map_or(until, |t| t + every);
+            if let Some(event) = self.next_event(until.min(beat)).await {
+                self.on_event(event);
+            }
+            if self.last_heartbeat.is_none_or(|t| t.elapsed() >= every) {
+                self.heartbeat();
+            }
+        }
     }
 }
+
+/// How long a paused peer waits for the swarm to move on before looking again.
+const SIT_OUT_POLL: Duration = Duration::from_secs(1);
+
+/// The shortest gap between a resting peer's heartbeats (runs that heartbeat every round ask 0).
+const IDLE_HEARTBEAT_MIN: Duration = Duration::from_millis(250);
 
 impl Peer {
     /// Whether a majority of the peers this one waits for have published for a later round
