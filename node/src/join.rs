@@ -40,6 +40,8 @@ pub struct JoinArgs {
     pub metrics: Option<std::net::SocketAddr>,
     /// The share of the time to train.
     pub duty_cycle: f64,
+    /// CPU threads, replacing `train.threads`.
+    pub threads: Option<usize>,
 }
 
 fn status_line(r: &RoundReport) -> String {
@@ -93,6 +95,9 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
     }
     if let Some(r) = args.rounds {
         cfg.swarm.rounds = r;
+    }
+    if let Some(t) = args.threads {
+        cfg.train.threads = t;
     }
     cfg.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -81,6 +81,9 @@ enum Command {
         /// pauses and resumes the peer without it leaving.)
         #[arg(long, default_value_t = 1.0)]
         duty_cycle: f64,
+        /// CPU threads to train on (replacing `train.threads`): lend only part of the cores.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Publish a run: write the manifest of a config and its data (the run folder) that
     /// `gradswarm-bootstrap --run DIR` serves to volunteers, who then join with its address alone.
@@ -228,7 +231,9 @@ fn main() -> ExitCode {
             expect_run,
             metrics,
             duty_cycle,
+            threads,
         } => join::join(join::JoinArgs {
+            threads,
             min_peers,
             expect_run,
             metrics,

@@ -274,7 +274,7 @@ fn join_refuses_bad_command_lines_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = join_config(dir.path());
     let config = config.to_str().expect("utf8");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["join", "not-a-multiaddr", "--config", config],
             "not a multiaddr",
@@ -294,6 +294,18 @@ fn join_refuses_bad_command_lines_clearly() {
             "/nonexistent/peer.toml",
         ),
         (&["join", "--config", config, "--device", "tpu"], "tpu"),
+        (
+            &["join", "--config", config, "--threads", "0"],
+            "train.threads",
+        ),
+        (
+            &["join", "--config", config, "--duty-cycle", "0"],
+            "--duty-cycle",
+        ),
+        (
+            &["status", "/ip4/127.0.0.1/tcp/1", "--seconds", "0"],
+            "--seconds",
+        ),
     ];
     for (args, needle) in cases {
         let out = run(args);

@@ -403,11 +403,7 @@ impl Peer {
         }
         report.network_s = t2.elapsed().as_secs_f64();
         // Paced (see `PeerConfig::round_floor`): what arrives meanwhile is taken in.
-        while !self.stopped && Instant::now() < floor {
-            if let Some(event) = self.next_event(floor).await {
-                self.on_event(event);
-            }
-        }
+        self.idle_until(floor, |_| false).await;
         self.close_round(&mut report).await?;
         self.finish_report(report).await?;
         if trained && self.config.duty_cycle < 1.0 {
