@@ -60,12 +60,59 @@ impl Pem {
     }
 }
 
-/// The page server's listener over TLS.
+/// Handshakes under way at once: past it a new connection is dropped, so that a flood of idle
+/// connections holds a bounded number of tasks.
+const MAX_HANDSHAKES: usize = 64;
+
+/// The page server's listener over TLS. Each handshake runs in a task of its own, bounded by
+/// [`HANDSHAKE_TIMEOUT`]: a client that connects and says nothing (a browser's preconnect, or a
+/// slowloris) holds up no one else.
 pub struct TlsListener {
-    /// The TCP listener.
-    pub tcp: TcpListener,
-    /// The handshake.
-    pub acceptor: TlsAcceptor,
+    done: futures::channel::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Accepts on `tcp` and hands each connection to `acceptor`'s handshake, on the running
+    /// tokio runtime.
+    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, done) = futures::channel::mpsc::channel(MAX_HANDSHAKES);
+        let under_way = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            loop {
+                let (stream, addr) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::debug!("page server accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if under_way.fetch_add(1, Ordering::Relaxed) >= MAX_HANDSHAKES {
+                    under_way.fetch_sub(1, Ordering::Relaxed);
+                    tracing::debug!("{MAX_HANDSHAKES} TLS handshakes under way: {addr} dropped");
+                    continue;
+                }
+                let (acceptor, mut tx, under_way) =
+                    (acceptor.clone(), tx.clone(), under_way.clone());
+                tokio::spawn(async move {
+                    use futures::SinkExt;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            // The server is gone when this fails: nothing to hand it to.
+                            let _ = tx.send((tls, addr)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!("TLS handshake from {addr}: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake from {addr} timed out"),
+                    }
+                    under_way.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        });
+        Ok(Self { done, local })
+    }
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -73,26 +120,15 @@ impl axum::serve::Listener for TlsListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.tcp.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::debug!("page server accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // One handshake at a time, each bounded: a client that stalls holds the others for
-            // the timeout at most.
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => tracing::debug!("TLS handshake from {addr}: {e}"),
-                Err(_) => tracing::debug!("TLS handshake from {addr} timed out"),
-            }
+        use futures::StreamExt;
+        match self.done.next().await {
+            Some(accepted) => accepted,
+            // The accepting task ended with the runtime: nothing more will come.
+            None => futures::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        Ok(self.local)
     }
 }

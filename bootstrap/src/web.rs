@@ -53,10 +53,10 @@ pub async fn serve(
         .with_state(state);
     tokio::spawn(async move {
         let served = match tls {
-            Some(acceptor) => {
-                let tcp = listener;
-                axum::serve(crate::tls::TlsListener { tcp, acceptor }, app).await
-            }
+            Some(acceptor) => match crate::tls::TlsListener::new(listener, acceptor) {
+                Ok(tls) => axum::serve(tls, app).await,
+                Err(e) => Err(e),
+            },
             None => axum::serve(listener, app).await,
         };
         if let Err(e) = served {

@@ -123,3 +123,103 @@ fn refuses_a_page_folder_without_a_page() {
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A client that connects to the HTTPS page server and says nothing (a browser's preconnect, a
+/// slowloris) holds up no one: with ten such connections open, a TLS handshake still completes
+/// within a few seconds. Handshaking one connection at a time (the listener before), it waited
+/// 10 s behind each of them (the likely cause of one browser-test run whose tab could not load
+/// its worker over HTTPS).
+#[test]
+fn idle_connections_do_not_hold_up_the_https_page() {
+    let dir = scratch("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (scripts/setup installs it)");
+    assert!(made.success(), "openssl could not make a certificate");
+    let web_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/www");
+    let mut child = Command::new(BIN)
+        .args([
+            "--run-id",
+            "tls-test",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--web",
+            "0",
+        ])
+        .arg("--key")
+        .arg(dir.join("bootstrap.key"))
+        .arg("--web-root")
+        .arg(&web_root)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let page = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the bootstrap prints its page address");
+        if let Some(url) = line.strip_prefix("page: https://") {
+            break url.trim_end_matches('/').to_string();
+        }
+    };
+    let idle: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| std::net::TcpStream::connect(&page).expect("connect"))
+        .collect();
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-brief", "-connect", &page])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let status = loop {
+        if let Some(status) = client.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = client.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(idle);
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = status.expect("no TLS handshake within 8 s behind ten idle connections");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().expect("stderr"), &mut err)
+        .expect("read");
+    assert!(status.success() && err.contains("TLSv1.3"), "{err}");
+}

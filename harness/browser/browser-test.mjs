@@ -155,8 +155,9 @@ try {
     const before = await count();
     await tab.waitForFunction((n) => Number(document.body.dataset.rounds ?? 0) >= n, before.rounds + 10, { timeout: DEADLINE_MS });
     const during = await count();
-    // One round may have been under way when the button was pressed.
-    if (during.trained > before.trained + 1) fail(`paused, the tab trained ${during.trained - before.trained} rounds`);
+    // The pause reaches the worker as a message and takes effect at its next round: the round
+    // under way, and one more begun before the message arrived, may still train.
+    if (during.trained > before.trained + 2) fail(`paused, the tab trained ${during.trained - before.trained} rounds`);
     await tab.click("#pause");
     await tab.waitForFunction((n) => Number(document.body.dataset.trained ?? 0) >= n, during.trained + 2, { timeout: DEADLINE_MS });
     paused = { skipped_rounds: during.rounds - before.rounds, trained_while_paused: during.trained - before.trained };
