@@ -34,13 +34,7 @@ fn start_and_read(key: &Path) -> Vec<String> {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let wanted = ["/tcp/", "/quic-v1/", "/ws/"];
     let mut lines: Vec<String> = Vec::new();
     let done = |lines: &[String]| {
@@ -175,15 +169,7 @@ fn idle_connections_do_not_hold_up_the_https_page() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let page = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
@@ -195,31 +181,40 @@ fn idle_connections_do_not_hold_up_the_https_page() {
     let idle: Vec<std::net::TcpStream> = (0..10)
         .map(|_| std::net::TcpStream::connect(&page).expect("connect"))
         .collect();
-    let mut client = Command::new("openssl")
+    let client = Command::new("openssl")
         .args(["s_client", "-brief", "-connect", &page])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("openssl s_client");
-    let deadline = std::time::Instant::now() + Duration::from_secs(8);
-    let status = loop {
-        if let Some(status) = client.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = client.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    // The handshake's end, awaited with a deadline; killing the node ends a stalled one.
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(client.wait_with_output());
+    });
+    let finished = done.recv_timeout(Duration::from_secs(8));
     let _ = child.kill();
     let _ = child.wait();
     drop(idle);
     let _ = std::fs::remove_dir_all(&dir);
-    let status = status.expect("no TLS handshake within 8 s behind ten idle connections");
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut client.stderr.take().expect("stderr"), &mut err)
-        .expect("read");
-    assert!(status.success() && err.contains("TLSv1.3"), "{err}");
+    let out = finished
+        .expect("no TLS handshake within 8 s behind ten idle connections")
+        .expect("openssl s_client ran");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("TLSv1.3"), "{err}");
+}
+
+/// The lines `child` prints on stdout, as they come (its stdout must be piped).
+fn stdout_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

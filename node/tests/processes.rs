@@ -56,6 +56,27 @@ fn join_config(dir: &Path) -> PathBuf {
     path
 }
 
+/// `gradswarm join addr` with `config`, into `out`, for `rounds` rounds once `min_peers` others
+/// are there, with `extra` arguments.
+fn join_peer(
+    addr: &str,
+    config: &Path,
+    out: &Path,
+    rounds: &str,
+    min_peers: &str,
+    extra: &[&str],
+) -> Watched {
+    Watched::spawn(
+        Command::new(BIN)
+            .args(["join", addr, "--config"])
+            .arg(config)
+            .arg("--out")
+            .arg(out)
+            .args(["--rounds", rounds, "--min-peers", min_peers])
+            .args(extra),
+    )
+}
+
 /// A child whose output lines (stdout and stderr) arrive on a channel, so a test can wait for one.
 struct Watched {
     child: Child,
@@ -162,18 +183,14 @@ fn a_killed_peer_process_leaves_the_others_training() {
     let config = join_config(dir.path());
     let (_boot, addr) = bootstrap(dir.path(), &["--run-id", "process-test"]);
     let peer_with = |name: &str, rounds: &str, min_peers: &str| {
-        Watched::spawn(Command::new(BIN).args([
-            "join",
+        join_peer(
             &addr,
-            "--config",
-            config.to_str().expect("utf8"),
-            "--out",
-            dir.path().join(name).to_str().expect("utf8"),
-            "--rounds",
+            &config,
+            &dir.path().join(name),
             rounds,
-            "--min-peers",
             min_peers,
-        ]))
+            &[],
+        )
     };
     let peer = |name: &str, rounds: &str| peer_with(name, rounds, "2");
     let mut victim = peer("victim", "100000");
@@ -539,20 +556,15 @@ fn metrics_and_status_show_the_run() {
     let config = join_config(dir.path());
     let mut peers: Vec<Watched> = (0..2)
         .map(|i| {
-            Watched::spawn(Command::new(BIN).args([
-                "join",
+            let out = dir.path().join(format!("peer{i}"));
+            join_peer(
                 &addr,
-                "--config",
-                config.to_str().expect("utf8"),
-                "--out",
-                dir.path().join(format!("peer{i}")).to_str().expect("utf8"),
-                "--rounds",
+                &config,
+                &out,
                 "0",
-                "--min-peers",
                 "1",
-                "--metrics",
-                "127.0.0.1:0",
-            ]))
+                &["--metrics", "127.0.0.1:0"],
+            )
         })
         .collect();
     let url = url_of(peers[0].wait_for(
