@@ -90,7 +90,7 @@ impl Dashboard {
             .view
             .online(now, online_ms)
             .into_iter()
-            .map(|p| peer_json(p, now))
+            .map(|p| peer_json(&self.view, p, now))
             .collect();
         let history: Vec<serde_json::Value> = self
             .history
@@ -115,6 +115,7 @@ impl Dashboard {
                 "loss": finite(s.loss),
                 "tokens_per_s": s.tokens_per_s,
                 "samples": s.samples,
+                "credit": s.credit,
             },
             "peers": peers,
             "history": history,
@@ -126,8 +127,13 @@ fn finite(x: f32) -> Option<f32> {
     x.is_finite().then_some(x)
 }
 
-fn peer_json(p: &PeerView, now_ms: u64) -> serde_json::Value {
+fn peer_json(view: &RunView, p: &PeerView, now_ms: u64) -> serde_json::Value {
+    let credit = view.credit(&p.peer_id, p.samples);
     serde_json::json!({
+        "credit": credit.samples,
+        "attesters": credit.attesters,
+        "bytes_sent": p.bytes_sent,
+        "bytes_received": p.bytes_received,
         "peer_id": PeerId::from_bytes(&p.peer_id).map(|id| id.to_base58()).unwrap_or_else(|_| "?".into()),
         "agent": p.agent,
         "round": p.round,

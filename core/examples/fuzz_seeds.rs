@@ -83,6 +83,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokens_per_s: 5000.0,
         agent: "gradswarm/0.1.0 browser webgpu".into(),
         throttled: false,
+        bytes_sent: 4096,
+        bytes_received: 16384,
+        attests: vec![gradswarm_core::credit::Attestation {
+            peer_id: vec![2; 38],
+            samples: 64,
+        }],
     };
     write(dir, "decode_heartbeat", "heartbeat", &heartbeat.to_bytes())?;
     let state = PeerState {

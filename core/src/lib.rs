@@ -12,10 +12,12 @@
 //! - [`shard`]: rendezvous hashing of data chunks over live peers.
 //! - [`synthetic`]: seeded gradient-like vectors for tests and benchmarks.
 //! - [`drift`]: the drift sketch heartbeats carry and pairwise averaging of drifted replicas.
+//! - [`credit`]: who contributed what, as the peers that aggregated it attest.
 //! - [`topology`]: averaging topologies (whose updates a round waits for): broadcast.
 
 pub mod aggregate;
 pub mod codec;
+pub mod credit;
 pub mod drift;
 mod error;
 pub mod outer;

@@ -26,6 +26,8 @@ pub struct Accepted<T> {
     pub base_round: u64,
     /// Its staleness, `round − base_round`.
     pub tau: u64,
+    /// The training samples it claims (capped by the run: one honest round's at most).
+    pub samples: u64,
     /// Its aggregation weight: samples × s(τ).
     pub weight: f64,
     /// Its content digest ([`crate::Update::content_digest`]).
@@ -276,6 +278,7 @@ impl<T: Clone> RoundBook<T> {
                     round,
                     base_round: p.base_round,
                     tau: round - p.base_round,
+                    samples: p.samples,
                     weight: p.samples as f64 * f64::from(s),
                     digest: p.digest,
                     payload: p.payload,

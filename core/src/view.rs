@@ -1,14 +1,19 @@
 //! The run as its heartbeats show it: who is online, at which round, with what loss and
-//! throughput. What `gradswarm status` prints and a dashboard draws; it trusts each claim as a
-//! claim (a heartbeat is signed by its sender, not checked against anything), bounded in size
-//! since identities are free.
+//! throughput, and each peer's credit as the others attest it ([`crate::credit`]). What
+//! `gradswarm status` prints and a dashboard draws. A claim is shown as a claim (a heartbeat is
+//! signed by its sender, not checked against anything); credit alone is not the peer's own word.
+//! Bounded in size, since identities are free.
 
 use std::collections::BTreeMap;
 
+use crate::credit::credit;
 use crate::wire::Heartbeat;
 
 /// Peers a view keeps at most: past it, the one heard from longest ago is forgotten.
 pub const MAX_VIEW_PEERS: usize = 4096;
+
+/// Attesters a view keeps per peer at most: past it, the one heard from longest ago makes room.
+pub const MAX_ATTESTERS: usize = 64;
 
 /// One peer as its latest heartbeat describes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +30,10 @@ pub struct PeerView {
     pub tokens_per_s: f32,
     /// What it runs (`gradswarm/<version> <desktop|browser> <device>`).
     pub agent: String,
+    /// Bytes it says it published so far.
+    pub bytes_sent: u64,
+    /// Bytes of gossip it says it received so far.
+    pub bytes_received: u64,
     /// When its latest heartbeat arrived, in the caller's milliseconds.
     pub heard_ms: u64,
 }
@@ -42,12 +51,25 @@ pub struct RunSummary {
     pub tokens_per_s: f64,
     /// The samples they say they computed, summed.
     pub samples: u64,
+    /// Their credit as the others attest it ([`RunView::credit`]), summed.
+    pub credit: u64,
 }
 
-/// The latest heartbeat of each peer, for one run.
+/// A peer's credit and how many peers attest to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Credit {
+    /// Samples of its updates that counted in the others' aggregates ([`crate::credit::credit`]).
+    pub samples: u64,
+    /// Peers whose attestations it rests on.
+    pub attesters: usize,
+}
+
+/// The latest heartbeat of each peer, for one run, and what each attested of the others.
 #[derive(Clone, Debug, Default)]
 pub struct RunView {
     peers: BTreeMap<Vec<u8>, PeerView>,
+    /// Per peer, what each attester said it counted of that peer's updates.
+    attested: BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, u64>>,
 }
 
 impl RunView {
@@ -69,6 +91,7 @@ impl RunView {
                 .map(|p| p.peer_id.clone());
             if let Some(oldest) = oldest {
                 self.peers.remove(&oldest);
+                self.attested.remove(&oldest);
             }
         }
         self.peers.insert(
@@ -80,9 +103,40 @@ impl RunView {
                 samples: hb.samples,
                 tokens_per_s: hb.tokens_per_s,
                 agent: hb.agent.clone(),
+                bytes_sent: hb.bytes_sent,
+                bytes_received: hb.bytes_received,
                 heard_ms: now_ms,
             },
         );
+        for a in &hb.attests {
+            // A peer's word about itself is no attestation; nor is one about a peer never heard.
+            if a.peer_id == hb.peer_id || !self.peers.contains_key(&a.peer_id) {
+                continue;
+            }
+            let attesters = self.attested.entry(a.peer_id.clone()).or_default();
+            if !attesters.contains_key(&hb.peer_id) && attesters.len() >= MAX_ATTESTERS {
+                let heard = |p: &[u8]| self.peers.get(p).map_or(0, |v| v.heard_ms);
+                let oldest = attesters.keys().min_by_key(|p| heard(p)).cloned();
+                if let Some(oldest) = oldest {
+                    attesters.remove(&oldest);
+                }
+            }
+            attesters.insert(hb.peer_id.clone(), a.samples);
+        }
+    }
+
+    /// `peer`'s credit: what its attesters counted of its updates, robust to a quarter of them
+    /// lying, and at most `claimed` (the samples it says it computed).
+    pub fn credit(&self, peer: &[u8], claimed: u64) -> Credit {
+        let mut counts: Vec<u64> = self
+            .attested
+            .get(peer)
+            .map(|a| a.values().copied().collect())
+            .unwrap_or_default();
+        Credit {
+            attesters: counts.len(),
+            samples: credit(&mut counts, claimed),
+        }
     }
 
     /// The peers heard from within `timeout_ms` of `now_ms`, most advanced first.
@@ -122,6 +176,10 @@ impl RunView {
                 .iter()
                 .map(|p| p.samples)
                 .fold(0, u64::saturating_add),
+            credit: online
+                .iter()
+                .map(|p| self.credit(&p.peer_id, p.samples).samples)
+                .fold(0, u64::saturating_add),
         }
     }
 }
@@ -130,6 +188,7 @@ impl RunView {
 mod tests {
     use super::*;
     use crate::DriftSketch;
+    use crate::credit::Attestation;
 
     fn hb(peer: u8, round: u64, loss: f32, samples: u64) -> Heartbeat {
         Heartbeat {
@@ -147,6 +206,7 @@ mod tests {
             tokens_per_s: 100.0,
             agent: format!("gradswarm/0.1.0 desktop {peer}"),
             throttled: false,
+            ..Default::default()
         }
     }
 
@@ -193,5 +253,76 @@ mod tests {
                 .iter()
                 .all(|p| p.heard_ms >= 100)
         );
+    }
+
+    fn attesting(mut h: Heartbeat, counts: &[(u8, u64)]) -> Heartbeat {
+        h.attests = counts
+            .iter()
+            .map(|&(p, samples)| Attestation {
+                peer_id: vec![p; 4],
+                samples,
+            })
+            .collect();
+        h
+    }
+
+    #[test]
+    fn credit_is_what_the_others_attest_not_what_a_peer_claims() {
+        let mut view = RunView::default();
+        // Peer 4 lies: it claims 100× the samples it trained on, attests itself and its
+        // friend peer 3 as much, and peers 1 and 2 as nothing.
+        for p in 1..=4 {
+            view.take(&hb(p, 5, 2.0, if p == 4 { 64_000 } else { 640 }), 0);
+        }
+        view.take(
+            &attesting(hb(1, 6, 2.0, 640), &[(2, 600), (3, 620), (4, 640)]),
+            10,
+        );
+        view.take(
+            &attesting(hb(2, 6, 2.0, 640), &[(1, 610), (3, 600), (4, 630)]),
+            10,
+        );
+        view.take(
+            &attesting(hb(3, 6, 2.0, 640), &[(1, 640), (2, 640), (4, 600)]),
+            10,
+        );
+        view.take(
+            &attesting(
+                hb(4, 6, 2.0, 64_000),
+                &[(4, 64_000), (3, 1 << 40), (1, 0), (2, 0)],
+            ),
+            10,
+        );
+        let of = |p: u8| view.credit(&[p; 4], 640);
+        // The liar gets what its three attesters counted (the middle one), not its claim.
+        assert_eq!(
+            view.credit(&[4; 4], 64_000),
+            Credit {
+                samples: 630,
+                attesters: 3
+            }
+        );
+        // Its friend is not lifted past what an honest peer counted, the others are not sunk.
+        assert_eq!(of(3).samples, 620);
+        assert_eq!(of(1).samples, 610);
+        assert_eq!(of(2).samples, 600);
+        // A peer nobody heard of, or an attestation about one, credits nothing.
+        assert_eq!(of(9), Credit::default());
+        // Without the rule (credit = the claim) the liar would have 64 000.
+        let s = view.summary(10, 1000);
+        assert_eq!(s.samples, 3 * 640 + 64_000);
+        assert_eq!(s.credit, 630 + 620 + 610 + 600);
+    }
+
+    #[test]
+    fn a_flood_of_attesters_keeps_each_peers_bounded() {
+        let mut view = RunView::default();
+        view.take(&hb(1, 1, 1.0, 640), 0);
+        for i in 0..(3 * MAX_ATTESTERS as u64) {
+            let mut h = attesting(hb(0, 1, 1.0, 1), &[(1, 640)]);
+            h.peer_id = (i + 1000).to_le_bytes().to_vec();
+            view.take(&h, i + 1);
+        }
+        assert_eq!(view.credit(&[1; 4], 640).attesters, MAX_ATTESTERS);
     }
 }

@@ -1,7 +1,8 @@
 // The dashboard test (scripts/browser-test): a bootstrap node serving the page and three native
 // peers; Debian's Chromium opens the run's dashboard. It lists the three peers, its loss chart
-// has points that fall, its table's samples add up to its summary's, and each peer's row is at
-// most what that peer reports when it leaves. The screenshot goes to the artifacts folder
+// has points that fall, its table's samples add up to its summary's, each peer's row is at most what
+// that peer reports when it leaves, and its credit (what the other two attest) is some and at most
+// its samples. The screenshot goes to the artifacts folder
 // (GS_SCREENSHOT=docs/dashboard.png refreshes the README's).
 import fs from "node:fs";
 import os from "node:os";
@@ -43,7 +44,7 @@ try {
   await tab.waitForFunction(
     () => {
       const d = document.body.dataset;
-      return Number(d.peers) === 3 && Number(d.points) >= 8 && Number(d.lastLoss) < Number(d.firstLoss);
+      return Number(d.peers) === 3 && Number(d.credited) === 3 && Number(d.points) >= 8 && Number(d.lastLoss) < Number(d.firstLoss);
     },
     null,
     { timeout: DEADLINE_MS, polling: 500 },
@@ -54,6 +55,7 @@ try {
     rows: [...document.querySelectorAll("#contributions tbody tr")].map((tr) => ({
       id: tr.title,
       samples: Number(tr.children[5].textContent),
+      credit: Number(tr.children[6].textContent),
     })),
   }));
   await browser.close();
@@ -72,6 +74,8 @@ try {
     const row = seen.rows.find((x) => x.id === r.peer_id);
     if (!row) fail(`the dashboard did not list ${r.peer_id}`);
     if (!(row.samples > 0 && row.samples <= r.samples)) fail(`${r.peer_id}: the dashboard showed ${row.samples} samples, it reports ${r.samples}`);
+    // Credit is what the other two attest they counted: some, and no more than the peer trained.
+    if (!(row.credit > 0 && row.credit <= row.samples)) fail(`${r.peer_id}: the dashboard credited ${row.credit} of its ${row.samples} samples`);
   }
   const result = {
     peers: Number(seen.peers),
@@ -79,6 +83,7 @@ try {
     first_loss: Number(seen.firstLoss),
     last_loss: Number(seen.lastLoss),
     table_samples: Number(seen.tableSamples),
+    table_credit: Number(seen.tableCredit),
     reported_samples: reported.map((r) => r.samples),
     screenshot,
   };

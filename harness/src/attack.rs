@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 
 use gradswarm_core::codec::pack_payload;
 use gradswarm_core::codec::topk;
+use gradswarm_core::credit::{Attestation, MAX_ATTESTATIONS};
 use gradswarm_core::synthetic::SplitMix;
 use gradswarm_core::{
     Codec, CodecDescriptor, CpuCodec, Heartbeat, PeerState, Quantize, RngKey, StalenessPolicy,
@@ -60,6 +61,10 @@ pub enum Attack {
     /// Signs two different updates for each round (Δ and −Δ), hoping that peers keep different
     /// ones and part.
     Equivocate,
+    /// Trains and sends honestly, but claims 64 times the samples it trained on in its
+    /// heartbeats, attests that it counted as much of its own updates, and that it counted none
+    /// of the others': to be credited more than it contributed, and the others less.
+    CreditInflation,
     /// Every other kind in turn, a new one each round ([`Attack::ROTATION`]): all attacks at once
     /// when several such peers start at different points of the rotation.
     Mixed,
@@ -243,7 +248,7 @@ impl Edge for Attacker {
                 update.base_round = update.round;
                 vec![update]
             }
-            Attack::DriftPoison | Attack::StatePoison => vec![update],
+            Attack::DriftPoison | Attack::StatePoison | Attack::CreditInflation => vec![update],
             Attack::Sybil => {
                 let norm = l2(delta);
                 let direction = self.sybil_direction(delta.len());
@@ -278,6 +283,18 @@ impl Edge for Attacker {
                 vec![heartbeat]
             }
             Attack::Flood => vec![heartbeat; FLOOD_COPIES],
+            Attack::CreditInflation => {
+                heartbeat.samples = heartbeat.samples.saturating_mul(64);
+                for a in &mut heartbeat.attests {
+                    a.samples = 0;
+                }
+                heartbeat.attests.truncate(MAX_ATTESTATIONS - 1);
+                heartbeat.attests.push(Attestation {
+                    peer_id: heartbeat.peer_id.clone(),
+                    samples: heartbeat.samples,
+                });
+                vec![heartbeat]
+            }
             _ => vec![heartbeat],
         }
     }

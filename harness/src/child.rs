@@ -168,13 +168,13 @@ impl LocalSwarm {
                             params,
                         }) => {
                             let params = params.and_then(|p| read_f32s(&p).ok()).map(Arc::new);
-                            let _ = tx.send(Event::Round(Report {
+                            let _ = tx.send(Event::Round(Box::new(Report {
                                 peer: h,
                                 round,
                                 wire_sent,
                                 wire_received,
                                 params,
-                            }));
+                            })));
                         }
                         Ok(Line::Done {
                             mut summary,

@@ -73,7 +73,7 @@ pub struct Report {
 /// What the peers' threads tell the harness.
 enum Event {
     /// A peer finished a round.
-    Round(Report),
+    Round(Box<Report>),
     /// A peer's run ended with this error: waiting on its reports would only time out.
     Failed(usize, String),
 }
@@ -330,13 +330,13 @@ impl LocalSwarm {
                     .then(|| trainer.parameters().ok().map(Arc::new))
                     .flatten();
                     // The test may have finished listening; the peer carries on regardless.
-                    let _ = round_tx.send(Event::Round(Report {
+                    let _ = round_tx.send(Event::Round(Box::new(Report {
                         peer: index,
                         round: round.clone(),
                         wire_sent,
                         wire_received,
                         params,
-                    }));
+                    })));
                 }));
                 let result = futures::executor::block_on(peer.run());
                 if let Err(e) = &result {
@@ -373,9 +373,9 @@ impl LocalSwarm {
             }
             match self.reports.recv_timeout(left) {
                 Ok(Event::Round(report)) => {
-                    log.push(report.clone());
+                    log.push((*report).clone());
                     if pred(&report) {
-                        return Ok(report);
+                        return Ok(*report);
                     }
                 }
                 Ok(Event::Failed(peer, error)) => {

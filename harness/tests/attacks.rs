@@ -206,6 +206,45 @@ fn inflated_samples_are_dropped() {
 }
 
 #[test]
+fn credit_is_what_the_others_attest_not_what_a_peer_claims() {
+    let run = attacked("attack-credit", Attack::CreditInflation);
+    run.honest_trained_and_agree();
+    // Every peer of the run trained the same rounds on the same batches: what one honest peer
+    // computed is what the attacker computed too, and 1/64 of what it claimed.
+    let trained = run.honest.iter().map(final_samples).max().unwrap_or(0);
+    for s in &run.honest {
+        let theirs = s.credits.get(&run.attacker).copied().unwrap_or(0);
+        eprintln!(
+            "{}: own credit {} of {} samples; credits {:?}",
+            s.peer_id,
+            s.credit,
+            final_samples(s),
+            s.credits
+        );
+        // Its updates counted, so it has credit; but no more than it trained, whatever it claims
+        // (credit = the claim would give 64 × that).
+        assert!(
+            theirs > 0 && theirs <= trained,
+            "{} credits the attacker {theirs} for {trained} samples trained",
+            s.peer_id
+        );
+        // Its attesting none of the others' updates does not sink them.
+        assert!(
+            s.credit >= final_samples(s) / 2 && s.credit <= final_samples(s),
+            "{} is credited {} of its {} samples",
+            s.peer_id,
+            s.credit,
+            final_samples(s)
+        );
+    }
+}
+
+/// The samples a peer trained on over its run.
+fn final_samples(s: &PeerSummary) -> u64 {
+    s.rounds.iter().map(|r| r.samples).max().unwrap_or(0)
+}
+
+#[test]
 fn an_inflated_round_does_not_move_the_clock() {
     attacked("attack-round", Attack::RoundInflation).honest_trained_and_agree();
 }

@@ -266,8 +266,8 @@ pub enum NetEvent {
     Heartbeat {
         /// The peer that signed it.
         from: PeerId,
-        /// The heartbeat.
-        heartbeat: Heartbeat,
+        /// The heartbeat (boxed: it is the largest event).
+        heartbeat: Box<Heartbeat>,
     },
     /// A message that was rejected, and why.
     Dropped {

@@ -52,14 +52,15 @@ fn status_line(r: &RoundReport) -> String {
     };
     let val = r.val_loss.map_or(String::new(), |v| format!(" val {v:.3}"));
     format!(
-        "round {} loss {:.3}{val} peers {} updates {} up {} B down {} B staleness {stale:.2} drops {}",
+        "round {} loss {:.3}{val} peers {} updates {} up {} B down {} B staleness {stale:.2} drops {} credit {}",
         r.round,
         r.loss,
         r.peers,
         r.updates,
         r.bytes_up,
         r.bytes_down,
-        r.drops.total()
+        r.drops.total(),
+        r.credit
     )
 }
 
@@ -315,6 +316,9 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
         // Whose updates counted here, and the training throughput (for comparisons across peers).
         "counted_from": summary.counted_from,
         "samples": summary.rounds.iter().map(|r| r.samples).max().unwrap_or(0),
+        // Its credit as the others attest it, and theirs as this peer heard it attested.
+        "credit": summary.credit,
+        "credits": summary.credits,
         "compute_s": summary.rounds.iter().map(|r| r.compute_s).sum::<f64>(),
         "checkpoint": ckpt_path,
     });

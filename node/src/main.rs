@@ -97,19 +97,11 @@ enum Command {
     },
     /// The run at a glance: listen to its heartbeats through a node's address, then print the
     /// peers online (round, loss, throughput) and the run's summary.
-    Status {
-        /// A bootstrap or peer multiaddr (with /p2p/<id>).
-        addr: String,
-        /// Seconds to listen for heartbeats.
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        /// The run to watch, when the node publishes none.
-        #[arg(long)]
-        run_id: Option<String>,
-        /// One JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(status::WatchArgs),
+    /// Who contributed what: listen to the run's heartbeats, then print each peer's credit (the
+    /// samples of its updates that counted in the others' aggregates, as they attest it) beside
+    /// what it claims, and the bytes it says it moved.
+    Credit(status::WatchArgs),
     /// Print this peer's id (creating its identity key if there is none), for a private run's
     /// `swarm.allow` list.
     Id {
@@ -246,12 +238,8 @@ fn main() -> ExitCode {
             rounds,
         }),
         Command::Id { config, out } => join::print_id(config.as_deref(), out),
-        Command::Status {
-            addr,
-            seconds,
-            run_id,
-            json,
-        } => status::status(&addr, seconds, run_id, json),
+        Command::Status(args) => status::status(args),
+        Command::Credit(args) => status::credit(args),
         Command::Publish { config, out } => run::publish(config.as_deref(), &out),
         Command::Eval {
             checkpoint,

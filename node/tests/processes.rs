@@ -611,6 +611,23 @@ fn metrics_and_status_show_the_run() {
         );
     }
     let (first, second) = (&scrapes[0], &scrapes[1]);
+    // Credit as the other peer attests it (in its heartbeats, every 3 s): the status line shows
+    // it, and the gauge then holds some, no more than this peer trained on.
+    let credit_of = |l: &str| {
+        l.rsplit_once(" credit ")
+            .and_then(|(_, c)| c.trim().parse::<u64>().ok())
+    };
+    peers[0].wait_for(
+        "a status line with credit",
+        |l| l.starts_with("round ") && credit_of(l).is_some_and(|c| c > 0),
+        Duration::from_secs(120),
+    );
+    let third = scrape(&url);
+    let credit = metric(&third, "gradswarm_credit_samples");
+    assert!(
+        credit > 0.0 && credit <= metric(&third, "gradswarm_samples_total"),
+        "{third}"
+    );
     for name in [
         "gradswarm_round",
         "gradswarm_samples_total",
@@ -660,6 +677,26 @@ fn metrics_and_status_show_the_run() {
         assert!(row["samples"].as_u64().is_some_and(|s| s >= 80), "{row}");
     }
     let listed: Vec<&str> = rows.iter().filter_map(|r| r["peer_id"].as_str()).collect();
+    // Each peer's credit, as the other attests it: some, at most what it claims.
+    let credit = run(&[
+        "credit",
+        &addr,
+        "--seconds",
+        "7",
+        "--run-id",
+        "process-test",
+        "--json",
+    ]);
+    let credits: serde_json::Value =
+        serde_json::from_slice(&credit.stdout).expect("credit prints JSON");
+    let rows = credits["online"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{credits}");
+    for row in rows {
+        assert_eq!(row["attesters"], 1, "{row}");
+        let (credit, claimed) = (row["credit"].as_u64(), row["samples"].as_u64());
+        assert!(credit.is_some_and(|c| c > 0) && credit <= claimed, "{row}");
+        assert!(row["bytes_sent"].as_u64().is_some_and(|b| b > 0), "{row}");
+    }
 
     for peer in &peers {
         // Ctrl-C: the peer finishes its round, checkpoints and prints its summary.

@@ -38,6 +38,8 @@ pub struct PeerMetrics {
     waited_out: Counter,
     skipped: Counter,
     reconciled: Counter,
+    credit: Gauge,
+    divergence: Gauge<f64, AtomicU64>,
     tokens_per_sample: u64,
 }
 
@@ -63,6 +65,8 @@ impl PeerMetrics {
             waited_out: Counter::default(),
             skipped: Counter::default(),
             reconciled: Counter::default(),
+            credit: Gauge::default(),
+            divergence: Gauge::default(),
             tokens_per_sample,
         };
         r.register("round", "The round this peer closed last", m.round.clone());
@@ -142,6 +146,16 @@ impl PeerMetrics {
             m.reconciled.clone(),
         );
         r.register(
+            "credit_samples",
+            "Samples of this peer's updates that counted in the others' aggregates, as they attest",
+            m.credit.clone(),
+        );
+        r.register(
+            "replica_divergence",
+            "Median relative distance of the replicas heard at this peer's round from its own",
+            m.divergence.clone(),
+        );
+        r.register(
             "device",
             "Where this peer trains",
             Info::new(vec![("device", device.to_string())]),
@@ -184,6 +198,10 @@ impl PeerMetrics {
         self.waited_out.inc_by(u64::from(r.waited_out));
         self.skipped.inc_by(u64::from(r.skipped));
         self.reconciled.inc_by(r.reconciled);
+        self.credit.set(i64::try_from(r.credit).unwrap_or(i64::MAX));
+        if let Some(d) = r.divergence {
+            self.divergence.set(d);
+        }
     }
 }
 

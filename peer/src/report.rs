@@ -26,6 +26,15 @@ pub struct RoundReport {
     pub staleness: Vec<u64>,
     /// Updates dropped since the previous report, by reason.
     pub drops: DropCounts,
+    /// This peer's credit so far: samples of its updates that counted in the others'
+    /// aggregates, as they attest it ([`gradswarm_core::credit`]).
+    #[serde(default)]
+    pub credit: u64,
+    /// How far the others' replicas are from this one (‖θ_them − θ_me‖ / ‖θ_me‖ by their
+    /// sketches), the median over the heartbeats heard at this peer's round with the same recent
+    /// updates since the previous report; None when none was.
+    #[serde(default)]
+    pub divergence: Option<f64>,
     /// Bytes of this peer's own update message.
     pub bytes_up: u64,
     /// Bytes of gossip messages received since the previous report.
@@ -71,6 +80,12 @@ pub struct PeerSummary {
     pub counted_from: BTreeMap<String, u64>,
     /// Pairwise averagings with drifted replicas, keyed by the partner's peer id (base58).
     pub reconciled_with: BTreeMap<String, u64>,
+    /// This peer's credit at the end, as the others attest it.
+    #[serde(default)]
+    pub credit: u64,
+    /// Every peer's credit (its own included) as this peer's view of the run has it, by id (base58).
+    #[serde(default)]
+    pub credits: BTreeMap<String, u64>,
     /// θ at the end.
     pub final_params: Vec<f32>,
 }

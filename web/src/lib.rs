@@ -137,6 +137,7 @@ struct PageReport {
     network_s: f64,
     catch_up: bool,
     reconciled: f64,
+    credit: f64,
 }
 
 impl From<&RoundReport> for PageReport {
@@ -161,6 +162,7 @@ impl From<&RoundReport> for PageReport {
             network_s: r.network_s,
             catch_up: r.catch_up,
             reconciled: r.reconciled as f64,
+            credit: r.credit as f64,
         }
     }
 }

@@ -43,6 +43,8 @@ function onRound(r) {
   $("peers").textContent = r.peers;
   $("loss").textContent = Number.isFinite(r.loss) ? r.loss.toFixed(3) : "catching up";
   $("bytes").textContent = `${fmtBytes(bytesUp)} / ${fmtBytes(bytesDown)}`;
+  // Samples of this tab's updates that counted in the others' aggregates, as they attest.
+  $("credit").textContent = `${r.credit} of ${r.samples} samples`;
   $("staleness").textContent = st.length ? (st.reduce((a, b) => a + b, 0) / st.length).toFixed(2) : "–";
   const d = Object.entries(drops).filter(([, n]) => n > 0);
   $("drops").textContent = d.length ? d.map(([k, n]) => `${k} ${n}`).join(", ") : "none";

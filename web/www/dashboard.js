@@ -1,11 +1,14 @@
 // The run's dashboard: polls the serving node's /run.json (the run's heartbeats, folded) and
 // draws the loss and throughput against time and a table of the peers. State for tests is on
-// <body data-state data-peers data-points data-first-loss data-last-loss data-table-samples>.
+// <body data-state data-peers data-points data-first-loss data-last-loss data-table-samples
+// data-table-credit data-credited>. A peer's credit is what the others attest they counted of its
+// updates; its samples are its own claim.
 import { drawLine } from "./chart.js";
 
 const $ = (id) => document.getElementById(id);
 const fmt = (x, digits = 3) => (Number.isFinite(x) ? x.toFixed(digits) : "–");
 const short = (id) => `${id.slice(0, 8)}…${id.slice(-6)}`;
+const fmtBytes = (b) => (b >= 1 << 20 ? `${(b / (1 << 20)).toFixed(1)} MiB` : `${(b / 1024).toFixed(1)} KiB`);
 const clock = (s) => `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
 
 function render(run) {
@@ -15,15 +18,20 @@ function render(run) {
   $("round").textContent = s.round;
   $("loss").textContent = fmt(s.loss ?? NaN);
   $("throughput").textContent = `${Math.round(s.tokens_per_s)} tokens/s`;
-  $("samples").textContent = s.samples;
+  $("samples").textContent = `${s.samples} claimed, ${s.credit} credited`;
   const losses = run.history.map((p) => ({ x: p.t_s, y: p.loss ?? NaN }));
   drawLine($("loss-chart"), losses, { xLabel: clock });
   drawLine($("speed-chart"), run.history.map((p) => ({ x: p.t_s, y: p.tokens_per_s })), { color: "#2e7d32", xLabel: clock, yDigits: 0 });
   const total = run.peers.reduce((a, p) => a + p.samples, 0);
+  const credited = run.peers.reduce((a, p) => a + p.credit, 0);
   $("contributions").tBodies[0].replaceChildren(
     ...run.peers.map((p) => {
       const tr = document.createElement("tr");
-      const cells = [short(p.peer_id), p.agent, p.round, fmt(p.loss ?? NaN), Math.round(p.tokens_per_s), p.samples, `${((100 * p.samples) / Math.max(1, total)).toFixed(1)} %`];
+      const cells = [
+        short(p.peer_id), p.agent, p.round, fmt(p.loss ?? NaN), Math.round(p.tokens_per_s), p.samples,
+        p.credit, `${((100 * p.credit) / Math.max(1, credited)).toFixed(1)} %`,
+        `${fmtBytes(p.bytes_sent)} / ${fmtBytes(p.bytes_received)}`,
+      ];
       for (const c of cells) {
         const td = document.createElement("td");
         td.textContent = String(c);
@@ -41,6 +49,8 @@ function render(run) {
     firstLoss: String(finite[0]?.y ?? NaN),
     lastLoss: String(finite.at(-1)?.y ?? NaN),
     tableSamples: String(total),
+    tableCredit: String(credited),
+    credited: String(run.peers.filter((p) => p.credit > 0).length),
     summarySamples: String(s.samples),
   });
 }

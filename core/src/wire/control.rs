@@ -4,18 +4,19 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Digest, ModelHash, check_ids, decode_versioned, encode_versioned};
+use crate::credit::{Attestation, MAX_ATTESTATIONS};
 use crate::drift::DriftSketch;
 use crate::error::DecodeError;
 
 /// Largest accepted heartbeat, in bytes.
-pub const MAX_HEARTBEAT_BYTES: usize = 640;
+pub const MAX_HEARTBEAT_BYTES: usize = 1280;
 
 /// Longest [`Heartbeat::agent`], in bytes.
 pub const MAX_AGENT_LEN: usize = 64;
 
 /// A peer's periodic "I am here": its round, a checksum of its parameters and its latest loss.
 /// Peers count the live swarm from these and spot replicas that drifted apart.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The run.
     pub run_id: String,
@@ -51,6 +52,12 @@ pub struct Heartbeat {
     /// The sender trains only part of the time (a duty cycle below 1, or paused): partners do not
     /// wait for its updates, and count them when they come.
     pub throttled: bool,
+    /// Bytes the sender has published so far (its updates), as it says.
+    pub bytes_sent: u64,
+    /// Bytes of gossip the sender has received so far, as it says.
+    pub bytes_received: u64,
+    /// What the sender counted of others' updates, a few peers at a time ([`crate::credit`]).
+    pub attests: Vec<Attestation>,
 }
 
 impl Heartbeat {
@@ -77,6 +84,15 @@ impl Heartbeat {
         if !hb.agent.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
             // It ends up on terminals and pages: no control characters.
             return Err(DecodeError::BadHeader("agent is not printable ASCII"));
+        }
+        if hb.attests.len() > MAX_ATTESTATIONS {
+            return Err(DecodeError::TooManyEntries {
+                count: hb.attests.len() as u64,
+                max: MAX_ATTESTATIONS,
+            });
+        }
+        for a in &hb.attests {
+            check_ids(&hb.run_id, &a.peer_id)?;
         }
         Ok(hb)
     }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::codec::CodecDescriptor;
+use crate::credit::{Attestation, MAX_ATTESTATIONS};
 use crate::drift::DriftSketch;
 
 fn sample() -> Update {
@@ -144,6 +145,12 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         tokens_per_s: 1000.0,
         agent: "gradswarm/0.1.0 desktop cpu".into(),
         throttled: false,
+        bytes_sent: 1 << 20,
+        bytes_received: 3 << 20,
+        attests: vec![Attestation {
+            peer_id: vec![5; 38],
+            samples: 640,
+        }],
     };
     assert_eq!(Heartbeat::from_bytes(&hb.to_bytes()), Ok(hb.clone()));
     assert!(Heartbeat::from_bytes(&[FORMAT_VERSION; 600]).is_err());
@@ -161,6 +168,15 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         tokens_per_s: f32::MAX,
         agent: "a".repeat(MAX_AGENT_LEN),
         throttled: true,
+        bytes_sent: u64::MAX,
+        bytes_received: u64::MAX,
+        attests: vec![
+            Attestation {
+                peer_id: vec![0xff; MAX_PEER_ID_LEN],
+                samples: u64::MAX,
+            };
+            MAX_ATTESTATIONS
+        ],
         ..hb.clone()
     };
     assert!(largest.to_bytes().len() <= MAX_HEARTBEAT_BYTES);
@@ -184,6 +200,17 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         },
         Heartbeat {
             agent: "gradswarm\x1b[2J".into(),
+            ..hb.clone()
+        },
+        Heartbeat {
+            attests: vec![hb.attests[0].clone(); MAX_ATTESTATIONS + 1],
+            ..hb.clone()
+        },
+        Heartbeat {
+            attests: vec![Attestation {
+                peer_id: vec![1; MAX_PEER_ID_LEN + 1],
+                samples: 1,
+            }],
             ..hb
         },
     ] {

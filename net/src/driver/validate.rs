@@ -235,7 +235,10 @@ impl Driver {
             &heartbeat.peer_id,
             heartbeat.model_hash,
         )?;
-        Ok(Some(NetEvent::Heartbeat { from, heartbeat }))
+        Ok(Some(NetEvent::Heartbeat {
+            from,
+            heartbeat: Box::new(heartbeat),
+        }))
     }
 }
 

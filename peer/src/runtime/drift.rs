@@ -15,6 +15,10 @@ use super::{Mark, Peer};
 use crate::error::PeerError;
 use crate::state::{self, Fingerprint};
 
+/// Distances a report's divergence is the median of at most (a flood of heartbeats between two
+/// rounds must not grow them).
+const MAX_DIVERGENCES: usize = 256;
+
 /// After a pairwise averaging, heartbeats of the next this many rounds are not looked at: they
 /// may predate the partners' halves of the averaging, and acting on them would overshoot.
 const RECONCILE_BACKOFF: u64 = 3;
@@ -48,6 +52,23 @@ impl Peer {
         }
         if let Some(oldest) = self.marks.front().map(|m| m.fingerprint.round) {
             self.votes = self.votes.split_off(&oldest);
+        }
+    }
+
+    /// Measures how far `heartbeat`'s replica is from this one when both describe the same round
+    /// with the same recent updates (a gap then is drift, not an update still on its way); the
+    /// next report's `divergence` is the median of these.
+    pub(super) fn measure_divergence(&mut self, heartbeat: &Heartbeat) {
+        let Some(mine) = &self.fingerprint else {
+            return;
+        };
+        if mine.round != heartbeat.round || mine.applied != heartbeat.applied {
+            return;
+        }
+        if let Some(d) = mine.sketch.relative_distance(&heartbeat.sketch)
+            && self.divergences.len() < MAX_DIVERGENCES
+        {
+            self.divergences.push(d);
         }
     }
 

@@ -205,6 +205,8 @@ impl Peer {
                     seen.settled = heartbeat.settled;
                     seen.throttled = heartbeat.throttled;
                 }
+                self.take_attestations(&heartbeat);
+                self.measure_divergence(&heartbeat);
                 self.check_drift(from, &heartbeat);
             }
             NetEvent::Dropped { from, reason } => {

@@ -52,7 +52,12 @@ impl Peer {
             tokens_per_s: self.tokens_per_s,
             agent: self.config.agent.clone(),
             throttled: self.throttled(),
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            attests: self.ledger.attestations(),
         };
+        // This peer's own entry in its view of the run, which others' attestations of it need.
+        self.take_attestations(&hb);
         for hb in self.edge.heartbeat(hb) {
             if let Err(e) = self.net.publish(Topic::Heartbeat, hb.to_bytes()) {
                 debug!("heartbeat: {e}");

@@ -1,8 +1,9 @@
 //! The round loop of one peer. Its jobs live in modules of their own: [`events`] (the network's
 //! events, who is live), [`round`] (one round from local steps to the applied aggregate), [`join`]
 //! (joining and state sync), [`drift`] (replica fingerprints and pairwise averaging),
-//! [`heartbeat`] and [`linger`] (the end of a run). Each adds methods to [`Peer`], whose fields live here.
+//! [`heartbeat`], [`credit`] and [`linger`] (the end of a run). Each adds methods to [`Peer`], whose fields live here.
 
+mod credit;
 mod drift;
 mod events;
 mod heartbeat;
@@ -16,7 +17,9 @@ use std::sync::Arc;
 use futures::channel::mpsc;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use gradswarm_core::credit::CreditLedger;
 use gradswarm_core::drift::Verdict;
+use gradswarm_core::view::RunView;
 use gradswarm_core::{
     Aggregator, Averaging, Codec, DecodedUpdate, DropCounts, ErrorFeedback, ModelHash,
     OuterOptimizer, RoundBook, UpdateValidator, WireLimits,
@@ -164,6 +167,15 @@ pub struct Peer {
     drops: DropCounts,
     drops_pending: DropCounts,
     bytes_down: u64,
+    /// Bytes published and received over the whole run (heartbeats tell them).
+    bytes_sent: u64,
+    bytes_received: u64,
+    /// What this peer counted of each other's updates (its heartbeats attest it).
+    ledger: CreditLedger,
+    /// The run as the heartbeats heard show it: the others' claims and attestations.
+    view: RunView,
+    /// When this peer was made: the view's clock.
+    born: Instant,
     samples: u64,
     last_loss: f32,
     /// Training tokens per second of compute over the last round trained (heartbeats tell it).
@@ -210,6 +222,8 @@ pub struct Peer {
     /// and a horizon ahead, looked at once it marks them).
     votes: BTreeMap<u64, BTreeMap<PeerId, Fingerprint>>,
     reconciled_pending: u64,
+    /// Distances to replicas heard at this peer's round since the last report.
+    divergences: Vec<f64>,
 }
 
 impl Peer {
@@ -269,6 +283,11 @@ impl Peer {
             drops: DropCounts::default(),
             drops_pending: DropCounts::default(),
             bytes_down: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            ledger: CreditLedger::default(),
+            view: RunView::default(),
+            born: Instant::now(),
             samples: 0,
             last_loss: f32::NAN,
             tokens_per_s: 0.0,
@@ -294,6 +313,7 @@ impl Peer {
             quiet_until: 0,
             votes: BTreeMap::new(),
             reconciled_pending: 0,
+            divergences: Vec::new(),
         })
     }
 
@@ -421,6 +441,8 @@ impl Peer {
         }
         self.checkpoint().await;
         self.summary.drops = self.drops.clone();
+        self.summary.credit = self.own_credit();
+        self.summary.credits = self.credits();
         self.summary.final_params = self.trainer.parameters_async().await?;
         // A joiner asking after our last round still gets our state while the network lives.
         self.snapshots.set_round(self.book.round());

@@ -152,6 +152,7 @@ impl Peer {
         report.staleness.push(accepted.tau);
         if accepted.peer != self.me.to_bytes() {
             crate::report::count_peer(&mut self.summary.counted_from, peer_name(&accepted.peer), 1);
+            self.ledger.count(&accepted.peer, accepted.samples);
         }
     }
 
@@ -196,6 +197,7 @@ impl Peer {
             let (after, dropped) = self.aggregate(correction.round, &correction.after);
             self.count_all(correction.added(), &dropped, report);
             for gone in correction.removed() {
+                self.ledger.uncount(&gone.peer, gone.samples);
                 if let Some(n) = self.summary.counted_from.get_mut(&peer_name(&gone.peer)) {
                     *n = n.saturating_sub(1);
                 }
@@ -247,6 +249,12 @@ impl Peer {
         report.peers = self.live().count();
         report.samples = self.samples;
         report.bytes_down = std::mem::take(&mut self.bytes_down);
+        self.bytes_sent += report.bytes_up;
+        self.bytes_received += report.bytes_down;
+        report.credit = self.own_credit();
+        let mut divergences = std::mem::take(&mut self.divergences);
+        divergences.sort_by(f64::total_cmp);
+        report.divergence = divergences.get(divergences.len() / 2).copied();
         report.drops = std::mem::take(&mut self.drops_pending);
         report.reconciled = std::mem::take(&mut self.reconciled_pending);
         if self.config.eval_every > 0 && (report.round + 1).is_multiple_of(self.config.eval_every) {
