@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use gradswarm_net::{Multiaddr, NetConfig, native};
 
+mod checkpoint;
 mod dashboard;
 mod tls;
 mod web;
@@ -65,6 +66,10 @@ struct Args {
     /// The certificate's PEM private key.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Offer this checkpoint on the dashboard for download (with `--web`): the one a peer on this
+    /// machine writes, `<its run.out>/checkpoint.safetensors`. Only a checkpoint of this run is offered.
+    #[arg(long, value_name = "FILE", requires = "web")]
+    checkpoint: Option<PathBuf>,
     /// Serve Prometheus metrics (libp2p's: connections, gossipsub, kad, relay, …) at
     /// http://ADDR/metrics.
     #[arg(long)]
@@ -173,6 +178,10 @@ async fn main() -> Result<()> {
             corpus,
             settings: files.as_ref().map(|f| f.manifest().settings.clone()),
             dashboard: board.clone(),
+            checkpoint: args.checkpoint.clone().map(|path| checkpoint::Offered {
+                path,
+                run_id: run_id.clone(),
+            }),
         };
         let acceptor = pem.as_ref().map(tls::Pem::acceptor).transpose()?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };

@@ -3,8 +3,9 @@
 //!
 //! Routes: `/bootstrap.json` (the run id, this node's `/ws` multiaddrs, which the page dials, and
 //! a published run's settings), `/run.json` (the run's dashboard data, see [`crate::dashboard`]),
-//! `/corpus.txt` (the training text), and every other path a file under the page's folder
-//! (`web/www/`, where `scripts/build-web` puts the wasm package too).
+//! `/checkpoint.safetensors` (the checkpoint on offer, see [`crate::checkpoint`]), `/corpus.txt`
+//! (the training text), and every other path a file under the page's folder (`web/www/`, where
+//! `scripts/build-web` puts the wasm package too).
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -32,6 +33,8 @@ pub struct WebState {
     pub settings: Option<String>,
     /// The run as its heartbeats show it (`/run.json`, drawn by `dashboard.html`).
     pub dashboard: Arc<Mutex<crate::dashboard::Dashboard>>,
+    /// The checkpoint offered for download (`--checkpoint`).
+    pub checkpoint: Option<crate::checkpoint::Offered>,
 }
 
 /// Serves the page on `addr` (over TLS with `tls`) until the process ends; returns the bound
@@ -49,6 +52,7 @@ pub async fn serve(
         .route("/bootstrap.json", get(bootstrap_json))
         .route("/corpus.txt", get(corpus))
         .route("/run.json", get(run_json))
+        .route("/checkpoint.safetensors", get(checkpoint))
         .fallback(get(file))
         .with_state(state);
     tokio::spawn(async move {
@@ -82,12 +86,17 @@ async fn bootstrap_json(State(state): State<WebState>) -> Response {
 }
 
 async fn run_json(State(state): State<WebState>) -> Response {
-    let body = state
+    let checkpoint = match &state.checkpoint {
+        Some(offered) => offered.info().await.ok(),
+        None => None,
+    };
+    let mut json = state
         .dashboard
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .to_json()
-        .to_string();
+        .to_json();
+    json["checkpoint"] = serde_json::json!(checkpoint);
+    let body = json.to_string();
     (
         [
             (header::CONTENT_TYPE, "application/json"),
@@ -96,6 +105,33 @@ async fn run_json(State(state): State<WebState>) -> Response {
         body,
     )
         .into_response()
+}
+
+async fn checkpoint(State(state): State<WebState>) -> Response {
+    let Some(offered) = &state.checkpoint else {
+        return (StatusCode::NOT_FOUND, "no checkpoint on offer").into_response();
+    };
+    let info = match offered.info().await {
+        Ok(info) => info,
+        Err(why) => return (StatusCode::NOT_FOUND, why).into_response(),
+    };
+    // The file is opened once and streamed: a checkpoint written meanwhile replaces it by a
+    // rename, and this download goes on reading the version it opened.
+    match tokio::fs::File::open(&offered.path).await {
+        Ok(file) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{}\"", info.file_name),
+                ),
+                (header::CACHE_CONTROL, "no-store".to_string()),
+            ],
+            axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+    }
 }
 
 async fn corpus(State(state): State<WebState>) -> Response {

@@ -2,8 +2,8 @@
 // peers; Debian's Chromium opens the run's dashboard. It lists the three peers, its loss chart
 // has points that fall, its table's samples add up to its summary's, each peer's row is at most what
 // that peer reports when it leaves, and its credit (what the other two attest) is some and at most
-// its samples. The screenshot goes to the artifacts folder
-// (GS_SCREENSHOT=docs/dashboard.png refreshes the README's).
+// its samples; its checkpoint link downloads a checkpoint of the run. The screenshot goes to the
+// artifacts folder (GS_SCREENSHOT=docs/dashboard.png refreshes the README's).
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -24,6 +24,8 @@ try {
   const boot = start("bootstrap", path.join(bin, "gradswarm-bootstrap"), [
     "--run-id", "browser-e2e", "--host", "127.0.0.1", "--port", "0",
     "--key", path.join(tmp, "bootstrap.key"), "--web", "0", "--web-root", path.join(root, "web/www"),
+    // Peer 0's checkpoint (written every 100 rounds), offered for download.
+    "--checkpoint", path.join(tmp, "peer-0", "checkpoint.safetensors"),
   ]);
   const page = (await boot.waitFor(/^page: http:/)).slice("page: ".length);
   const tcp = (await boot.waitFor(/^listening on \/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\//)).slice("listening on ".length);
@@ -44,7 +46,10 @@ try {
   await tab.waitForFunction(
     () => {
       const d = document.body.dataset;
-      return Number(d.peers) === 3 && Number(d.credited) === 3 && Number(d.points) >= 8 && Number(d.lastLoss) < Number(d.firstLoss);
+      return (
+        Number(d.peers) === 3 && Number(d.credited) === 3 && Number(d.checkpointRound) > 0 &&
+        Number(d.points) >= 8 && Number(d.lastLoss) < Number(d.firstLoss)
+      );
     },
     null,
     { timeout: DEADLINE_MS, polling: 500 },
@@ -58,6 +63,14 @@ try {
       credit: Number(tr.children[6].textContent),
     })),
   }));
+  // The page's checkpoint link downloads a gradswarm checkpoint of this run, at the round it says.
+  const link = await tab.$eval("#checkpoint a", (a) => ({ href: a.href, name: a.download }));
+  const bytes = Buffer.from(await (await fetch(link.href)).arrayBuffer());
+  const headerLen = Number(bytes.readBigUInt64LE(0));
+  const meta = JSON.parse(bytes.subarray(8, 8 + headerLen).toString("utf8")).__metadata__;
+  if (meta.format !== "gradswarm-checkpoint/1" || meta.run_id !== "browser-e2e") fail(`the download is no checkpoint of the run: ${JSON.stringify(meta)}`);
+  if (Number(meta.round) < Number(seen.checkpointRound)) fail(`the page offered round ${seen.checkpointRound}, the download holds ${meta.round}`);
+  if (!link.name.endsWith(".safetensors")) fail(`the download is named ${link.name}`);
   await browser.close();
   if (Number(seen.tableSamples) !== Number(seen.summarySamples)) fail(`the table sums to ${seen.tableSamples}, the summary says ${seen.summarySamples}`);
 
@@ -84,6 +97,7 @@ try {
     last_loss: Number(seen.lastLoss),
     table_samples: Number(seen.tableSamples),
     table_credit: Number(seen.tableCredit),
+    checkpoint_round: Number(seen.checkpointRound),
     reported_samples: reported.map((r) => r.samples),
     screenshot,
   };

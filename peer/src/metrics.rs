@@ -233,6 +233,7 @@ mod tests {
                 staleness: vec![0, 0],
                 compute_s: 0.5,
                 peers: 1,
+                divergence: Some(0.25),
                 ..Default::default()
             },
             RoundReport {
@@ -257,6 +258,7 @@ mod tests {
                 peers: 2,
                 drops,
                 waited_out: true,
+                credit: 8,
                 ..Default::default()
             },
         ];
@@ -286,6 +288,9 @@ mod tests {
         assert_eq!(value(&text, "gradswarm_staleness_rounds_count"), 5.0);
         assert_eq!(value(&text, "gradswarm_live_peers"), 2.0);
         assert_eq!(value(&text, "gradswarm_waited_out_rounds_total"), 1.0);
+        assert_eq!(value(&text, "gradswarm_credit_samples"), 8.0);
+        // A round that measured no divergence leaves the last one measured.
+        assert_eq!(value(&text, "gradswarm_replica_divergence"), 0.25);
         assert!(
             text.contains("gradswarm_device_info{device=\"CPU backend\"} 1"),
             "{text}"

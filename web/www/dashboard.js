@@ -1,7 +1,7 @@
 // The run's dashboard: polls the serving node's /run.json (the run's heartbeats, folded) and
 // draws the loss and throughput against time and a table of the peers. State for tests is on
 // <body data-state data-peers data-points data-first-loss data-last-loss data-table-samples
-// data-table-credit data-credited>. A peer's credit is what the others attest they counted of its
+// data-table-credit data-credited data-checkpoint-round>. A peer's credit is what the others attest they counted of its
 // updates; its samples are its own claim.
 import { drawLine } from "./chart.js";
 
@@ -19,6 +19,18 @@ function render(run) {
   $("loss").textContent = fmt(s.loss ?? NaN);
   $("throughput").textContent = `${Math.round(s.tokens_per_s)} tokens/s`;
   $("samples").textContent = `${s.samples} claimed, ${s.credit} credited`;
+  // The checkpoint this node offers (`--checkpoint`), a safetensors file `gradswarm eval` and
+  // Python's safetensors read.
+  const ck = run.checkpoint;
+  if (ck) {
+    const a = document.createElement("a");
+    a.href = "checkpoint.safetensors";
+    a.download = ck.file_name;
+    a.textContent = `round ${ck.round} (${fmtBytes(ck.bytes)}, written ${Math.round(ck.age_s)} s ago)`;
+    $("checkpoint").replaceChildren(a);
+  } else {
+    $("checkpoint").textContent = "none on offer";
+  }
   const losses = run.history.map((p) => ({ x: p.t_s, y: p.loss ?? NaN }));
   drawLine($("loss-chart"), losses, { xLabel: clock });
   drawLine($("speed-chart"), run.history.map((p) => ({ x: p.t_s, y: p.tokens_per_s })), { color: "#2e7d32", xLabel: clock, yDigits: 0 });
@@ -50,6 +62,7 @@ function render(run) {
     lastLoss: String(finite.at(-1)?.y ?? NaN),
     tableSamples: String(total),
     tableCredit: String(credited),
+    checkpointRound: String(ck?.round ?? 0),
     credited: String(run.peers.filter((p) => p.credit > 0).length),
     summarySamples: String(s.samples),
   });
