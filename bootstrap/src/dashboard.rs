@@ -33,6 +33,7 @@ struct Point {
     peers: usize,
     round: u64,
     loss: f32,
+    val_loss: f32,
     tokens_per_s: f64,
     samples: u64,
 }
@@ -76,6 +77,7 @@ impl Dashboard {
             peers: s.peers,
             round: s.round,
             loss: s.loss,
+            val_loss: s.val_loss,
             tokens_per_s: s.tokens_per_s,
             samples: s.samples,
         });
@@ -101,6 +103,7 @@ impl Dashboard {
                     "peers": p.peers,
                     "round": p.round,
                     "loss": finite(p.loss),
+                    "val_loss": finite(p.val_loss),
                     "tokens_per_s": p.tokens_per_s,
                     "samples": p.samples,
                 })
@@ -113,6 +116,7 @@ impl Dashboard {
                 "peers": s.peers,
                 "round": s.round,
                 "loss": finite(s.loss),
+                "val_loss": finite(s.val_loss),
                 "tokens_per_s": s.tokens_per_s,
                 "samples": s.samples,
                 "credit": s.credit,
@@ -138,6 +142,7 @@ fn peer_json(view: &RunView, p: &PeerView, now_ms: u64) -> serde_json::Value {
         "agent": p.agent,
         "round": p.round,
         "loss": finite(p.loss),
+        "val_loss": finite(p.val_loss),
         "tokens_per_s": p.tokens_per_s,
         "samples": p.samples,
         "heard_s_ago": now_ms.saturating_sub(p.heard_ms) as f64 / 1000.0,

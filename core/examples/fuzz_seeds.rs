@@ -75,6 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         round: 9,
         checksum: 42,
         loss: 2.5,
+        val_loss: 2.75,
         sketch: DriftSketch::of(&theta),
         applied: 7,
         published: 0b1011,

@@ -24,6 +24,8 @@ pub struct PeerView {
     pub round: u64,
     /// Its latest training loss (NaN before its first step).
     pub loss: f32,
+    /// Its latest validation loss (NaN before its first evaluation).
+    pub val_loss: f32,
     /// Training samples it says it computed.
     pub samples: u64,
     /// Its tokens per second of compute over its last round.
@@ -47,6 +49,8 @@ pub struct RunSummary {
     pub round: u64,
     /// The median of their latest losses (NaN when none has trained yet).
     pub loss: f32,
+    /// The median of their latest validation losses (NaN when none has evaluated yet).
+    pub val_loss: f32,
     /// Their tokens per second, summed.
     pub tokens_per_s: f64,
     /// The samples they say they computed, summed.
@@ -100,6 +104,7 @@ impl RunView {
                 peer_id: hb.peer_id.clone(),
                 round: hb.round,
                 loss: hb.loss,
+                val_loss: hb.val_loss,
                 samples: hb.samples,
                 tokens_per_s: hb.tokens_per_s,
                 agent: hb.agent.clone(),
@@ -155,22 +160,14 @@ impl RunView {
         let online = self.online(now_ms, timeout_ms);
         let mut rounds: Vec<u64> = online.iter().map(|p| p.round).collect();
         rounds.sort_unstable();
-        let mut losses: Vec<f32> = online
-            .iter()
-            .map(|p| p.loss)
-            .filter(|l| l.is_finite())
-            .collect();
-        losses.sort_by(f32::total_cmp);
         RunSummary {
             peers: online.len(),
             round: rounds
                 .get(rounds.len().saturating_sub(1) / 2)
                 .copied()
                 .unwrap_or(0),
-            loss: losses
-                .get(losses.len().saturating_sub(1) / 2)
-                .copied()
-                .unwrap_or(f32::NAN),
+            loss: median(online.iter().map(|p| p.loss)),
+            val_loss: median(online.iter().map(|p| p.val_loss)),
             tokens_per_s: online.iter().map(|p| f64::from(p.tokens_per_s)).sum(),
             samples: online
                 .iter()
@@ -182,6 +179,17 @@ impl RunView {
                 .fold(0, u64::saturating_add),
         }
     }
+}
+
+/// The lower median of the finite values (NaN when there is none): a minority claiming far-off
+/// values cannot move it.
+fn median(values: impl Iterator<Item = f32>) -> f32 {
+    let mut finite: Vec<f32> = values.filter(|v| v.is_finite()).collect();
+    finite.sort_by(f32::total_cmp);
+    finite
+        .get(finite.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(f32::NAN)
 }
 
 #[cfg(test)]
@@ -198,6 +206,7 @@ mod tests {
             round,
             checksum: 0,
             loss,
+            val_loss: loss + 0.5,
             sketch: DriftSketch::default(),
             applied: 0,
             published: 0,
@@ -224,6 +233,7 @@ mod tests {
         assert_eq!(s.peers, 4);
         assert_eq!(s.round, 6);
         assert_eq!(s.loss, 2.0);
+        assert_eq!(s.val_loss, 2.5);
         assert_eq!(s.tokens_per_s, 400.0);
         let online = view.online(300, 1000);
         assert_eq!(online[0].round, 1_000_000);

@@ -20,7 +20,10 @@ fs.mkdirSync(artifacts, { recursive: true });
 const { start, fail, children } = processes(root, artifacts, "dashboard-test");
 
 try {
-  const config = path.join(root, "harness/browser/peer.toml");
+  // The browser test's run, evaluated every 50 rounds so that the charts have a validation loss.
+  const config = path.join(tmp, "peer.toml");
+  const toml = fs.readFileSync(path.join(root, "harness/browser/peer.toml"), "utf8");
+  fs.writeFileSync(config, toml.replace(/^eval_every = 0$/m, "eval_every = 50"));
   const boot = start("bootstrap", path.join(bin, "gradswarm-bootstrap"), [
     "--run-id", "browser-e2e", "--host", "127.0.0.1", "--port", "0",
     "--key", path.join(tmp, "bootstrap.key"), "--web", "0", "--web-root", path.join(root, "web/www"),
@@ -47,7 +50,7 @@ try {
     () => {
       const d = document.body.dataset;
       return (
-        Number(d.peers) === 3 && Number(d.credited) === 3 && Number(d.checkpointRound) > 0 &&
+        Number(d.peers) === 3 && Number(d.credited) === 3 && Number(d.checkpointRound) > 0 && Number(d.valPoints) >= 2 &&
         Number(d.points) >= 8 && Number(d.lastLoss) < Number(d.firstLoss)
       );
     },
@@ -93,6 +96,7 @@ try {
   const result = {
     peers: Number(seen.peers),
     points: Number(seen.points),
+    val_points: Number(seen.valPoints),
     first_loss: Number(seen.firstLoss),
     last_loss: Number(seen.lastLoss),
     table_samples: Number(seen.tableSamples),

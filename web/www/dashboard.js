@@ -1,9 +1,9 @@
 // The run's dashboard: polls the serving node's /run.json (the run's heartbeats, folded) and
 // draws the loss and throughput against time and a table of the peers. State for tests is on
 // <body data-state data-peers data-points data-first-loss data-last-loss data-table-samples
-// data-table-credit data-credited data-checkpoint-round>. A peer's credit is what the others attest they counted of its
+// data-table-credit data-credited data-checkpoint-round data-val-points>. A peer's credit is what the others attest they counted of its
 // updates; its samples are its own claim.
-import { drawLine } from "./chart.js";
+import { drawLine, drawLines } from "./chart.js";
 
 const $ = (id) => document.getElementById(id);
 const fmt = (x, digits = 3) => (Number.isFinite(x) ? x.toFixed(digits) : "–");
@@ -16,7 +16,7 @@ function render(run) {
   $("run").textContent = run.run_id;
   $("peers").textContent = s.peers;
   $("round").textContent = s.round;
-  $("loss").textContent = fmt(s.loss ?? NaN);
+  $("loss").textContent = `${fmt(s.loss ?? NaN)} training, ${fmt(s.val_loss ?? NaN)} validation`;
   $("throughput").textContent = `${Math.round(s.tokens_per_s)} tokens/s`;
   $("samples").textContent = `${s.samples} claimed, ${s.credit} credited`;
   // The checkpoint this node offers (`--checkpoint`), a safetensors file `gradswarm eval` and
@@ -32,7 +32,12 @@ function render(run) {
     $("checkpoint").textContent = "none on offer";
   }
   const losses = run.history.map((p) => ({ x: p.t_s, y: p.loss ?? NaN }));
-  drawLine($("loss-chart"), losses, { xLabel: clock });
+  const series = (x) => [
+    { points: run.history.map((p) => ({ x: x(p), y: p.loss ?? NaN })), color: "#1565c0", label: "training" },
+    { points: run.history.map((p) => ({ x: x(p), y: p.val_loss ?? NaN })), color: "#e65100", label: "validation" },
+  ];
+  drawLines($("loss-chart"), series((p) => p.t_s), { xLabel: clock });
+  drawLines($("loss-samples-chart"), series((p) => p.samples), { xLabel: (n) => `${Math.round(n)} samples` });
   drawLine($("speed-chart"), run.history.map((p) => ({ x: p.t_s, y: p.tokens_per_s })), { color: "#2e7d32", xLabel: clock, yDigits: 0 });
   const total = run.peers.reduce((a, p) => a + p.samples, 0);
   const credited = run.peers.reduce((a, p) => a + p.credit, 0);
@@ -58,6 +63,7 @@ function render(run) {
     state: "live",
     peers: String(s.peers),
     points: String(finite.length),
+    valPoints: String(run.history.filter((p) => Number.isFinite(p.val_loss)).length),
     firstLoss: String(finite[0]?.y ?? NaN),
     lastLoss: String(finite.at(-1)?.y ?? NaN),
     tableSamples: String(total),

@@ -30,6 +30,8 @@ pub struct Heartbeat {
     pub checksum: u64,
     /// The sender's latest training loss (nats per byte); NaN before its first step.
     pub loss: f32,
+    /// The sender's latest validation loss (nats per byte); NaN before its first evaluation.
+    pub val_loss: f32,
     /// A sketch of θ_round, to estimate how far replicas drifted apart (empty before round 0 closes).
     pub sketch: DriftSketch,
     /// [`crate::RoundBook::applied_digest`] at the start of `round`: which recent updates θ_round

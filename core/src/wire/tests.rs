@@ -137,6 +137,7 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         round: 7,
         checksum: params_checksum(&[1.0, 2.0]),
         loss: 2.5,
+        val_loss: 2.7,
         sketch: DriftSketch::of(&[1.0, 2.0]),
         applied: 3,
         published: 0b101,

@@ -44,6 +44,7 @@ impl Peer {
             round,
             checksum,
             loss: self.last_loss,
+            val_loss: self.last_val_loss,
             sketch,
             applied,
             published,

@@ -178,6 +178,8 @@ pub struct Peer {
     born: Instant,
     samples: u64,
     last_loss: f32,
+    /// The latest validation loss (NaN before the first evaluation), for heartbeats.
+    last_val_loss: f32,
     /// Training tokens per second of compute over the last round trained (heartbeats tell it).
     tokens_per_s: f32,
     min_peers: usize,
@@ -290,6 +292,7 @@ impl Peer {
             born: Instant::now(),
             samples: 0,
             last_loss: f32::NAN,
+            last_val_loss: f32::NAN,
             tokens_per_s: 0.0,
             min_peers: 0,
             observer: None,

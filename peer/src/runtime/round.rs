@@ -258,7 +258,9 @@ impl Peer {
         report.drops = std::mem::take(&mut self.drops_pending);
         report.reconciled = std::mem::take(&mut self.reconciled_pending);
         if self.config.eval_every > 0 && (report.round + 1).is_multiple_of(self.config.eval_every) {
-            report.val_loss = Some(self.trainer.evaluate_async(&self.val).await?);
+            let val_loss = self.trainer.evaluate_async(&self.val).await?;
+            self.last_val_loss = val_loss as f32;
+            report.val_loss = Some(val_loss);
         }
         debug!(
             "round {} closed: loss {:.3}, {} updates, staleness {:?}, {} live peers",
