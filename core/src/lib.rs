@@ -13,7 +13,7 @@
 //! - [`synthetic`]: seeded gradient-like vectors for tests and benchmarks.
 //! - [`drift`]: the drift sketch heartbeats carry and pairwise averaging of drifted replicas.
 //! - [`credit`]: who contributed what, as the peers that aggregated it attest.
-//! - [`topology`]: averaging topologies (whose updates a round waits for): broadcast.
+//! - [`topology`]: averaging topologies (whose updates a round waits for): broadcast, groups.
 
 pub mod aggregate;
 pub mod codec;
@@ -42,7 +42,7 @@ pub use outer::{OuterConfig, OuterOptimizer};
 pub use round::{Accepted, Closed, Correction, RoundBook};
 pub use shard::ShardKey;
 pub use staleness::{DropCounts, DropReason, StalenessPolicy};
-pub use topology::{Averaging, AveragingConfig, Broadcast};
+pub use topology::{Averaging, AveragingConfig, Broadcast, Groups};
 pub use wire::{
     Announce, Digest, FORMAT_VERSION, Heartbeat, Manifest, ModelHash, PeerState, Request, Response,
     RunFiles, Update, UpdateGossip, WireLimits,

@@ -1,0 +1,651 @@
+//! One simulated run: `peers` peers training the synthetic objective round by round, with core's
+//! codec (top-k, int8, zstd, error feedback: real payloads and their real sizes), topology
+//! ([`Broadcast`] or [`Groups`]), round book, aggregation rule and outer optimizer.
+//!
+//! Time is modelled per peer: a peer's round starts at its clock, computes for its machine's
+//! time, uploads its payload to each partner at its uplink, and its group's round closes when
+//! the updates that made the deadline are in and every member has downloaded them (latency
+//! plus bytes over its downlink). A group waits for its own members only; broadcast is the one
+//! group of everyone. Updates that miss the deadline are dropped and counted. Every member of a
+//! group applies the group's aggregate, so a group's replicas stay equal while replicas in
+//! different groups differ. A group averaging updates alone would let them drift apart for good
+//! (each replica moves by gradients taken at the others' parameters, a random walk nothing pulls
+//! back: measured, the spread reached 6× ‖θ̄‖ in 300 rounds at 64 peers); so a new group first
+//! averages its members' parameters, as Moshpit SGD does, and regrouping mixes the swarm.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gradswarm_core::codec::decode_payload;
+use gradswarm_core::synthetic::SplitMix;
+use gradswarm_core::wire::params_checksum;
+use gradswarm_core::{
+    AggregationRule, Codec, CodecDescriptor, Compress, CpuCodec, DecodedUpdate, ErrorFeedback,
+    Groups, OuterConfig, OuterOptimizer, Quantize, RngKey, RoundBook, Sparsify, StalenessPolicy,
+    Weighted,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::links::{LinkModel, Machine};
+use crate::objective::Quadratic;
+
+/// Whose updates a peer waits for and averages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Every live peer, every round.
+    Broadcast,
+    /// Groups of about `size`, drawn afresh every `every` rounds ([`Groups`]); a new group first
+    /// averages its members' parameters.
+    Groups {
+        /// The group size aimed at.
+        size: usize,
+        /// Rounds a grouping lasts.
+        every: u64,
+    },
+}
+
+impl Strategy {
+    /// A short name for reports: `broadcast`, `groups-8`.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Broadcast => "broadcast".into(),
+            Self::Groups { size, every } => format!("groups-{size}x{every}"),
+        }
+    }
+
+    /// The round's groups, as indices into `ids`.
+    fn groups(&self, round: u64, ids: &[Vec<u8>]) -> Vec<Vec<usize>> {
+        match self {
+            Self::Broadcast => vec![(0..ids.len()).collect()],
+            Self::Groups { size, every } => {
+                let refs: Vec<&[u8]> = ids.iter().map(Vec::as_slice).collect();
+                let index: HashMap<&[u8], usize> =
+                    refs.iter().enumerate().map(|(i, &p)| (p, i)).collect();
+                Groups {
+                    size: *size,
+                    every: *every,
+                }
+                .groups(round, &refs)
+                .into_iter()
+                .map(|g| g.iter().filter_map(|p| index.get(p).copied()).collect())
+                .collect()
+            }
+        }
+    }
+}
+
+/// Everything a run is made of.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimConfig {
+    /// Live peers (churn replaces the ones that leave, so the count holds).
+    pub peers: usize,
+    /// The averaging strategy.
+    pub strategy: Strategy,
+    /// Coordinates of the synthetic model.
+    pub dim: usize,
+    /// Rounds at most (a run stops earlier at the target).
+    pub max_rounds: u64,
+    /// The mean relative loss that ends a run.
+    pub target: f64,
+    /// Local SGD steps per round.
+    pub local_steps: usize,
+    /// Their step size.
+    pub inner_lr: f32,
+    /// Gradient noise per coordinate.
+    pub noise: f32,
+    /// The outer optimizer applied to each round's aggregate.
+    pub outer: OuterConfig,
+    /// The update codec.
+    pub codec: CodecDescriptor,
+    /// Error feedback's decay.
+    pub feedback_decay: f32,
+    /// The aggregation rule, per group.
+    pub rule: AggregationRule,
+    /// A round closes `deadline_factor` × the group's median compute after its median member was
+    /// ready, with whatever updates are in.
+    pub deadline_factor: f64,
+    /// Machines and links.
+    pub links: LinkModel,
+    /// Each round, each peer leaves with this probability and a newcomer takes its place (its
+    /// state fetched from a random peer).
+    pub churn: f64,
+    /// The share of the first peers that send −Δ (a sign flip at an honest norm).
+    pub attackers: f64,
+    /// Whether a new group averages its members' parameters (off only to show what it is for).
+    pub average_parameters: bool,
+    /// Seeds the objective, the machines and every draw.
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            peers: 8,
+            strategy: Strategy::Groups { size: 8, every: 20 },
+            dim: 16_384,
+            max_rounds: 400,
+            target: 0.05,
+            local_steps: 4,
+            inner_lr: 0.5,
+            noise: 0.1,
+            outer: OuterConfig::Sgd { lr: 1.0 },
+            codec: CodecDescriptor::top_k_int8_zstd(10_000),
+            feedback_decay: 1.0,
+            rule: AggregationRule::WeightedMean,
+            deadline_factor: 1.5,
+            links: LinkModel::default(),
+            churn: 0.0,
+            attackers: 0.0,
+            average_parameters: true,
+            seed: 1,
+        }
+    }
+}
+
+/// One round, averaged over the peers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundStats {
+    /// The round.
+    pub round: u64,
+    /// Mean relative loss of the honest replicas after it.
+    pub loss: f64,
+    /// Mean ‖θ_i − θ̄‖ / ‖θ̄‖ over the honest replicas.
+    pub spread: f64,
+    /// Mean seconds the round took a peer.
+    pub round_s: f64,
+    /// Mean bytes a peer uploaded in it.
+    pub bytes_up: f64,
+    /// Mean bytes a peer downloaded in it (state syncs aside).
+    pub bytes_down: f64,
+    /// Mean peers a peer exchanged updates with.
+    pub connections: f64,
+    /// … of its bytes, those of parameter averaging in new groups (up and down).
+    pub sync_bytes: f64,
+    /// Updates that missed their group's deadline.
+    pub dropped: u64,
+}
+
+/// A run's outcome.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The strategy's name.
+    pub strategy: String,
+    /// Live peers.
+    pub peers: usize,
+    /// The first round whose mean loss was at the target, if any.
+    pub rounds_to_target: Option<u64>,
+    /// Rounds run.
+    pub rounds: u64,
+    /// Mean simulated seconds per round.
+    pub round_s: f64,
+    /// Mean bytes per peer per round, up and down.
+    pub bytes_per_round: f64,
+    /// … of which uploaded.
+    pub bytes_up_per_round: f64,
+    /// Mean peers exchanged with per round.
+    pub connections: f64,
+    /// Mean bytes per peer per round of parameter averaging (up and down), included above.
+    pub sync_bytes_per_round: f64,
+    /// Mean encoded update size.
+    pub update_bytes: f64,
+    /// The dense f32 vector's size.
+    pub dense_bytes: u64,
+    /// Mean relative loss at the end.
+    pub final_loss: f64,
+    /// Replica spread at the end.
+    pub final_spread: f64,
+    /// Updates that missed their deadline, all rounds.
+    pub dropped: u64,
+    /// Newcomers, and the bytes of state they fetched.
+    pub joins: u64,
+    /// Bytes of state fetched by newcomers.
+    pub sync_bytes: u64,
+}
+
+/// Why a run could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The configuration cannot run.
+    #[error("bad configuration: {0}")]
+    Config(String),
+    /// The codec refused an update (a non-finite Δ: the run diverged).
+    #[error("round {round}: {reason}")]
+    Codec {
+        /// The round.
+        round: u64,
+        /// What the codec said.
+        reason: String,
+    },
+}
+
+struct Peer {
+    id: Vec<u8>,
+    theta: Vec<f32>,
+    feedback: ErrorFeedback,
+    outer: OuterOptimizer,
+    codec: CpuCodec,
+    machine: Machine,
+    clock: f64,
+    attacker: bool,
+    seed: u64,
+}
+
+/// What a peer computed in a round.
+struct Computed {
+    bytes: usize,
+    update: Arc<DecodedUpdate>,
+    compute_s: f64,
+}
+
+/// Runs `config`, calling `progress` after each round.
+pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<Summary, SimError> {
+    if config.peers == 0 || config.dim == 0 {
+        return Err(SimError::Config("peers and dim must be > 0".into()));
+    }
+    let objective = Quadratic::new(config.dim, config.noise, config.seed);
+    let mut rng = SplitMix::new(config.seed ^ 0x5157_5157);
+    let attackers = (config.attackers * config.peers as f64).round() as usize;
+    let mut next_id = 0u64;
+    let mut peers: Vec<Peer> = (0..config.peers)
+        .map(|i| {
+            let p = new_peer(
+                config,
+                &mut rng,
+                next_id,
+                vec![0.0; config.dim],
+                0.0,
+                i < attackers,
+            );
+            next_id += 1;
+            p
+        })
+        .collect::<Result<_, _>>()?;
+    let policy = StalenessPolicy {
+        alpha: 1.0,
+        tau_max: 0,
+    };
+    let mut sum = Summary {
+        strategy: config.strategy.name(),
+        peers: config.peers,
+        dense_bytes: 4 * config.dim as u64,
+        ..Default::default()
+    };
+    let (mut bytes, mut up, mut conns, mut update_bytes, mut round_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut sync = 0.0;
+    for round in 0..config.max_rounds {
+        churn(config, &mut peers, &mut rng, &mut next_id, &mut sum)?;
+        let ids: Vec<Vec<u8>> = peers.iter().map(|p| p.id.clone()).collect();
+        let mut stats = RoundStats {
+            round,
+            ..Default::default()
+        };
+        let started: Vec<f64> = peers.iter().map(|p| p.clock).collect();
+        let groups = config.strategy.groups(round, &ids);
+        if let Strategy::Groups { size, every } = config.strategy
+            && config.average_parameters
+            && round > 0
+            && (Groups { size, every }).regroups_at(round)
+        {
+            for group in &groups {
+                average_parameters(config, &mut peers, group, &mut stats)?;
+            }
+        }
+        let computed = compute_all(config, &objective, &mut peers, round)?;
+        for group in groups {
+            let g = group.len();
+            let ready: Vec<f64> = group
+                .iter()
+                .map(|&i| peers[i].clock + computed[i].compute_s)
+                .collect();
+            let arrive: Vec<f64> = group
+                .iter()
+                .zip(&ready)
+                .map(|(&i, r)| {
+                    let m = &peers[i].machine;
+                    r + (g - 1) as f64 * computed[i].bytes as f64 / m.up_bps + m.latency_s
+                })
+                .collect();
+            let deadline = median(&ready)
+                + config.deadline_factor
+                    * median(
+                        &group
+                            .iter()
+                            .map(|&i| computed[i].compute_s)
+                            .collect::<Vec<_>>(),
+                    );
+            let first = arrive.iter().copied().fold(f64::INFINITY, f64::min);
+            let included: Vec<bool> = arrive.iter().map(|&a| a <= deadline.max(first)).collect();
+            stats.dropped += included.iter().filter(|&&k| !k).count() as u64;
+            let last = arrive
+                .iter()
+                .zip(&included)
+                .filter(|(_, k)| **k)
+                .map(|(a, _)| *a)
+                .fold(0.0, f64::max);
+            let total: usize = group.iter().map(|&i| computed[i].bytes).sum();
+            let mut close = last;
+            for &i in &group {
+                let m = &peers[i].machine;
+                let down = (total - computed[i].bytes) as f64;
+                close = close.max(last + m.latency_s + down / m.down_bps);
+                stats.bytes_up += ((g - 1) * computed[i].bytes) as f64;
+                stats.bytes_down += down;
+                stats.connections += (g - 1) as f64;
+            }
+            let aggregate = aggregate(config, policy, round, &group, &included, &ids, &computed);
+            for &i in &group {
+                let p = &mut peers[i];
+                p.clock = close;
+                if let Some(a) = &aggregate {
+                    p.outer.apply(&mut p.theta, a);
+                }
+            }
+        }
+        let n = peers.len() as f64;
+        stats.bytes_up /= n;
+        stats.bytes_down /= n;
+        stats.sync_bytes /= n;
+        stats.connections /= n;
+        stats.round_s = peers
+            .iter()
+            .zip(&started)
+            .map(|(p, s)| p.clock - s)
+            .sum::<f64>()
+            / n;
+        (stats.loss, stats.spread) = loss_and_spread(&objective, &peers);
+        sum.rounds = round + 1;
+        sum.dropped += stats.dropped;
+        bytes += stats.bytes_up + stats.bytes_down;
+        up += stats.bytes_up;
+        conns += stats.connections;
+        sync += stats.sync_bytes;
+        round_s += stats.round_s;
+        update_bytes += computed.iter().map(|c| c.bytes as f64).sum::<f64>() / n;
+        sum.final_loss = stats.loss;
+        sum.final_spread = stats.spread;
+        progress(&stats);
+        if !stats.loss.is_finite() {
+            break;
+        }
+        if stats.loss <= config.target {
+            sum.rounds_to_target = Some(round + 1);
+            break;
+        }
+    }
+    let r = sum.rounds.max(1) as f64;
+    sum.bytes_per_round = bytes / r;
+    sum.bytes_up_per_round = up / r;
+    sum.connections = conns / r;
+    sum.sync_bytes_per_round = sync / r;
+    sum.round_s = round_s / r;
+    sum.update_bytes = update_bytes / r;
+    Ok(sum)
+}
+
+/// A new group's members average their parameters exactly (reduce-scatter then all-gather of
+/// each member's θ, int8 in blocks of 32 and zstd through the real codec: about twice the encoded
+/// θ up and down per member), so that the group's replicas start equal.
+fn average_parameters(
+    config: &SimConfig,
+    peers: &mut [Peer],
+    group: &[usize],
+    stats: &mut RoundStats,
+) -> Result<(), SimError> {
+    let g = group.len();
+    // Replicas that already agree (equal checksums, as heartbeats carry them) have nothing to
+    // average: a group of everyone, or a grouping that kept a group whole.
+    let first = params_checksum(&peers[group[0]].theta);
+    if g < 2
+        || group
+            .iter()
+            .all(|&i| params_checksum(&peers[i].theta) == first)
+    {
+        return Ok(());
+    }
+    let codec = CodecDescriptor {
+        sparsify: Sparsify::Dense,
+        quantize: Quantize::Int8 { block: 32 },
+        compress: Compress::Zstd { level: 3 },
+    };
+    let mut cpu = CpuCodec::new(codec).map_err(|e| SimError::Config(e.to_string()))?;
+    let mut mean = vec![0.0f32; config.dim];
+    let mut residual = vec![0.0f32; config.dim];
+    let mut start: f64 = 0.0;
+    let mut moved: f64 = 0.0;
+    for &i in group {
+        residual.iter_mut().for_each(|r| *r = 0.0);
+        let p = &peers[i];
+        let payload = cpu
+            .encode(&p.theta, &mut residual, RngKey::new(p.seed, u64::MAX))
+            .map_err(|e| SimError::Codec {
+                round: 0,
+                reason: e.to_string(),
+            })?;
+        cpu.decode_add(&codec, &payload, 1.0 / g as f32, &mut mean)
+            .map_err(|e| SimError::Codec {
+                round: 0,
+                reason: e.to_string(),
+            })?;
+        let share = 2.0 * payload.len() as f64 * (g - 1) as f64 / g as f64;
+        stats.bytes_up += share;
+        stats.bytes_down += share;
+        stats.sync_bytes += 2.0 * share;
+        start = start.max(p.clock);
+        let m = &p.machine;
+        moved = moved.max(share / m.up_bps + share / m.down_bps + 2.0 * m.latency_s);
+    }
+    for &i in group {
+        peers[i].theta.copy_from_slice(&mean);
+        peers[i].clock = start + moved;
+    }
+    Ok(())
+}
+
+fn new_peer(
+    config: &SimConfig,
+    rng: &mut SplitMix,
+    id: u64,
+    theta: Vec<f32>,
+    clock: f64,
+    attacker: bool,
+) -> Result<Peer, SimError> {
+    Ok(Peer {
+        id: id.to_le_bytes().to_vec(),
+        theta,
+        feedback: ErrorFeedback::with_decay(config.dim, config.feedback_decay),
+        outer: OuterOptimizer::new(config.outer),
+        codec: CpuCodec::new(config.codec).map_err(|e| SimError::Config(e.to_string()))?,
+        machine: config.links.draw(rng),
+        clock,
+        attacker,
+        seed: rng.next_u64(),
+    })
+}
+
+/// Replaces each peer that leaves this round by a newcomer holding a copy of a random peer's
+/// state (fetched dense over its downlink).
+fn churn(
+    config: &SimConfig,
+    peers: &mut [Peer],
+    rng: &mut SplitMix,
+    next_id: &mut u64,
+    sum: &mut Summary,
+) -> Result<(), SimError> {
+    if config.churn <= 0.0 || peers.len() < 2 {
+        return Ok(());
+    }
+    for i in 0..peers.len() {
+        if rng.uniform() >= config.churn {
+            continue;
+        }
+        let mut from = (rng.next_u64() % peers.len() as u64) as usize;
+        if from == i {
+            from = (from + 1) % peers.len();
+        }
+        let (theta, clock) = (peers[from].theta.clone(), peers[from].clock);
+        let mut joiner = new_peer(config, rng, *next_id, theta, clock, false)?;
+        *next_id += 1;
+        let state = 4 * config.dim as u64;
+        joiner.clock += 2.0 * joiner.machine.latency_s + state as f64 / joiner.machine.down_bps;
+        sum.joins += 1;
+        sum.sync_bytes += state;
+        peers[i] = joiner;
+    }
+    Ok(())
+}
+
+/// Every peer's local steps and encoded update, on all cores (each peer's draws depend only on
+/// the seed, its own and the round, so the split does not change the result).
+fn compute_all(
+    config: &SimConfig,
+    objective: &Quadratic,
+    peers: &mut [Peer],
+    round: u64,
+) -> Result<Vec<Computed>, SimError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = peers.len().div_ceil(threads).max(1);
+    let results: Vec<Result<Vec<Computed>, SimError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = peers
+            .chunks_mut(chunk)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter_mut()
+                        .map(|p| compute_one(config, objective, p, round))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(SimError::Config("a worker thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(peers.len());
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
+fn compute_one(
+    config: &SimConfig,
+    objective: &Quadratic,
+    peer: &mut Peer,
+    round: u64,
+) -> Result<Computed, SimError> {
+    let mut rng = SplitMix::new(peer.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut delta =
+        objective.local_steps(&peer.theta, config.local_steps, config.inner_lr, &mut rng);
+    if peer.attacker {
+        delta.iter_mut().for_each(|d| *d = -*d);
+    }
+    let payload = peer
+        .feedback
+        .encode(&mut peer.codec, &delta, RngKey::new(peer.seed, round))
+        .map_err(|e| SimError::Codec {
+            round,
+            reason: e.to_string(),
+        })?;
+    let update =
+        decode_payload(&config.codec, &payload, config.dim).map_err(|e| SimError::Codec {
+            round,
+            reason: e.to_string(),
+        })?;
+    Ok(Computed {
+        bytes: payload.len(),
+        update: Arc::new(update),
+        compute_s: config.links.compute(&peer.machine, &mut rng),
+    })
+}
+
+/// The group's aggregate of the updates that made the deadline, through a round book and the
+/// configured rule (None when the rule refuses them).
+fn aggregate(
+    config: &SimConfig,
+    policy: StalenessPolicy,
+    round: u64,
+    group: &[usize],
+    included: &[bool],
+    ids: &[Vec<u8>],
+    computed: &[Computed],
+) -> Option<Vec<f32>> {
+    let mut book = RoundBook::new(policy, round);
+    for (&i, _) in group.iter().zip(included).filter(|(_, k)| **k) {
+        // Every update claims one unit of samples: peers train equal batches.
+        let _ = book.offer(
+            &ids[i],
+            round,
+            round,
+            1,
+            i as u64,
+            computed[i].update.clone(),
+        );
+    }
+    let closed = book.close();
+    let dense: Vec<(f32, Vec<f32>)> = closed
+        .accepted
+        .iter()
+        .map(|a| {
+            let mut v = vec![0.0f32; config.dim];
+            a.payload.add_to(1.0, &mut v);
+            (a.weight as f32, v)
+        })
+        .collect();
+    if dense.is_empty() {
+        return None;
+    }
+    let inputs: Vec<Weighted<'_>> = dense
+        .iter()
+        .map(|(w, v)| Weighted {
+            weight: *w,
+            values: v,
+        })
+        .collect();
+    config.rule.build().aggregate(&inputs).ok()
+}
+
+/// The honest replicas' mean relative loss, and their spread around their mean.
+fn loss_and_spread(objective: &Quadratic, peers: &[Peer]) -> (f64, f64) {
+    let honest: Vec<&Peer> = peers.iter().filter(|p| !p.attacker).collect();
+    if honest.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = honest.len() as f64;
+    let loss = honest
+        .iter()
+        .map(|p| objective.relative_loss(&p.theta))
+        .sum::<f64>()
+        / n;
+    let mut mean = vec![0.0f64; objective.dim()];
+    for p in &honest {
+        for (m, &t) in mean.iter_mut().zip(&p.theta) {
+            *m += f64::from(t) / n;
+        }
+    }
+    let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt().max(1e-30);
+    let spread = honest
+        .iter()
+        .map(|p| {
+            p.theta
+                .iter()
+                .zip(&mean)
+                .map(|(&t, m)| (f64::from(t) - m).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .sum::<f64>()
+        / n
+        / norm;
+    (loss, spread)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}

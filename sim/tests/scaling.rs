@@ -1,0 +1,77 @@
+//! The simulator's claims at sizes a test can run (bench/sim has 8 to 1,000 peers): with group
+//! averaging a peer's bytes and connections per round stay flat as the swarm grows while
+//! broadcast's grow with N, and groups reach the synthetic target within 1.2× broadcast's rounds.
+
+use gradswarm_sim::report::scaling;
+use gradswarm_sim::{SimConfig, Strategy, run};
+
+const SIZES: [usize; 3] = [8, 64, 256];
+
+fn base() -> SimConfig {
+    SimConfig {
+        dim: 2048,
+        max_rounds: 300,
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn group_averaging_keeps_per_peer_cost_flat_and_converges_like_broadcast() {
+    let groups = Strategy::Groups { size: 8, every: 20 };
+    let report = scaling(&base(), &SIZES, &[Strategy::Broadcast, groups], |_, _| {}).expect("runs");
+    for r in &report.runs {
+        eprintln!(
+            "{} × {}: {:.0} B/peer/round ({:.0} averaging parameters), {:.1} connections, target at {:?}, spread {:.3}",
+            r.strategy,
+            r.peers,
+            r.bytes_per_round,
+            r.sync_bytes_per_round,
+            r.connections,
+            r.rounds_to_target,
+            r.final_spread
+        );
+    }
+    let growth = |name: &str, of: &[(String, f64)]| {
+        of.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, g)| *g)
+            .expect("a growth figure")
+    };
+    // 8 → 256 peers: broadcast's bytes grow with N (255/7 = 36×), groups' stay within 1.5×.
+    assert!(growth("broadcast", &report.bytes_growth) > 18.0);
+    assert!(growth(&groups.name(), &report.bytes_growth) <= 1.5);
+    assert!(growth(&groups.name(), &report.connections_growth) <= 1.5);
+    for (n, name, ratio) in &report.rounds_vs_broadcast {
+        let ratio = ratio.unwrap_or(f64::INFINITY);
+        assert!(ratio <= 1.2, "{name} × {n}: {ratio:.2}× broadcast's rounds");
+    }
+    for r in &report.runs {
+        assert!(
+            r.rounds_to_target.is_some(),
+            "{} × {} missed the target",
+            r.strategy,
+            r.peers
+        );
+    }
+}
+
+#[test]
+fn groups_that_only_average_updates_drift_apart() {
+    // What a new group's parameter averaging is for: without it the replicas of different groups
+    // random-walk apart (nothing pulls a replica back to the others).
+    let config = |average_parameters| SimConfig {
+        peers: 64,
+        strategy: Strategy::Groups { size: 8, every: 20 },
+        max_rounds: 100,
+        target: 0.0,
+        average_parameters,
+        ..base()
+    };
+    let with = run(&config(true), |_| {}).expect("runs");
+    let without = run(&config(false), |_| {}).expect("runs");
+    eprintln!(
+        "spread with averaging {:.3}, without {:.3}",
+        with.final_spread, without.final_spread
+    );
+    assert!(with.final_spread < 0.5 * without.final_spread);
+}
