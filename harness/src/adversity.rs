@@ -36,6 +36,7 @@ pub fn with_attack(scenario: &Scenario, attack: Option<Attack>, attackers: &[usi
                     pause_at_round: None,
                     resume_at_round: None,
                     attack: Some(kind),
+                    link: None,
                 }),
             }
         }

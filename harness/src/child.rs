@@ -234,6 +234,7 @@ pub fn serve(
     // The same attacker seed as the same peer on a thread would get.
     swarm.started = index;
     swarm.snapshot_every = scenario.eval_every;
+    swarm.link = scenario.link_of(index);
     if scenario
         .spec(index)
         .is_some_and(|p| p.restart_at_round.is_some())

@@ -142,6 +142,8 @@ pub struct LocalSwarm {
     /// Peers started from here on write a checkpoint to this file after each round, and start
     /// from it when it is there (a peer process restarted after a SIGKILL).
     pub checkpoint: Option<PathBuf>,
+    /// Peers started from here on are behind this link (none: loopback as it is).
+    pub link: Option<gradswarm_net::LinkShape>,
 }
 
 /// Where a peer restarts from: its checkpoint's round and its own state beside θ and AdamW.
@@ -208,6 +210,7 @@ impl LocalSwarm {
             killed: Arc::default(),
             snapshot_every: 0,
             checkpoint: None,
+            link: None,
         })
     }
 
@@ -289,6 +292,7 @@ impl LocalSwarm {
         net_config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
         net_config.bootstrap = vec![self.bootstrap.clone()];
         net_config.gossip_heartbeat = Duration::from_millis(200);
+        net_config.link = self.link;
         let key = gradswarm_net::Keypair::generate_ed25519();
         let (net, events, driver) = self.runtime.block_on(native::build(net_config, key))?;
         self.runtime.spawn(driver.run());

@@ -117,6 +117,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
         std::fs::write(&scenario_file, serde_json::to_string(scenario)?)?;
     }
     let spawn = |swarm: &mut LocalSwarm, index: usize, min_peers: usize| {
+        swarm.link = scenario.link_of(index);
         if scenario.processes {
             swarm
                 .spawn_process(&scenario_file, index, min_peers, &dir.0)

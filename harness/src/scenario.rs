@@ -61,6 +61,42 @@ pub struct PeerSpec {
     /// It is an attacker of this kind (see `crate::attack`), not an honest peer.
     #[serde(default)]
     pub attack: Option<Attack>,
+    /// Its link, instead of the scenario's.
+    #[serde(default)]
+    pub link: Option<LinkSpec>,
+}
+
+/// A home connection, modelled on a peer's TCP connections (`gradswarm_net::shaping`): the
+/// bandwidths it shares among them and the RTT to another such peer.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    /// Uplink, Mbit/s.
+    pub uplink_mbit: f64,
+    /// Downlink, Mbit/s.
+    pub downlink_mbit: f64,
+    /// Round-trip time to another such peer, milliseconds.
+    pub rtt_ms: f64,
+}
+
+impl LinkSpec {
+    /// The network's form of it.
+    pub fn shape(&self) -> gradswarm_net::LinkShape {
+        gradswarm_net::LinkShape {
+            up_bps: self.uplink_mbit * 1e6,
+            down_bps: self.downlink_mbit * 1e6,
+            rtt: std::time::Duration::from_secs_f64(self.rtt_ms / 1000.0),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let ok = |x: f64| x.is_finite() && x > 0.0;
+        let rtt_ok = (0.0..=10_000.0).contains(&self.rtt_ms);
+        if !(ok(self.uplink_mbit) && ok(self.downlink_mbit) && rtt_ok) {
+            bail!("a link needs bandwidths > 0 and an RTT in [0, 10000] ms: {self:?}");
+        }
+        Ok(())
+    }
 }
 
 fn one() -> f64 {
@@ -147,6 +183,9 @@ pub struct Scenario {
     /// Peers that are slow, late or killed.
     #[serde(default)]
     pub peer: Vec<PeerSpec>,
+    /// Every peer's link (a `[[peer]]`'s `link` overrides it); none: loopback as it is.
+    #[serde(default)]
+    pub link: Option<LinkSpec>,
     /// Run each peer in a process of its own (`swarm-harness peer`) rather than on a thread:
     /// slower to start, but each peer's memory is its own (the report's `max_rss_bytes`) and a
     /// kill is a SIGKILL.
@@ -197,6 +236,13 @@ impl Scenario {
         }
         if !self.target_val_loss.is_finite() || self.target_val_loss <= 0.0 {
             bail!("target_val_loss must be a positive number");
+        }
+        for link in self
+            .link
+            .iter()
+            .chain(self.peer.iter().filter_map(|p| p.link.as_ref()))
+        {
+            link.validate()?;
         }
         for p in &self.peer {
             if p.index >= self.peers {
@@ -250,6 +296,14 @@ impl Scenario {
     /// The special part of peer `index`, if any.
     pub fn spec(&self, index: usize) -> Option<&PeerSpec> {
         self.peer.iter().find(|p| p.index == index)
+    }
+
+    /// Peer `index`'s link: its own, else the scenario's.
+    pub fn link_of(&self, index: usize) -> Option<gradswarm_net::LinkShape> {
+        self.spec(index)
+            .and_then(|p| p.link)
+            .or(self.link)
+            .map(|l| l.shape())
     }
 
     /// Peers that start at round 0.

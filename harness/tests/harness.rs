@@ -111,6 +111,39 @@ fn local_steps_mode_trains_with_the_peer_defaults() {
     assert!(s.bytes_ratio_vs_dense > 4.0, "{s:?}");
 }
 
+/// Three peers behind modelled home links (10 Mbit/s up, 50 down, 60 ms RTT, in user space on
+/// their TCP connections): every byte still arrives, in order, so they train in step and end on
+/// one replica. What the link costs in time is measured, not asserted (bench/README.md).
+#[test]
+fn peers_behind_home_links_train_in_step() {
+    let text = SCENARIO
+        .split("[[peer]]")
+        .next()
+        .unwrap()
+        .replace("name = \"harness-smoke\"", "name = \"harness-home-links\"")
+        .replace("peers = 4", "peers = 3")
+        .replace("rounds = 60", "rounds = 12\nlocal_steps = 4")
+        .replace("mode = \"gradient\"", "mode = \"local_steps\"")
+        .replace("eval_every = 10", "eval_every = 4")
+        + "\n[link]\nuplink_mbit = 10.0\ndownlink_mbit = 50.0\nrtt_ms = 60.0\n";
+    let mut scenario: Scenario = toml::from_str(&text).unwrap();
+    scenario.baseline = false;
+    let report = gradswarm_harness::run::run(&scenario, |_| {}).expect("the scenario runs");
+    for p in &report.peers {
+        assert_eq!(p.rounds.last().map(|r| r.round), Some(11));
+        let counted: u64 = p
+            .rounds
+            .iter()
+            .map(|r| r.staleness_histogram.iter().sum::<u64>())
+            .sum();
+        // Its own update and the two others' in (nearly) every round.
+        assert!(counted >= 3 * 12 - 4, "{} counted {counted}", p.peer_id);
+    }
+    let s = &report.summary;
+    assert!(s.max_replica_divergence < 1e-3, "{s:?}");
+    assert!(s.wire_bytes_per_peer_per_step > 0.0, "{s:?}");
+}
+
 /// Runs [`SCENARIO`]'s settings as `name` with `peers` peers, each in a process of its own, for
 /// `rounds` rounds, with `peer_sections` (`[[peer]]` tables) in place of its own, and no baseline.
 fn run_in_processes(name: &str, peers: usize, rounds: u64, peer_sections: &str) -> Report {

@@ -20,6 +20,8 @@ mod store;
 pub mod metrics;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod shaping;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
@@ -104,6 +106,20 @@ pub struct NetConfig {
     /// Where libp2p's own metrics go (connections, gossipsub, kad, identify, ping RTT, relay,
     /// dcutr), named `libp2p_…`; `None`: none are kept.
     pub metrics: Option<SharedRegistry>,
+    /// A home link modelled in user space on this node's TCP connections (the harness's shaped
+    /// scenarios; native only); `None`: the real network as it is.
+    pub link: Option<LinkShape>,
+}
+
+/// A link's bandwidths and round-trip time (see `shaping`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkShape {
+    /// Uplink, bits per second.
+    pub up_bps: f64,
+    /// Downlink, bits per second.
+    pub down_bps: f64,
+    /// Round-trip time to another such node: each direction carries half of it.
+    pub rtt: std::time::Duration,
 }
 
 /// A Prometheus registry that the network, the peer and the `/metrics` server share.
@@ -135,6 +151,7 @@ impl NetConfig {
             allow: None,
             tls: None,
             metrics: None,
+            link: None,
         }
     }
 
@@ -154,6 +171,7 @@ impl NetConfig {
             allow: None,
             tls: None,
             metrics: None,
+            link: None,
         }
     }
 }

@@ -25,16 +25,24 @@ pub async fn build(
     let tls = config.tls.clone();
     let wire = Arc::new(WireCounters::default());
     let counters = wire.clone();
+    // One link for all of this node's TCP connections, as a home uplink is shared.
+    let link = config.link.map(crate::shaping::Link::new);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_quic()
-        // TCP as `with_tcp` builds it, with every connection's bytes counted below noise.
+        // TCP as `with_tcp` builds it, with every connection's bytes counted below noise (and,
+        // in shaped harness scenarios, sent and received through the node's modelled link).
         .with_other_transport(move |key| {
             let noise = noise::Config::new(key)
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                 tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                    .map(move |stream, _| Counting::new(stream, counters.clone()))
+                    .map(move |stream, _| {
+                        crate::shaping::Shaped::new(
+                            Counting::new(stream, counters.clone()),
+                            link.clone(),
+                        )
+                    })
                     .upgrade(upgrade::Version::V1Lazy)
                     .authenticate(noise)
                     .multiplex(yamux::Config::default())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Eight peers of the default model on loopback and behind home links (10 Mbit/s up, 50 down,
+# 60 ms RTT, modelled on each peer's TCP connections): what a home connection costs in round time,
+# at what compression. Writes bench/home-links/{loopback,home}.json and .png, and result.json.
+#   bench/home-links/run.sh        (~6 min on 2 cores)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/lib.sh
+gs_env
+harness="${GS_HARNESS:-$CARGO_TARGET_DIR/release/swarm-harness}"
+[ -x "$harness" ] || cargo build --release --locked -p gradswarm-harness
+for run in loopback home; do
+  "$harness" run --scenario "bench/home-links/$run.toml" --report "bench/home-links/$run.json"
+  "$harness" plot "bench/home-links/$run.json"
+done
+python3 - <<'PY'
+import json
+result = {}
+for name in ["loopback", "home"]:
+    r = json.load(open(f"bench/home-links/{name}.json"))
+    s = r["summary"]
+    rows = [row for p in r["peers"] for row in p["rounds"]]
+    mean = lambda k: sum(row[k] for row in rows) / max(1, len(rows))
+    result[name] = {
+        "comm_fraction": s["comm_fraction"],
+        "bytes_ratio_vs_dense": s["bytes_ratio_vs_dense"],
+        "wire_bytes_per_peer_per_step": s["wire_bytes_per_peer_per_step"],
+        "compute_s_per_round": mean("compute_s"),
+        "encode_s_per_round": mean("encode_s"),
+        "network_s_per_round": mean("network_s"),
+        "wall_s": s["wall_s"],
+        "final_val_loss": s["final_val_loss"],
+        "max_replica_divergence": s["max_replica_divergence"],
+    }
+json.dump(result, open("bench/home-links/result.json", "w"), indent=2)
+print(json.dumps(result, indent=2))
+PY
