@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// The format tag a gradswarm checkpoint's metadata carries (`gradswarm_model::checkpoint`).
 const FORMAT: &str = "gradswarm-checkpoint/1";
@@ -43,6 +43,12 @@ impl Offered {
     /// The checkpoint's description, or why it is not on offer (missing, not a gradswarm
     /// checkpoint, another run's).
     pub async fn info(&self) -> Result<CheckpointInfo, String> {
+        self.open().await.map(|(info, _)| info)
+    }
+
+    /// The checkpoint's description and the file, open at its start: what is served is the
+    /// version described, even if the peer replaces the file meanwhile.
+    pub async fn open(&self) -> Result<(CheckpointInfo, tokio::fs::File), String> {
         let mut file = tokio::fs::File::open(&self.path)
             .await
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
@@ -81,13 +87,17 @@ impl Offered {
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .map_or(0.0, |d| d.as_secs_f64());
-        Ok(CheckpointInfo {
+        file.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| format!("rewinding: {e}"))?;
+        let info = CheckpointInfo {
             round,
             step: number("step"),
             bytes: meta.len(),
             age_s,
             file_name: file_name(&self.run_id, round),
-        })
+        };
+        Ok((info, file))
     }
 }
 

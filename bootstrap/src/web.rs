@@ -111,26 +111,27 @@ async fn checkpoint(State(state): State<WebState>) -> Response {
     let Some(offered) = &state.checkpoint else {
         return (StatusCode::NOT_FOUND, "no checkpoint on offer").into_response();
     };
-    let info = match offered.info().await {
-        Ok(info) => info,
-        Err(why) => return (StatusCode::NOT_FOUND, why).into_response(),
-    };
-    // The file is opened once and streamed: a checkpoint written meanwhile replaces it by a
-    // rename, and this download goes on reading the version it opened.
-    match tokio::fs::File::open(&offered.path).await {
-        Ok(file) => (
+    // The file described is the one streamed, from one open handle: a checkpoint written
+    // meanwhile replaces it by a rename, and this download goes on reading the version it opened.
+    match offered.open().await {
+        Ok((info, file)) => (
             [
                 (header::CONTENT_TYPE, "application/octet-stream".to_string()),
                 (
                     header::CONTENT_DISPOSITION,
                     format!("attachment; filename=\"{}\"", info.file_name),
                 ),
+                (header::CONTENT_LENGTH, info.bytes.to_string()),
                 (header::CACHE_CONTROL, "no-store".to_string()),
             ],
             axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file)),
         )
             .into_response(),
-        Err(e) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+        Err(why) => {
+            // The reason names a path on this machine: it goes to the log, not to visitors.
+            tracing::info!("no checkpoint on offer: {why}");
+            (StatusCode::NOT_FOUND, "no checkpoint on offer").into_response()
+        }
     }
 }
 

@@ -12,8 +12,13 @@ use crate::wire::Heartbeat;
 /// Peers a view keeps at most: past it, the one heard from longest ago is forgotten.
 pub const MAX_VIEW_PEERS: usize = 4096;
 
-/// Attesters a view keeps per peer at most: past it, the one heard from longest ago makes room.
+/// Attesters a view keeps per peer at most: past it, one not heard from for [`STALE_MS`] makes
+/// room, else the newcomer is not kept (so that fresh identities cannot push out attesters that
+/// are still heartbeating).
 pub const MAX_ATTESTERS: usize = 64;
+
+/// An attester silent this long (ms) may give up its place to a new one.
+pub const STALE_MS: u64 = 60_000;
 
 /// One peer as its latest heartbeat describes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -121,9 +126,16 @@ impl RunView {
             let attesters = self.attested.entry(a.peer_id.clone()).or_default();
             if !attesters.contains_key(&hb.peer_id) && attesters.len() >= MAX_ATTESTERS {
                 let heard = |p: &[u8]| self.peers.get(p).map_or(0, |v| v.heard_ms);
-                let oldest = attesters.keys().min_by_key(|p| heard(p)).cloned();
-                if let Some(oldest) = oldest {
-                    attesters.remove(&oldest);
+                let stale = attesters
+                    .keys()
+                    .min_by_key(|p| heard(p))
+                    .filter(|p| now_ms.saturating_sub(heard(p)) > STALE_MS)
+                    .cloned();
+                match stale {
+                    Some(stale) => {
+                        attesters.remove(&stale);
+                    }
+                    None => continue,
                 }
             }
             attesters.insert(hb.peer_id.clone(), a.samples);
@@ -325,14 +337,27 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_attesters_keeps_each_peers_bounded() {
+    fn a_flood_of_attesters_neither_grows_the_view_nor_pushes_out_live_ones() {
         let mut view = RunView::default();
         view.take(&hb(1, 1, 1.0, 640), 0);
+        // Peer 2 attests honestly and keeps heartbeating.
+        view.take(&attesting(hb(2, 1, 1.0, 640), &[(1, 600)]), 1);
         for i in 0..(3 * MAX_ATTESTERS as u64) {
-            let mut h = attesting(hb(0, 1, 1.0, 1), &[(1, 640)]);
+            let mut h = attesting(hb(0, 1, 1.0, 1), &[(1, 0)]);
             h.peer_id = (i + 1000).to_le_bytes().to_vec();
-            view.take(&h, i + 1);
+            view.take(&h, i + 2);
+            if i % 10 == 0 {
+                view.take(&attesting(hb(2, 1, 1.0, 640), &[(1, 600)]), i + 2);
+            }
         }
-        assert_eq!(view.credit(&[1; 4], 640).attesters, MAX_ATTESTERS);
+        let c = view.credit(&[1; 4], 640);
+        assert_eq!(c.attesters, MAX_ATTESTERS);
+        assert!(view.attested[&vec![1u8; 4]].contains_key(&vec![2u8; 4]));
+        // Once the flood's identities fall silent, newcomers take their places.
+        let later = 3 * MAX_ATTESTERS as u64 + STALE_MS + 10;
+        let mut h = attesting(hb(0, 1, 1.0, 1), &[(1, 5)]);
+        h.peer_id = b"newcomer".to_vec();
+        view.take(&h, later);
+        assert!(view.attested[&vec![1u8; 4]].contains_key(b"newcomer".as_slice()));
     }
 }

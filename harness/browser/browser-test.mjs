@@ -208,6 +208,13 @@ try {
   // config (peer.toml: swarm.min_wait) makes its rounds wait for the tab's update, so the tab's
   // updates count in both runs instead of arriving too stale.
   if (counted < 5) fail(`the native peer counted ${counted} updates of the browser peer ${seen.peer}`);
+  // The tab's credit: what the native peer attests it counted of the tab's updates (its summary
+  // at the end), and on the page never more than the tab trained on. (The page shows it once an
+  // attestation has come back, heartbeats being seconds apart: not in every short run.)
+  const credit = summary.credits?.[seen.peer] ?? 0;
+  if (!(credit > 0 && credit <= samples)) fail(`the native peer credits the tab ${credit} for ${samples} samples`);
+  const shown = Math.max(0, ...seen.reports.map((r) => r.credit ?? 0));
+  if (shown > samples) fail(`the tab's page shows a credit of ${shown} for ${samples} samples`);
   const nativeTokS = (summary.samples * CONTEXT) / Math.max(1e-9, summary.compute_s);
   await context.close();
   const result = {
@@ -222,6 +229,8 @@ try {
     browser_loss_first3: first,
     browser_loss_last3: last,
     native_counted_browser_updates: counted,
+    browser_credit: credit,
+    browser_credit_shown: shown,
     time_to_first_round_s: firstRoundMs / 1000,
     browser_tokens_per_s: browserTokS,
     browser_compute_s_per_round: compute / Math.max(1, own.length),

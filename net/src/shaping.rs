@@ -257,6 +257,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Shaped<S> {
         let Some(link) = this.link.clone() else {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         };
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         if let Poll::Ready(Err(e)) = this.drain(cx) {
             return Poll::Ready(Err(e));
         }

@@ -334,9 +334,10 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
                 stats.connections += (g - 1) as f64;
             }
             let aggregate = aggregate(config, policy, round, &group, &included, &ids, &computed);
-            for &i in &group {
+            for (&i, r) in group.iter().zip(&ready) {
                 let p = &mut peers[i];
-                p.clock = close;
+                // A member whose update missed the deadline was still computing at the close.
+                p.clock = close.max(*r);
                 if let Some(a) = &aggregate {
                     p.outer.apply(&mut p.theta, a);
                 }

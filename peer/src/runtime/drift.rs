@@ -57,8 +57,9 @@ impl Peer {
 
     /// Measures how far `heartbeat`'s replica is from this one when both describe the same round
     /// with the same recent updates (a gap then is drift, not an update still on its way); the
-    /// next report's `divergence` is the median of these.
-    pub(super) fn measure_divergence(&mut self, heartbeat: &Heartbeat) {
+    /// next report's `divergence` is the median of these, one per sender (a peer heartbeating
+    /// often counts once).
+    pub(super) fn measure_divergence(&mut self, from: PeerId, heartbeat: &Heartbeat) {
         let Some(mine) = &self.fingerprint else {
             return;
         };
@@ -66,9 +67,9 @@ impl Peer {
             return;
         }
         if let Some(d) = mine.sketch.relative_distance(&heartbeat.sketch)
-            && self.divergences.len() < MAX_DIVERGENCES
+            && (self.divergences.len() < MAX_DIVERGENCES || self.divergences.contains_key(&from))
         {
-            self.divergences.push(d);
+            self.divergences.insert(from, d);
         }
     }
 

@@ -206,7 +206,7 @@ impl Peer {
                     seen.throttled = heartbeat.throttled;
                 }
                 self.take_attestations(&heartbeat);
-                self.measure_divergence(&heartbeat);
+                self.measure_divergence(from, &heartbeat);
                 self.check_drift(from, &heartbeat);
             }
             NetEvent::Dropped { from, reason } => {

@@ -225,7 +225,7 @@ pub struct Peer {
     votes: BTreeMap<u64, BTreeMap<PeerId, Fingerprint>>,
     reconciled_pending: u64,
     /// Distances to replicas heard at this peer's round since the last report.
-    divergences: Vec<f64>,
+    divergences: BTreeMap<PeerId, f64>,
 }
 
 impl Peer {
@@ -316,7 +316,7 @@ impl Peer {
             quiet_until: 0,
             votes: BTreeMap::new(),
             reconciled_pending: 0,
-            divergences: Vec::new(),
+            divergences: BTreeMap::new(),
         })
     }
 

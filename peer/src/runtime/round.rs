@@ -252,7 +252,9 @@ impl Peer {
         self.bytes_sent += report.bytes_up;
         self.bytes_received += report.bytes_down;
         report.credit = self.own_credit();
-        let mut divergences = std::mem::take(&mut self.divergences);
+        let mut divergences: Vec<f64> = std::mem::take(&mut self.divergences)
+            .into_values()
+            .collect();
         divergences.sort_by(f64::total_cmp);
         report.divergence = divergences.get(divergences.len() / 2).copied();
         report.drops = std::mem::take(&mut self.drops_pending);
