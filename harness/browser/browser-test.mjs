@@ -209,10 +209,16 @@ try {
   // updates count in both runs instead of arriving too stale.
   if (counted < 5) fail(`the native peer counted ${counted} updates of the browser peer ${seen.peer}`);
   // The tab's credit: what the native peer attests it counted of the tab's updates (its summary
-  // at the end), and on the page never more than the tab trained on. (The page shows it once an
-  // attestation has come back, heartbeats being seconds apart: not in every short run.)
+  // at the end; the tab may train on after the page was read), and on the page never more than
+  // the tab trained on. (The page shows it once an attestation has come back, heartbeats being
+  // seconds apart: not in every short run.)
+  // Each counted update carries one round's samples at most, so the credit is at most the updates
+  // the native peer counted times the most samples the tab trained in a round.
   const credit = summary.credits?.[seen.peer] ?? 0;
-  if (!(credit > 0 && credit <= samples)) fail(`the native peer credits the tab ${credit} for ${samples} samples`);
+  const perRound = Math.max(0, ...seen.reports.map((r, i) => r.samples - (seen.reports[i - 1]?.samples ?? 0)));
+  if (!(credit > 0 && credit <= counted * perRound)) {
+    fail(`the native peer credits the tab ${credit} for ${counted} updates of at most ${perRound} samples`);
+  }
   const shown = Math.max(0, ...seen.reports.map((r) => r.credit ?? 0));
   if (shown > samples) fail(`the tab's page shows a credit of ${shown} for ${samples} samples`);
   const nativeTokS = (summary.samples * CONTEXT) / Math.max(1e-9, summary.compute_s);
