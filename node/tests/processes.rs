@@ -543,6 +543,27 @@ fn metric(text: &str, name: &str) -> f64 {
 /// with the run (one round closed per round number, 8 samples per round trained), and with its
 /// JSON summary at the end; the bootstrap counts the peers' connections. Meanwhile `gradswarm
 /// status` lists both peers from their heartbeats.
+/// Runs `gradswarm <command> ADDR --json` (`status` or `credit`) on the process test's run for
+/// 7 s of heartbeats (they come every 3 s) and returns what it printed.
+fn watch_json(command: &str, addr: &str) -> serde_json::Value {
+    let out = run(&[
+        command,
+        addr,
+        "--seconds",
+        "7",
+        "--run-id",
+        "process-test",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{command} printed no JSON ({e})"))
+}
+
 #[test]
 fn metrics_and_status_show_the_run() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -645,22 +666,7 @@ fn metrics_and_status_show_the_run() {
         "{boot_text}"
     );
     // The run at a glance, from the heartbeats (every 3 s): both peers, training.
-    let status = run(&[
-        "status",
-        &addr,
-        "--seconds",
-        "7",
-        "--run-id",
-        "process-test",
-        "--json",
-    ]);
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    let view: serde_json::Value =
-        serde_json::from_slice(&status.stdout).expect("status prints JSON");
+    let view = watch_json("status", &addr);
     assert_eq!(view["peers"], 2, "{view}");
     assert!(view["round"].as_u64().is_some_and(|r| r >= 20), "{view}");
     let rows = view["online"].as_array().expect("rows");
@@ -678,17 +684,7 @@ fn metrics_and_status_show_the_run() {
     }
     let listed: Vec<&str> = rows.iter().filter_map(|r| r["peer_id"].as_str()).collect();
     // Each peer's credit, as the other attests it: some, at most what it claims.
-    let credit = run(&[
-        "credit",
-        &addr,
-        "--seconds",
-        "7",
-        "--run-id",
-        "process-test",
-        "--json",
-    ]);
-    let credits: serde_json::Value =
-        serde_json::from_slice(&credit.stdout).expect("credit prints JSON");
+    let credits = watch_json("credit", &addr);
     let rows = credits["online"].as_array().expect("rows");
     assert_eq!(rows.len(), 2, "{credits}");
     for row in rows {
