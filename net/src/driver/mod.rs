@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
+use futures::future::FusedFuture;
 use futures::{FutureExt, StreamExt};
 use gradswarm_core::wire::{heartbeat_topic, updates_topic};
 use gradswarm_core::{Announce, Response, UpdateGossip};
@@ -37,6 +38,9 @@ const EVENT_QUEUE: usize = 4096;
 /// Updates kept to serve pulls: enough for a few rounds of a large swarm.
 const STORE_ENTRIES: usize = 1024;
 
+/// How often parked pulls are looked at (see `pull::PULL_ROUNDS`).
+const RETRY_TICK: Duration = Duration::from_millis(125);
+
 /// Runs one node's swarm until [`NetHandle::shutdown`] or until every handle is dropped.
 pub struct Driver {
     swarm: Swarm<Behaviour>,
@@ -53,6 +57,8 @@ pub struct Driver {
     lost_events: u64,
     store: UpdateStore,
     pulls: HashMap<OutboundRequestId, Pull>,
+    /// Pulls that no server answered yet, with when to ask again.
+    parked: Vec<(web_time::Instant, Pull)>,
     finding: HashMap<PeerId, web_time::Instant>,
     /// Whether this peer listens through the bootstrap nodes' relays (autonat found it private).
     relayed: bool,
@@ -121,6 +127,7 @@ impl Driver {
             swarm,
             store: UpdateStore::new(store_bytes, STORE_ENTRIES),
             pulls: HashMap::new(),
+            parked: Vec::new(),
             finding: HashMap::new(),
             relayed: false,
             rates: [rate::RateLimit::messages(), rate::RateLimit::messages()],
@@ -144,13 +151,19 @@ impl Driver {
     pub async fn run(mut self) {
         let mut discovery_every = Duration::from_secs(1);
         let mut discovery = futures_timer::Delay::new(discovery_every).fuse();
+        // Armed only while pulls are parked: an idle node is not woken for nothing.
+        let mut retry = futures::future::Fuse::terminated();
         loop {
+            if retry.is_terminated() && !self.parked.is_empty() {
+                retry = futures_timer::Delay::new(RETRY_TICK).fuse();
+            }
             futures::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.next() => match command {
                     Some(Command::Shutdown) | None => break,
                     Some(command) => self.on_command(command),
                 },
+                _ = retry => self.retry_parked(),
                 _ = discovery => {
                     // Walk the DHT for peers of the run: often at first, then every half minute.
                     if self.swarm.behaviour_mut().kad.bootstrap().is_err() {

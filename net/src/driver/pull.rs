@@ -4,6 +4,7 @@
 //! the announcement, stored to serve others, and only then accepted for gossipsub to forward.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gradswarm_core::wire::{UPDATE_CHUNK_BYTES, digest, update_chunks};
 use gradswarm_core::{Announce, DropReason, Request, Response, Update};
@@ -23,6 +24,16 @@ const MAX_PULLS: usize = 256;
 /// announcement, then other peers of the run (one that pulled it serves it too).
 const MAX_SERVERS: usize = 4;
 
+/// Times the servers of one announced update are asked in turn before it is dropped as
+/// unfetchable. An announcement heard through a forwarder can come before its announcer is
+/// reachable (its address is still being looked up) and before the other peers hold its payload:
+/// asked again a little later, they usually serve it, where dropping it at once would leave this
+/// replica without an update the others took in.
+const PULL_ROUNDS: u8 = 4;
+
+/// The wait before the second round of asking; it doubles each round (0.25 + 0.5 + 1 s in all).
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+
 /// An announcement whose payload is being pulled; its gossipsub verdict waits for the payload.
 pub(super) struct Pull {
     message_id: gossipsub::MessageId,
@@ -32,6 +43,8 @@ pub(super) struct Pull {
     asked: Vec<PeerId>,
     /// The chunks received so far from the peer asked last, in order.
     received: Vec<u8>,
+    /// Rounds of asking begun (see [`PULL_ROUNDS`]).
+    rounds: u8,
 }
 
 impl Pull {
@@ -65,12 +78,14 @@ impl Driver {
         from: PeerId,
         announce: Announce,
     ) {
-        let in_flight: u64 = self.pulls.values().map(|p| p.announce.bytes).sum();
-        if self.pulls.len() >= MAX_PULLS || in_flight + announce.bytes > self.store_budget() as u64
-        {
+        let pulls = self
+            .pulls
+            .values()
+            .chain(self.parked.iter().map(|(_, p)| p));
+        let (count, in_flight) = pulls.fold((0, 0u64), |(n, b), p| (n + 1, b + p.announce.bytes));
+        if count >= MAX_PULLS || in_flight + announce.bytes > self.store_budget() as u64 {
             warn!(
-                "{} pulls ({in_flight} bytes) in flight; ignoring an announcement from {from}",
-                self.pulls.len()
+                "{count} pulls ({in_flight} bytes) in flight; ignoring an announcement from {from}"
             );
             self.settle(&message_id, &propagation_source, MessageAcceptance::Ignore);
             return;
@@ -81,6 +96,7 @@ impl Driver {
             announce,
             asked: Vec::new(),
             received: Vec::new(),
+            rounds: 1,
         };
         self.ask(pull, from);
     }
@@ -127,6 +143,12 @@ impl Driver {
                     self.ask(pull, next);
                     return;
                 }
+                if pull.rounds < PULL_ROUNDS {
+                    let wait = FIRST_RETRY * (1 << (pull.rounds - 1));
+                    debug!("nobody served {from}'s update ({reason}); asking again in {wait:?}");
+                    self.parked.push((web_time::Instant::now() + wait, pull));
+                    return;
+                }
                 debug!("announced update of {from} unavailable: {reason}");
                 self.emit(NetEvent::Dropped {
                     from,
@@ -157,6 +179,22 @@ impl Driver {
             self.store.insert(pull.announce.digest, Arc::new(bytes));
         }
         self.conclude(&pull.message_id, &pull.propagation_source, from, verdict);
+    }
+
+    /// Asks again, from the announcer on, for the updates whose wait has passed.
+    pub(super) fn retry_parked(&mut self) {
+        let now = web_time::Instant::now();
+        let (due, waiting) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.parked = waiting;
+        for (_, mut pull) in due {
+            let announcer =
+                PeerId::from_bytes(&pull.announce.peer_id).unwrap_or(pull.propagation_source);
+            pull.rounds += 1;
+            pull.asked.clear();
+            self.ask(pull, announcer);
+        }
     }
 
     /// Who to ask next for `pull`'s update: the peer that forwarded the announcement (it pulled
