@@ -84,11 +84,13 @@ pub enum DropReason {
     Equivocation,
     /// Its signer is not on a private run's allow-list.
     NotAllowed,
+    /// Under group averaging, from a peer outside the receiver's group for that round.
+    NotPartner,
 }
 
 impl DropReason {
     /// Every reason, in report order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         Self::TooStale,
         Self::FromFuture,
         Self::ForeignRun,
@@ -105,6 +107,7 @@ impl DropReason {
         Self::RateLimited,
         Self::Equivocation,
         Self::NotAllowed,
+        Self::NotPartner,
     ];
 
     /// A short stable name for reports and metrics.
@@ -126,6 +129,7 @@ impl DropReason {
             Self::RateLimited => "rate_limited",
             Self::Equivocation => "equivocation",
             Self::NotAllowed => "not_allowed",
+            Self::NotPartner => "not_partner",
         }
     }
 }

@@ -8,6 +8,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::quant::quantize_blocks;
+use crate::codec::rng::RngKey;
+use crate::codec::{Compress, Quantize, Sparsify};
+use crate::codec::{decode_payload, pack_payload};
+use crate::{CodecDescriptor, DecodeError, EncodeError};
+
 /// Chooses a round's averaging partners.
 pub trait Averaging: Send + Sync {
     /// The strategy's name, for logs and reports.
@@ -17,6 +23,18 @@ pub trait Averaging: Send + Sync {
     /// `round` peer `me` waits for. Must be a pure function of its inputs, so that every peer
     /// derives the same partnerships from the same view.
     fn partners<'a>(&self, round: u64, me: &[u8], live: &'a [Vec<u8>]) -> Vec<&'a [u8]>;
+
+    /// Whether updates go to the partners only (straight to each), rather than to the whole
+    /// swarm on the updates topic.
+    fn to_partners_only(&self) -> bool {
+        false
+    }
+
+    /// Whether `round` opens with the partners averaging their parameters (a new group forming
+    /// from members of different old ones).
+    fn averages_parameters_at(&self, _round: u64) -> bool {
+        false
+    }
 }
 
 /// Every live peer is a partner every round: the exact average, O(N) download per peer.
@@ -101,15 +119,71 @@ impl Averaging for Groups {
             .filter(|p| *p != me && mine.contains(p))
             .collect()
     }
+
+    fn to_partners_only(&self) -> bool {
+        true
+    }
+
+    fn averages_parameters_at(&self, round: u64) -> bool {
+        // Round 0 starts from the run's initial θ, the same everywhere.
+        round > 0 && self.regroups_at(round)
+    }
 }
 
-/// The configured topology (TOML: `averaging = "broadcast"`).
+/// How a replica travels to a new group's members: every coordinate, int8 in blocks of 16 (about
+/// 1.06 bytes a parameter before zstd, a quarter of f32), so that a regrouping costs about what
+/// a few rounds of updates do.
+pub const REPLICA_CODEC: CodecDescriptor = CodecDescriptor {
+    sparsify: Sparsify::Dense,
+    quantize: Quantize::Int8 { block: 16 },
+    compress: Compress::Zstd { level: 3 },
+};
+
+/// Encodes a replica θ of `round` for its group ([`REPLICA_CODEC`]). The rounding is stochastic
+/// but keyed by the round alone, so one θ always encodes to the same bytes: every member of a
+/// group, its own replica included, averages the same decoded values, and the members end on
+/// one replica.
+pub fn encode_replica(theta: &[f32], round: u64) -> Result<Vec<u8>, EncodeError> {
+    let Quantize::Int8 { block } = REPLICA_CODEC.quantize else {
+        unreachable!("the replica codec quantizes to int8")
+    };
+    let (mut exps, mut qs) = (Vec::new(), Vec::new());
+    quantize_blocks(
+        theta,
+        |i| i as u32,
+        usize::from(block),
+        RngKey::new(0x9e37_79b9_7f4a_7c15, round),
+        &mut exps,
+        &mut qs,
+    )
+    .map_err(|index| EncodeError::OutOfRange {
+        index,
+        value: theta[index],
+    })?;
+    pack_payload(&REPLICA_CODEC, theta.len(), None, theta, &exps, &qs)
+}
+
+/// Decodes a replica of `len` parameters encoded by [`encode_replica`] (hostile bytes give an
+/// error, never a panic or an outsized allocation).
+pub fn decode_replica(bytes: &[u8], len: usize) -> Result<Vec<f32>, DecodeError> {
+    Ok(decode_payload(&REPLICA_CODEC, bytes, len)?.values)
+}
+
+/// The configured topology (TOML: `averaging = "broadcast"`, or
+/// `averaging = { groups = { size = 8, every = 20 } }`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AveragingConfig {
     /// [`Broadcast`].
     #[default]
     Broadcast,
+    /// [`Groups`] (a size below 2 is taken as 2, an `every` of 0 as 1).
+    Groups {
+        /// Peers per group aimed at.
+        size: usize,
+        /// Rounds a grouping lasts.
+        every: u64,
+    },
 }
 
 impl AveragingConfig {
@@ -117,6 +191,10 @@ impl AveragingConfig {
     pub fn build(self) -> Box<dyn Averaging> {
         match self {
             Self::Broadcast => Box::new(Broadcast),
+            Self::Groups { size, every } => Box::new(Groups {
+                size: size.max(2),
+                every: every.max(1),
+            }),
         }
     }
 }
@@ -124,6 +202,37 @@ impl AveragingConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_encodes_to_one_set_of_bytes_within_a_quantum_and_garbage_is_refused() {
+        let theta: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.37).sin() * 0.1).collect();
+        let bytes = encode_replica(&theta, 20).unwrap();
+        assert_eq!(bytes, encode_replica(&theta, 20).unwrap());
+        assert!(bytes.len() < theta.len() * 4 / 3, "{} bytes", bytes.len());
+        let back = decode_replica(&bytes, theta.len()).unwrap();
+        // Within one quantum of its block (|x| ≤ 0.1 ⇒ 2^E ≤ 2^-10).
+        assert!(
+            theta
+                .iter()
+                .zip(&back)
+                .all(|(a, b)| (a - b).abs() <= 1.0 / 1024.0)
+        );
+        assert!(decode_replica(&bytes, theta.len() + 1).is_err());
+        assert!(decode_replica(&bytes[..bytes.len() / 2], theta.len()).is_err());
+        let mut bad = theta.clone();
+        bad[3] = f32::NAN;
+        assert!(encode_replica(&bad, 20).is_err());
+    }
+
+    #[test]
+    fn groups_send_to_partners_and_average_parameters_when_they_change() {
+        let g = AveragingConfig::Groups { size: 4, every: 10 }.build();
+        assert!(g.to_partners_only() && g.name() == "groups");
+        let at: Vec<u64> = (0..35).filter(|&r| g.averages_parameters_at(r)).collect();
+        assert_eq!(at, vec![10, 20, 30]);
+        let b = AveragingConfig::Broadcast.build();
+        assert!(!b.to_partners_only() && !(0..35).any(|r| b.averages_parameters_at(r)));
+    }
 
     #[test]
     fn broadcast_partners_are_every_live_peer_but_me() {

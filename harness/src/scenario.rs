@@ -146,6 +146,10 @@ pub struct Scenario {
     /// `{ rule = "centered_clip", iterations = 3 }`.
     #[serde(default)]
     pub aggregation: Option<gradswarm_core::AggregationRule>,
+    /// Who averages with whom (default: broadcast, every peer with every other), e.g.
+    /// `{ groups = { size = 4, every = 20 } }`.
+    #[serde(default)]
+    pub averaging: gradswarm_core::AveragingConfig,
     /// Lockstep baselines only: rounds overlap as in eager/streaming DiLoCo, each worker starting
     /// a round from θ before the last round's mean, moved by its own last update alone, as a peer
     /// would that computed on while the others' updates were in flight (what hiding the network
@@ -350,6 +354,7 @@ impl Scenario {
         if let Some(rule) = self.aggregation {
             c.aggregation = rule;
         }
+        c.averaging = self.averaging;
         if let Some(decay) = self.feedback_decay {
             c.feedback_decay = decay;
         }

@@ -144,6 +144,69 @@ fn peers_behind_home_links_train_in_step() {
     assert!(s.wire_bytes_per_peer_per_step > 0.0, "{s:?}");
 }
 
+/// Eight peers in groups of four, regrouped every five rounds: each round counts its own group's
+/// four updates and no others, the groups average their parameters when they change (so the
+/// replicas are one again at the end of each grouping), the validation loss falls, and each peer
+/// moves fewer bytes than the same swarm with broadcast.
+#[test]
+fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
+    let scenario = |averaging: &str| {
+        let text = SCENARIO
+            .split("[[peer]]")
+            .next()
+            .unwrap()
+            .replace("name = \"harness-smoke\"", "name = \"harness-groups\"")
+            .replace("peers = 4", "peers = 8")
+            .replace("rounds = 60", "rounds = 20")
+            .replace(
+                "eval_every = 10",
+                &format!("eval_every = 5\naveraging = {averaging}"),
+            );
+        let mut scenario: Scenario = toml::from_str(&text).unwrap();
+        scenario.baseline = false;
+        scenario
+    };
+    let groups =
+        gradswarm_harness::run::run(&scenario("{ groups = { size = 4, every = 5 } }"), |_| {})
+            .expect("the groups scenario runs");
+    for p in &groups.peers {
+        assert_eq!(p.rounds.last().map(|r| r.round), Some(19));
+        let counted: Vec<u64> = p
+            .rounds
+            .iter()
+            .map(|r| r.staleness_histogram.iter().sum::<u64>())
+            .collect();
+        // Its own and its three partners' (late ones count a round later), never the others'.
+        assert!(
+            counted.iter().all(|&c| c <= 2 * 4),
+            "{} counted {counted:?}",
+            p.peer_id
+        );
+        let total: u64 = counted.iter().sum();
+        assert!(
+            (4 * 20 - 8..=4 * 20).contains(&total),
+            "{} counted {total}",
+            p.peer_id
+        );
+        let vals: Vec<f64> = p.rounds.iter().filter_map(|r| r.val_loss).collect();
+        assert!(vals[vals.len() - 1] < vals[0] - 0.2, "{vals:?}");
+    }
+    let broadcast = gradswarm_harness::run::run(&scenario("\"broadcast\""), |_| {})
+        .expect("the broadcast scenario runs");
+    let (g, b) = (&groups.summary, &broadcast.summary);
+    eprintln!(
+        "wire bytes per peer per step: groups {:.0}, broadcast {:.0}; final val loss {:?} vs {:?}",
+        g.wire_bytes_per_peer_per_step,
+        b.wire_bytes_per_peer_per_step,
+        g.final_val_loss,
+        b.final_val_loss
+    );
+    assert!(
+        g.wire_bytes_per_peer_per_step < 0.8 * b.wire_bytes_per_peer_per_step,
+        "groups {g:?}\nbroadcast {b:?}"
+    );
+}
+
 /// Runs [`SCENARIO`]'s settings as `name` with `peers` peers, each in a process of its own, for
 /// `rounds` rounds, with `peer_sections` (`[[peer]]` tables) in place of its own, and no baseline.
 fn run_in_processes(name: &str, peers: usize, rounds: u64, peer_sections: &str) -> Report {

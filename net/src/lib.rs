@@ -237,6 +237,13 @@ pub enum Command {
         /// Its encoding (`update.to_bytes()`).
         bytes: Vec<u8>,
     },
+    /// Sends this node's update straight to each of `to` (its group), not on the topic.
+    PushUpdate {
+        /// Its encoding.
+        bytes: Vec<u8>,
+        /// The peers it goes to.
+        to: Vec<PeerId>,
+    },
     /// Publishes raw bytes on one of the run's topics.
     Publish {
         /// Which topic.
@@ -329,6 +336,10 @@ pub enum NetError {
     /// The network task has ended.
     #[error("the network task has stopped")]
     Stopped,
+    /// An update too large to push whole to a group partner (group averaging needs updates of at
+    /// most one chunk; a larger model needs a sparser codec).
+    #[error("an update of {0} bytes is too large to push to a partner")]
+    TooLarge(usize),
     /// A peer id given by the user (an allow-list) does not parse.
     #[error("{id:?} is not a peer id: {reason}")]
     BadPeerId {
@@ -383,6 +394,20 @@ impl NetHandle {
         let len = bytes.len();
         self.send(Command::PublishUpdate { update, bytes })?;
         Ok(len)
+    }
+
+    /// Sends this node's update straight to the peers `to` (its group under group averaging),
+    /// each over a connection of its own, rather than to the whole swarm on the updates topic.
+    /// Returns the bytes sent. Fire-and-forget: a partner that does not take it in is missed by
+    /// its round, as a lost gossip message would be.
+    pub fn push_update(&self, update: &Update, to: Vec<PeerId>) -> Result<usize, NetError> {
+        let bytes = update.to_bytes();
+        if bytes.len() > gradswarm_core::wire::UPDATE_CHUNK_BYTES {
+            return Err(NetError::TooLarge(bytes.len()));
+        }
+        let sent = bytes.len() * to.len();
+        self.send(Command::PushUpdate { bytes, to })?;
+        Ok(sent)
     }
 
     /// Publishes raw bytes on one of the run's topics. Fire-and-forget: a publish with no peers yet is not

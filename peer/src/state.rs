@@ -46,6 +46,8 @@ pub(crate) struct Snapshots {
     next_id: AtomicU64,
     current: Mutex<Option<Arc<Snapshot>>>,
     marks: Mutex<VecDeque<(u64, Arc<Vec<f32>>)>>,
+    /// This replica at the start of the latest round a new group formed at, encoded for it.
+    replica: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     /// Fingerprints of this replica's last [`FINGERPRINTS`] round starts, kept whether or not
     /// marks are: joiners check the state another peer served against them.
     fingerprints: Mutex<VecDeque<Fingerprint>>,
@@ -64,6 +66,7 @@ impl Snapshots {
             next_id: AtomicU64::new(1),
             current: Mutex::new(None),
             marks: Mutex::new(VecDeque::new()),
+            replica: Mutex::new(None),
             fingerprints: Mutex::new(VecDeque::new()),
         })
     }
@@ -76,6 +79,11 @@ impl Snapshots {
         while marks.len() > keep {
             marks.pop_front();
         }
+    }
+
+    /// Serves this replica at the start of `round`, encoded for the group that forms then.
+    pub(crate) fn replica(&self, round: u64, bytes: Arc<Vec<u8>>) {
+        *self.replica.lock().unwrap_or_else(|p| p.into_inner()) = Some((round, bytes));
     }
 
     /// Serves the fingerprint of θ at the start of its round.
@@ -130,6 +138,21 @@ impl Snapshots {
                 }
                 return self.serve_mark(*round, *chunk);
             }
+            Request::Replica {
+                run_id,
+                model_hash,
+                round,
+                chunk,
+            } => {
+                if *run_id != self.run_id || *model_hash != self.model_hash {
+                    return Response::Error("another run or model".into());
+                }
+                let replica = self.replica.lock().unwrap_or_else(|p| p.into_inner());
+                return match replica.as_ref() {
+                    Some((r, bytes)) if r == round => serve_chunk(*round, bytes, *chunk),
+                    _ => Response::Error(format!("no replica of round {round} here")),
+                };
+            }
             Request::Fingerprint {
                 run_id,
                 model_hash,
@@ -149,7 +172,10 @@ impl Snapshots {
                     None => Response::Error(format!("no fingerprint of round {round} here")),
                 };
             }
-            Request::Update { .. } | Request::Manifest | Request::Piece { .. } => {
+            Request::Update { .. }
+            | Request::Push { .. }
+            | Request::Manifest
+            | Request::Piece { .. } => {
                 return Response::Error("not a state request".into());
             }
         };
@@ -219,6 +245,55 @@ impl Snapshots {
                 .collect(),
         }
     }
+}
+
+/// Chunk `chunk` of `bytes`, the encoding of something of `round`, as a state chunk.
+fn serve_chunk(round: u64, bytes: &[u8], chunk: u32) -> Response {
+    let chunks = bytes.len().div_ceil(STATE_CHUNK_BYTES).max(1);
+    let index = chunk as usize;
+    if index >= chunks {
+        return Response::Error("no such chunk".into());
+    }
+    let start = index * STATE_CHUNK_BYTES;
+    let end = (start + STATE_CHUNK_BYTES).min(bytes.len());
+    Response::StateChunk {
+        snapshot: round,
+        round,
+        chunk,
+        chunks: chunks as u32,
+        total_bytes: bytes.len() as u64,
+        bytes: bytes[start..end].to_vec(),
+    }
+}
+
+/// Fetches `peer`'s replica at the start of `round` encoded for its new group, and decodes it.
+pub(crate) async fn fetch_replica(
+    net: &NetHandle,
+    peer: PeerId,
+    run_id: &str,
+    model_hash: ModelHash,
+    round: u64,
+    model_len: usize,
+) -> Result<Vec<f32>, PeerError> {
+    let request = |_, chunk| Request::Replica {
+        run_id: run_id.to_string(),
+        model_hash,
+        round,
+        chunk,
+    };
+    // zstd may grow incompressible bytes a little past their raw size.
+    let raw =
+        gradswarm_core::codec::raw_size_bound(&gradswarm_core::topology::REPLICA_CODEC, model_len);
+    let max = raw + raw / 64 + 1024;
+    let fetched = fetch_chunks(net, peer, request, max, false);
+    let (got, bytes) = within(STATE_DEADLINE, peer, fetched).await?;
+    if got != round {
+        return Err(PeerError::Sync(format!(
+            "{peer} sent its replica of round {got} for round {round}"
+        )));
+    }
+    gradswarm_core::topology::decode_replica(&bytes, model_len)
+        .map_err(|e| PeerError::Sync(format!("{peer} sent a replica that does not decode: {e}")))
 }
 
 /// Fetches `peer`'s state, chunk by chunk, retrying while it prepares a snapshot.
@@ -432,6 +507,7 @@ async fn fetch_chunks(
                     }
                 }
                 Response::Update { .. }
+                | Response::Taken
                 | Response::Fingerprint { .. }
                 | Response::Manifest { .. }
                 | Response::Piece { .. } => {

@@ -18,7 +18,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::future::FusedFuture;
 use futures::{FutureExt, StreamExt};
 use gradswarm_core::wire::{heartbeat_topic, updates_topic};
-use gradswarm_core::{Announce, Response, UpdateGossip};
+use gradswarm_core::{Announce, Request, Response, UpdateGossip};
 use libp2p::gossipsub::IdentTopic;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::OutboundRequestId;
@@ -222,6 +222,16 @@ impl Driver {
                     .publish(topic, message.to_bytes())
                 {
                     debug!("publish update: {e}");
+                }
+            }
+            Command::PushUpdate { bytes, to } => {
+                for peer in to {
+                    let request = Request::Push {
+                        run_id: self.config.run_id.clone(),
+                        bytes: bytes.clone(),
+                    };
+                    // Its answer (taken, or why not) is only logged: see `on_pull`.
+                    self.swarm.behaviour_mut().pull.send_request(&peer, request);
                 }
             }
             Command::Publish { topic, bytes } => {

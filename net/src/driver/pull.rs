@@ -13,7 +13,7 @@ use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::request_response;
 use tracing::{debug, warn};
 
-use super::Driver;
+use super::{Driver, rate};
 use crate::NetEvent;
 
 /// Announced updates being pulled at once, at most; announcements beyond are ignored (not
@@ -181,6 +181,39 @@ impl Driver {
         self.conclude(&pull.message_id, &pull.propagation_source, from, verdict);
     }
 
+    /// Takes in an update `peer` pushed to this node (its group partner): held to the same rate
+    /// and the same checks as one from the updates topic, and handed to the runtime, which
+    /// counts it only if `peer` is in this node's group for its round.
+    fn take_push(&mut self, peer: PeerId, bytes: Vec<u8>) -> Result<(), DropReason> {
+        let now = web_time::Instant::now();
+        if self.rates[0].take(peer, now) != rate::Verdict::Allow {
+            // Counted once a second per sender, not per message, as on the topic.
+            if self.rates[0].report(peer, now) {
+                self.emit(NetEvent::Dropped {
+                    from: peer,
+                    reason: DropReason::RateLimited,
+                });
+            }
+            return Err(DropReason::RateLimited);
+        }
+        let verdict = Update::from_bytes(&bytes, &self.limits())
+            .map_err(|e| DropReason::from(&e))
+            .and_then(|update| self.check_update(peer, update, bytes.len()));
+        match verdict {
+            Ok(event) => {
+                if let Some(event) = event {
+                    self.emit(event);
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                debug!("an update {peer} pushed was dropped: {reason}");
+                self.emit(NetEvent::Dropped { from: peer, reason });
+                Err(reason)
+            }
+        }
+    }
+
     /// Asks again, from the announcer on, for the updates whose wait has passed.
     pub(super) fn retry_parked(&mut self) {
         let now = web_time::Instant::now();
@@ -238,6 +271,12 @@ impl Driver {
                                 Err(refusal) => Response::Error(refusal.as_str().into()),
                             }
                         }
+                        Request::Push { run_id, bytes } if run_id == self.config.run_id => {
+                            match self.take_push(peer, bytes) {
+                                Ok(()) => Response::Taken,
+                                Err(reason) => Response::Error(reason.as_str().into()),
+                            }
+                        }
                         _ => Response::Error("not an update of this run".into()),
                     };
                     if self
@@ -254,6 +293,11 @@ impl Driver {
                     request_id,
                     response,
                 } => {
+                    if let Response::Error(e) = &response
+                        && !self.pulls.contains_key(&request_id)
+                    {
+                        debug!("{peer} did not take this node's update: {e}");
+                    }
                     if let Some(mut pull) = self.pulls.remove(&request_id) {
                         let taken = match response {
                             Response::Update {

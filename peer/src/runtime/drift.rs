@@ -9,7 +9,7 @@ use gradswarm_core::drift::{Verdict, pull_toward, relative_distance, verdict};
 use gradswarm_core::wire::params_checksum;
 use gradswarm_core::{DriftSketch, Heartbeat};
 use gradswarm_net::PeerId;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Mark, Peer};
 use crate::error::PeerError;
@@ -35,9 +35,18 @@ impl Peer {
             sketch: DriftSketch::of(&params),
             applied: self.book.applied_digest(),
         };
+        if self.averaging.averages_parameters_at(round) {
+            // Served before the fingerprint: a new partner that sees the fingerprint of this
+            // round asks for the replica next.
+            match gradswarm_core::topology::encode_replica(&params, round) {
+                Ok(bytes) => self.snapshots.replica(round, Arc::new(bytes)),
+                Err(e) => warn!("replica of round {round} not encoded for the group: {e}"),
+            }
+        }
         self.fingerprint = Some(fingerprint.clone());
         self.snapshots.fingerprint(fingerprint.clone());
-        if self.config.drift_tolerance.is_none() {
+        // Marks serve pairwise averaging (drift) and a new group's averaging.
+        if self.config.drift_tolerance.is_none() && !self.averaging.to_partners_only() {
             return;
         }
         let params = Arc::new(params);

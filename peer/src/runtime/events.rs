@@ -161,6 +161,17 @@ impl Peer {
             } => {
                 self.bytes_down += bytes as u64;
                 self.touch(from, Some(update.round));
+                if !self.counts_update_of(&from, update.round) {
+                    debug!(
+                        "update from {from} for round {}: not in this peer's group",
+                        update.round
+                    );
+                    self.record_drop(DropReason::NotPartner);
+                    // Decided: nobody waits for it (see `linger`).
+                    self.book
+                        .refuse(&update.peer_id, update.round, update.content_digest());
+                    return;
+                }
                 if let Err(reason) = self.validator.validate(decoded.len, &decoded.values) {
                     debug!("update from {from} dropped: {reason}");
                     self.record_drop(reason);

@@ -78,6 +78,8 @@ impl Peer {
             .filter(|i| (mask >> i) & 1 == 1)
             .filter_map(|i| at.checked_sub(1 + i))
             .filter(|&r| r < round && r >= oldest)
+            // Under group averaging, only the rounds it was in this peer's group come here.
+            .filter(|&r| self.counts_update_of(peer, r))
             .all(|r| self.book.decided(&id, r))
     }
 }

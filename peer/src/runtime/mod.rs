@@ -6,6 +6,7 @@
 mod credit;
 mod drift;
 mod events;
+mod group;
 mod heartbeat;
 mod join;
 mod linger;

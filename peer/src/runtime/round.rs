@@ -311,6 +311,9 @@ impl Peer {
             self.catch_up(false).await?;
         }
         let base = self.book.round();
+        if self.averaging.averages_parameters_at(base) {
+            self.average_with_group(base).await?;
+        }
         let t0 = Instant::now();
         let floor = t0 + self.config.round_floor;
         let computed = match self.compute().await {
@@ -379,8 +382,15 @@ impl Peer {
             {
                 self.record_drop(reason);
             }
+            let partners = self
+                .averaging
+                .to_partners_only()
+                .then(|| self.partners_at(round));
             for update in self.edge.update(update, &delta) {
-                report.bytes_up += self.net.publish_update(update)? as u64;
+                report.bytes_up += match &partners {
+                    Some(to) => self.net.push_update(&update, to.clone())?,
+                    None => self.net.publish_update(update)?,
+                } as u64;
             }
             self.published.push_back(round);
             if self.published.len() > 64 {

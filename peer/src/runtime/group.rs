@@ -1,0 +1,164 @@
+//! Group averaging in the round loop ([`gradswarm_core::Groups`]): a peer's update goes to its
+//! group only, updates from outside its group do not count, and when the groups change the new
+//! group first averages its members' parameters, so that what one group learned spreads through
+//! the swarm as groups mix.
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use gradswarm_core::topology::{decode_replica, encode_replica};
+use gradswarm_core::{DriftSketch, EncodeError};
+use gradswarm_net::{NetHandle, PeerId};
+use tracing::{debug, info, warn};
+use web_time::Instant;
+
+use super::Peer;
+use crate::error::PeerError;
+use crate::state;
+
+/// How often a partner that has not reached the regrouping round yet is asked again.
+const MARK_POLL: Duration = Duration::from_millis(50);
+
+/// How far (relative, on the drift sketch) a replica served to the group may lie from the
+/// fingerprint its sender gave for that round: int8 moves it by well under 1 %; more is a
+/// replica other than the one the sender trained on.
+const REPLICA_TOLERANCE: f64 = 0.02;
+
+impl Peer {
+    /// This peer's partners for `round` (its group's other members; every live peer under
+    /// broadcast), as [`gradswarm_core::Averaging::partners`] draws them from the live set.
+    pub(super) fn partners_at(&self, round: u64) -> Vec<PeerId> {
+        let live: Vec<Vec<u8>> = self.contributors().map(|p| p.to_bytes()).collect();
+        self.averaging
+            .partners(round, &self.me.to_bytes(), &live)
+            .into_iter()
+            .filter_map(|p| PeerId::from_bytes(p).ok())
+            .collect()
+    }
+
+    /// Whether an update `from` sent for `round` may count here: always under broadcast; under
+    /// group averaging only from a member of this peer's group for that round.
+    pub(super) fn counts_update_of(&self, from: &PeerId, round: u64) -> bool {
+        !self.averaging.to_partners_only() || self.partners_at(round).contains(from)
+    }
+
+    /// At a round where the groups change: θ becomes the mean of the group's replicas at the
+    /// start of this round as encoded for the group (int8, [`gradswarm_core::topology::
+    /// REPLICA_CODEC`], this peer's own too), summed in the order of their peer ids, so that
+    /// every member that holds the same replicas computes the same θ. A partner whose replica
+    /// has the same checksum as this one (it was in the same group) costs one fingerprint, not a
+    /// transfer. A partner that does not serve its replica within `peer_timeout` is left out.
+    pub(super) async fn average_with_group(&mut self, round: u64) -> Result<(), PeerError> {
+        let partners = self.partners_at(round);
+        let Some(mark) = self.marks.back().filter(|m| m.fingerprint.round == round) else {
+            warn!("no replica of round {round} marked; not averaging with the new group");
+            return Ok(());
+        };
+        if partners.is_empty() {
+            return Ok(());
+        }
+        let (marked, checksum) = (mark.params.clone(), mark.fingerprint.checksum);
+        let mine = encode_replica(&marked, round)
+            .and_then(|bytes| {
+                decode_replica(&bytes, marked.len())
+                    .map_err(|e| EncodeError::Compress(e.to_string()))
+            })
+            .map_err(|e| PeerError::Sync(format!("own replica of round {round}: {e}")))?;
+        let mine = std::sync::Arc::new(mine);
+        let deadline = Instant::now() + self.config.peer_timeout;
+        let fetches = partners.iter().map(|&peer| {
+            let net = self.net.clone();
+            let (run_id, model_hash) = (self.config.run_id.clone(), self.model_hash);
+            let n = mine.len();
+            async move {
+                let theirs = fetch_replica(&net, peer, &run_id, model_hash, round, n, checksum)
+                    .boxed()
+                    .await;
+                (peer, theirs)
+            }
+            .boxed()
+        });
+        let mut all = futures::future::join_all(fetches).fuse();
+        // Events keep coming in while the replicas are fetched (heartbeats, early updates).
+        let fetched = loop {
+            futures::select! {
+                done = all => break done,
+                _ = futures_timer::Delay::new(deadline.saturating_duration_since(Instant::now())).fuse() => break Vec::new(),
+                event = self.next_event(deadline).fuse() => if let Some(event) = event {
+                    self.on_event(event);
+                },
+            }
+        };
+        let mut replicas: Vec<(Vec<u8>, std::sync::Arc<Vec<f32>>)> =
+            vec![(self.me.to_bytes(), mine.clone())];
+        for (peer, theirs) in fetched {
+            match theirs {
+                Ok(Some(theta)) => replicas.push((peer.to_bytes(), std::sync::Arc::new(theta))),
+                Ok(None) => replicas.push((peer.to_bytes(), mine.clone())),
+                Err(e) => warn!("left {peer} out of the group's averaging at round {round}: {e}"),
+            }
+        }
+        if replicas.len() < 2 {
+            return Ok(());
+        }
+        replicas.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut sum = vec![0.0f64; mine.len()];
+        for (_, theta) in &replicas {
+            for (s, v) in sum.iter_mut().zip(theta.iter()) {
+                *s += f64::from(*v);
+            }
+        }
+        let k = replicas.len() as f64;
+        let mean: Vec<f32> = sum.into_iter().map(|s| (s / k) as f32).collect();
+        // Updates applied since the mark (none when this runs at the round's start) carry over.
+        let mut theta = self.trainer.parameters_async().await?;
+        for ((t, m), was) in theta.iter_mut().zip(&mean).zip(marked.iter()) {
+            *t += m - was;
+        }
+        self.trainer.set_parameters(&theta)?;
+        info!(
+            "round {round}: averaged θ with {} of {} partners",
+            replicas.len() - 1,
+            partners.len()
+        );
+        Ok(())
+    }
+}
+
+/// `peer`'s replica at the start of `round` as encoded for the group: `None` when its checksum
+/// is `mine` (the same replica, so the same bytes), else the decoded replica, which must lie
+/// within [`REPLICA_TOLERANCE`] of the fingerprint `peer` gave. Asks again every
+/// [`MARK_POLL`] while `peer` has not reached `round` yet.
+async fn fetch_replica(
+    net: &NetHandle,
+    peer: PeerId,
+    run_id: &str,
+    model_hash: gradswarm_core::ModelHash,
+    round: u64,
+    n: usize,
+    mine: u64,
+) -> Result<Option<Vec<f32>>, PeerError> {
+    let print = loop {
+        match state::fetch_fingerprint(net, peer, run_id, model_hash, round).await {
+            Ok(print) => break print,
+            // It answered, without that round marked (yet): ask again. One that does not answer
+            // is left out.
+            Err(PeerError::Sync(reason)) => {
+                debug!("{peer} has no replica of round {round} yet ({reason})");
+                futures_timer::Delay::new(MARK_POLL).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if print.checksum == mine {
+        return Ok(None);
+    }
+    let theta = state::fetch_replica(net, peer, run_id, model_hash, round, n).await?;
+    let off = DriftSketch::of(&theta).relative_distance(&print.sketch);
+    if off.is_none_or(|d| d > REPLICA_TOLERANCE) {
+        return Err(PeerError::Sync(format!(
+            "{peer} served a replica of round {round} {off:?} from its fingerprint's"
+        )));
+    }
+    Ok(Some(theta))
+}
