@@ -207,6 +207,35 @@ fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
     );
 }
 
+/// Sixteen peers on one address (127.0.0.1): gossipsub penalises more than ten peers sharing an IP,
+/// which graylisted every one of them until loopback was exempted, and no heartbeat got through
+/// (the run stalled in its join). Now each peer counts the others' updates round after round.
+#[test]
+fn sixteen_peers_on_one_address_train_together() {
+    let text = SCENARIO
+        .split("[[peer]]")
+        .next()
+        .unwrap()
+        .replace("name = \"harness-smoke\"", "name = \"harness-sixteen\"")
+        .replace("peers = 4", "peers = 16")
+        .replace("rounds = 60", "rounds = 6")
+        .replace("eval_every = 10", "eval_every = 3");
+    let mut scenario: Scenario = toml::from_str(&text).unwrap();
+    scenario.baseline = false;
+    let report = gradswarm_harness::run::run(&scenario, |_| {}).expect("the scenario runs");
+    assert_eq!(report.peers.len(), 16);
+    for p in &report.peers {
+        assert_eq!(p.rounds.last().map(|r| r.round), Some(5));
+        let counted: u64 = p
+            .rounds
+            .iter()
+            .map(|r| r.staleness_histogram.iter().sum::<u64>())
+            .sum();
+        // Most of the sixteen updates of each of the six rounds.
+        assert!(counted >= 16 * 6 * 3 / 4, "{} counted {counted}", p.peer_id);
+    }
+}
+
 /// Runs [`SCENARIO`]'s settings as `name` with `peers` peers, each in a process of its own, for
 /// `rounds` rounds, with `peer_sections` (`[[peer]]` tables) in place of its own, and no baseline.
 fn run_in_processes(name: &str, peers: usize, rounds: u64, peer_sections: &str) -> Report {
