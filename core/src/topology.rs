@@ -3,8 +3,8 @@
 //! The round loop asks an [`Averaging`] strategy which of the live peers are its partners in a
 //! round, and collects until all of theirs are in (or the deadline passes). Broadcast — every live
 //! peer, over gossip — is exact and fits small swarms. [`Groups`] (Moshpit SGD's regrouping) keeps
-//! per-peer traffic flat in large swarms: the simulator (`sim/`) runs it, the peer runtime not yet
-//! (its gossip still carries every update to every peer).
+//! per-peer traffic flat in large swarms: the simulator (`sim/`) and the peer runtime run it (the
+//! runtime pushes updates to the partners and averages replicas when groups change).
 
 use serde::{Deserialize, Serialize};
 

@@ -262,6 +262,8 @@ pub enum Command {
     },
     /// Sets the function that answers state requests.
     ServeState(StateServer),
+    /// Whether updates pushed straight to this node count (group averaging) or are refused.
+    AcceptPushes(bool),
     /// Serve this run's manifest and data pieces.
     ServeRun(Arc<gradswarm_core::RunFiles>),
     /// Dials an address.
@@ -425,6 +427,12 @@ impl NetHandle {
             reply,
         })?;
         answer.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Takes in updates pushed straight to this node by its group partners (`true`, under group
+    /// averaging), or refuses them (the default: broadcast has every update signed on gossip).
+    pub fn accept_pushes(&self, accept: bool) -> Result<(), NetError> {
+        self.send(Command::AcceptPushes(accept))
     }
 
     /// Installs the function that answers state requests.

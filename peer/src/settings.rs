@@ -68,7 +68,8 @@ pub struct SwarmConfig {
     pub tau_max: u64,
     /// `weighted_mean`, `trimmed_mean` (with `trim`) or `centered_clip`.
     pub aggregation: gradswarm_core::AggregationRule,
-    /// Whose updates a round waits for: `broadcast` (every live peer).
+    /// Whose updates a round waits for: `broadcast` (every live peer), or
+    /// `{ groups = { size = 4, every = 20 } }` (its group, regrouped every `every` rounds).
     pub averaging: gradswarm_core::AveragingConfig,
     /// How the aggregate moves θ (absent: SGD, lr 2 in gradient mode and 3 in local-steps mode), e.g. `{ kind = "nesterov", lr = 0.7, momentum = 0.9 }`.
     pub outer: Option<gradswarm_core::OuterConfig>,

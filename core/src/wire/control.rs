@@ -204,16 +204,6 @@ pub enum Request {
         /// Chunk index ([`UPDATE_CHUNK_BYTES`] each).
         chunk: u32,
     },
-    /// An encoded update sent straight to a peer of the sender's group ([`crate::Groups`]),
-    /// instead of announced on the updates topic to the whole swarm. Its sender is the peer at
-    /// the other end of the connection, so it needs no signature of its own.
-    Push {
-        /// The run.
-        run_id: String,
-        /// The update's encoding ([`crate::Update::to_bytes`]), at most [`UPDATE_CHUNK_BYTES`].
-        #[serde(with = "serde_bytes")]
-        bytes: Vec<u8>,
-    },
     /// Chunk `chunk` of the peer's state snapshot `snapshot` (0: its latest; the answer names it).
     State {
         /// The run, so a peer of another run answers with an error rather than its state.
@@ -238,18 +228,6 @@ pub enum Request {
         /// Chunk index.
         chunk: u32,
     },
-    /// Chunk `chunk` of the peer's θ at the start of round `round` encoded for its new group
-    /// ([`crate::topology::encode_replica`]): how a group averages its parameters when it forms.
-    Replica {
-        /// The run.
-        run_id: String,
-        /// Hash of the model configuration.
-        model_hash: ModelHash,
-        /// The round the group forms at.
-        round: u64,
-        /// Chunk index.
-        chunk: u32,
-    },
     /// The fingerprint of the peer's θ at the start of round `round`: how a joiner checks a
     /// state one peer served against what other peers hold for the same round.
     Fingerprint {
@@ -269,6 +247,28 @@ pub enum Request {
         manifest: super::ManifestId,
         /// Piece index ([`super::PIECE_BYTES`] each).
         index: u32,
+    },
+    /// An encoded update sent straight to a peer of the sender's group ([`crate::Groups`]),
+    /// instead of announced on the updates topic to the whole swarm. Its sender is the peer at
+    /// the other end of the connection, so it needs no signature of its own.
+    Push {
+        /// The run.
+        run_id: String,
+        /// The update's encoding ([`crate::Update::to_bytes`]), at most [`UPDATE_CHUNK_BYTES`].
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Chunk `chunk` of the peer's θ at the start of round `round` encoded for its new group
+    /// ([`crate::topology::encode_replica`]): how a group averages its parameters when it forms.
+    Replica {
+        /// The run.
+        run_id: String,
+        /// Hash of the model configuration.
+        model_hash: ModelHash,
+        /// The round the group forms at.
+        round: u64,
+        /// Chunk index.
+        chunk: u32,
     },
 }
 
@@ -303,8 +303,6 @@ pub enum Response {
     },
     /// The request could not be served (another run, no snapshot yet, a snapshot since replaced).
     Error(String),
-    /// A [`Request::Push`] was taken in (it counts if it passes the receiver's checks).
-    Taken,
     /// The answer to [`Request::Fingerprint`].
     Fingerprint {
         /// The round.
@@ -330,6 +328,9 @@ pub enum Response {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    // Appended, so that the variants before keep their wire numbers.
+    /// A [`Request::Push`] was taken in (it counts if it passes the receiver's checks).
+    Taken,
 }
 
 /// The largest round a state may be of: far beyond any run, far below overflow.

@@ -59,6 +59,8 @@ pub struct Driver {
     pulls: HashMap<OutboundRequestId, Pull>,
     /// Pulls that no server answered yet, with when to ask again.
     parked: Vec<(web_time::Instant, Pull)>,
+    /// Whether updates pushed straight to this node count ([`NetHandle::accept_pushes`]).
+    accept_pushes: bool,
     finding: HashMap<PeerId, web_time::Instant>,
     /// Whether this peer listens through the bootstrap nodes' relays (autonat found it private).
     relayed: bool,
@@ -128,6 +130,7 @@ impl Driver {
             store: UpdateStore::new(store_bytes, STORE_ENTRIES),
             pulls: HashMap::new(),
             parked: Vec::new(),
+            accept_pushes: false,
             finding: HashMap::new(),
             relayed: false,
             rates: [rate::RateLimit::messages(), rate::RateLimit::messages()],
@@ -257,6 +260,7 @@ impl Driver {
                 self.pending.insert(id, reply);
             }
             Command::ServeState(server) => self.state_server = Some(server),
+            Command::AcceptPushes(accept) => self.accept_pushes = accept,
             Command::ServeRun(files) => {
                 self.served_data = rate::RateLimit::served_data(files.manifest().data_bytes);
                 self.run_files = Some(files);

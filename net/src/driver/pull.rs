@@ -185,6 +185,17 @@ impl Driver {
     /// and the same checks as one from the updates topic, and handed to the runtime, which
     /// counts it only if `peer` is in this node's group for its round.
     fn take_push(&mut self, peer: PeerId, bytes: Vec<u8>) -> Result<(), DropReason> {
+        if !self.accept_pushes
+            || self
+                .config
+                .allow
+                .as_ref()
+                .is_some_and(|a| !a.contains(&peer))
+        {
+            // Not counted as a drop: under broadcast nobody honest pushes, and a private run's
+            // stranger is refused its connection before it gets here.
+            return Err(DropReason::NotPartner);
+        }
         let now = web_time::Instant::now();
         if self.rates[0].take(peer, now) != rate::Verdict::Allow {
             // Counted once a second per sender, not per message, as on the topic.

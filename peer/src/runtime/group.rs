@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use futures::FutureExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use gradswarm_core::topology::{decode_replica, encode_replica};
 use gradswarm_core::{DriftSketch, EncodeError};
 use gradswarm_net::{NetHandle, PeerId};
@@ -65,30 +66,49 @@ impl Peer {
             })
             .map_err(|e| PeerError::Sync(format!("own replica of round {round}: {e}")))?;
         let mine = std::sync::Arc::new(mine);
-        let deadline = Instant::now() + self.config.peer_timeout;
-        let fetches = partners.iter().map(|&peer| {
-            let net = self.net.clone();
-            let (run_id, model_hash) = (self.config.run_id.clone(), self.model_hash);
-            let n = mine.len();
-            async move {
-                let theirs = fetch_replica(&net, peer, &run_id, model_hash, round, n, checksum)
-                    .boxed()
-                    .await;
-                (peer, theirs)
-            }
-            .boxed()
-        });
-        let mut all = futures::future::join_all(fetches).fuse();
-        // Events keep coming in while the replicas are fetched (heartbeats, early updates).
-        let fetched = loop {
+        // Well inside `peer_timeout`, so that the others do not take this peer for gone.
+        let deadline = Instant::now() + self.config.peer_timeout / 3;
+        let mut pending: FuturesUnordered<_> = partners
+            .iter()
+            .map(|&peer| {
+                let net = self.net.clone();
+                let (run_id, model_hash) = (self.config.run_id.clone(), self.model_hash);
+                let n = mine.len();
+                async move {
+                    let theirs =
+                        fetch_replica(&net, peer, &run_id, model_hash, round, n, checksum).await;
+                    (peer, theirs)
+                }
+                .boxed()
+            })
+            .collect();
+        // What arrived by the deadline counts; a partner that has not served by then is left
+        // out. Events (heartbeats, early updates) are taken in meanwhile, and this peer goes on
+        // heartbeating.
+        let mut fetched = Vec::new();
+        while !pending.is_empty() && !self.stopped && Instant::now() < deadline {
+            let tick = futures_timer::Delay::new(MARK_POLL).fuse();
+            futures::pin_mut!(tick);
             futures::select! {
-                done = all => break done,
-                _ = futures_timer::Delay::new(deadline.saturating_duration_since(Instant::now())).fuse() => break Vec::new(),
-                event = self.next_event(deadline).fuse() => if let Some(event) = event {
-                    self.on_event(event);
-                },
+                done = pending.select_next_some() => fetched.push(done),
+                _ = tick => {}
             }
-        };
+            while let Some(event) = self.next_event(Instant::now()).await {
+                self.on_event(event);
+            }
+            if self
+                .last_heartbeat
+                .is_none_or(|t| t.elapsed() >= self.config.heartbeat_every)
+            {
+                self.heartbeat();
+            }
+        }
+        for peer in partners
+            .iter()
+            .filter(|p| !fetched.iter().any(|(q, _)| q == *p))
+        {
+            warn!("{peer} served no replica of round {round} in time: left out of the average");
+        }
         let mut replicas: Vec<(Vec<u8>, std::sync::Arc<Vec<f32>>)> =
             vec![(self.me.to_bytes(), mine.clone())];
         for (peer, theirs) in fetched {
@@ -141,9 +161,9 @@ async fn fetch_replica(
     let print = loop {
         match state::fetch_fingerprint(net, peer, run_id, model_hash, round).await {
             Ok(print) => break print,
-            // It answered, without that round marked (yet): ask again. One that does not answer
-            // is left out.
-            Err(PeerError::Sync(reason)) => {
+            // It answered that it has not reached that round yet: ask again. Any other failure
+            // (no answer, a refusal) leaves it out.
+            Err(PeerError::Sync(reason)) if reason.contains("no fingerprint of round") => {
                 debug!("{peer} has no replica of round {round} yet ({reason})");
                 futures_timer::Delay::new(MARK_POLL).await;
             }

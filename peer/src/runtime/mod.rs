@@ -249,6 +249,9 @@ impl Peer {
         let snapshots = Snapshots::new(&config.run_id, model_hash);
         let serving = snapshots.clone();
         net.serve_state(Arc::new(move |request| serving.serve(request)))?;
+        // Only group averaging takes updates pushed outside gossip (and its signatures, scores
+        // and equivocation checks); under broadcast a push is refused.
+        net.accept_pushes(config.averaging.build().to_partners_only())?;
         let val = if config.eval_every > 0 {
             validation_batches(&corpus, config.eval_batches, batch, context)
         } else {
