@@ -14,6 +14,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{Node, next, node, within};
 use gradswarm_core::wire::STATE_CHUNK_BYTES;
@@ -171,14 +172,22 @@ async fn an_update_its_announcer_cannot_serve_is_pulled_from_another_peer() {
     } = node(config, Keypair::generate_ed25519()).await;
     let (b_id, c_id) = (b.local_peer_id(), c.local_peer_id());
     let mut joined = Vec::new();
-    within(next(&mut c_events, |e| match e {
-        NetEvent::PeerJoined(p) => {
-            joined.push(p);
-            (joined.contains(&a.local_peer_id()) && joined.contains(&b_id)).then_some(())
-        }
-        _ => None,
-    }))
+    let both = tokio::time::timeout(
+        Duration::from_secs(30),
+        next(&mut c_events, |e| match e {
+            NetEvent::PeerJoined(p) => {
+                joined.push(p);
+                (joined.contains(&a.local_peer_id()) && joined.contains(&b_id)).then_some(())
+            }
+            _ => None,
+        }),
+    )
     .await;
+    assert!(
+        both.is_ok(),
+        "C saw {joined:?} join within 30 s, not both A ({}) and B ({b_id})",
+        a.local_peer_id()
+    );
     within(next(&mut a_events, |e| {
         matches!(e, NetEvent::PeerJoined(p) if p == c_id).then_some(())
     }))

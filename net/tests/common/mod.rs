@@ -20,6 +20,14 @@ pub struct Node {
 /// Starts a node of `config` (listening on loopback TCP, quick gossip heartbeats) with `key`,
 /// and waits until it listens.
 pub async fn node(mut config: NetConfig, key: Keypair) -> Node {
+    // Warnings (or what RUST_LOG asks for), shown only for a test that failed: a join that never
+    // came in CI once left nothing to read (the first node of a test binary sets it).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a multiaddr")];
     config.gossip_heartbeat = Duration::from_millis(100);
     let (net, mut events, driver) = native::build(config, key).await.expect("the node starts");
