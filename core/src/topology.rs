@@ -78,9 +78,10 @@ impl Groups {
     /// `max(1, round(N / size))` buckets by jump consistent hashing; a peer alone in its bucket
     /// joins the next one. A pure function, so every peer with the same view forms the same
     /// groups, and one with a slightly different view (a peer missing or new in it, which happens
-    /// while heartbeats travel) forms the same groups but for that peer's: dealing the peers out
-    /// in turn instead reshuffled about half of every group for one peer missing. The price is
-    /// uneven sizes (binomial around `size`, none of one while N ≥ 2).
+    /// while heartbeats travel) forms the same groups but for few others': dealing the peers out
+    /// in turn instead reshuffled about half of every group for one peer missing. A group holds
+    /// at most 5/4 of the mean size, so sizes vary less than hashing alone makes them (binomial),
+    /// and none holds one peer while N ≥ 2.
     pub fn groups<'a>(&self, round: u64, peers: &[&'a [u8]]) -> Vec<Vec<&'a [u8]>> {
         let size = self.size.max(1);
         let count = ((peers.len() + size / 2) / size).clamp(1, peers.len().max(1));
@@ -95,9 +96,16 @@ impl Groups {
             })
             .collect();
         keyed.sort_unstable();
+        // Bounded loads (Mirrokni et al., 2018): a group holds at most 5/4 of the mean, a peer
+        // whose bucket is full takes the next one with room, in the order of the peers' hashes.
+        let cap = (peers.len() * 5).div_ceil(count * 4).max(1);
         let mut groups: Vec<Vec<&'a [u8]>> = vec![Vec::new(); count];
         for (key, p) in keyed {
-            groups[jump_hash(key, count)].push(p);
+            let mut b = jump_hash(key, count);
+            while groups[b].len() >= cap {
+                b = (b + 1) % count;
+            }
+            groups[b].push(p);
         }
         // A lone peer would average with nobody: it joins the next group that has members.
         for i in 0..count {
@@ -341,12 +349,11 @@ mod tests {
                 }
             }
         }
-        // Only when the peer left behind was alone (merged elsewhere) can any other move: at
-        // most a few in 20 × 28 × 27 = 15 120 cases.
-        assert!(
-            moved <= 15_120 / 50,
-            "{moved} of 15 120 peers changed group"
-        );
+        // Of 20 × 28 × 27 = 15 120 cases: without bounded loads only a lone peer left behind
+        // (merged elsewhere) moves others (under 2 %); with them a freed place keeps in its own
+        // group a peer that would have overflowed into the next, and so on along the chain (12 %
+        // measured). Dealing in turn moves about half.
+        assert!(moved <= 15_120 / 7, "{moved} of 15 120 peers changed group");
     }
 
     #[test]

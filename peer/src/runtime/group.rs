@@ -26,14 +26,41 @@ const MARK_POLL: Duration = Duration::from_millis(50);
 const REPLICA_TOLERANCE: f64 = 0.02;
 
 impl Peer {
-    /// This peer's partners for `round` (its group's other members; every live peer under
-    /// broadcast), as [`gradswarm_core::Averaging::partners`] draws them from the live set.
+    /// This peer's partners for `round` (its group's other members; every contributing peer
+    /// under broadcast), as [`gradswarm_core::Averaging::partners`] draws them.
     pub(super) fn partners_at(&self, round: u64) -> Vec<PeerId> {
-        let live: Vec<Vec<u8>> = self.contributors().map(|p| p.to_bytes()).collect();
+        self.group_of(self.me, round)
+    }
+
+    /// `peer`'s partners for `round` as this peer sees the swarm. Groups are drawn from every
+    /// peer heard from within `peer_timeout`, not only those this peer waits for: a partner that
+    /// missed rounds stays a partner (its updates count again, which is how it makes up for
+    /// them), and two peers that waited differently still form the same groups.
+    pub(super) fn group_of(&self, peer: PeerId, round: u64) -> Vec<PeerId> {
+        let me = self.me;
+        let heard: Vec<Vec<u8>> = if self.averaging.to_partners_only() {
+            self.live()
+                .filter(|p| **p != peer && **p != me)
+                .map(|p| p.to_bytes())
+                .chain((peer != me).then(|| me.to_bytes()))
+                .collect()
+        } else {
+            self.contributors().map(|p| p.to_bytes()).collect()
+        };
         self.averaging
-            .partners(round, &self.me.to_bytes(), &live)
+            .partners(round, &peer.to_bytes(), &heard)
             .into_iter()
             .filter_map(|p| PeerId::from_bytes(p).ok())
+            .collect()
+    }
+
+    /// The peers whose updates for `round` this peer waits for: its partners that have not left
+    /// too many rounds waiting ([`Peer::contributors`]).
+    pub(super) fn awaited(&self, round: u64) -> Vec<Vec<u8>> {
+        let partners = self.partners_at(round);
+        self.contributors()
+            .filter(|p| partners.contains(p))
+            .map(|p| p.to_bytes())
             .collect()
     }
 

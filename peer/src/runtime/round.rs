@@ -417,9 +417,8 @@ impl Peer {
         let deadline = self.deadline_after(t2);
         loop {
             let round = self.book.round();
-            let live: Vec<Vec<u8>> = self.contributors().map(|p| p.to_bytes()).collect();
-            let me = self.me.to_bytes();
-            let partners = self.averaging.partners(round, &me, &live);
+            let awaited = self.awaited(round);
+            let partners: Vec<&[u8]> = awaited.iter().map(Vec::as_slice).collect();
             if self.book.has_all(partners.iter().copied()) || self.swarm_moved_on() || self.stopped
             {
                 break;
@@ -497,10 +496,11 @@ const SIT_OUT_POLL: Duration = Duration::from_secs(1);
 const IDLE_HEARTBEAT_MIN: Duration = Duration::from_millis(250);
 
 impl Peer {
-    /// Whether a majority of the peers this one waits for have published for a later round
+    /// Whether a majority of the peers this one waits for (its group, under group averaging:
+    /// the only updates it hears) have published for a later round
     /// ([`gradswarm_core::RoundBook::moved_on`]): then the rounds in between are closed.
     fn swarm_moved_on(&self) -> bool {
-        let others: Vec<Vec<u8>> = self.contributors().map(|p| p.to_bytes()).collect();
+        let others = self.awaited(self.book.round());
         self.book
             .moved_on(others.iter().map(Vec::as_slice))
             .is_some_and(|r| r > self.book.round())
