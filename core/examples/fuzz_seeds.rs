@@ -84,6 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokens_per_s: 5000.0,
         agent: "gradswarm/0.1.0 browser webgpu".into(),
         throttled: false,
+        heard: 0,
         bytes_sent: 4096,
         bytes_received: 16384,
         attests: vec![gradswarm_core::credit::Attestation {

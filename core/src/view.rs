@@ -227,6 +227,7 @@ mod tests {
             tokens_per_s: 100.0,
             agent: format!("gradswarm/0.1.0 desktop {peer}"),
             throttled: false,
+            heard: 0,
             ..Default::default()
         }
     }

@@ -182,7 +182,7 @@ fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
     for (p, me) in groups.peers.iter().zip(&refs) {
         assert_eq!(p.rounds.last().map(|r| r.round), Some(19));
         let size = |round: u64| -> u64 {
-            let groups = drawn.groups(round, &refs);
+            let groups = drawn.groups(round, &refs, refs.len());
             groups.iter().find(|g| g.contains(me)).map_or(0, Vec::len) as u64
         };
         let counted: Vec<u64> = p

@@ -37,6 +37,7 @@ fn heartbeat(of: PeerId) -> Vec<u8> {
         tokens_per_s: 0.0,
         agent: String::new(),
         throttled: false,
+        heard: 0,
         ..Default::default()
     }
     .to_bytes()

@@ -66,7 +66,7 @@ impl Strategy {
                     size: *size,
                     every: *every,
                 }
-                .groups(round, &refs)
+                .groups(round, &refs, refs.len())
                 .into_iter()
                 .map(|g| g.iter().filter_map(|p| index.get(p).copied()).collect())
                 .collect()

@@ -54,6 +54,10 @@ pub struct Heartbeat {
     /// The sender trains only part of the time (a duty cycle below 1, or paused): partners do not
     /// wait for its updates, and count them when they come.
     pub throttled: bool,
+    /// How many peers the sender heard from within its peer timeout, itself counted: the
+    /// swarm's size as it sees it, of whose claims peers take the median to draw as many groups
+    /// ([`crate::swarm_size`]). 0 from a sender that has not counted.
+    pub heard: u32,
     /// Bytes the sender has published so far (its updates), as it says.
     pub bytes_sent: u64,
     /// Bytes of gossip the sender has received so far, as it says.

@@ -146,6 +146,7 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         tokens_per_s: 1000.0,
         agent: "gradswarm/0.1.0 desktop cpu".into(),
         throttled: false,
+        heard: 0,
         bytes_sent: 1 << 20,
         bytes_received: 3 << 20,
         attests: vec![Attestation {
@@ -169,6 +170,7 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         tokens_per_s: f32::MAX,
         agent: "a".repeat(MAX_AGENT_LEN),
         throttled: true,
+        heard: u32::MAX,
         bytes_sent: u64::MAX,
         bytes_received: u64::MAX,
         attests: vec![

@@ -27,9 +27,9 @@ async fn in_flight<F: std::future::Future + Unpin>(slot: &mut Option<F>) -> F::O
 }
 
 impl Peer {
-    /// The peers heard from within `peer_timeout`: whose updates a round waits for.
+    /// The peers heard from within [`Peer::peer_timeout`]: whose updates a round waits for.
     pub(super) fn live(&self) -> impl Iterator<Item = &PeerId> {
-        let timeout = self.config.peer_timeout;
+        let timeout = self.peer_timeout();
         self.peers
             .iter()
             .filter(move |(_, s)| s.last.elapsed() < timeout)
@@ -40,7 +40,7 @@ impl Peer {
     /// [`MISSED_LIMIT`] more rounds waiting for an update that never came than it sent updates,
     /// and do not say they train only part of the time (`throttled`).
     pub(super) fn contributors(&self) -> impl Iterator<Item = &PeerId> {
-        let timeout = self.config.peer_timeout;
+        let timeout = self.peer_timeout();
         self.peers
             .iter()
             .filter(move |(_, s)| {
@@ -88,6 +88,7 @@ impl Peer {
             published: (0, 0),
             settled: false,
             throttled: false,
+            heard: 0,
             missed: 0,
         });
         seen.last = Instant::now();
@@ -215,6 +216,7 @@ impl Peer {
                     seen.published = (heartbeat.round, heartbeat.published);
                     seen.settled = heartbeat.settled;
                     seen.throttled = heartbeat.throttled;
+                    seen.heard = heartbeat.heard;
                 }
                 self.take_attestations(&heartbeat);
                 self.measure_divergence(from, &heartbeat);
@@ -248,7 +250,7 @@ impl Peer {
     /// [`GONE_GRACE`]: identities are free, and a churn of them would otherwise grow both maps
     /// for the life of the process.
     pub(super) fn forget_the_long_gone(&mut self) {
-        let timeout = self.config.peer_timeout * 4;
+        let timeout = self.peer_timeout() * 4;
         self.peers.retain(|_, s| s.last.elapsed() < timeout);
         self.gone.retain(|_, t| t.elapsed() < GONE_GRACE);
         let peers = &self.peers;

@@ -3,8 +3,11 @@
 //! group first averages its members' parameters, so that what one group learned spreads through
 //! the swarm as groups mix.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use gradswarm_core::topology::{decode_replica, encode_replica};
@@ -48,10 +51,20 @@ impl Peer {
             self.contributors().map(|p| p.to_bytes()).collect()
         };
         self.averaging
-            .partners(round, &peer.to_bytes(), &heard)
+            .partners(round, &peer.to_bytes(), &heard, self.swarm_size())
             .into_iter()
             .filter_map(|p| PeerId::from_bytes(p).ok())
             .collect()
+    }
+
+    /// The swarm's size as the peers agree on it ([`gradswarm_core::swarm_size`]): the median of
+    /// this peer's count of the live peers and the last count of every peer it heard of, by
+    /// which every peer draws as many groups. Not only the live peers' counts: a peer that took
+    /// no events for a while (verifying a joiner's state) has heard from nobody lately, and
+    /// would draw a single group from its own count of one.
+    pub(super) fn swarm_size(&self) -> usize {
+        let claims = self.peers.values().map(|s| s.heard);
+        gradswarm_core::swarm_size(self.live().count() + 1, claims)
     }
 
     /// The peers whose updates for `round` this peer waits for: its partners that have not left
@@ -73,9 +86,11 @@ impl Peer {
     /// At a round where the groups change: θ becomes the mean of the group's replicas at the
     /// start of this round as encoded for the group (int8, [`gradswarm_core::topology::
     /// REPLICA_CODEC`], this peer's own too), summed in the order of their peer ids, so that
-    /// every member that holds the same replicas computes the same θ. A partner whose replica
-    /// has the same checksum as this one (it was in the same group) costs one fingerprint, not a
-    /// transfer. A partner that does not serve its replica within `peer_timeout` is left out.
+    /// every member that holds the same replicas computes the same θ. Members of one old group
+    /// hold one replica (same checksum, same bytes): it is fetched once, from one of them, and
+    /// counts once per member, so a new group drawn from two old ones moves one replica to each
+    /// member, not one from each partner. A partner that does not give its fingerprint, or
+    /// whose replica nobody serves, within a third of `peer_timeout` is left out.
     pub(super) async fn average_with_group(&mut self, round: u64) -> Result<(), PeerError> {
         let partners = self.partners_at(round);
         let Some(mark) = self.marks.back().filter(|m| m.fingerprint.round == round) else {
@@ -92,64 +107,65 @@ impl Peer {
                     .map_err(|e| EncodeError::Compress(e.to_string()))
             })
             .map_err(|e| PeerError::Sync(format!("own replica of round {round}: {e}")))?;
-        let mine = std::sync::Arc::new(mine);
+        let mine = Arc::new(mine);
         // Well inside `peer_timeout`, so that the others do not take this peer for gone.
         let deadline = Instant::now() + self.config.peer_timeout / 3;
-        let mut pending: FuturesUnordered<_> = partners
-            .iter()
-            .map(|&peer| {
-                let net = self.net.clone();
-                let (run_id, model_hash) = (self.config.run_id.clone(), self.model_hash);
-                let n = mine.len();
-                async move {
-                    let theirs =
-                        fetch_replica(&net, peer, &run_id, model_hash, round, n, checksum).await;
-                    (peer, theirs)
-                }
-                .boxed()
-            })
-            .collect();
-        // What arrived by the deadline counts; a partner that has not served by then is left
-        // out. Events (heartbeats, early updates) are taken in meanwhile, and this peer goes on
-        // heartbeating.
-        let mut fetched = Vec::new();
-        while !pending.is_empty() && !self.stopped && Instant::now() < deadline {
-            let tick = futures_timer::Delay::new(MARK_POLL).fuse();
-            futures::pin_mut!(tick);
-            futures::select! {
-                done = pending.select_next_some() => fetched.push(done),
-                _ = tick => {}
+        let (run_id, model_hash) = (self.config.run_id.clone(), self.model_hash);
+        let prints = partners.iter().map(|&peer| {
+            let (net, run_id) = (self.net.clone(), run_id.clone());
+            async move {
+                (
+                    peer,
+                    reached_fingerprint(&net, peer, &run_id, model_hash, round).await,
+                )
             }
-            while let Some(event) = self.next_event(Instant::now()).await {
-                self.on_event(event);
-            }
-            if self
-                .last_heartbeat
-                .is_none_or(|t| t.elapsed() >= self.config.heartbeat_every)
-            {
-                self.heartbeat();
-            }
-        }
-        for peer in partners
-            .iter()
-            .filter(|p| !fetched.iter().any(|(q, _)| q == *p))
-        {
-            warn!("{peer} served no replica of round {round} in time: left out of the average");
-        }
-        let mut replicas: Vec<(Vec<u8>, std::sync::Arc<Vec<f32>>)> =
-            vec![(self.me.to_bytes(), mine.clone())];
-        for (peer, theirs) in fetched {
-            match theirs {
-                Ok(Some(theta)) => replicas.push((peer.to_bytes(), std::sync::Arc::new(theta))),
-                Ok(None) => replicas.push((peer.to_bytes(), mine.clone())),
+            .boxed()
+        });
+        let prints = self.drive_until(deadline, prints.collect()).await;
+        // Who holds which replica: one entry per checksum.
+        let mut holders: BTreeMap<u64, Vec<(PeerId, DriftSketch)>> = BTreeMap::new();
+        for (peer, print) in prints {
+            match print {
+                Ok(print) => holders
+                    .entry(print.checksum)
+                    .or_default()
+                    .push((peer, print.sketch)),
                 Err(e) => warn!("left {peer} out of the group's averaging at round {round}: {e}"),
+            }
+        }
+        let same = holders.remove(&checksum).unwrap_or_default();
+        let n = mine.len();
+        let me = self.me;
+        let fetches = holders.into_values().map(|held| {
+            let (net, run_id) = (self.net.clone(), run_id.clone());
+            async move {
+                let theta =
+                    fetch_held_replica(&net, me, &held, &run_id, model_hash, round, n).await;
+                (held, theta)
+            }
+            .boxed()
+        });
+        let fetched = self.drive_until(deadline, fetches.collect()).await;
+        let mut replicas: Vec<(Vec<u8>, Arc<Vec<f32>>)> = std::iter::once(me)
+            .chain(same.iter().map(|(p, _)| *p))
+            .map(|p| (p.to_bytes(), mine.clone()))
+            .collect();
+        for (held, theta) in fetched {
+            match theta {
+                Ok(theta) => {
+                    let theta = Arc::new(theta);
+                    replicas.extend(held.iter().map(|(p, _)| (p.to_bytes(), theta.clone())));
+                }
+                Err(e) => {
+                    warn!("a replica left out of the group's averaging at round {round}: {e}")
+                }
             }
         }
         if replicas.len() < 2 {
             return Ok(());
         }
         replicas.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut sum = vec![0.0f64; mine.len()];
+        let mut sum = vec![0.0f64; n];
         for (_, theta) in &replicas {
             for (s, v) in sum.iter_mut().zip(theta.iter()) {
                 *s += f64::from(*v);
@@ -170,42 +186,98 @@ impl Peer {
         );
         Ok(())
     }
+
+    /// Runs `pending` until all are done, the deadline passes or the peer stops, taking events
+    /// (heartbeats, early updates) meanwhile and heartbeating, so that the others do not take
+    /// this peer for gone. Returns the outputs of those done.
+    async fn drive_until<T>(
+        &mut self,
+        deadline: Instant,
+        mut pending: FuturesUnordered<BoxFuture<'static, T>>,
+    ) -> Vec<T> {
+        let mut done = Vec::new();
+        while !pending.is_empty() && !self.stopped && Instant::now() < deadline {
+            let tick = futures_timer::Delay::new(MARK_POLL).fuse();
+            futures::pin_mut!(tick);
+            futures::select! {
+                out = pending.select_next_some() => done.push(out),
+                _ = tick => {}
+            }
+            while let Some(event) = self.next_event(Instant::now()).await {
+                self.on_event(event);
+            }
+            if self
+                .last_heartbeat
+                .is_none_or(|t| t.elapsed() >= self.heartbeat_every())
+            {
+                self.heartbeat();
+            }
+        }
+        done
+    }
 }
 
-/// `peer`'s replica at the start of `round` as encoded for the group: `None` when its checksum
-/// is `mine` (the same replica, so the same bytes), else the decoded replica, which must lie
-/// within [`REPLICA_TOLERANCE`] of the fingerprint `peer` gave. Asks again every
-/// [`MARK_POLL`] while `peer` has not reached `round` yet.
-async fn fetch_replica(
+/// `peer`'s fingerprint of its replica at the start of `round`, asked again every
+/// [`MARK_POLL`] while it has not reached `round` yet.
+async fn reached_fingerprint(
     net: &NetHandle,
     peer: PeerId,
     run_id: &str,
     model_hash: gradswarm_core::ModelHash,
     round: u64,
-    n: usize,
-    mine: u64,
-) -> Result<Option<Vec<f32>>, PeerError> {
-    let print = loop {
+) -> Result<state::Fingerprint, PeerError> {
+    loop {
         match state::fetch_fingerprint(net, peer, run_id, model_hash, round).await {
-            Ok(print) => break print,
             // It answered that it has not reached that round yet: ask again. Any other failure
             // (no answer, a refusal) leaves it out.
             Err(PeerError::Sync(reason)) if reason.contains("no fingerprint of round") => {
                 debug!("{peer} has no replica of round {round} yet ({reason})");
                 futures_timer::Delay::new(MARK_POLL).await;
             }
-            Err(e) => return Err(e),
+            answer => return answer,
         }
+    }
+}
+
+/// The replica of `round` that every peer in `held` says it holds (one checksum), fetched from
+/// one of them (a different one first for each fetching peer `me`, to spread the load), the
+/// next if that one fails. It must lie within [`REPLICA_TOLERANCE`] of every holder's sketch:
+/// a holder that names another's checksum cannot serve a replica of its own under it.
+async fn fetch_held_replica(
+    net: &NetHandle,
+    me: PeerId,
+    held: &[(PeerId, DriftSketch)],
+    run_id: &str,
+    model_hash: gradswarm_core::ModelHash,
+    round: u64,
+    n: usize,
+) -> Result<Vec<f32>, PeerError> {
+    let first = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        me.hash(&mut h);
+        (h.finish() % held.len().max(1) as u64) as usize
     };
-    if print.checksum == mine {
-        return Ok(None);
+    let mut failures = Vec::new();
+    for (peer, _) in held.iter().cycle().skip(first).take(held.len()) {
+        let theta = match state::fetch_replica(net, *peer, run_id, model_hash, round, n).await {
+            Ok(theta) => theta,
+            Err(e) => {
+                failures.push(e.to_string());
+                continue;
+            }
+        };
+        let sketch = DriftSketch::of(&theta);
+        let off = held
+            .iter()
+            .map(|(_, s)| sketch.relative_distance(s))
+            .try_fold(0.0f64, |worst, d| d.map(|d| worst.max(d)));
+        if off.is_some_and(|d| d <= REPLICA_TOLERANCE) {
+            return Ok(theta);
+        }
+        failures.push(format!(
+            "{peer} served a replica of round {round} {off:?} from its holders' fingerprints"
+        ));
     }
-    let theta = state::fetch_replica(net, peer, run_id, model_hash, round, n).await?;
-    let off = DriftSketch::of(&theta).relative_distance(&print.sketch);
-    if off.is_none_or(|d| d > REPLICA_TOLERANCE) {
-        return Err(PeerError::Sync(format!(
-            "{peer} served a replica of round {round} {off:?} from its fingerprint's"
-        )));
-    }
-    Ok(Some(theta))
+    Err(PeerError::Sync(failures.join("; ")))
 }

@@ -1,6 +1,8 @@
 //! Heartbeats: this peer's round, loss and replica fingerprint, published every
 //! `heartbeat_every` and at the last round.
 
+use std::time::Duration;
+
 use gradswarm_core::Heartbeat;
 use gradswarm_net::Topic;
 use tracing::debug;
@@ -15,15 +17,28 @@ impl Peer {
         let last_round = self.config.rounds.is_some_and(|r| self.book.round() >= r);
         let due = self
             .last_heartbeat
-            .is_none_or(|t| t.elapsed() >= self.config.heartbeat_every);
+            .is_none_or(|t| t.elapsed() >= self.heartbeat_every());
         if due || last_round || self.stopped {
             self.heartbeat();
         }
     }
 
+    /// How long apart this peer heartbeats: `heartbeat_every`, spaced out in a large swarm under
+    /// group averaging ([`gradswarm_core::Averaging::heartbeat_spacing`]).
+    pub(super) fn heartbeat_every(&self) -> Duration {
+        self.config.heartbeat_every * self.heartbeat_spacing
+    }
+
+    /// How long a peer may go unheard before it counts as gone: `peer_timeout`, or three
+    /// heartbeats where they are spaced out further.
+    pub(super) fn peer_timeout(&self) -> Duration {
+        self.config.peer_timeout.max(self.heartbeat_every() * 3)
+    }
+
     /// Publishes a heartbeat: this peer's round, loss, and the fingerprint of θ at that round.
     pub(super) fn heartbeat(&mut self) {
         self.last_heartbeat = Some(Instant::now());
+        self.heartbeat_spacing = self.averaging.heartbeat_spacing(self.swarm_size());
         // No read of θ here: in a browser that would block on the GPU. Before the first round
         // (or between a catch-up and its mark) there is no fingerprint, and partners skip the check.
         let round = self.book.round();
@@ -53,6 +68,7 @@ impl Peer {
             tokens_per_s: self.tokens_per_s,
             agent: self.config.agent.clone(),
             throttled: self.throttled(),
+            heard: u32::try_from(self.live().count() + 1).unwrap_or(u32::MAX),
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
             attests: self.ledger.attestations(),

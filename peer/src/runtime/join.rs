@@ -311,7 +311,12 @@ impl Peer {
         }
         let heard: Vec<Vec<u8>> = others.map(|p| p.to_bytes()).collect();
         self.averaging
-            .partners(round.saturating_sub(1), &from.to_bytes(), &heard)
+            .partners(
+                round.saturating_sub(1),
+                &from.to_bytes(),
+                &heard,
+                self.swarm_size(),
+            )
             .into_iter()
             .filter_map(|p| PeerId::from_bytes(p).ok())
             .collect()

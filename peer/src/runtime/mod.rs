@@ -87,6 +87,8 @@ struct Seen {
     settled: bool,
     /// Whether that heartbeat said its sender trains only part of the time: not waited for.
     throttled: bool,
+    /// How many peers that heartbeat said its sender heard from ([`gradswarm_core::swarm_size`]).
+    heard: u32,
     /// Rounds that ran to their deadline without this peer's update, less its updates that
     /// counted: at [`MISSED_LIMIT`], rounds stop waiting for it (and its shard goes back to the
     /// others) until updates of its count again.
@@ -212,6 +214,10 @@ pub struct Peer {
     settled: bool,
     /// When the last heartbeat went out.
     last_heartbeat: Option<Instant>,
+    /// How many `heartbeat_every`s apart this peer heartbeats, and how much longer than
+    /// `peer_timeout` it waits to hear from a peer before taking it for gone
+    /// ([`gradswarm_core::Averaging::heartbeat_spacing`] of the swarm's size at the last heartbeat).
+    heartbeat_spacing: u32,
     reconciling: Option<Reconciling>,
     /// Fingerprints of one round being asked of the replicas that have not voted on it.
     polling: Option<Polling>,
@@ -312,6 +318,7 @@ impl Peer {
             published: VecDeque::new(),
             settled: false,
             last_heartbeat: None,
+            heartbeat_spacing: 1,
             max_marks: (MARK_BUDGET_BYTES / (4 * n).max(1)).clamp(2, 16),
             reconciling: None,
             polling: None,

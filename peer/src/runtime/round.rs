@@ -476,7 +476,7 @@ impl Peer {
     /// `heartbeat_every` (at least [`IDLE_HEARTBEAT_MIN`] apart): a resting or paused peer must
     /// still be heard, or the others take it for gone.
     async fn idle_until(&mut self, until: Instant, done: impl Fn(&Self) -> bool) {
-        let every = self.config.heartbeat_every.max(IDLE_HEARTBEAT_MIN);
+        let every = self.heartbeat_every().max(IDLE_HEARTBEAT_MIN);
         while !self.stopped && Instant::now() < until && !done(self) {
             let beat = self.last_heartbeat.map_or(until, |t| t + every);
             if let Some(event) = self.next_event(until.min(beat)).await {
