@@ -445,6 +445,11 @@ impl Peer {
         self.mark(params);
         while !self.stopped && self.config.rounds.is_none_or(|r| self.book.round() < r) {
             self.resync_if_far_behind().await?;
+            // A state fetched near the end may be of the last round or past it: no round is
+            // left to run (a slow peer that resynced there ran a round past the run's end).
+            if self.config.rounds.is_some_and(|r| self.book.round() >= r) {
+                break;
+            }
             self.run_round().await?;
             if self.stop.next().now_or_never().flatten().is_some() {
                 self.stopped = true;
