@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # Eight peers of the default model on loopback and behind home links (10 Mbit/s up, 50 down,
 # 60 ms RTT, modelled on each peer's TCP connections): what a home connection costs in round time,
-# at what compression. Writes bench/home-links/{loopback,home}.json and .png, and result.json.
-#   bench/home-links/run.sh        (~6 min on 2 cores)
+# at what compression, by broadcast and in groups of 4 (groups.toml). Writes
+# bench/home-links/{loopback,home,groups}.json and .png, and result.json.
+#   bench/home-links/run.sh                 (all three; ~14 min on 2 cores)
+#   bench/home-links/run.sh groups          (some of them; result.json from what is there)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib.sh
 gs_env
 harness="${GS_HARNESS:-$CARGO_TARGET_DIR/release/swarm-harness}"
 [ -x "$harness" ] || cargo build --release --locked -p gradswarm-harness
-for run in loopback home; do
+runs=("$@")
+[ ${#runs[@]} -gt 0 ] || runs=(loopback home groups)
+for run in "${runs[@]}"; do
   "$harness" run --scenario "bench/home-links/$run.toml" --report "bench/home-links/$run.json"
   "$harness" plot "bench/home-links/$run.json"
 done
 python3 - <<'PY'
 import json
 result = {}
-for name in ["loopback", "home"]:
+import os
+for name in ["loopback", "home", "groups"]:
+    if not os.path.exists(f"bench/home-links/{name}.json"):
+        continue
     r = json.load(open(f"bench/home-links/{name}.json"))
     s = r["summary"]
     rows = [row for p in r["peers"] for row in p["rounds"]]
