@@ -266,16 +266,16 @@ fn a_late_joiner_under_groups_syncs_from_a_state_its_servers_group_vouches_for()
         "synced at round {}",
         joiner.start_round
     );
-    // None runs past the last round. The slow peer may fall too far behind and fetch the run's
-    // state again; fetched at the end, it ran a round past the end before that was checked
-    // (CI: a peer's last round 40 of 0..39).
+    // Every peer ends on the last round, none past it. The slow peer may fall too far behind
+    // and fetch the run's state again; fetched at the end, it ran a round past the end (CI: a
+    // peer's last round 40 of 0..39), and once that was stopped, it never reported the last
+    // round and the harness waited for it (CI: "no matching round report within 600s").
     let last: Vec<Option<u64>> = report
         .peers
         .iter()
         .map(|p| p.rounds.last().map(|r| r.round))
         .collect();
-    assert!(last.iter().all(|&r| r <= Some(39)), "last rounds {last:?}");
-    assert_eq!(last[7], Some(39), "the joiner ran to the end");
+    assert!(last.iter().all(|&r| r == Some(39)), "last rounds {last:?}");
     // In a group from its first round on: its partners' updates count there.
     let counted: u64 = joiner
         .rounds

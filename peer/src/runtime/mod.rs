@@ -445,9 +445,20 @@ impl Peer {
         self.mark(params);
         while !self.stopped && self.config.rounds.is_none_or(|r| self.book.round() < r) {
             self.resync_if_far_behind().await?;
-            // A state fetched near the end may be of the last round or past it: no round is
-            // left to run (a slow peer that resynced there ran a round past the run's end).
-            if self.config.rounds.is_some_and(|r| self.book.round() >= r) {
+            // A state fetched near the end may close the run: no round is left to run (a slow
+            // peer that resynced there ran a round past the run's end). The fetch closed the
+            // rounds up to the last, reported as one caught-up round, the last, so that whoever
+            // watches the rounds sees this peer finish.
+            if let Some(r) = self.config.rounds.filter(|&r| self.book.round() >= r) {
+                if self.summary.rounds.last().is_none_or(|l| l.round + 1 < r) {
+                    let last = RoundReport {
+                        round: r - 1,
+                        loss: f32::NAN,
+                        catch_up: true,
+                        ..Default::default()
+                    };
+                    self.finish_report(last).await?;
+                }
                 break;
             }
             self.run_round().await?;
