@@ -3,6 +3,7 @@
 //! its round reports to stdout as JSON lines. Each peer's memory is then its own to measure (its
 //! peak RSS, `VmHWM`), and a kill is a SIGKILL.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +30,8 @@ enum Line {
         round: RoundReport,
         wire_sent: u64,
         wire_received: u64,
+        #[serde(default)]
+        wire_sent_by_protocol: BTreeMap<String, u64>,
         params: Option<PathBuf>,
     },
     /// It finished: its summary, with `final_params` in a file instead.
@@ -165,6 +168,7 @@ impl LocalSwarm {
                             round,
                             wire_sent,
                             wire_received,
+                            wire_sent_by_protocol,
                             params,
                         }) => {
                             let params = params.and_then(|p| read_f32s(&p).ok()).map(Arc::new);
@@ -173,6 +177,7 @@ impl LocalSwarm {
                                 round,
                                 wire_sent,
                                 wire_received,
+                                wire_sent_by_protocol,
                                 params,
                             })));
                         }
@@ -273,6 +278,7 @@ pub fn serve(
                     round: r.round,
                     wire_sent: r.wire_sent,
                     wire_received: r.wire_received,
+                    wire_sent_by_protocol: r.wire_sent_by_protocol,
                     params,
                 })?;
             }

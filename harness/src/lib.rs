@@ -4,6 +4,7 @@
 //! The end-to-end tests (`harness/tests/swarm.rs`) drive it; every wait is on an event (a round report)
 //! with a deadline, never a sleep.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -66,8 +67,18 @@ pub struct Report {
     pub wire_sent: u64,
     /// Bytes the peer's transport had received by the end of the round.
     pub wire_received: u64,
+    /// Of the bytes sent, the substream payloads by protocol, by the end of the round.
+    pub wire_sent_by_protocol: BTreeMap<String, u64>,
     /// θ after the round, on rounds that are multiples of [`LocalSwarm::snapshot_every`].
     pub params: Option<Arc<Vec<f32>>>,
+}
+
+/// What `net` has sent so far, by protocol.
+fn sent_by_protocol(net: &NetHandle) -> BTreeMap<String, u64> {
+    net.wire_by_protocol()
+        .into_iter()
+        .map(|(name, (sent, _))| (name, sent))
+        .collect()
 }
 
 /// What the peers' threads tell the harness.
@@ -329,6 +340,7 @@ impl LocalSwarm {
                         tracing::warn!("checkpoint after round {}: {e}", round.round);
                     }
                     let (wire_sent, wire_received) = counted_net.wire_bytes();
+                    let wire_sent_by_protocol = sent_by_protocol(&counted_net);
                     let params = (snapshot_every > 0
                         && (round.round + 1).is_multiple_of(snapshot_every))
                     .then(|| trainer.parameters().ok().map(Arc::new))
@@ -339,6 +351,7 @@ impl LocalSwarm {
                         round: round.clone(),
                         wire_sent,
                         wire_received,
+                        wire_sent_by_protocol,
                         params,
                     })));
                 }));

@@ -25,6 +25,10 @@ pub struct RoundRow {
     pub wire_bytes_up: u64,
     /// Bytes the peer's transport received during the round.
     pub wire_bytes_down: u64,
+    /// Of `wire_bytes_up`, the substream payloads by protocol (noise and yamux framing are the
+    /// rest); protocols that sent nothing are left out.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub wire_up_by_protocol: BTreeMap<String, u64>,
     /// Bytes of the peer's own update message.
     pub update_bytes_up: u64,
     /// Bytes of update and heartbeat messages it received.
@@ -100,6 +104,9 @@ pub struct Summary {
     pub wire_bytes_per_peer_per_step: f64,
     /// Its update messages' bytes per peer per local step (what the codec alone produced).
     pub update_bytes_per_peer_per_step: f64,
+    /// Of the wire bytes per peer per step, each protocol's substream payloads (the rest of
+    /// `wire_bytes_per_peer_per_step` is noise and yamux framing).
+    pub wire_bytes_per_peer_per_step_by_protocol: BTreeMap<String, f64>,
     /// dense ÷ wire bytes per peer per step.
     pub bytes_ratio_vs_dense: f64,
     /// The validation loss both runs are timed to.
@@ -231,6 +238,17 @@ pub fn summarize(
     };
     let wire = per_peer(&|r| r.wire_bytes_up);
     let update = per_peer(&|r| r.update_bytes_up);
+    let protocols: std::collections::BTreeSet<&String> = peers
+        .iter()
+        .flat_map(|p| p.rounds.iter().flat_map(|r| r.wire_up_by_protocol.keys()))
+        .collect();
+    let by_protocol = protocols
+        .into_iter()
+        .map(|name| {
+            let of = |r: &RoundRow| r.wire_up_by_protocol.get(name).copied().unwrap_or(0);
+            (name.clone(), per_peer(&of))
+        })
+        .collect();
     let dense = 4.0 * parameters as f64;
     let curve = swarm_curve(peers);
     let samples_to_target = samples_to(
@@ -260,6 +278,7 @@ pub fn summarize(
         dense_bytes_per_peer_per_step: dense,
         wire_bytes_per_peer_per_step: wire,
         update_bytes_per_peer_per_step: update,
+        wire_bytes_per_peer_per_step_by_protocol: by_protocol,
         bytes_ratio_vs_dense: if wire > 0.0 { dense / wire } else { 0.0 },
         target_val_loss: scenario.target_val_loss,
         samples_to_target,

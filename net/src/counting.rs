@@ -10,11 +10,15 @@ use std::task::{Context, Poll};
 
 use futures::{AsyncRead, AsyncWrite};
 
+use crate::protocol_bytes::ProtocolBytes;
+
 /// Bytes sent and received over a node's counted connections, since it started.
 #[derive(Debug, Default)]
 pub struct WireCounters {
     sent: AtomicU64,
     received: AtomicU64,
+    /// The same connections' substream bytes, by protocol (where the transport counts them).
+    pub protocols: Arc<ProtocolBytes>,
 }
 
 impl WireCounters {

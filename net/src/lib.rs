@@ -12,6 +12,7 @@
 mod behaviour;
 mod counting;
 mod driver;
+pub mod protocol_bytes;
 mod rpc;
 pub mod run;
 mod store;
@@ -381,6 +382,11 @@ impl NetHandle {
     /// Bytes this node's counted connections (native TCP) have sent and received so far.
     pub fn wire_bytes(&self) -> (u64, u64) {
         (self.wire.sent(), self.wire.received())
+    }
+
+    /// The same connections' substream bytes so far, sent and received, by protocol.
+    pub fn wire_by_protocol(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
+        self.wire.protocols.snapshot()
     }
 
     /// This node's peer id.

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use gradswarm_core::{Manifest, RunFiles};
+use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::{Transport, upgrade};
 use libp2p::identity::Keypair;
 use libp2p::{noise, tcp, websocket, yamux};
 use std::sync::Arc;
 
 use crate::behaviour::Behaviour;
+use crate::protocol_bytes::ProtocolCounting;
 use crate::{Counting, Driver, NetConfig, NetError, NetEvent, NetHandle, WireCounters};
 
 /// Builds a native swarm for `config` with identity `key`. Call inside a tokio runtime; spawn
@@ -25,6 +27,7 @@ pub async fn build(
     let tls = config.tls.clone();
     let wire = Arc::new(WireCounters::default());
     let counters = wire.clone();
+    let protocols = wire.protocols.clone();
     // One link for all of this node's TCP connections, as a home uplink is shared.
     let link = config.link.map(crate::shaping::Link::new);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -46,6 +49,10 @@ pub async fn build(
                     .upgrade(upgrade::Version::V1Lazy)
                     .authenticate(noise)
                     .multiplex(yamux::Config::default())
+                    .map(move |(peer, muxer), _| {
+                        let counted = ProtocolCounting::new(muxer, protocols.clone());
+                        (peer, StreamMuxerBox::new(counted))
+                    })
                     .boxed(),
             )
         })
