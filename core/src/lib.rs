@@ -42,7 +42,9 @@ pub use outer::{OuterConfig, OuterOptimizer};
 pub use round::{Accepted, Closed, Correction, RoundBook};
 pub use shard::ShardKey;
 pub use staleness::{DropCounts, DropReason, StalenessPolicy};
-pub use topology::{Averaging, AveragingConfig, Broadcast, Groups, swarm_size};
+pub use topology::{
+    Averaging, AveragingConfig, Broadcast, Groups, HEARTBEAT_FLAT_FROM, swarm_size,
+};
 pub use wire::{
     Announce, Digest, FORMAT_VERSION, Heartbeat, Manifest, ModelHash, PeerState, Request, Response,
     RunFiles, Update, UpdateGossip, WireLimits,

@@ -41,6 +41,16 @@ const STORE_ENTRIES: usize = 1024;
 /// How often parked pulls are looked at (see `pull::PULL_ROUNDS`).
 const RETRY_TICK: Duration = Duration::from_millis(125);
 
+/// Peers in the routing table from which the DHT walk slows to [`WALK_SETTLED_EVERY`]: a full
+/// bucket's worth (Kademlia's k), so the table already answers for anyone near. Each walk asks up
+/// to k peers for k peers each (with their addresses): 32 peers walking every few seconds at first
+/// spent 2 MB each on it in their first dozen rounds, a quarter of their uplink over 100 rounds
+/// (bench/thirty-two, by protocol). Peers of the run find each other by their heartbeats anyway.
+const WALK_SETTLED_PEERS: usize = 20;
+
+/// How often a node with a full routing table walks the DHT (libp2p's own default period).
+const WALK_SETTLED_EVERY: Duration = Duration::from_secs(300);
+
 /// Runs one node's swarm until [`NetHandle::shutdown`] or until every handle is dropped.
 pub struct Driver {
     swarm: Swarm<Behaviour>,
@@ -62,6 +72,9 @@ pub struct Driver {
     /// Whether updates pushed straight to this node count ([`NetHandle::accept_pushes`]).
     accept_pushes: bool,
     finding: HashMap<PeerId, web_time::Instant>,
+    /// The DHT lookup `find` has running, if any: one at a time, since one lookup's answer holds
+    /// the k peers closest to its target, which in a swarm of a few dozen is nearly all of them.
+    lookup: Option<libp2p::kad::QueryId>,
     /// Whether this peer listens through the bootstrap nodes' relays (autonat found it private).
     relayed: bool,
     /// Per-signer rate limits, one per topic (updates, heartbeats).
@@ -132,6 +145,7 @@ impl Driver {
             parked: Vec::new(),
             accept_pushes: false,
             finding: HashMap::new(),
+            lookup: None,
             relayed: false,
             rates: [rate::RateLimit::messages(), rate::RateLimit::messages()],
             served: rate::RateLimit::served_state(config.max_message_bytes),
@@ -168,11 +182,23 @@ impl Driver {
                 },
                 _ = retry => self.retry_parked(),
                 _ = discovery => {
-                    // Walk the DHT for peers of the run: often at first, then every half minute.
-                    if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+                    // Walk the DHT for peers of the run: often at first, then every half minute,
+                    // and only every few minutes once the routing table is full.
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    let known: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
+                    // A table that filled since the last walk (kad walks by itself while it
+                    // holds fewer than k) waits for the settled period before the next one.
+                    let settled = known >= WALK_SETTLED_PEERS;
+                    if (!settled || discovery_every >= WALK_SETTLED_EVERY)
+                        && kad.bootstrap().is_err()
+                    {
                         debug!("no known peers to walk the DHT from yet");
                     }
-                    discovery_every = (discovery_every * 2).min(Duration::from_secs(30));
+                    discovery_every = if settled {
+                        WALK_SETTLED_EVERY
+                    } else {
+                        (discovery_every * 2).min(Duration::from_secs(30))
+                    };
                     discovery = futures_timer::Delay::new(discovery_every).fuse();
                 }
             }

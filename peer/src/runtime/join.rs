@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gradswarm_core::wire::params_checksum;
-use gradswarm_core::{DriftSketch, PeerState};
+use gradswarm_core::{DriftSketch, HEARTBEAT_FLAT_FROM, PeerState};
 use gradswarm_net::{NetEvent, PeerId};
 use tracing::{info, warn};
 use web_time::Instant;
@@ -31,6 +31,9 @@ const JOIN_TOLERANCE: f64 = 0.25;
 
 /// How often a replica that fell too far behind tries to fetch the run's state again.
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// How often a joining peer heartbeats in a swarm of up to [`HEARTBEAT_FLAT_FROM`] peers.
+const JOIN_HEARTBEAT: Duration = Duration::from_millis(250);
 use crate::error::PeerError;
 use crate::state;
 
@@ -44,7 +47,12 @@ impl Peer {
         loop {
             if Instant::now() >= next_beat {
                 self.heartbeat();
-                next_beat = Instant::now() + Duration::from_millis(250);
+                // Quick, so that peers count each other soon; spaced out as the joining swarm
+                // grows, so that it sends as many as eight peers would (every heartbeat reaches
+                // every peer: 32 peers joining at 4 a second took 300 KB of each one's uplink).
+                let heard = self.peers.len() + 1;
+                let spacing = (heard / HEARTBEAT_FLAT_FROM).max(1) as u32;
+                next_beat = Instant::now() + JOIN_HEARTBEAT * spacing;
             }
             let enough = self.peers.len() >= self.min_peers;
             let typical = self.typical_round();
