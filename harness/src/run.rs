@@ -44,6 +44,15 @@ fn row(r: &crate::Report, previous: Option<&crate::Report>) -> RoundRow {
         // A restarted peer process counts from zero again.
         wire_bytes_up: since(r.wire_sent, previous.map(|p| p.wire_sent)),
         wire_bytes_down: since(r.wire_received, previous.map(|p| p.wire_received)),
+        wire_up_by_protocol: r
+            .wire_sent_by_protocol
+            .iter()
+            .map(|(name, &now)| {
+                let before = previous.and_then(|p| p.wire_sent_by_protocol.get(name).copied());
+                (name.clone(), since(now, before))
+            })
+            .filter(|&(_, n)| n > 0)
+            .collect(),
         update_bytes_up: rr.bytes_up,
         update_bytes_down: rr.bytes_down,
         staleness_histogram: hist,
@@ -167,7 +176,21 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
     while finished.len() + killed.len() < scenario.peers {
         let r = swarm
             .wait_for(&mut log_rows, STALL, |_| true)
-            .context("waiting for the next round")?;
+            .with_context(|| {
+                // Where each peer got to, so that a stall says who stalled and where.
+                let at: Vec<String> = procs
+                    .keys()
+                    .map(|i| {
+                        let last = reports.get(i).and_then(|r| r.last());
+                        let round = last.map_or("none".into(), |r| r.round.round.to_string());
+                        format!("peer {i}: {round}")
+                    })
+                    .collect();
+                format!(
+                    "waiting for the next round (last rounds reported: {})",
+                    at.join(", ")
+                )
+            })?;
         log_rows.clear();
         let Some(&index) = harness_index.get(&r.peer) else {
             bail!("a report from unknown peer {}", r.peer);
