@@ -2,8 +2,9 @@
 # 32 real peers of a small model on loopback in groups of 4, against four peers and against
 # broadcast at 32 (issue 29's second point): per-peer wire bytes per step of the groups over the
 # four peers' (goal ≤ 1.3×), and samples to the target of the groups over broadcast's (goal
-# ≤ 1.2×). Writes bench/thirty-two/{four,groups,broadcast}.json and .png, and result.json.
-#   bench/thirty-two/run.sh                 (all three; ~40 min on 2 cores)
+# ≤ 1.2×), regrouping every 20 rounds and every 40. Writes
+# bench/thirty-two/{four,four-paced,groups,groups-40,broadcast}.json and .png, and result.json.
+#   bench/thirty-two/run.sh                 (all five; ~10 min on 2 cores)
 #   bench/thirty-two/run.sh four groups     (some of them; result.json from what is there)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,7 +15,7 @@ harness="${GS_HARNESS:-$CARGO_TARGET_DIR/release/swarm-harness}"
 export SWARM_HARNESS_EXE="${SWARM_HARNESS_EXE:-$harness}"
 [ -x "$harness" ] || cargo build --release --locked -p gradswarm-harness
 runs=("$@")
-[ ${#runs[@]} -gt 0 ] || runs=(four four-paced groups broadcast)
+[ ${#runs[@]} -gt 0 ] || runs=(four four-paced groups groups-40 broadcast)
 for run in "${runs[@]}"; do
   "$harness" run --scenario "bench/thirty-two/$run.toml" --report "bench/thirty-two/$run.json"
   "$harness" plot "bench/thirty-two/$run.json"
@@ -22,20 +23,21 @@ done
 python3 - <<'PY'
 import json, os
 d = "bench/thirty-two"
-runs = {n: json.load(open(f"{d}/{n}.json")) for n in ["four", "four-paced", "groups", "broadcast"] if os.path.exists(f"{d}/{n}.json")}
+runs = {n: json.load(open(f"{d}/{n}.json")) for n in ["four", "four-paced", "groups", "groups-40", "broadcast"] if os.path.exists(f"{d}/{n}.json")}
 result = {}
 for name, r in runs.items():
     s = r["summary"]
-    result[name] = {k: s[k] for k in ["peers", "wire_bytes_per_peer_per_step", "update_bytes_per_peer_per_step",
+    result[name] = {k: s[k] for k in ["peers", "wire_bytes_per_peer_per_step", "wire_bytes_per_peer_per_step_by_protocol", "update_bytes_per_peer_per_step",
                                       "samples_to_target", "rounds_to_target", "final_val_loss",
                                       "max_replica_divergence", "comm_fraction", "wall_s", "drops"]}
-g = result.get("groups", {})
-for base in ["four", "four-paced", "broadcast"]:
-    if g and base in result:
-        result[f"groups_bytes_vs_{base}"] = g["wire_bytes_per_peer_per_step"] / result[base]["wire_bytes_per_peer_per_step"]
-if g and "broadcast" in result:
-    a, b = g["samples_to_target"], result["broadcast"]["samples_to_target"]
-    result["groups_samples_vs_broadcast"] = a / b if a and b else None
+for run in ["groups", "groups-40"]:
+    g = result.get(run, {})
+    for base in ["four", "four-paced", "broadcast"]:
+        if g and base in result:
+            result[f"{run}_bytes_vs_{base}"] = g["wire_bytes_per_peer_per_step"] / result[base]["wire_bytes_per_peer_per_step"]
+    if g and "broadcast" in result:
+        a, b = g["samples_to_target"], result["broadcast"]["samples_to_target"]
+        result[f"{run}_samples_vs_broadcast"] = a / b if a and b else None
 json.dump(result, open(f"{d}/result.json", "w"), indent=2)
 print(json.dumps(result, indent=2))
 PY

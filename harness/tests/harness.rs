@@ -63,6 +63,15 @@ fn a_scenario_runs_to_a_consistent_report_and_plots() {
     // Bytes: measured at the transport, so at least the update messages, and far below dense.
     assert!(s.wire_bytes_per_peer_per_step >= s.update_bytes_per_peer_per_step);
     assert!(s.update_bytes_per_peer_per_step > 0.0);
+    // The bytes by protocol are substream payloads: their sum is below the transport's count
+    // (noise and yamux framing), and each protocol the run used has its share: pulls of
+    // updates, gossip, and the joiner's state.
+    let by = &s.wire_bytes_per_peer_per_step_by_protocol;
+    let counted: f64 = by.values().sum();
+    assert!(counted < s.wire_bytes_per_peer_per_step, "{by:?}");
+    for used in ["/gradswarm/update/1", "/meshsub/1.2.0", "/gradswarm/state/1"] {
+        assert!(by.get(used).is_some_and(|&b| b > 0.0), "{used}: {by:?}");
+    }
     assert!(s.bytes_ratio_vs_dense > 1.0, "{s:?}");
     // The baseline trained in the same run and both reached the loose target.
     let baseline = report.baseline.as_ref().expect("baseline");
