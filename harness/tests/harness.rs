@@ -69,7 +69,11 @@ fn a_scenario_runs_to_a_consistent_report_and_plots() {
     let by = &s.wire_bytes_per_peer_per_step_by_protocol;
     let counted: f64 = by.values().sum();
     assert!(counted < s.wire_bytes_per_peer_per_step, "{by:?}");
-    for used in ["/gradswarm/update/1", "/meshsub/1.2.0", "/gradswarm/state/1"] {
+    for used in [
+        "/gradswarm/update/1",
+        "/meshsub/1.2.0",
+        "/gradswarm/state/1",
+    ] {
         assert!(by.get(used).is_some_and(|&b| b > 0.0), "{used}: {by:?}");
     }
     assert!(s.bytes_ratio_vs_dense > 1.0, "{s:?}");
