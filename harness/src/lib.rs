@@ -297,9 +297,8 @@ impl LocalSwarm {
         let index = self.started;
         self.started += 1;
         let n = trainer.num_params();
-        let limits = config.wire_limits(n, trainer.config().batch_size);
         let model_hash = trainer.model_config().hash();
-        let mut net_config = NetConfig::peer(&config.run_id, model_hash, limits);
+        let mut net_config = config.net_config(model_hash, n, trainer.config().batch_size);
         net_config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
         net_config.bootstrap = vec![self.bootstrap.clone()];
         net_config.gossip_heartbeat = Duration::from_millis(200);

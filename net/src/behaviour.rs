@@ -94,6 +94,7 @@ impl Behaviour {
             .mesh_n_low_for_topic(HEARTBEAT_MESH.0, heartbeat_topic.clone())
             .mesh_n_high_for_topic(HEARTBEAT_MESH.2, heartbeat_topic.clone())
             .mesh_outbound_min_for_topic(HEARTBEAT_MESH.0 - 1, heartbeat_topic)
+            .flood_publish(config.flood_publish)
             .validation_mode(gossipsub::ValidationMode::Strict)
             .validate_messages()
             .max_transmit_size(config.max_message_bytes)

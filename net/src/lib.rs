@@ -110,6 +110,10 @@ pub struct NetConfig {
     /// A home link modelled in user space on this node's TCP connections (the harness's shaped
     /// scenarios; native only); `None`: the real network as it is.
     pub link: Option<LinkShape>,
+    /// Whether this node sends its own gossip to every peer on the topic (gossipsub's flood
+    /// publishing: one hop to all, which broadcast's update announcements want) or to its mesh
+    /// only (group averaging, where only heartbeats travel the topics).
+    pub flood_publish: bool,
 }
 
 /// A link's bandwidths and round-trip time (see `shaping`).
@@ -153,6 +157,7 @@ impl NetConfig {
             tls: None,
             metrics: None,
             link: None,
+            flood_publish: true,
         }
     }
 
@@ -173,6 +178,7 @@ impl NetConfig {
             tls: None,
             metrics: None,
             link: None,
+            flood_publish: true,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gradswarm_model::{Checkpoint, Corpus, Trainer, checkpoint};
-use gradswarm_net::{Multiaddr, NetConfig, native};
+use gradswarm_net::{Multiaddr, native};
 use gradswarm_peer::metrics::PeerMetrics;
 use gradswarm_peer::{
     MOMENTUM_KEY, PauseHandle, Peer, PeerSummary, RESIDUAL_KEY, RoundReport, stop_pair,
@@ -171,11 +171,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<()> {
     );
 
     let n = trainer.num_params();
-    let mut net_cfg = NetConfig::peer(
-        &cfg.run.id,
-        cfg.model.hash(),
-        peer_cfg.wire_limits(n, cfg.train.batch_size),
-    );
+    let mut net_cfg = peer_cfg.net_config(cfg.model.hash(), n, cfg.train.batch_size);
     net_cfg.listen = parse_all(&cfg.swarm.listen)?;
     net_cfg.bootstrap = parse_all(&cfg.swarm.bootstrap)?;
     net_cfg.mdns = cfg.swarm.mdns && net_cfg.bootstrap.is_empty();

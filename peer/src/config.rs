@@ -186,6 +186,23 @@ impl PeerConfig {
         self.mode.steps_per_round(self.local_steps)
     }
 
+    /// This peer's network for a model of `model_len` parameters (hash `model_hash`) trained at
+    /// `batch_size`: the run's topics, [`Self::wire_limits`], and gossip fitted to its averaging.
+    pub fn net_config(
+        &self,
+        model_hash: gradswarm_core::ModelHash,
+        model_len: usize,
+        batch_size: usize,
+    ) -> gradswarm_net::NetConfig {
+        let limits = self.wire_limits(model_len, batch_size);
+        let mut net = gradswarm_net::NetConfig::peer(&self.run_id, model_hash, limits);
+        // Groups push updates to their partners, so only heartbeats travel the topics, and they
+        // need not reach everyone in one hop: flooding each to all 31 others of 32 peers cost
+        // each peer about a quarter of its heartbeat traffic.
+        net.flood_publish = !self.averaging.build().to_partners_only();
+        net
+    }
+
     /// The limits this peer's updates, and the others', are held to for a model of `model_len`
     /// parameters trained at `batch_size`: the one place the samples bound is computed.
     pub fn wire_limits(&self, model_len: usize, batch_size: usize) -> WireLimits {

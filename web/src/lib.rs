@@ -17,7 +17,7 @@ use gradswarm_model::{
     BackendKind, Checkpoint, Corpus, DataConfig, DeviceChoice, ModelConfig, TrainConfig, Trainer,
     device,
 };
-use gradswarm_net::{Keypair, Multiaddr, NetConfig};
+use gradswarm_net::{Keypair, Multiaddr};
 use gradswarm_peer::{
     MOMENTUM_KEY, Mode, NodeConfig, PauseHandle, Peer, PeerConfig, RESIDUAL_KEY, RoundReport,
     StopHandle, stop_pair,
@@ -302,8 +302,7 @@ pub async fn join(
     }
     config.agent = gradswarm_peer::agent("browser", &selected.summary);
     let n = trainer.num_params();
-    let limits = config.wire_limits(n, train.batch_size);
-    let mut net_config = NetConfig::peer(&config.run_id, model.hash(), limits);
+    let mut net_config = config.net_config(model.hash(), n, train.batch_size);
     net_config.bootstrap = bootstrap;
     let key = match &options.identity {
         Some(bytes) => {
