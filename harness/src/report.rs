@@ -107,6 +107,11 @@ pub struct Summary {
     /// Of the wire bytes per peer per step, each protocol's substream payloads (the rest of
     /// `wire_bytes_per_peer_per_step` is noise and yamux framing).
     pub wire_bytes_per_peer_per_step_by_protocol: BTreeMap<String, f64>,
+    /// `wire_bytes_per_peer_per_step` over the rounds past the run's first tenth and before its
+    /// last: what a long run pays a step, without the start's discovery and first meshes, and
+    /// the end's settling, which a short run spreads over few steps.
+    #[serde(default)]
+    pub steady_wire_bytes_per_peer_per_step: f64,
     /// dense ÷ wire bytes per peer per step.
     pub bytes_ratio_vs_dense: f64,
     /// The validation loss both runs are timed to.
@@ -237,6 +242,27 @@ pub fn summarize(
         rates.iter().sum::<f64>() / rates.len().max(1) as f64
     };
     let wire = per_peer(&|r| r.wire_bytes_up);
+    let steady = {
+        let (from, last) = (scenario.rounds / 10, scenario.rounds.saturating_sub(1));
+        let rates: Vec<f64> = peers
+            .iter()
+            .map(|p| {
+                let rows: Vec<&RoundRow> = p
+                    .rounds
+                    .iter()
+                    .filter(|r| r.round >= from && r.round < last)
+                    .collect();
+                let total: u64 = rows.iter().map(|r| r.wire_bytes_up).sum();
+                (
+                    rows.len(),
+                    total as f64 / (rows.len() as u64 * h).max(1) as f64,
+                )
+            })
+            .filter(|(n, _)| *n > 0)
+            .map(|(_, rate)| rate)
+            .collect();
+        rates.iter().sum::<f64>() / rates.len().max(1) as f64
+    };
     let update = per_peer(&|r| r.update_bytes_up);
     let protocols: std::collections::BTreeSet<&String> = peers
         .iter()
@@ -277,6 +303,7 @@ pub fn summarize(
         parameters,
         dense_bytes_per_peer_per_step: dense,
         wire_bytes_per_peer_per_step: wire,
+        steady_wire_bytes_per_peer_per_step: steady,
         update_bytes_per_peer_per_step: update,
         wire_bytes_per_peer_per_step_by_protocol: by_protocol,
         bytes_ratio_vs_dense: if wire > 0.0 { dense / wire } else { 0.0 },
