@@ -232,10 +232,11 @@ fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
         let vals: Vec<f64> = p.rounds.iter().filter_map(|r| r.val_loss).collect();
         assert!(vals[vals.len() - 1] < vals[0] - 0.2, "{vals:?}");
     }
-    // A new group holds two old groups' replicas, and members of one old group hold one (to
-    // within updates some took late): each regrouping (rounds 5, 10, 15) moves about one int8
-    // replica (~1.06 bytes a parameter) to each peer, not one from each partner (3 measured at
-    // 32 peers, where replicas of one group rarely matched bit for bit).
+    // Eight peers make two groups, so a new group holds at most two old groups' replicas, and
+    // members of one old group hold one (to within updates some took late): each regrouping
+    // (rounds 5, 10, 15) moves at most one int8 replica (~1.06 bytes a parameter) to each peer,
+    // not one from each partner (3.3 measured at 32 peers when holdings were told apart by
+    // equal checksums: replicas of one group rarely match bit for bit).
     let state: Vec<u64> = groups
         .peers
         .iter()

@@ -384,10 +384,9 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
     Ok(sum)
 }
 
-/// A new group's members average their parameters (each distinct replica, int8 in blocks of 32
-/// and zstd through the real codec, once to each member that lacks it: one encoded θ down per
-/// member where the group joins two old groups, as [`Groups`] draws them), so that the group's
-/// replicas start equal.
+/// A new group's members average their parameters exactly (reduce-scatter then all-gather of
+/// each member's θ, int8 in blocks of 32 and zstd through the real codec: about twice the encoded
+/// θ up and down per member), so that the group's replicas start equal.
 fn average_parameters(
     config: &SimConfig,
     peers: &mut [Peer],
@@ -413,15 +412,9 @@ fn average_parameters(
     let mut cpu = CpuCodec::new(codec).map_err(|e| SimError::Config(e.to_string()))?;
     let mut mean = vec![0.0f32; config.dim];
     let mut residual = vec![0.0f32; config.dim];
-    // What the runtime moves (`Peer::average_with_group`): members of one old group hold one
-    // replica, which goes once to each member that does not hold it, served by its holders in
-    // turn. Per replica (checksum): its encoded size and its holders.
-    let sums: Vec<u64> = group
-        .iter()
-        .map(|&i| params_checksum(&peers[i].theta))
-        .collect();
-    let mut replicas: HashMap<u64, (usize, usize)> = HashMap::new();
-    for (&i, &sum) in group.iter().zip(&sums) {
+    let mut start: f64 = 0.0;
+    let mut moved: f64 = 0.0;
+    for &i in group {
         residual.iter_mut().for_each(|r| *r = 0.0);
         let p = &peers[i];
         let payload = cpu
@@ -435,25 +428,13 @@ fn average_parameters(
                 round: 0,
                 reason: e.to_string(),
             })?;
-        replicas.entry(sum).or_insert((payload.len(), 0)).1 += 1;
-    }
-    let (mut start, mut moved): (f64, f64) = (0.0, 0.0);
-    for (&i, own) in group.iter().zip(&sums) {
-        let p = &peers[i];
-        let down: f64 = replicas
-            .iter()
-            .filter(|(sum, _)| *sum != own)
-            .map(|(_, (len, _))| *len as f64)
-            .sum();
-        // Its replica goes to the members that lack it, its holders sharing the sending.
-        let (len, holders) = replicas[own];
-        let up = (g - holders) as f64 * len as f64 / holders as f64;
-        stats.bytes_up += up;
-        stats.bytes_down += down;
-        stats.sync_bytes += up + down;
+        let share = 2.0 * payload.len() as f64 * (g - 1) as f64 / g as f64;
+        stats.bytes_up += share;
+        stats.bytes_down += share;
+        stats.sync_bytes += 2.0 * share;
         start = start.max(p.clock);
         let m = &p.machine;
-        moved = moved.max(up / m.up_bps + down / m.down_bps + 2.0 * m.latency_s);
+        moved = moved.max(share / m.up_bps + share / m.down_bps + 2.0 * m.latency_s);
     }
     for &i in group {
         peers[i].theta.copy_from_slice(&mean);
