@@ -230,39 +230,22 @@ pub fn summarize(
     wall_s: f64,
 ) -> Summary {
     let h = scenario.h();
-    let per_peer = |f: &dyn Fn(&RoundRow) -> u64| -> f64 {
+    // Per peer, the mean of `f` per step over its rounds that `keep` takes; then over peers.
+    let rate = |keep: &dyn Fn(&RoundRow) -> bool, f: &dyn Fn(&RoundRow) -> u64| -> f64 {
         let rates: Vec<f64> = peers
             .iter()
-            .filter(|p| !p.rounds.is_empty())
-            .map(|p| {
-                let total: u64 = p.rounds.iter().map(f).sum();
-                total as f64 / (p.rounds.len() as u64 * h) as f64
+            .filter_map(|p| {
+                let rows: Vec<&RoundRow> = p.rounds.iter().filter(|r| keep(r)).collect();
+                let total: u64 = rows.iter().map(|r| f(r)).sum();
+                (!rows.is_empty()).then(|| total as f64 / (rows.len() as u64 * h) as f64)
             })
             .collect();
         rates.iter().sum::<f64>() / rates.len().max(1) as f64
     };
+    let per_peer = |f: &dyn Fn(&RoundRow) -> u64| rate(&|_| true, f);
     let wire = per_peer(&|r| r.wire_bytes_up);
-    let steady = {
-        let (from, last) = (scenario.rounds / 10, scenario.rounds.saturating_sub(1));
-        let rates: Vec<f64> = peers
-            .iter()
-            .map(|p| {
-                let rows: Vec<&RoundRow> = p
-                    .rounds
-                    .iter()
-                    .filter(|r| r.round >= from && r.round < last)
-                    .collect();
-                let total: u64 = rows.iter().map(|r| r.wire_bytes_up).sum();
-                (
-                    rows.len(),
-                    total as f64 / (rows.len() as u64 * h).max(1) as f64,
-                )
-            })
-            .filter(|(n, _)| *n > 0)
-            .map(|(_, rate)| rate)
-            .collect();
-        rates.iter().sum::<f64>() / rates.len().max(1) as f64
-    };
+    let (from, last) = (scenario.rounds / 10, scenario.rounds.saturating_sub(1));
+    let steady = rate(&|r| r.round >= from && r.round < last, &|r| r.wire_bytes_up);
     let update = per_peer(&|r| r.update_bytes_up);
     let protocols: std::collections::BTreeSet<&String> = peers
         .iter()

@@ -128,8 +128,8 @@ impl Peer {
         });
         let prints = self.drive_until(deadline, prints.collect()).await;
         // Who holds which replica: members of one old group hold one, to within the updates
-        // some of them took late (bit-equal checksums were rare at 32 peers: each peer fetched
-        // ~3.3 replicas a regrouping where ~0.9 differ). Partners whose sketches lie within
+        // some of them took late (bit-equal checksums were rare at 32 peers, so each peer
+        // fetched one replica from every partner). Partners whose sketches lie within
         // `SAME_REPLICA` of each other form one holding, fetched once; those within it of this
         // peer's own hold its replica.
         let mut same: Vec<(PeerId, DriftSketch)> = Vec::new();
