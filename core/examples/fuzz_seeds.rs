@@ -88,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bytes_sent: 4096,
         bytes_received: 16384,
         attests: vec![gradswarm_core::credit::Attestation {
-            peer_id: vec![2; 38],
+            peer: gradswarm_core::credit::peer_tag(&[2; 38]),
             samples: 64,
         }],
     };

@@ -25,12 +25,24 @@ pub const MAX_ATTESTATIONS: usize = 8;
 /// fewest samples counted is forgotten.
 pub const MAX_LEDGER_PEERS: usize = 4096;
 
-/// One peer's word on another: the samples of `peer_id`'s updates that counted in its aggregates
+/// A peer named in an attestation: the first 8 bytes of a hash of its id bytes ([`peer_tag`]).
+/// Every heartbeat carries up to [`MAX_ATTESTATIONS`] of them, so the ~38-byte id would be most
+/// of a heartbeat (measured at 32 peers: ~300 of ~700 bytes); the receiver knows the ids of the
+/// peers it heard from, and an attestation of a peer it never heard from counts for nothing.
+pub type PeerTag = [u8; 8];
+
+/// `peer_id`'s [`PeerTag`]. Two ids with one tag take ~2³² tries to find, but only between the
+/// finder's own ids; hitting a given peer's tag takes ~2⁶⁴ (and the first id heard keeps it).
+pub fn peer_tag(peer_id: &[u8]) -> PeerTag {
+    xxhash_rust::xxh3::xxh3_64(peer_id).to_le_bytes()
+}
+
+/// One peer's word on another: the samples of `peer`'s updates that counted in its aggregates
 /// so far.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attestation {
-    /// The peer whose updates counted (its id bytes).
-    pub peer_id: Vec<u8>,
+    /// The peer whose updates counted ([`peer_tag`] of its id bytes).
+    pub peer: PeerTag,
     /// Their samples, summed over the updates that counted.
     pub samples: u64,
 }
@@ -77,19 +89,21 @@ impl CreditLedger {
     pub fn attestations(&mut self) -> Vec<Attestation> {
         let after = self.counted.range(self.cursor.clone()..);
         let before = self.counted.range(..self.cursor.clone());
-        let out: Vec<Attestation> = after
+        let out: Vec<(&Vec<u8>, u64)> = after
             .chain(before)
             .take(MAX_ATTESTATIONS)
-            .map(|(p, &samples)| Attestation {
-                peer_id: p.clone(),
+            .map(|(p, &samples)| (p, samples))
+            .collect();
+        if let Some((last, _)) = out.last() {
+            // The key right after the last one sent: `last ++ [0]` sorts just past it.
+            self.cursor = [last.as_slice(), &[0]].concat();
+        }
+        out.into_iter()
+            .map(|(p, samples)| Attestation {
+                peer: peer_tag(p),
                 samples,
             })
-            .collect();
-        if let Some(last) = out.last() {
-            // The key right after the last one sent: `last ++ [0]` sorts just past it.
-            self.cursor = [last.peer_id.as_slice(), &[0]].concat();
-        }
-        out
+            .collect()
     }
 }
 
@@ -120,12 +134,12 @@ mod tests {
             let batch = ledger.attestations();
             assert!(batch.len() <= MAX_ATTESTATIONS);
             for a in batch {
-                seen.insert(a.peer_id, a.samples);
+                seen.insert(a.peer, a.samples);
             }
         }
         assert_eq!(seen.len(), 20, "three heartbeats of 8 cover 20 senders");
-        assert_eq!(seen.get(&vec![3u8]), Some(&30));
-        assert_eq!(seen.get(&vec![19u8]), Some(&191));
+        assert_eq!(seen.get(&peer_tag(&[3])), Some(&30));
+        assert_eq!(seen.get(&peer_tag(&[19])), Some(&191));
         // And it wraps around.
         assert_eq!(ledger.attestations().len(), MAX_ATTESTATIONS);
     }

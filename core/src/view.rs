@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::credit::credit;
+use crate::credit::{PeerTag, credit, peer_tag};
 use crate::wire::Heartbeat;
 
 /// Peers a view keeps at most: past it, the one heard from longest ago is forgotten.
@@ -79,6 +79,9 @@ pub struct RunView {
     peers: BTreeMap<Vec<u8>, PeerView>,
     /// Per peer, what each attester said it counted of that peer's updates.
     attested: BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, u64>>,
+    /// The peers in `peers` by [`PeerTag`], which attestations name them by. A tag stays with
+    /// the first peer heard under it.
+    tags: BTreeMap<PeerTag, Vec<u8>>,
 }
 
 impl RunView {
@@ -101,8 +104,15 @@ impl RunView {
             if let Some(oldest) = oldest {
                 self.peers.remove(&oldest);
                 self.attested.remove(&oldest);
+                let tag = peer_tag(&oldest);
+                if self.tags.get(&tag) == Some(&oldest) {
+                    self.tags.remove(&tag);
+                }
             }
         }
+        self.tags
+            .entry(peer_tag(&hb.peer_id))
+            .or_insert_with(|| hb.peer_id.clone());
         self.peers.insert(
             hb.peer_id.clone(),
             PeerView {
@@ -120,10 +130,13 @@ impl RunView {
         );
         for a in &hb.attests {
             // A peer's word about itself is no attestation; nor is one about a peer never heard.
-            if a.peer_id == hb.peer_id || !self.peers.contains_key(&a.peer_id) {
+            let Some(peer) = self.tags.get(&a.peer) else {
+                continue;
+            };
+            if *peer == hb.peer_id {
                 continue;
             }
-            let attesters = self.attested.entry(a.peer_id.clone()).or_default();
+            let attesters = self.attested.entry(peer.clone()).or_default();
             if !attesters.contains_key(&hb.peer_id) && attesters.len() >= MAX_ATTESTERS {
                 let heard = |p: &[u8]| self.peers.get(p).map_or(0, |v| v.heard_ms);
                 let stale = attesters
@@ -276,13 +289,16 @@ mod tests {
                 .iter()
                 .all(|p| p.heard_ms >= 100)
         );
+        // Attestations name peers by tag: the forgotten peers' tags go with them.
+        assert_eq!(view.tags.len(), MAX_VIEW_PEERS);
+        assert!(!view.tags.contains_key(&peer_tag(&0u64.to_le_bytes())));
     }
 
     fn attesting(mut h: Heartbeat, counts: &[(u8, u64)]) -> Heartbeat {
         h.attests = counts
             .iter()
             .map(|&(p, samples)| Attestation {
-                peer_id: vec![p; 4],
+                peer: peer_tag(&[p; 4]),
                 samples,
             })
             .collect();

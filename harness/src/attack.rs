@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use gradswarm_core::codec::pack_payload;
 use gradswarm_core::codec::topk;
-use gradswarm_core::credit::{Attestation, MAX_ATTESTATIONS};
+use gradswarm_core::credit::{Attestation, MAX_ATTESTATIONS, peer_tag};
 use gradswarm_core::synthetic::SplitMix;
 use gradswarm_core::{
     Codec, CodecDescriptor, CpuCodec, Heartbeat, PeerState, Quantize, RngKey, StalenessPolicy,
@@ -290,7 +290,7 @@ impl Edge for Attacker {
                 }
                 heartbeat.attests.truncate(MAX_ATTESTATIONS - 1);
                 heartbeat.attests.push(Attestation {
-                    peer_id: heartbeat.peer_id.clone(),
+                    peer: peer_tag(&heartbeat.peer_id),
                     samples: heartbeat.samples,
                 });
                 vec![heartbeat]

@@ -86,7 +86,13 @@ impl Behaviour {
         let heartbeat_topic =
             gossipsub::IdentTopic::new(gradswarm_core::wire::heartbeat_topic(&config.run_id))
                 .hash();
-        let gossip_config = gossipsub::ConfigBuilder::default()
+        let mut gossip_builder = gossipsub::ConfigBuilder::default();
+        if let Some(lazy) = config.gossip_lazy {
+            // Exactly `lazy` peers: the default's quarter of the topic's non-mesh peers grows
+            // with the swarm.
+            gossip_builder.gossip_lazy(lazy).gossip_factor(0.0);
+        }
+        let gossip_config = gossip_builder
             // Heartbeats travel over a thinner mesh than updates: every peer forwards each one
             // to its mesh, so the mesh's degree multiplies the whole topic's bytes (32 peers in
             // groups: 7 KB of a 19 KB steady round), and a heartbeat a hop later costs nothing.

@@ -114,6 +114,10 @@ pub struct NetConfig {
     /// publishing: one hop to all, which broadcast's update announcements want) or to its mesh
     /// only (group averaging, where only heartbeats travel the topics).
     pub flood_publish: bool,
+    /// How many peers outside its mesh this node tells, each gossip heartbeat, which messages it
+    /// has (gossipsub's IHAVE): `None`, gossipsub's default (at least 6, or a quarter of the
+    /// topic's peers outside the mesh); `Some(n)`, exactly `n`.
+    pub gossip_lazy: Option<usize>,
 }
 
 /// A link's bandwidths and round-trip time (see `shaping`).
@@ -158,6 +162,7 @@ impl NetConfig {
             metrics: None,
             link: None,
             flood_publish: true,
+            gossip_lazy: None,
         }
     }
 
@@ -179,6 +184,7 @@ impl NetConfig {
             metrics: None,
             link: None,
             flood_publish: true,
+            gossip_lazy: None,
         }
     }
 }
