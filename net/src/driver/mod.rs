@@ -168,6 +168,9 @@ impl Driver {
     pub async fn run(mut self) {
         let mut discovery_every = Duration::from_secs(1);
         let mut discovery = futures_timer::Delay::new(discovery_every).fuse();
+        // The routing table's size at the last walk: a walk after which it did not grow found
+        // nobody, and the next waits longer (see below).
+        let mut known_at_walk = 0;
         // Armed only while pulls are parked: an idle node is not woken for nothing.
         let mut retry = futures::future::Fuse::terminated();
         loop {
@@ -194,8 +197,16 @@ impl Driver {
                     {
                         debug!("no known peers to walk the DHT from yet");
                     }
+                    // A swarm smaller than k never fills the table, and at 8 peers a walk every
+                    // half minute was 29 KB of each peer's uplink (bench/home-links, by
+                    // protocol): once walks stop finding anyone, they back off to the settled
+                    // period. Peers that join later are heard of by their heartbeats and dialled.
+                    let found_none = known <= known_at_walk;
+                    known_at_walk = known;
                     discovery_every = if settled {
                         WALK_SETTLED_EVERY
+                    } else if found_none {
+                        (discovery_every * 2).min(WALK_SETTLED_EVERY)
                     } else {
                         (discovery_every * 2).min(Duration::from_secs(30))
                     };

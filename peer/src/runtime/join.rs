@@ -48,7 +48,7 @@ impl Peer {
             if Instant::now() >= next_beat {
                 self.heartbeat();
                 // Quick, so that peers count each other soon; spaced out as the joining swarm
-                // grows, so that it sends as many as eight peers would (every heartbeat reaches
+                // grows, so that it sends as many as four peers would (every heartbeat reaches
                 // every peer: 32 peers joining at 4 a second took 300 KB of each one's uplink).
                 let heard = self.peers.len() + 1;
                 let spacing = (heard / HEARTBEAT_FLAT_FROM).max(1) as u32;
