@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Eight peers of the default model on loopback and behind home links (10 Mbit/s up, 50 down,
 # 60 ms RTT, modelled on each peer's TCP connections): what a home connection costs in round time,
-# at what compression, by broadcast and in groups of 4 (groups.toml). Writes
-# bench/home-links/{loopback,home,groups}.json and .png, and result.json.
-#   bench/home-links/run.sh                 (all three; ~14 min on 2 cores)
+# at what compression, by broadcast and in groups of 4 (groups.toml; groups-loopback.toml without
+# the links). Writes bench/home-links/{loopback,home,groups,groups-loopback}.json and .png, and
+# result.json.
+#   bench/home-links/run.sh                 (all four; ~22 min on 2 cores)
 #   bench/home-links/run.sh groups          (some of them; result.json from what is there)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,7 +13,7 @@ gs_env
 harness="${GS_HARNESS:-$CARGO_TARGET_DIR/release/swarm-harness}"
 [ -x "$harness" ] || cargo build --release --locked -p gradswarm-harness
 runs=("$@")
-[ ${#runs[@]} -gt 0 ] || runs=(loopback home groups)
+[ ${#runs[@]} -gt 0 ] || runs=(loopback home groups groups-loopback)
 for run in "${runs[@]}"; do
   "$harness" run --scenario "bench/home-links/$run.toml" --report "bench/home-links/$run.json"
   "$harness" plot "bench/home-links/$run.json"
@@ -21,13 +22,19 @@ python3 - <<'PY'
 import json
 result = {}
 import os
-for name in ["loopback", "home", "groups"]:
+for name in ["loopback", "home", "groups", "groups-loopback"]:
     if not os.path.exists(f"bench/home-links/{name}.json"):
         continue
     r = json.load(open(f"bench/home-links/{name}.json"))
     s = r["summary"]
     rows = [row for p in r["peers"] for row in p["rounds"]]
     mean = lambda k: sum(row[k] for row in rows) / max(1, len(rows))
+    # How much longer the slowest peer computed than the peers' mean, per round (rounds that
+    # all peers reported): what a round that waits for its partners waits for at least.
+    by_round = {}
+    for row in rows:
+        by_round.setdefault(row["round"], []).append(row["compute_s"])
+    spreads = [max(c) - sum(c) / len(c) for c in by_round.values() if len(c) == s["peers"]]
     result[name] = {
         "comm_fraction": s["comm_fraction"],
         "bytes_ratio_vs_dense": s["bytes_ratio_vs_dense"],
@@ -35,6 +42,7 @@ for name in ["loopback", "home", "groups"]:
         "compute_s_per_round": mean("compute_s"),
         "encode_s_per_round": mean("encode_s"),
         "network_s_per_round": mean("network_s"),
+        "compute_spread_s_per_round": sum(spreads) / max(1, len(spreads)),
         "wall_s": s["wall_s"],
         "final_val_loss": s["final_val_loss"],
         "max_replica_divergence": s["max_replica_divergence"],
