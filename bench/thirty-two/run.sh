@@ -6,6 +6,7 @@
 # bench/thirty-two/{four,four-paced,groups,groups-40,broadcast}.json and .png, and result.json.
 #   bench/thirty-two/run.sh                 (all five; ~20 min on 2 cores)
 #   bench/thirty-two/run.sh four groups     (some of them; result.json from what is there)
+#   bench/thirty-two/run.sh --summary       (none: result.json from the reports there)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib.sh
@@ -16,7 +17,8 @@ export SWARM_HARNESS_EXE="${SWARM_HARNESS_EXE:-$harness}"
 [ -x "$harness" ] || cargo build --release --locked -p gradswarm-harness
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(four four-paced groups groups-40 broadcast)
-for run in "${runs[@]}"; do
+[ "${runs[0]}" != --summary ] || runs=()
+for run in "${runs[@]+"${runs[@]}"}"; do
   "$harness" run --scenario "bench/thirty-two/$run.toml" --report "bench/thirty-two/$run.json"
   "$harness" plot "bench/thirty-two/$run.json"
 done
@@ -36,8 +38,27 @@ for name, r in runs.items():
             if rows:
                 rates.append(sum(row["wire_bytes_up"] for row in rows) / (len(rows) * h))
         s["steady_wire_bytes_per_peer_per_step"] = sum(rates) / len(rates)
+    # The evaluations come every 5 rounds, 20 % of the 25 the target takes: the samples where
+    # the swarm's mean validation loss crosses the target, linear between the two evaluations
+    # around it, tell runs apart that the grid puts on the same or on neighbouring points.
+    peers = [p for p in r["peers"] if not p.get("attack")]
+    by_round = {}
+    for p in peers:
+        for row in p["rounds"]:
+            if row.get("val_loss") is not None:
+                by_round.setdefault(row["round"], []).append(row["val_loss"])
+    curve = []
+    for rnd in sorted(by_round):
+        samples = sum(next((row["samples"] for row in reversed(p["rounds"]) if row["round"] <= rnd), 0) for p in peers)
+        curve.append((samples, sum(by_round[rnd]) / len(by_round[rnd])))
+    target, crossing = s["target_val_loss"], None
+    for (s0, l0), (s1, l1) in zip(curve, curve[1:]):
+        if l0 > target >= l1:
+            crossing = s0 + (l0 - target) / (l0 - l1) * (s1 - s0)
+            break
+    s["samples_to_target_interpolated"] = crossing
     result[name] = {k: s.get(k) for k in ["peers", "wire_bytes_per_peer_per_step", "wire_bytes_per_peer_per_step_by_protocol", "steady_wire_bytes_per_peer_per_step", "update_bytes_per_peer_per_step",
-                                      "samples_to_target", "rounds_to_target", "final_val_loss",
+                                      "samples_to_target", "samples_to_target_interpolated", "rounds_to_target", "final_val_loss",
                                       "max_replica_divergence", "comm_fraction", "wall_s", "drops"]}
 for run in ["groups", "groups-40"]:
     g = result.get(run, {})
@@ -49,6 +70,8 @@ for run in ["groups", "groups-40"]:
     if g and "broadcast" in result:
         a, b = g["samples_to_target"], result["broadcast"]["samples_to_target"]
         result[f"{run}_samples_vs_broadcast"] = a / b if a and b else None
+        a, b = g["samples_to_target_interpolated"], result["broadcast"]["samples_to_target_interpolated"]
+        result[f"{run}_samples_interpolated_vs_broadcast"] = a / b if a and b else None
 json.dump(result, open(f"{d}/result.json", "w"), indent=2)
 print(json.dumps(result, indent=2))
 PY
