@@ -75,3 +75,37 @@ fn groups_that_only_average_updates_drift_apart() {
     );
     assert!(with.final_spread < 0.5 * without.final_spread);
 }
+
+#[test]
+fn pairwise_gossip_keeps_per_peer_cost_flat_and_reaches_the_target() {
+    // Pairwise gossip (AD-PSGD's random partner, NoLoCo's pairwise averaging) is groups of 2
+    // drawn afresh every round: each peer averages its parameters with one other and takes its
+    // update. A whole replica a round is more bytes than sparse updates in a small swarm, but
+    // they do not grow with it, and the dense exchange carries more than top-k updates do.
+    let pairs = Strategy::Groups { size: 2, every: 1 };
+    let report = scaling(&base(), &SIZES, &[Strategy::Broadcast, pairs], |_, _| {}).expect("runs");
+    let growth = |of: &[(String, f64)]| {
+        of.iter()
+            .find(|(n, _)| *n == pairs.name())
+            .map(|(_, g)| *g)
+            .expect("a growth figure")
+    };
+    assert!(growth(&report.bytes_growth) <= 1.5);
+    assert!(growth(&report.connections_growth) <= 1.5);
+    for r in report.runs.iter().filter(|r| r.strategy == pairs.name()) {
+        eprintln!(
+            "pairs × {}: {:.0} B/peer/round, {:.1} connections, target at {:?}",
+            r.peers, r.bytes_per_round, r.connections, r.rounds_to_target
+        );
+        // Partners drawn every round, in groups of 2 or (bounded loads) 3.
+        assert!(r.connections <= 2.5, "{} connections", r.connections);
+    }
+    for (n, name, ratio) in report
+        .rounds_vs_broadcast
+        .iter()
+        .filter(|(_, name, _)| *name == pairs.name())
+    {
+        let ratio = ratio.unwrap_or(f64::INFINITY);
+        assert!(ratio <= 1.2, "{name} × {n}: {ratio:.2}× broadcast's rounds");
+    }
+}
