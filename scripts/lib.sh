@@ -6,6 +6,22 @@ gs_env() {
   export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 }
 
+# Runs the harness scenarios DIR/RUN.toml (one per RUN after DIR) into DIR/RUN.json and .png, with
+# $GS_HARNESS or the release build (built when missing); peers of `processes = true` scenarios start
+# as that binary. No RUN: nothing (not even the build).
+gs_bench_runs() {
+  local dir=$1 run harness
+  shift
+  [ $# -gt 0 ] || return 0
+  harness="${GS_HARNESS:-$CARGO_TARGET_DIR/release/swarm-harness}"
+  export SWARM_HARNESS_EXE="${SWARM_HARNESS_EXE:-$harness}"
+  [ -x "$harness" ] || cargo build --release --locked -p gradswarm-harness
+  for run in "$@"; do
+    "$harness" run --scenario "$dir/$run.toml" --report "$dir/$run.json"
+    "$harness" plot "$dir/$run.json"
+  done
+}
+
 # Installs the Debian packages that are missing; does nothing (and needs no network) when all are there.
 gs_apt_ensure() {
   local missing=()

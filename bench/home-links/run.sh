@@ -10,14 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib.sh
 gs_env
-harness="${GS_HARNESS:-$CARGO_TARGET_DIR/release/swarm-harness}"
-[ -x "$harness" ] || cargo build --release --locked -p gradswarm-harness
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(loopback home groups groups-loopback)
-for run in "${runs[@]}"; do
-  "$harness" run --scenario "bench/home-links/$run.toml" --report "bench/home-links/$run.json"
-  "$harness" plot "bench/home-links/$run.json"
-done
+gs_bench_runs bench/home-links "${runs[@]+"${runs[@]}"}"
 python3 - <<'PY'
 import json
 result = {}

@@ -7,16 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib.sh
 gs_env
-harness="${GS_HARNESS:-$CARGO_TARGET_DIR/release/swarm-harness}"
-# processes = true starts each peer as `swarm-harness peer`.
-export SWARM_HARNESS_EXE="${SWARM_HARNESS_EXE:-$harness}"
-[ -x "$harness" ] || cargo build --release --locked -p gradswarm-harness
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(pairwise broadcast)
-for run in "${runs[@]}"; do
-  "$harness" run --scenario "bench/pairwise/$run.toml" --report "bench/pairwise/$run.json"
-  "$harness" plot "bench/pairwise/$run.json"
-done
+gs_bench_runs bench/pairwise "${runs[@]+"${runs[@]}"}"
 python3 - <<'PY'
 import json, os
 d = "bench/pairwise"

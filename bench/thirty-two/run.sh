@@ -11,17 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib.sh
 gs_env
-harness="${GS_HARNESS:-$CARGO_TARGET_DIR/release/swarm-harness}"
-# processes = true starts each peer as `swarm-harness peer`.
-export SWARM_HARNESS_EXE="${SWARM_HARNESS_EXE:-$harness}"
-[ -x "$harness" ] || cargo build --release --locked -p gradswarm-harness
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(four four-paced groups groups-40 broadcast)
 [ "${runs[0]}" != --summary ] || runs=()
-for run in "${runs[@]+"${runs[@]}"}"; do
-  "$harness" run --scenario "bench/thirty-two/$run.toml" --report "bench/thirty-two/$run.json"
-  "$harness" plot "bench/thirty-two/$run.json"
-done
+gs_bench_runs bench/thirty-two "${runs[@]+"${runs[@]}"}"
 python3 - <<'PY'
 import json, os
 d = "bench/thirty-two"
