@@ -52,7 +52,7 @@ for name, r in runs.items():
     s["samples_to_target_interpolated"] = crossing
     result[name] = {k: s.get(k) for k in ["peers", "wire_bytes_per_peer_per_step", "wire_bytes_per_peer_per_step_by_protocol", "steady_wire_bytes_per_peer_per_step", "update_bytes_per_peer_per_step",
                                       "samples_to_target", "samples_to_target_interpolated", "rounds_to_target", "final_val_loss",
-                                      "max_replica_divergence", "comm_fraction", "wall_s", "drops"]}
+                                      "max_replica_divergence", "comm_fraction", "connections_per_peer", "wall_s", "drops"]}
 for run in ["groups", "groups-40"]:
     g = result.get(run, {})
     for base in ["four", "four-paced", "broadcast"]:

@@ -32,6 +32,8 @@ enum Line {
         wire_received: u64,
         #[serde(default)]
         wire_sent_by_protocol: BTreeMap<String, u64>,
+        #[serde(default)]
+        connections: usize,
         params: Option<PathBuf>,
     },
     /// It finished: its summary, with `final_params` in a file instead.
@@ -169,6 +171,7 @@ impl LocalSwarm {
                             wire_sent,
                             wire_received,
                             wire_sent_by_protocol,
+                            connections,
                             params,
                         }) => {
                             let params = params.and_then(|p| read_f32s(&p).ok()).map(Arc::new);
@@ -178,6 +181,7 @@ impl LocalSwarm {
                                 wire_sent,
                                 wire_received,
                                 wire_sent_by_protocol,
+                                connections,
                                 params,
                             })));
                         }
@@ -279,6 +283,7 @@ pub fn serve(
                     wire_sent: r.wire_sent,
                     wire_received: r.wire_received,
                     wire_sent_by_protocol: r.wire_sent_by_protocol,
+                    connections: r.connections,
                     params,
                 })?;
             }

@@ -69,6 +69,8 @@ pub struct Report {
     pub wire_received: u64,
     /// Of the bytes sent, the substream payloads by protocol, by the end of the round.
     pub wire_sent_by_protocol: BTreeMap<String, u64>,
+    /// Peers it was connected to at the end of the round.
+    pub connections: usize,
     /// θ after the round, on rounds that are multiples of [`LocalSwarm::snapshot_every`].
     pub params: Option<Arc<Vec<f32>>>,
 }
@@ -351,6 +353,7 @@ impl LocalSwarm {
                         wire_sent,
                         wire_received,
                         wire_sent_by_protocol,
+                        connections: counted_net.connected_peers(),
                         params,
                     })));
                 }));

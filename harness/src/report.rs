@@ -31,6 +31,9 @@ pub struct RoundRow {
     pub wire_up_by_protocol: BTreeMap<String, u64>,
     /// Bytes of the peer's own update message.
     pub update_bytes_up: u64,
+    /// Peers this peer was connected to at the round's end.
+    #[serde(default)]
+    pub connections: usize,
     /// Bytes of update and heartbeat messages it received.
     pub update_bytes_down: u64,
     /// How many counted updates had each staleness τ (index = τ).
@@ -112,6 +115,10 @@ pub struct Summary {
     /// the end's settling, which a short run spreads over few steps.
     #[serde(default)]
     pub steady_wire_bytes_per_peer_per_step: f64,
+    /// Peers a peer is connected to, the mean over peers and over the same steady rounds: N − 1
+    /// on a full mesh.
+    #[serde(default)]
+    pub connections_per_peer: f64,
     /// dense ÷ wire bytes per peer per step.
     pub bytes_ratio_vs_dense: f64,
     /// The validation loss both runs are timed to.
@@ -247,6 +254,11 @@ pub fn summarize(
     let (from, last) = (scenario.rounds / 10, scenario.rounds.saturating_sub(1));
     let steady = rate(&|r| r.round >= from && r.round < last, &|r| r.wire_bytes_up);
     let update = per_peer(&|r| r.update_bytes_up);
+    // A rate per step times the steps of a round: the mean per round.
+    let connections = h as f64
+        * rate(&|r| r.round >= from && r.round < last, &|r| {
+            r.connections as u64
+        });
     let protocols: std::collections::BTreeSet<&String> = peers
         .iter()
         .flat_map(|p| p.rounds.iter().flat_map(|r| r.wire_up_by_protocol.keys()))
@@ -287,6 +299,7 @@ pub fn summarize(
         dense_bytes_per_peer_per_step: dense,
         wire_bytes_per_peer_per_step: wire,
         steady_wire_bytes_per_peer_per_step: steady,
+        connections_per_peer: connections,
         update_bytes_per_peer_per_step: update,
         wire_bytes_per_peer_per_step_by_protocol: by_protocol,
         bytes_ratio_vs_dense: if wire > 0.0 { dense / wire } else { 0.0 },

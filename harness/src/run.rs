@@ -53,6 +53,7 @@ fn row(r: &crate::Report, previous: Option<&crate::Report>) -> RoundRow {
             })
             .filter(|&(_, n)| n > 0)
             .collect(),
+        connections: r.connections,
         update_bytes_up: rr.bytes_up,
         update_bytes_down: rr.bytes_down,
         staleness_histogram: hist,

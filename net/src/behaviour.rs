@@ -92,6 +92,18 @@ impl Behaviour {
             // with the swarm.
             gossip_builder.gossip_lazy(lazy).gossip_factor(0.0);
         }
+        if !config.full_mesh {
+            // Without a full mesh (group averaging) nothing is gossiped on the updates topic: its
+            // mesh only holds connections open, so it is as thin as the heartbeats'.
+            let updates_topic =
+                gossipsub::IdentTopic::new(gradswarm_core::wire::updates_topic(&config.run_id))
+                    .hash();
+            gossip_builder
+                .mesh_n_for_topic(HEARTBEAT_MESH.1, updates_topic.clone())
+                .mesh_n_low_for_topic(HEARTBEAT_MESH.0, updates_topic.clone())
+                .mesh_n_high_for_topic(HEARTBEAT_MESH.2, updates_topic.clone())
+                .mesh_outbound_min_for_topic(HEARTBEAT_MESH.0 - 1, updates_topic);
+        }
         let gossip_config = gossip_builder
             // Heartbeats travel over a thinner mesh than updates: every peer forwards each one
             // to its mesh, so the mesh's degree multiplies the whole topic's bytes (32 peers in

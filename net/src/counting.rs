@@ -17,6 +17,8 @@ use crate::protocol_bytes::ProtocolBytes;
 pub struct WireCounters {
     sent: AtomicU64,
     received: AtomicU64,
+    /// Peers the node is connected to now (set by its network task).
+    connected: AtomicU64,
     /// The same connections' substream bytes, by protocol (where the transport counts them).
     pub protocols: Arc<ProtocolBytes>,
 }
@@ -30,6 +32,16 @@ impl WireCounters {
     /// Bytes read from the network so far.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Peers the node is connected to now.
+    pub fn connected_peers(&self) -> usize {
+        self.connected.load(Ordering::Relaxed) as usize
+    }
+
+    /// Records how many peers the node is connected to.
+    pub(crate) fn set_connected_peers(&self, n: usize) {
+        self.connected.store(n as u64, Ordering::Relaxed);
     }
 }
 

@@ -118,6 +118,11 @@ pub struct NetConfig {
     /// has (gossipsub's IHAVE): `None`, gossipsub's default (at least 6, or a quarter of the
     /// topic's peers outside the mesh); `Some(n)`, exactly `n`.
     pub gossip_lazy: Option<usize>,
+    /// Whether this peer connects to every peer of the run it hears of (broadcast, where each
+    /// update is pulled from its publisher and a closed connection means the peer left) or keeps
+    /// a few connections (group averaging: its gossip mesh, its partners, the bootstrap nodes;
+    /// anyone else is dialled when a request goes to it, at an address the DHT knows).
+    pub full_mesh: bool,
 }
 
 /// A link's bandwidths and round-trip time (see `shaping`).
@@ -163,6 +168,7 @@ impl NetConfig {
             link: None,
             flood_publish: true,
             gossip_lazy: None,
+            full_mesh: true,
         }
     }
 
@@ -185,6 +191,7 @@ impl NetConfig {
             link: None,
             flood_publish: true,
             gossip_lazy: None,
+            full_mesh: true,
         }
     }
 }
@@ -318,7 +325,8 @@ pub enum NetEvent {
     },
     /// A peer joined the run's update topic.
     PeerJoined(PeerId),
-    /// A peer left the run's update topic or disconnected.
+    /// A peer left the run's update topic or this node's last connection to it closed: on a full
+    /// mesh the peer left; otherwise the connection may only have been idle.
     PeerLeft(PeerId),
 }
 
@@ -399,6 +407,11 @@ impl NetHandle {
     /// The same connections' substream bytes so far, sent and received, by protocol.
     pub fn wire_by_protocol(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
         self.wire.protocols.snapshot()
+    }
+
+    /// How many peers this node is connected to now.
+    pub fn connected_peers(&self) -> usize {
+        self.wire.connected_peers()
     }
 
     /// This node's peer id.

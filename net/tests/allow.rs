@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Node, next, node, within};
+use common::{Node, heartbeat, next, node, within};
 use futures::StreamExt;
-use gradswarm_core::{DriftSketch, DropReason, Heartbeat, Request, Response, WireLimits};
+use gradswarm_core::{DropReason, Request, Response, WireLimits};
 use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, PeerId, Topic};
 
 const RUN: &str = "private";
@@ -19,28 +19,6 @@ async fn member(key: Keypair, bootstrap: Vec<Multiaddr>, allow: Option<Vec<PeerI
     config.bootstrap = bootstrap;
     config.allow = allow;
     node(config, key).await
-}
-
-fn heartbeat(of: PeerId) -> Vec<u8> {
-    Heartbeat {
-        run_id: RUN.into(),
-        model_hash: [7; 32],
-        peer_id: of.to_bytes(),
-        round: 0,
-        checksum: 0,
-        loss: f32::NAN,
-        sketch: DriftSketch::default(),
-        applied: 0,
-        published: 0,
-        settled: false,
-        samples: 0,
-        tokens_per_s: 0.0,
-        agent: String::new(),
-        throttled: false,
-        heard: 0,
-        ..Default::default()
-    }
-    .to_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +64,7 @@ async fn a_private_run_refuses_strangers_and_what_they_sign() {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                _ = tick.tick() => c.publish(Topic::Heartbeat, heartbeat(c_id)).expect("publish"),
+                _ = tick.tick() => c.publish(Topic::Heartbeat, heartbeat(RUN, [7; 32], c_id, 0)).expect("publish"),
                 event = a_events.next() => match event.expect("A runs") {
                     NetEvent::Dropped { from, reason } if from == c_id => return reason,
                     NetEvent::Heartbeat { from, .. } if from == c_id => {

@@ -212,6 +212,8 @@ impl PeerConfig {
         if groups {
             net.gossip_lazy = Some(GROUPS_GOSSIP_LAZY);
         }
+        // A peer needs direct connections to its group and its gossip mesh only, not to all N.
+        net.full_mesh = !groups;
         net
     }
 

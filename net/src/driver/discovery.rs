@@ -61,7 +61,7 @@ impl Driver {
                         for addr in info.addrs {
                             kad.add_address(&info.peer_id, addr);
                         }
-                        self.connect(info.peer_id);
+                        self.dial(info.peer_id);
                     }
                 }
             }
@@ -77,9 +77,16 @@ impl Driver {
         }
     }
 
-    /// Peers keep a direct connection to every peer they learn of, so gossip meshes form; bootstrap
-    /// nodes only answer.
+    /// Connects to a peer just learned of, so gossip meshes form: every one on a full mesh, a few
+    /// otherwise (`sparse`). Bootstrap nodes only answer.
     pub(super) fn connect(&mut self, peer: PeerId) {
+        if self.wants_connections() {
+            self.dial(peer);
+        }
+    }
+
+    /// Dials `peer` (a peer's own dials only: bootstrap nodes only answer).
+    fn dial(&mut self, peer: PeerId) {
         if self.config.role == Role::Peer
             && peer != *self.swarm.local_peer_id()
             && !self.swarm.is_connected(&peer)
@@ -89,8 +96,8 @@ impl Driver {
         }
     }
 
-    /// Dials `peer` if not connected; without an address for it, asks the DHT where it is (the
-    /// answer's routing update dials it). At most once per [`FIND_BACKOFF`] per peer, and one
+    /// Dials `peer` if not connected; without an address for it, asks the DHT where it is (and
+    /// dials it once the answer says). At most once per [`FIND_BACKOFF`] per peer, and one
     /// lookup at a time: each of 32 peers looking up each of the others it heard of before it
     /// knew their addresses made 12 lookups of 20 requests each, and kad half of every peer's
     /// uplink in the run's first rounds (bench/thirty-two, by protocol). A peer not in the running

@@ -7,6 +7,7 @@ mod discovery;
 mod nat;
 mod pull;
 pub(crate) mod rate;
+mod sparse;
 mod state;
 mod validate;
 
@@ -85,6 +86,13 @@ pub struct Driver {
     served_data: rate::RateLimit,
     /// libp2p's metrics, when the config asked for them.
     metrics: Option<libp2p::metrics::Metrics>,
+    /// When each connected peer's connection last opened or carried a request or a push (kept
+    /// without a full mesh only: see `sparse`).
+    last_used: HashMap<PeerId, web_time::Instant>,
+    /// The peers this node last pushed its update to: its group, whose connections stay.
+    partners: Vec<PeerId>,
+    /// Shared with the handle: how many peers this node is connected to.
+    wire: Arc<crate::WireCounters>,
 }
 
 impl Driver {
@@ -129,7 +137,7 @@ impl Driver {
         let handle = NetHandle {
             commands: command_tx,
             local_peer_id: *swarm.local_peer_id(),
-            wire,
+            wire: wire.clone(),
         };
         let store_bytes = store_budget(config.max_message_bytes);
         let metrics = config.metrics.as_ref().map(|registry| {
@@ -160,6 +168,9 @@ impl Driver {
             pending: HashMap::new(),
             joined: HashSet::new(),
             lost_events: 0,
+            last_used: HashMap::new(),
+            partners: Vec::new(),
+            wire,
         };
         Ok((handle, event_rx, driver))
     }
@@ -173,6 +184,7 @@ impl Driver {
         let mut known_at_walk = 0;
         // Armed only while pulls are parked: an idle node is not woken for nothing.
         let mut retry = futures::future::Fuse::terminated();
+        let mut prune = futures_timer::Delay::new(sparse::PRUNE_EVERY).fuse();
         loop {
             if retry.is_terminated() && !self.parked.is_empty() {
                 retry = futures_timer::Delay::new(RETRY_TICK).fuse();
@@ -184,6 +196,10 @@ impl Driver {
                     Some(command) => self.on_command(command),
                 },
                 _ = retry => self.retry_parked(),
+                _ = prune => {
+                    self.prune();
+                    prune = futures_timer::Delay::new(sparse::PRUNE_EVERY).fuse();
+                }
                 _ = discovery => {
                     // Walk the DHT for peers of the run: often at first, then every half minute,
                     // and only every few minutes once the routing table is full.
@@ -265,7 +281,9 @@ impl Driver {
                 }
             }
             Command::PushUpdate { bytes, to } => {
+                self.partners.clone_from(&to);
                 for peer in to {
+                    self.find(peer);
                     let request = Request::Push {
                         run_id: self.config.run_id.clone(),
                         bytes: bytes.clone(),
@@ -289,6 +307,7 @@ impl Driver {
                 request,
                 reply,
             } => {
+                self.find(peer);
                 let id = self
                     .swarm
                     .behaviour_mut()
@@ -324,12 +343,19 @@ impl Driver {
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 debug!("connected to {peer_id}");
+                self.used(peer_id);
+                self.count_connections();
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
-            } if self.joined.remove(&peer_id) => self.emit(NetEvent::PeerLeft(peer_id)),
+            } => {
+                self.count_connections();
+                if self.joined.remove(&peer_id) {
+                    self.emit(NetEvent::PeerLeft(peer_id));
+                }
+            }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }
@@ -353,8 +379,20 @@ impl Driver {
         }
     }
 
+    /// Tells the handle how many peers this node is connected to.
+    fn count_connections(&self) {
+        self.wire
+            .set_connected_peers(self.swarm.connected_peers().count());
+    }
+
     /// Routes a behaviour's event to the module that handles it.
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        use libp2p::request_response::Event::Message;
+        if let BehaviourEvent::State(Message { peer, .. })
+        | BehaviourEvent::Pull(Message { peer, .. }) = &event
+        {
+            self.used(*peer);
+        }
         match event {
             BehaviourEvent::Gossipsub(event) => self.on_gossip(event),
             BehaviourEvent::State(event) => self.on_state(event),

@@ -25,8 +25,10 @@ impl Driver {
             } => {
                 let from = message.source.unwrap_or(propagation_source);
                 // A peer heard of only through others: connect to it directly, so that pulls go
-                // straight to it and its leaving is seen as a closed connection.
-                if from != propagation_source {
+                // straight to it and its leaving is seen as a closed connection; without a full
+                // mesh, while this peer has few connections, so that its meshes need not go
+                // through the bootstrap node (whose mesh holds only a few of a joining swarm).
+                if from != propagation_source && self.wants_connections() {
                     self.find(from);
                 }
                 let topic = usize::from(message.topic != self.updates.hash());

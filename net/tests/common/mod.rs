@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
-use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, NetHandle, native};
+use gradswarm_core::{DriftSketch, Heartbeat, ModelHash};
+use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, NetHandle, PeerId, native};
 
 /// A running node: its handle, its events, and the address it listens on.
 pub struct Node {
@@ -58,4 +59,21 @@ pub async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(30), f)
         .await
         .expect("within 30 s")
+}
+
+/// A heartbeat of `run` for a model of `model_hash` at `round`, as `of` signs it: what a node
+/// publishes to be heard (gossip drops a message it has seen, so each round's is new). Not every
+/// test file sends one.
+#[allow(dead_code)]
+pub fn heartbeat(run: &str, model_hash: ModelHash, of: PeerId, round: u64) -> Vec<u8> {
+    Heartbeat {
+        run_id: run.into(),
+        model_hash,
+        peer_id: of.to_bytes(),
+        round,
+        loss: f32::NAN,
+        sketch: DriftSketch::default(),
+        ..Default::default()
+    }
+    .to_bytes()
 }

@@ -226,14 +226,17 @@ impl Peer {
     }
 
     /// Checks a state `from` served against the others, since any one peer may lie: at least
-    /// half of the other connected peers that may vouch for it ([`Peer::vouchers`]) must hold a fingerprint of its round, and a majority of
-    /// those (`from` counted) one within [`JOIN_TOLERANCE`] of it. A round nobody else reached
-    /// has no such majority. Finer differences are left to reconciliation.
+    /// half of the other peers that may vouch for it ([`Peer::vouchers`]) must hold a fingerprint
+    /// of its round, and a majority of those (`from` counted) one within [`JOIN_TOLERANCE`] of
+    /// it. A round nobody else reached has no such majority. Finer differences are left to
+    /// reconciliation.
     async fn verify(&self, from: PeerId, state: &PeerState) -> Result<(), PeerError> {
+        // Under broadcast, the peers connected to (a full mesh); under groups, whichever are
+        // `from`'s group: a peer keeps few connections there, and dials them to ask.
         let others: Vec<PeerId> = self
             .vouchers(from, state.round)
             .into_iter()
-            .filter(|p| self.joined.contains(p))
+            .filter(|p| self.averaging.to_partners_only() || self.joined.contains(p))
             .collect();
         if others.is_empty() {
             if self.averaging.to_partners_only() && self.peers.keys().any(|p| *p != from) {

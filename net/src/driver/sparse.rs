@@ -1,0 +1,85 @@
+//! A few connections, not a full mesh (`NetConfig::full_mesh` off, as under group averaging): a
+//! peer connects to a handful of the peers it learns of and closes, now and then, the
+//! connections nothing needs. It keeps its gossip mesh (through which heartbeats reach
+//! everyone), its group partners (the peers it pushes its updates to), the bootstrap nodes (its
+//! relay and its way back into the DHT) and whatever carried a request lately; anyone else is
+//! dialled when a request or a push goes to it, at an address the DHT knows or looks up.
+//! Under broadcast every peer pulls every update from its publisher, so it stays connected to all.
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tracing::debug;
+use web_time::Instant;
+
+use super::Driver;
+
+/// Connections a peer opens to peers it merely learned of, and keeps while nothing needs more:
+/// more than a gossip mesh's degree (4–6), so that gossipsub has peers to graft from.
+pub(super) const SPARSE_DEGREE: usize = 8;
+
+/// How often connections nothing needs are looked for.
+pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a connection stays after it opened or last carried a request or a push: longer than
+/// a round of most runs, so a partner met through a push is not closed between two rounds, and
+/// long enough for gossipsub to graft a new connection into its mesh first.
+pub(super) const USED_LATELY: Duration = Duration::from_secs(30);
+
+impl Driver {
+    /// Whether this peer dials a peer it merely learned of: always on a full mesh, otherwise
+    /// while it holds fewer than [`SPARSE_DEGREE`] connections, dials under way counted: a DHT
+    /// walk names a dozen peers at once, all dialled before the first dial completes (at 32
+    /// peers every peer was connected to all 31 others in its first rounds).
+    pub(super) fn wants_connections(&self) -> bool {
+        let dialling = self
+            .swarm
+            .network_info()
+            .connection_counters()
+            .num_pending_outgoing() as usize;
+        self.config.full_mesh || self.swarm.connected_peers().count() + dialling < SPARSE_DEGREE
+    }
+
+    /// Notes that a connection to `peer` is in use (it opened, or carried a request or a push).
+    pub(super) fn used(&mut self, peer: PeerId) {
+        if !self.config.full_mesh {
+            self.last_used.insert(peer, Instant::now());
+        }
+    }
+
+    /// Closes connections beyond [`SPARSE_DEGREE`] that nothing needs (see the module), those
+    /// unused longest first. A peer closed here is not gone: its heartbeats still arrive by gossip.
+    pub(super) fn prune(&mut self) {
+        if self.config.full_mesh {
+            return;
+        }
+        let swarm = &self.swarm;
+        self.last_used.retain(|p, _| swarm.is_connected(p));
+        let connected = self.swarm.connected_peers().count();
+        if connected <= SPARSE_DEGREE {
+            return;
+        }
+        let behaviour = self.swarm.behaviour();
+        let mesh: Vec<PeerId> = behaviour.gossipsub.all_mesh_peers().copied().collect();
+        let bootstraps: Vec<PeerId> = self
+            .config
+            .bootstrap
+            .iter()
+            .filter_map(crate::peer_of)
+            .collect();
+        // Unused for longest first; a connection never noted as used (`None`) before all.
+        let mut idle: Vec<(Option<Instant>, PeerId)> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| !mesh.contains(p) && !bootstraps.contains(p) && !self.partners.contains(p))
+            .map(|p| (self.last_used.get(p).copied(), *p))
+            .filter(|(used, _)| used.is_none_or(|t| t.elapsed() >= USED_LATELY))
+            .collect();
+        idle.sort();
+        for (_, peer) in idle.into_iter().take(connected - SPARSE_DEGREE) {
+            debug!("closing the idle connection to {peer}");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            self.last_used.remove(&peer);
+        }
+    }
+}
