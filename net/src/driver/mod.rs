@@ -86,9 +86,9 @@ pub struct Driver {
     served_data: rate::RateLimit,
     /// libp2p's metrics, when the config asked for them.
     metrics: Option<libp2p::metrics::Metrics>,
-    /// When each connected peer's connection last opened or carried a request or a push (kept
-    /// without a full mesh only: see `sparse`).
-    last_used: HashMap<PeerId, web_time::Instant>,
+    /// Until when each connected peer's connection stays though nothing else needs it: it opened
+    /// or carried a request or a push lately (noted without a full mesh only: see `sparse`).
+    keep_until: HashMap<PeerId, web_time::Instant>,
     /// The peers this node last pushed its update to: its group, whose connections stay.
     partners: Vec<PeerId>,
     /// Shared with the handle: how many peers this node is connected to.
@@ -168,7 +168,7 @@ impl Driver {
             pending: HashMap::new(),
             joined: HashSet::new(),
             lost_events: 0,
-            last_used: HashMap::new(),
+            keep_until: HashMap::new(),
             partners: Vec::new(),
             wire,
         };
@@ -283,6 +283,7 @@ impl Driver {
             Command::PushUpdate { bytes, to } => {
                 self.partners.clone_from(&to);
                 for peer in to {
+                    self.used(peer);
                     self.find(peer);
                     let request = Request::Push {
                         run_id: self.config.run_id.clone(),
@@ -307,6 +308,7 @@ impl Driver {
                 request,
                 reply,
             } => {
+                self.used(peer);
                 self.find(peer);
                 let id = self
                     .swarm
@@ -343,7 +345,7 @@ impl Driver {
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 debug!("connected to {peer_id}");
-                self.used(peer_id);
+                self.keep(peer_id, sparse::NEW_CONNECTION);
                 self.count_connections();
             }
             SwarmEvent::ConnectionClosed {

@@ -21,10 +21,15 @@ pub(super) const SPARSE_DEGREE: usize = 8;
 /// How often connections nothing needs are looked for.
 pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
-/// How long a connection stays after it opened or last carried a request or a push: longer than
-/// a round of most runs, so a partner met through a push is not closed between two rounds, and
-/// long enough for gossipsub to graft a new connection into its mesh first.
+/// How long a connection stays after it last carried a request or a push: longer than a round
+/// of most runs, so a partner met through a push is not closed between two rounds, and as long
+/// as the state protocol waits for an answer, so a replica being sent is not cut off.
 pub(super) const USED_LATELY: Duration = Duration::from_secs(30);
+
+/// How long a new connection stays though nothing uses it: long enough for gossipsub to graft it
+/// into a mesh. DHT walks open most of them (at 32 peers, each peer was connected to all 31 in
+/// its first rounds, the walks' connections kept for 30 s like used ones).
+pub(super) const NEW_CONNECTION: Duration = Duration::from_secs(10);
 
 impl Driver {
     /// Whether this peer dials a peer it merely learned of: always on a full mesh, otherwise
@@ -40,21 +45,28 @@ impl Driver {
         self.config.full_mesh || self.swarm.connected_peers().count() + dialling < SPARSE_DEGREE
     }
 
-    /// Notes that a connection to `peer` is in use (it opened, or carried a request or a push).
-    pub(super) fn used(&mut self, peer: PeerId) {
+    /// Keeps the connection to `peer` for `how_long` at least, and for longer if so noted before.
+    pub(super) fn keep(&mut self, peer: PeerId, how_long: Duration) {
         if !self.config.full_mesh {
-            self.last_used.insert(peer, Instant::now());
+            let until = Instant::now() + how_long;
+            let kept = self.keep_until.entry(peer).or_insert(until);
+            *kept = (*kept).max(until);
         }
     }
 
+    /// Notes that a request or a push went to or came from `peer`.
+    pub(super) fn used(&mut self, peer: PeerId) {
+        self.keep(peer, USED_LATELY);
+    }
+
     /// Closes connections beyond [`SPARSE_DEGREE`] that nothing needs (see the module), those
-    /// unused longest first. A peer closed here is not gone: its heartbeats still arrive by gossip.
+    /// idle longest first. A peer closed here is not gone: its heartbeats still arrive by gossip.
     pub(super) fn prune(&mut self) {
         if self.config.full_mesh {
             return;
         }
         let swarm = &self.swarm;
-        self.last_used.retain(|p, _| swarm.is_connected(p));
+        self.keep_until.retain(|p, _| swarm.is_connected(p));
         let connected = self.swarm.connected_peers().count();
         if connected <= SPARSE_DEGREE {
             return;
@@ -67,19 +79,20 @@ impl Driver {
             .iter()
             .filter_map(crate::peer_of)
             .collect();
-        // Unused for longest first; a connection never noted as used (`None`) before all.
+        // Idle longest first; a connection never noted (`None`) before all.
+        let now = Instant::now();
         let mut idle: Vec<(Option<Instant>, PeerId)> = self
             .swarm
             .connected_peers()
             .filter(|p| !mesh.contains(p) && !bootstraps.contains(p) && !self.partners.contains(p))
-            .map(|p| (self.last_used.get(p).copied(), *p))
-            .filter(|(used, _)| used.is_none_or(|t| t.elapsed() >= USED_LATELY))
+            .map(|p| (self.keep_until.get(p).copied(), *p))
+            .filter(|(until, _)| until.is_none_or(|t| t <= now))
             .collect();
         idle.sort();
         for (_, peer) in idle.into_iter().take(connected - SPARSE_DEGREE) {
             debug!("closing the idle connection to {peer}");
             let _ = self.swarm.disconnect_peer_id(peer);
-            self.last_used.remove(&peer);
+            self.keep_until.remove(&peer);
         }
     }
 }
