@@ -115,8 +115,8 @@ pub struct Summary {
     /// the end's settling, which a short run spreads over few steps.
     #[serde(default)]
     pub steady_wire_bytes_per_peer_per_step: f64,
-    /// Peers a peer is connected to, the mean over peers and over the same steady rounds: N − 1
-    /// on a full mesh.
+    /// Peers a peer is connected to, the bootstrap nodes included: the mean over peers and over
+    /// the same steady rounds (N − 1 peers and the bootstrap nodes on a full mesh).
     #[serde(default)]
     pub connections_per_peer: f64,
     /// dense ÷ wire bytes per peer per step.

@@ -121,7 +121,8 @@ pub struct NetConfig {
     /// Whether this peer connects to every peer of the run it hears of (broadcast, where each
     /// update is pulled from its publisher and a closed connection means the peer left) or keeps
     /// a few connections (group averaging: its gossip mesh, its partners, the bootstrap nodes;
-    /// anyone else is dialled when a request goes to it, at an address the DHT knows).
+    /// anyone else is dialled when a request goes to it, at an address the DHT knows). A node
+    /// that listens nowhere (a browser tab) keeps connecting to all: nobody can dial it.
     pub full_mesh: bool,
 }
 

@@ -30,6 +30,9 @@ impl Driver {
                 if info.protocol_version != PROTOCOL_VERSION {
                     return;
                 }
+                if info.listen_addrs.is_empty() && self.sparse() {
+                    self.undialable.insert(peer_id);
+                }
                 // A peer's loopback addresses reach it only from its own machine: when it sees us
                 // elsewhere, dialling them would reach ourselves (or another process here), and
                 // such a dial can win the race against the address that reaches it (measured in

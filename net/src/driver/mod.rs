@@ -86,11 +86,15 @@ pub struct Driver {
     served_data: rate::RateLimit,
     /// libp2p's metrics, when the config asked for them.
     metrics: Option<libp2p::metrics::Metrics>,
-    /// Until when each connected peer's connection stays though nothing else needs it: it opened
-    /// or carried a request or a push lately (noted without a full mesh only: see `sparse`).
+    /// Until when each peer's connection stays though nothing else needs it: it opened or
+    /// carried a request or a push lately, or one is being dialled for a push or a request
+    /// (noted only with few connections: see `sparse`).
     keep_until: HashMap<PeerId, web_time::Instant>,
-    /// The peers this node last pushed its update to: its group, whose connections stay.
+    /// The peers this node last pushed its update to (its group of the last round it pushed
+    /// in), whose connections stay.
     partners: Vec<PeerId>,
+    /// Connected peers that listen nowhere (browser tabs), by identify: their connections stay.
+    undialable: HashSet<PeerId>,
     /// Shared with the handle: how many peers this node is connected to.
     wire: Arc<crate::WireCounters>,
 }
@@ -170,6 +174,7 @@ impl Driver {
             lost_events: 0,
             keep_until: HashMap::new(),
             partners: Vec::new(),
+            undialable: HashSet::new(),
             wire,
         };
         Ok((handle, event_rx, driver))

@@ -233,18 +233,13 @@ impl Peer {
                 self.joined.insert(peer);
             }
             NetEvent::PeerLeft(peer) if self.averaging.to_partners_only() => {
-                // Under groups a peer keeps a few connections (`NetConfig::full_mesh`), and
-                // closes idle ones: only silence says a peer left (`live`), so that every peer
-                // keeps drawing the groups from the same set. A partner's connection is never
-                // closed for idleness, though: a partner lost is not waited for until it sends
-                // an update again.
+                // Under groups a peer keeps a few connections (`NetConfig::full_mesh`) and closes
+                // idle ones, a partner's too when a round outlasts the driver's keep (or when
+                // the partner closed it): only silence says a peer left (`live`), so that every
+                // peer keeps drawing the groups from the same set, and a partner that died is
+                // waited for until it missed `MISSED_LIMIT` rounds.
+                debug!("no connection to {peer} now");
                 self.joined.remove(&peer);
-                if self.partners_at(self.book.round()).contains(&peer)
-                    && let Some(seen) = self.peers.get_mut(&peer)
-                {
-                    info!("lost the connection to partner {peer}: not waiting for it");
-                    seen.missed = seen.missed.max(MISSED_LIMIT);
-                }
             }
             NetEvent::PeerLeft(peer) => {
                 info!("peer {peer} left");

@@ -58,11 +58,13 @@ impl Peer {
             let typical = self.typical_round();
             let ahead = typical > self.book.round();
             // State comes from a peer we are connected to: one only heard of through gossip
-            // forwarded by others may not be dialable yet.
+            // forwarded by others may not be dialable yet. Under groups a peer connects to a
+            // few peers only, and dials the one it asks.
+            let groups = self.averaging.to_partners_only();
             let ahead_here = self
                 .peers
                 .iter()
-                .any(|(p, s)| s.round >= typical && self.joined.contains(p));
+                .any(|(p, s)| s.round >= typical && (groups || self.joined.contains(p)));
             // However far ahead the first peer heard says it is, the others get `join_wait` to
             // be heard too: one voice alone cannot be checked.
             let waited = started.elapsed() >= self.config.join_wait;
@@ -316,10 +318,13 @@ impl Peer {
     /// their groups learned apart (0.4 to 0.55 apart, by sketch, at 32 peers in groups of 4),
     /// far past [`JOIN_TOLERANCE`].
     fn vouchers(&self, from: PeerId, round: u64) -> Vec<PeerId> {
-        let others = self.peers.keys().filter(|p| **p != from && **p != self.me);
         if !self.averaging.to_partners_only() {
+            let others = self.peers.keys().filter(|p| **p != from && **p != self.me);
             return others.copied().collect();
         }
+        // Drawn from the live peers, as the swarm draws its groups (`Peer::group_of`): under
+        // groups a closed connection leaves a departed peer in `peers` until it is forgotten.
+        let others = self.live().filter(|p| **p != from && **p != self.me);
         let heard: Vec<Vec<u8>> = others.map(|p| p.to_bytes()).collect();
         self.averaging
             .partners(
