@@ -162,9 +162,17 @@ impl Peer {
                         .is_some_and(|d| d > tolerance)
             });
             if far && votes.len() + 1 < voters {
+                // Under groups only the partners' replicas took the same updates (the others'
+                // votes fail `same`): asking all 31 of 32 peers kept each peer connected to
+                // nearly all of them for the run's first minute.
+                let partners = self
+                    .averaging
+                    .to_partners_only()
+                    .then(|| self.partners_at(round));
                 let silent: Vec<PeerId> = self
                     .contributors()
                     .filter(|p| !votes.contains_key(p))
+                    .filter(|p| partners.as_ref().is_none_or(|g| g.contains(p)))
                     .copied()
                     .collect();
                 self.poll(round, silent);
