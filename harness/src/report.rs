@@ -252,13 +252,11 @@ pub fn summarize(
     let per_peer = |f: &dyn Fn(&RoundRow) -> u64| rate(&|_| true, f);
     let wire = per_peer(&|r| r.wire_bytes_up);
     let (from, last) = (scenario.rounds / 10, scenario.rounds.saturating_sub(1));
-    let steady = rate(&|r| r.round >= from && r.round < last, &|r| r.wire_bytes_up);
+    let steady_rounds = |r: &RoundRow| r.round >= from && r.round < last;
+    let steady = rate(&steady_rounds, &|r| r.wire_bytes_up);
     let update = per_peer(&|r| r.update_bytes_up);
     // A rate per step times the steps of a round: the mean per round.
-    let connections = h as f64
-        * rate(&|r| r.round >= from && r.round < last, &|r| {
-            r.connections as u64
-        });
+    let connections = h as f64 * rate(&steady_rounds, &|r| r.connections as u64);
     let protocols: std::collections::BTreeSet<&String> = peers
         .iter()
         .flat_map(|p| p.rounds.iter().flat_map(|r| r.wire_up_by_protocol.keys()))

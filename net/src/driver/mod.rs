@@ -288,8 +288,7 @@ impl Driver {
             Command::PushUpdate { bytes, to } => {
                 self.partners.clone_from(&to);
                 for peer in to {
-                    self.used(peer);
-                    self.find(peer);
+                    self.reach(peer);
                     let request = Request::Push {
                         run_id: self.config.run_id.clone(),
                         bytes: bytes.clone(),
@@ -313,8 +312,7 @@ impl Driver {
                 request,
                 reply,
             } => {
-                self.used(peer);
-                self.find(peer);
+                self.reach(peer);
                 let id = self
                     .swarm
                     .behaviour_mut()

@@ -69,6 +69,13 @@ impl Driver {
         self.keep(peer, USED_LATELY);
     }
 
+    /// Readies the connection a request or a push to `peer` is about to take: kept as used, and
+    /// dialled (or looked up) if there is none.
+    pub(super) fn reach(&mut self, peer: PeerId) {
+        self.used(peer);
+        self.find(peer);
+    }
+
     /// Closes connections beyond [`SPARSE_DEGREE`] that nothing needs (see the module), those
     /// whose keep ran out first. A peer closed here is not gone: its heartbeats still arrive by
     /// gossip. Nor are closed the connections of peers that listen nowhere (browser tabs): they

@@ -137,10 +137,8 @@ impl Peer {
         let sketches: Vec<&DriftSketch> = same.iter().map(|(_, v)| &v.sketch).collect();
         let voters = self.contributors().count() + 1;
         let choice = same.iter().find_map(|&(peer, vote)| {
-            // Under broadcast, a peer connected to (a full mesh); under groups, where a peer
-            // connects to a few, any partner: it is dialled to ask.
             if vote.checksum == mark.checksum
-                || !(self.averaging.to_partners_only() || self.joined.contains(peer))
+                || !self.askable(peer)
                 || self.reconcile_after.get(peer).is_some_and(|&r| round < r)
             {
                 return None;

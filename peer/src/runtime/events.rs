@@ -36,6 +36,14 @@ impl Peer {
             .map(|(p, _)| p)
     }
 
+    /// Whether `peer` may be asked for its state or its fingerprint: under broadcast, a peer this
+    /// one is connected to (a full mesh; one heard of only through others' gossip may not be
+    /// dialable yet); under groups, where a peer connects to a few, any peer: it is dialled to
+    /// be asked.
+    pub(super) fn askable(&self, peer: &PeerId) -> bool {
+        self.averaging.to_partners_only() || self.joined.contains(peer)
+    }
+
     /// The live peers this peer waits for and shares the data with: those that have not left
     /// [`MISSED_LIMIT`] more rounds waiting for an update that never came than it sent updates,
     /// and do not say they train only part of the time (`throttled`).

@@ -57,14 +57,11 @@ impl Peer {
             let enough = self.peers.len() >= self.min_peers;
             let typical = self.typical_round();
             let ahead = typical > self.book.round();
-            // State comes from a peer we are connected to: one only heard of through gossip
-            // forwarded by others may not be dialable yet. Under groups a peer connects to a
-            // few peers only, and dials the one it asks.
-            let groups = self.averaging.to_partners_only();
+            // State comes from a peer that can be asked for it.
             let ahead_here = self
                 .peers
                 .iter()
-                .any(|(p, s)| s.round >= typical && (groups || self.joined.contains(p)));
+                .any(|(p, s)| s.round >= typical && self.askable(p));
             // However far ahead the first peer heard says it is, the others get `join_wait` to
             // be heard too: one voice alone cannot be checked.
             let waited = started.elapsed() >= self.config.join_wait;
@@ -233,12 +230,10 @@ impl Peer {
     /// it. A round nobody else reached has no such majority. Finer differences are left to
     /// reconciliation.
     async fn verify(&self, from: PeerId, state: &PeerState) -> Result<(), PeerError> {
-        // Under broadcast, the peers connected to (a full mesh); under groups, whichever are
-        // `from`'s group: a peer keeps few connections there, and dials them to ask.
         let others: Vec<PeerId> = self
             .vouchers(from, state.round)
             .into_iter()
-            .filter(|p| self.averaging.to_partners_only() || self.joined.contains(p))
+            .filter(|p| self.askable(p))
             .collect();
         if others.is_empty() {
             if self.averaging.to_partners_only() && self.peers.keys().any(|p| *p != from) {
