@@ -14,12 +14,14 @@
 //! - [`drift`]: the drift sketch heartbeats carry and pairwise averaging of drifted replicas.
 //! - [`credit`]: who contributed what, as the peers that aggregated it attest.
 //! - [`topology`]: averaging topologies (whose updates a round waits for): broadcast, groups.
+//! - [`gossip`]: compressed gossip over hash rings (CHOCO-gossip), simulated so far.
 
 pub mod aggregate;
 pub mod codec;
 pub mod credit;
 pub mod drift;
 mod error;
+pub mod gossip;
 pub mod outer;
 pub mod round;
 pub mod shard;

@@ -10,6 +10,7 @@
 //! - [`swarm`]: one run.
 //! - [`report`]: runs over a range of N for each strategy, the report and its plot.
 
+mod gossip;
 pub mod links;
 pub mod objective;
 pub mod report;

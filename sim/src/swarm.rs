@@ -43,6 +43,13 @@ pub enum Strategy {
         /// Rounds a grouping lasts.
         every: u64,
     },
+    /// Compressed gossip over `rings` hash rings ([`gradswarm_core::gossip`]): each peer steps on
+    /// its own update, sends the codec's compression of θ − x̂ to its `rings` successors and moves
+    /// toward its predecessors' public copies by [`SimConfig::gamma`].
+    Gossip {
+        /// Rings: the peers each one sends to and hears from.
+        rings: usize,
+    },
 }
 
 impl Strategy {
@@ -51,13 +58,15 @@ impl Strategy {
         match self {
             Self::Broadcast => "broadcast".into(),
             Self::Groups { size, every } => format!("groups-{size}x{every}"),
+            Self::Gossip { rings } => format!("gossip-{rings}"),
         }
     }
 
-    /// The round's groups, as indices into `ids`.
+    /// The round's groups, as indices into `ids` (gossip has none: a peer's neighbours overlap).
     fn groups(&self, round: u64, ids: &[Vec<u8>]) -> Vec<Vec<usize>> {
         match self {
             Self::Broadcast => vec![(0..ids.len()).collect()],
+            Self::Gossip { .. } => Vec::new(),
             Self::Groups { size, every } => {
                 let refs: Vec<&[u8]> = ids.iter().map(Vec::as_slice).collect();
                 let index: HashMap<&[u8], usize> =
@@ -114,6 +123,10 @@ pub struct SimConfig {
     pub attackers: f64,
     /// Whether a new group averages its members' parameters (off only to show what it is for).
     pub average_parameters: bool,
+    /// Gossip's consensus step size γ (CHOCO's): how far a peer moves toward its neighbours'
+    /// public copies each round.
+    #[serde(default = "default_gamma")]
+    pub gamma: f32,
     /// Seeds the objective, the machines and every draw.
     pub seed: u64,
 }
@@ -138,9 +151,14 @@ impl Default for SimConfig {
             churn: 0.0,
             attackers: 0.0,
             average_parameters: true,
+            gamma: default_gamma(),
             seed: 1,
         }
     }
+}
+
+fn default_gamma() -> f32 {
+    0.5
 }
 
 /// One round, averaged over the peers.
@@ -219,16 +237,20 @@ pub enum SimError {
     },
 }
 
-struct Peer {
-    id: Vec<u8>,
-    theta: Vec<f32>,
+pub(crate) struct Peer {
+    pub(crate) id: Vec<u8>,
+    pub(crate) theta: Vec<f32>,
     feedback: ErrorFeedback,
-    outer: OuterOptimizer,
-    codec: CpuCodec,
-    machine: Machine,
-    clock: f64,
-    attacker: bool,
-    seed: u64,
+    pub(crate) outer: OuterOptimizer,
+    pub(crate) codec: CpuCodec,
+    pub(crate) machine: Machine,
+    pub(crate) clock: f64,
+    pub(crate) attacker: bool,
+    pub(crate) seed: u64,
+    /// Gossip: its public copy x̂, as its neighbours hold it.
+    pub(crate) public: Vec<f32>,
+    /// Gossip: the peers whose public copies it holds.
+    pub(crate) heard: Vec<Vec<u8>>,
 }
 
 /// What a peer computed in a round.
@@ -281,67 +303,13 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
             ..Default::default()
         };
         let started: Vec<f64> = peers.iter().map(|p| p.clock).collect();
-        let groups = config.strategy.groups(round, &ids);
-        if let Strategy::Groups { size, every } = config.strategy
-            && config.average_parameters
-            && round > 0
-            && (Groups { size, every }).regroups_at(round)
-        {
-            for group in &groups {
-                average_parameters(config, &mut peers, group, &mut stats)?;
-            }
-        }
-        let computed = compute_all(config, &objective, &mut peers, round)?;
-        for group in groups {
-            let g = group.len();
-            let ready: Vec<f64> = group
-                .iter()
-                .map(|&i| peers[i].clock + computed[i].compute_s)
-                .collect();
-            let arrive: Vec<f64> = group
-                .iter()
-                .zip(&ready)
-                .map(|(&i, r)| {
-                    let m = &peers[i].machine;
-                    r + (g - 1) as f64 * computed[i].bytes as f64 / m.up_bps + m.latency_s
-                })
-                .collect();
-            let deadline = median(&ready)
-                + config.deadline_factor
-                    * median(
-                        &group
-                            .iter()
-                            .map(|&i| computed[i].compute_s)
-                            .collect::<Vec<_>>(),
-                    );
-            let first = arrive.iter().copied().fold(f64::INFINITY, f64::min);
-            let included: Vec<bool> = arrive.iter().map(|&a| a <= deadline.max(first)).collect();
-            stats.dropped += included.iter().filter(|&&k| !k).count() as u64;
-            let last = arrive
-                .iter()
-                .zip(&included)
-                .filter(|(_, k)| **k)
-                .map(|(a, _)| *a)
-                .fold(0.0, f64::max);
-            let total: usize = group.iter().map(|&i| computed[i].bytes).sum();
-            let mut close = last;
-            for &i in &group {
-                let m = &peers[i].machine;
-                let down = (total - computed[i].bytes) as f64;
-                close = close.max(last + m.latency_s + down / m.down_bps);
-                stats.bytes_up += ((g - 1) * computed[i].bytes) as f64;
-                stats.bytes_down += down;
-                stats.connections += (g - 1) as f64;
-            }
-            let aggregate = aggregate(config, policy, round, &group, &included, &ids, &computed);
-            for (&i, r) in group.iter().zip(&ready) {
-                let p = &mut peers[i];
-                // A member whose update missed the deadline was still computing at the close.
-                p.clock = close.max(*r);
-                if let Some(a) = &aggregate {
-                    p.outer.apply(&mut p.theta, a);
-                }
-            }
+        if let Strategy::Gossip { rings } = config.strategy {
+            update_bytes +=
+                crate::gossip::round(config, &objective, &mut peers, round, rings, &mut stats)?;
+        } else {
+            update_bytes += group_round(
+                config, &objective, &mut peers, round, &ids, policy, &mut stats,
+            )?;
         }
         let n = peers.len() as f64;
         stats.bytes_up /= n;
@@ -362,7 +330,6 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
         conns += stats.connections;
         sync += stats.sync_bytes;
         round_s += stats.round_s;
-        update_bytes += computed.iter().map(|c| c.bytes as f64).sum::<f64>() / n;
         sum.final_loss = stats.loss;
         sum.final_spread = stats.spread;
         progress(&stats);
@@ -382,6 +349,83 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
     sum.round_s = round_s / r;
     sum.update_bytes = update_bytes / r;
     Ok(sum)
+}
+
+/// One round of broadcast or groups: new groups average their parameters, every peer computes
+/// its update, each group waits for its members' and applies their aggregate. Returns the
+/// round's mean encoded update size.
+fn group_round(
+    config: &SimConfig,
+    objective: &Quadratic,
+    peers: &mut [Peer],
+    round: u64,
+    ids: &[Vec<u8>],
+    policy: StalenessPolicy,
+    stats: &mut RoundStats,
+) -> Result<f64, SimError> {
+    let groups = config.strategy.groups(round, ids);
+    if let Strategy::Groups { size, every } = config.strategy
+        && config.average_parameters
+        && round > 0
+        && (Groups { size, every }).regroups_at(round)
+    {
+        for group in &groups {
+            average_parameters(config, peers, group, stats)?;
+        }
+    }
+    let computed = compute_all(config, objective, peers, round)?;
+    for group in groups {
+        let g = group.len();
+        let ready: Vec<f64> = group
+            .iter()
+            .map(|&i| peers[i].clock + computed[i].compute_s)
+            .collect();
+        let arrive: Vec<f64> = group
+            .iter()
+            .zip(&ready)
+            .map(|(&i, r)| {
+                let m = &peers[i].machine;
+                r + (g - 1) as f64 * computed[i].bytes as f64 / m.up_bps + m.latency_s
+            })
+            .collect();
+        let deadline = median(&ready)
+            + config.deadline_factor
+                * median(
+                    &group
+                        .iter()
+                        .map(|&i| computed[i].compute_s)
+                        .collect::<Vec<_>>(),
+                );
+        let first = arrive.iter().copied().fold(f64::INFINITY, f64::min);
+        let included: Vec<bool> = arrive.iter().map(|&a| a <= deadline.max(first)).collect();
+        stats.dropped += included.iter().filter(|&&k| !k).count() as u64;
+        let last = arrive
+            .iter()
+            .zip(&included)
+            .filter(|(_, k)| **k)
+            .map(|(a, _)| *a)
+            .fold(0.0, f64::max);
+        let total: usize = group.iter().map(|&i| computed[i].bytes).sum();
+        let mut close = last;
+        for &i in &group {
+            let m = &peers[i].machine;
+            let down = (total - computed[i].bytes) as f64;
+            close = close.max(last + m.latency_s + down / m.down_bps);
+            stats.bytes_up += ((g - 1) * computed[i].bytes) as f64;
+            stats.bytes_down += down;
+            stats.connections += (g - 1) as f64;
+        }
+        let aggregate = aggregate(config, policy, round, &group, &included, ids, &computed);
+        for (&i, r) in group.iter().zip(&ready) {
+            let p = &mut peers[i];
+            // A member whose update missed the deadline was still computing at the close.
+            p.clock = close.max(*r);
+            if let Some(a) = &aggregate {
+                p.outer.apply(&mut p.theta, a);
+            }
+        }
+    }
+    Ok(computed.iter().map(|c| c.bytes as f64).sum::<f64>() / peers.len() as f64)
 }
 
 /// A new group's members average their parameters exactly (reduce-scatter then all-gather of
@@ -453,7 +497,6 @@ fn new_peer(
 ) -> Result<Peer, SimError> {
     Ok(Peer {
         id: id.to_le_bytes().to_vec(),
-        theta,
         feedback: ErrorFeedback::with_decay(config.dim, config.feedback_decay),
         outer: OuterOptimizer::new(config.outer),
         codec: CpuCodec::new(config.codec).map_err(|e| SimError::Config(e.to_string()))?,
@@ -461,6 +504,12 @@ fn new_peer(
         clock,
         attacker,
         seed: rng.next_u64(),
+        public: match config.strategy {
+            Strategy::Gossip { .. } => theta.clone(),
+            _ => Vec::new(),
+        },
+        heard: Vec::new(),
+        theta,
     })
 }
 
@@ -496,27 +545,29 @@ fn churn(
     Ok(())
 }
 
-/// Every peer's local steps and encoded update, on all cores (each peer's draws depend only on
-/// the seed, its own and the round, so the split does not change the result).
+/// Every peer's local steps and encoded update, on all cores.
 fn compute_all(
     config: &SimConfig,
     objective: &Quadratic,
     peers: &mut [Peer],
     round: u64,
 ) -> Result<Vec<Computed>, SimError> {
+    par_map(peers, |p| compute_one(config, objective, p, round))
+}
+
+/// `f` over every peer, on all cores, results in the peers' order (each peer's draws depend only
+/// on the seed, its own and the round, so the split does not change the result).
+pub(crate) fn par_map<T: Send>(
+    peers: &mut [Peer],
+    f: impl Fn(&mut Peer) -> Result<T, SimError> + Sync,
+) -> Result<Vec<T>, SimError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = peers.len().div_ceil(threads).max(1);
-    let results: Vec<Result<Vec<Computed>, SimError>> = std::thread::scope(|s| {
+    let f = &f;
+    let results: Vec<Result<Vec<T>, SimError>> = std::thread::scope(|s| {
         let handles: Vec<_> = peers
             .chunks_mut(chunk)
-            .map(|chunk| {
-                s.spawn(move || {
-                    chunk
-                        .iter_mut()
-                        .map(|p| compute_one(config, objective, p, round))
-                        .collect()
-                })
-            })
+            .map(|chunk| s.spawn(move || chunk.iter_mut().map(f).collect()))
             .collect();
         handles
             .into_iter()

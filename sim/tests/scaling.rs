@@ -109,3 +109,60 @@ fn pairwise_gossip_keeps_per_peer_cost_flat_and_reaches_the_target() {
         assert!(ratio <= 1.2, "{name} × {n}: {ratio:.2}× broadcast's rounds");
     }
 }
+
+#[test]
+fn compressed_gossip_moves_update_sized_payloads_but_mixes_little_at_top_1_percent() {
+    // CHOCO-gossip over 3 hash rings: every peer sends one top-1 % difference to 3 peers a
+    // round, whatever N, and never a replica (no churn here); with noise 0.3 its replicas still
+    // end about where training alone leaves them (γ ≈ 0), far from broadcast's, because a top-1 %
+    // difference carries a hundredth of what a neighbour learned (bench/README.md, "Compressed
+    // gossip, simulated").
+    let gossip = Strategy::Gossip { rings: 3 };
+    let noisy = SimConfig {
+        noise: 0.3,
+        max_rounds: 100,
+        ..base()
+    };
+    let report = scaling(&noisy, &SIZES, &[Strategy::Broadcast, gossip], |_, _| {}).expect("runs");
+    let growth = |of: &[(String, f64)]| {
+        of.iter()
+            .find(|(n, _)| *n == gossip.name())
+            .map(|(_, g)| *g)
+            .expect("a growth figure")
+    };
+    assert!(growth(&report.bytes_growth) <= 1.2);
+    assert!(growth(&report.connections_growth) <= 1.5);
+    for r in report.runs.iter().filter(|r| r.strategy == gossip.name()) {
+        assert!(r.connections <= 6.0, "{} connections", r.connections);
+        assert_eq!(r.sync_bytes_per_round, 0.0);
+        // Up and down, three differences each way.
+        assert!(r.bytes_per_round <= 7.0 * r.update_bytes, "{r:?}");
+    }
+    let at = |strategy: Strategy, gamma: f32| {
+        run(
+            &SimConfig {
+                peers: 64,
+                strategy,
+                gamma,
+                target: 0.0,
+                ..noisy.clone()
+            },
+            |_| {},
+        )
+        .expect("runs")
+    };
+    let (mixed, alone) = (at(gossip, 0.05), at(gossip, 0.001));
+    let broadcast = at(Strategy::Broadcast, 0.05);
+    eprintln!(
+        "loss after 100 rounds: gossip {:.3} (spread {:.3}), alone {:.3} (spread {:.3}), broadcast {:.3}",
+        mixed.final_loss,
+        mixed.final_spread,
+        alone.final_loss,
+        alone.final_spread,
+        broadcast.final_loss
+    );
+    // Mixing pulls the replicas together a little, and the loss stays near training alone's.
+    assert!(mixed.final_spread < alone.final_spread);
+    assert!(mixed.final_loss > 0.7 * alone.final_loss);
+    assert!(broadcast.final_loss < 0.5 * mixed.final_loss);
+}

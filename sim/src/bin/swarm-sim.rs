@@ -57,6 +57,7 @@ enum Command {
 enum Kind {
     Broadcast,
     Groups,
+    Gossip,
 }
 
 /// What every run shares.
@@ -68,6 +69,15 @@ struct Common {
     /// Rounds a grouping lasts (groups strategy).
     #[arg(long, default_value_t = 20)]
     regroup_every: u64,
+    /// Rings (gossip strategy): the peers each one sends to and hears from.
+    #[arg(long, default_value_t = 3)]
+    rings: usize,
+    /// Consensus step size γ (gossip strategy).
+    #[arg(long, default_value_t = 0.5)]
+    gamma: f32,
+    /// The scale command's strategies beside broadcast.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "groups")]
+    against: Vec<Kind>,
     /// Coordinates of the synthetic model.
     #[arg(long, default_value_t = 16_384)]
     dim: usize,
@@ -107,6 +117,11 @@ impl Common {
     fn config(&self) -> Result<SimConfig> {
         anyhow::ensure!(self.dim > 0, "--dim must be > 0");
         anyhow::ensure!(self.group_size >= 2, "--group-size must be ≥ 2");
+        anyhow::ensure!(self.rings >= 1, "--rings must be ≥ 1");
+        anyhow::ensure!(
+            self.gamma > 0.0 && self.gamma <= 1.0,
+            "--gamma must be in (0, 1]"
+        );
         anyhow::ensure!(
             (0.0..1.0).contains(&self.churn) && (0.0..1.0).contains(&self.attackers),
             "--churn and --attackers must be in [0, 1)"
@@ -123,6 +138,7 @@ impl Common {
             churn: self.churn,
             attackers: self.attackers,
             seed: self.seed,
+            gamma: self.gamma,
             ..SimConfig::default()
         };
         c.links.uplink_mbit = self.uplink_mbit;
@@ -141,6 +157,7 @@ impl Common {
                 size: self.group_size,
                 every: self.regroup_every.max(1),
             },
+            Kind::Gossip => Strategy::Gossip { rings: self.rings },
         }
     }
 }
@@ -185,7 +202,9 @@ fn main() -> Result<()> {
                 "--peers needs sizes > 0"
             );
             let base = common.config()?;
-            let strategies = [Strategy::Broadcast, common.strategy(Kind::Groups)];
+            let strategies: Vec<Strategy> = std::iter::once(Strategy::Broadcast)
+                .chain(common.against.iter().map(|&k| common.strategy(k)))
+                .collect();
             let bar = bar(base.max_rounds);
             let result = scaling(&base, &peers, &strategies, |label, round| {
                 if round == 0 {
