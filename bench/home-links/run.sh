@@ -32,11 +32,16 @@ for name in ["loopback", "home", "groups", "groups-loopback"]:
     spreads = [max(c) - sum(c) / len(c) for c in by_round.values() if len(c) == s["peers"]]
     result[name] = {
         "comm_fraction": s["comm_fraction"],
+        # comm_fraction without the wait for partners still computing (RoundRow::link_s).
+        "link_fraction": s.get("link_fraction"),
         "bytes_ratio_vs_dense": s["bytes_ratio_vs_dense"],
         "wire_bytes_per_peer_per_step": s["wire_bytes_per_peer_per_step"],
         "compute_s_per_round": mean("compute_s"),
         "encode_s_per_round": mean("encode_s"),
         "network_s_per_round": mean("network_s"),
+        "average_s_per_round": sum(row.get("average_s", 0.0) for row in rows) / max(1, len(rows)),
+        "average_fetch_s_per_round": sum(row.get("average_fetch_s", 0.0) for row in rows) / max(1, len(rows)),
+        "link_s_per_round": sum(row["link_s"] if row.get("link_s") is not None else row["network_s"] for row in rows) / max(1, len(rows)),
         "compute_spread_s_per_round": sum(spreads) / max(1, len(spreads)),
         "wall_s": s["wall_s"],
         "final_val_loss": s["final_val_loss"],

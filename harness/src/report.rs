@@ -48,6 +48,60 @@ pub struct RoundRow {
     pub encode_s: f64,
     /// Seconds collecting the others' updates.
     pub network_s: f64,
+    /// Seconds averaging parameters with a new group before the round: waiting for the new
+    /// partners to reach it, then fetching their replicas.
+    pub average_s: f64,
+    /// Of `average_s`, the fetching (after every new partner had reached the round).
+    pub average_fetch_s: f64,
+    /// Of `network_s`, the wait for updates in flight: the longest an awaited update travelled
+    /// (its sender's hand-over to its arrival here) after this peer began to wait. What the
+    /// network cost the round, without the wait for partners still computing. None where it
+    /// cannot be told: a round this peer sent nothing in, or one that waited out a partner.
+    pub link_s: Option<f64>,
+    /// When its update went to the network (Unix ms), for [`link_times`].
+    #[serde(skip)]
+    pub sent_at_ms: Option<f64>,
+    /// When each update that counted arrived (Unix ms), by sender, for [`link_times`].
+    #[serde(skip)]
+    pub arrived_ms: BTreeMap<String, f64>,
+    /// Whether the round closed at its deadline with a partner missing.
+    #[serde(skip)]
+    pub waited_out: bool,
+}
+
+/// Fills every row's `link_s` from the peers' hand-over and arrival times (one machine's clock:
+/// the harness's peers share it). An update that arrived before this peer began to wait cost
+/// nothing; one whose sender was still computing when this peer began costs only its flight.
+pub fn link_times(peers: &mut [PeerRow]) {
+    let sent: BTreeMap<(String, u64), f64> = peers
+        .iter()
+        .flat_map(|p| {
+            p.rounds
+                .iter()
+                .filter_map(|r| Some(((p.peer_id.clone(), r.round), r.sent_at_ms?)))
+        })
+        .collect();
+    for p in peers.iter_mut() {
+        for r in &mut p.rounds {
+            let Some(began) = r.sent_at_ms.filter(|_| !r.waited_out) else {
+                continue;
+            };
+            let mut wait = 0.0f64;
+            let mut known = true;
+            for (from, &at) in &r.arrived_ms {
+                match sent.get(&(from.clone(), r.round)) {
+                    Some(&left) => wait = wait.max((at - left).min(at - began)),
+                    None => known = false,
+                }
+            }
+            // An update whose hand-over nobody reported (a peer gone since) is counted whole.
+            r.link_s = Some(if known {
+                (wait / 1e3).clamp(0.0, r.network_s)
+            } else {
+                r.network_s
+            });
+        }
+    }
 }
 
 /// One peer's run.
@@ -135,8 +189,14 @@ pub struct Summary {
     pub baseline_final_val_loss: Option<f64>,
     /// The largest replica divergence at the end of the run.
     pub max_replica_divergence: f64,
-    /// (encode + network) ÷ (compute + encode + network), summed over peers and rounds.
+    /// (encode + network + average) ÷ (compute + encode + network + average), summed over peers
+    /// and rounds.
     pub comm_fraction: f64,
+    /// (encode + link + average_fetch) ÷ the same: `comm_fraction` without the wait for
+    /// partners still computing ([`RoundRow::link_s`], [`RoundRow::average_fetch_s`]; a round
+    /// whose link time cannot be told counts whole).
+    #[serde(default)]
+    pub link_fraction: f64,
     /// Updates dropped, all peers, by reason.
     pub drops: DropCounts,
     /// Wall time of the swarm run.
@@ -280,13 +340,15 @@ pub fn summarize(
             scenario.target_val_loss,
         )
     });
-    let (mut comm, mut all) = (0.0, 0.0);
+    let (mut comm, mut link, mut all) = (0.0, 0.0, 0.0);
     let mut drops = DropCounts::default();
     for p in peers {
         drops.merge(&p.drops);
         for r in &p.rounds {
-            comm += r.encode_s + r.network_s;
-            all += r.compute_s + r.encode_s + r.network_s;
+            // A regrouping's wait counts as network time; of it only the fetching is the links'.
+            comm += r.encode_s + r.network_s + r.average_s;
+            link += r.encode_s + r.link_s.unwrap_or(r.network_s) + r.average_fetch_s;
+            all += r.compute_s + r.encode_s + r.network_s + r.average_s;
         }
     }
     Summary {
@@ -311,6 +373,7 @@ pub fn summarize(
         baseline_final_val_loss: baseline.and_then(|b| b.rounds.last().map(|r| r.val_loss)),
         max_replica_divergence: divergence,
         comm_fraction: if all > 0.0 { comm / all } else { 0.0 },
+        link_fraction: if all > 0.0 { link / all } else { 0.0 },
         drops,
         wall_s,
         baseline_wall_s: baseline.map(|b| b.wall_s),
@@ -345,5 +408,74 @@ mod tests {
         let curve = [(10, 3.0), (20, 2.4), (30, 2.6), (40, 2.0)];
         assert_eq!(samples_to(curve, 2.5), Some(20));
         assert_eq!(samples_to(curve, 1.0), None);
+    }
+
+    fn row(round: u64, network_s: f64, sent: f64, arrived: &[(&str, f64)]) -> RoundRow {
+        RoundRow {
+            round,
+            loss: None,
+            val_loss: None,
+            samples: 0,
+            wire_bytes_up: 0,
+            wire_bytes_down: 0,
+            wire_up_by_protocol: BTreeMap::new(),
+            update_bytes_up: 0,
+            connections: 0,
+            update_bytes_down: 0,
+            staleness_histogram: Vec::new(),
+            drops: DropCounts::default(),
+            peers: 2,
+            compute_s: 1.0,
+            encode_s: 0.0,
+            network_s,
+            average_s: 0.0,
+            average_fetch_s: 0.0,
+            link_s: None,
+            sent_at_ms: Some(sent),
+            arrived_ms: arrived.iter().map(|(p, t)| (p.to_string(), *t)).collect(),
+            waited_out: false,
+        }
+    }
+
+    fn peer(id: &str, rounds: Vec<RoundRow>) -> PeerRow {
+        PeerRow {
+            index: 0,
+            peer_id: id.into(),
+            start_round: 0,
+            synced_from: None,
+            resyncs: 0,
+            killed: false,
+            resumed_from: None,
+            attack: None,
+            max_rss_bytes: None,
+            rounds,
+            drops: DropCounts::default(),
+        }
+    }
+
+    #[test]
+    fn link_time_is_the_flight_not_the_wait_for_a_partner_still_computing() {
+        // Round 0: a handed over at 1 000 ms, b at 1 400 (b computed longer); each update flew
+        // 50 ms. a waited 450 ms for b, of which 50 were the network's; b waited for nothing
+        // (a's update was in at 1 050). Round 1: c's hand-over is unknown: counted whole.
+        let mut peers = vec![
+            peer(
+                "a",
+                vec![
+                    row(0, 0.45, 1_000.0, &[("b", 1_450.0)]),
+                    row(1, 0.3, 3_000.0, &[("c", 3_300.0)]),
+                ],
+            ),
+            peer("b", vec![row(0, 0.0, 1_400.0, &[("a", 1_050.0)])]),
+        ];
+        link_times(&mut peers);
+        let a = &peers[0].rounds;
+        assert!(
+            (a[0].link_s.unwrap() - 0.05).abs() < 1e-9,
+            "{:?}",
+            a[0].link_s
+        );
+        assert_eq!(a[1].link_s, Some(0.3));
+        assert_eq!(peers[1].rounds[0].link_s, Some(0.0));
     }
 }

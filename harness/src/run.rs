@@ -62,6 +62,12 @@ fn row(r: &crate::Report, previous: Option<&crate::Report>) -> RoundRow {
         compute_s: rr.compute_s,
         encode_s: rr.encode_s,
         network_s: rr.network_s,
+        average_s: rr.average_s,
+        average_fetch_s: rr.average_fetch_s,
+        link_s: None,
+        sent_at_ms: rr.sent_at_ms,
+        arrived_ms: rr.arrived_ms.clone(),
+        waited_out: rr.waited_out,
     }
 }
 
@@ -357,6 +363,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
         });
     }
     peers.sort_by_key(|p| p.index);
+    crate::report::link_times(&mut peers);
     let views: Vec<&[f32]> = finals.iter().map(Vec::as_slice).collect();
     let final_divergence = max_divergence(&views);
     drop(swarm);

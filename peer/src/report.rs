@@ -45,6 +45,21 @@ pub struct RoundReport {
     pub encode_s: f64,
     /// Seconds waiting for others' updates.
     pub network_s: f64,
+    /// Seconds averaging parameters with a new group before the round's local work (fetching
+    /// the other old groups' replicas): network time too, once a grouping.
+    #[serde(default)]
+    pub average_s: f64,
+    /// Of `average_s`, the seconds after every new partner had reached the round: the replicas'
+    /// fetching, without the wait for an old group that ran behind.
+    #[serde(default)]
+    pub average_fetch_s: f64,
+    /// When this peer handed its own update to the network (Unix ms); None in a round it sent
+    /// none. With `arrived_ms` at its partners: how long its update was in flight.
+    #[serde(default)]
+    pub sent_at_ms: Option<f64>,
+    /// When each update that counted in this round arrived (Unix ms), by sender (base58).
+    #[serde(default)]
+    pub arrived_ms: BTreeMap<String, f64>,
     /// Checksum of θ after the round.
     pub checksum: u64,
     /// True when this round was closed while catching up (no own update in it).

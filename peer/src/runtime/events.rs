@@ -17,6 +17,18 @@ use crate::state::Fingerprint;
 /// How long a peer that left is not brought back by gossip still in flight from it.
 const GONE_GRACE: Duration = Duration::from_secs(5);
 
+/// Arrival times kept for reports at most: the rounds' books take one update per sender, so a
+/// round holds as many as its senders; a swarm's worth of rounds ahead cannot grow it further.
+const MAX_ARRIVALS: usize = 4096;
+
+/// Wall-clock now in Unix milliseconds (the harness compares it across peer processes of one
+/// machine); 0 where the clock is before 1970.
+pub(super) fn unix_ms() -> f64 {
+    web_time::SystemTime::now()
+        .duration_since(web_time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
 /// The output of the future in `slot`, or never when there is none (a branch of `select!` that
 /// is idle until a transfer or a poll is under way).
 async fn in_flight<F: std::future::Future + Unpin>(slot: &mut Option<F>) -> F::Output {
@@ -199,6 +211,10 @@ impl Peer {
                     decoded,
                 ) {
                     Ok(()) => {
+                        // Bounded: updates for this round and the next few only, one per sender.
+                        if update.round >= self.book.round() && self.arrivals.len() < MAX_ARRIVALS {
+                            self.arrivals.push((update.round, from, unix_ms()));
+                        }
                         // Each update that counts, late or not, makes up for one round missed: a
                         // slow peer whose updates arrive after the deadline is still waited for;
                         // one that sends nothing usable is not.

@@ -94,15 +94,17 @@ impl Peer {
     /// hold one replica (same checksum, same bytes): it is fetched once, from one of them, and
     /// counts once per member, so a new group drawn from two old ones moves one replica to each
     /// member, not one from each partner. A partner that does not give its fingerprint, or
-    /// whose replica nobody serves, within a third of `peer_timeout` is left out.
-    pub(super) async fn average_with_group(&mut self, round: u64) -> Result<(), PeerError> {
+    /// whose replica nobody serves, within a third of `peer_timeout` is left out. Returns the
+    /// seconds it took once every partner had reached `round` (fetching the replicas: what the
+    /// network costs, not the wait for an old group that ran behind).
+    pub(super) async fn average_with_group(&mut self, round: u64) -> Result<f64, PeerError> {
         let partners = self.partners_at(round);
         let Some(mark) = self.marks.back().filter(|m| m.fingerprint.round == round) else {
             warn!("no replica of round {round} marked; not averaging with the new group");
-            return Ok(());
+            return Ok(0.0);
         };
         if partners.is_empty() {
-            return Ok(());
+            return Ok(0.0);
         }
         let (marked, checksum) = (mark.params.clone(), mark.fingerprint.checksum);
         let own_sketch = mark.fingerprint.sketch.clone();
@@ -127,6 +129,7 @@ impl Peer {
             .boxed()
         });
         let prints = self.drive_until(deadline, prints.collect()).await;
+        let reached = Instant::now();
         // Who holds which replica: members of one old group hold one, to within the updates
         // some of them took late (bit-equal checksums were rare at 32 peers, so each peer
         // fetched one replica from every partner). Partners whose sketches lie within
@@ -183,7 +186,7 @@ impl Peer {
             }
         }
         if replicas.len() < 2 {
-            return Ok(());
+            return Ok(reached.elapsed().as_secs_f64());
         }
         replicas.sort_by(|a, b| a.0.cmp(&b.0));
         let mut sum = vec![0.0f64; n];
@@ -205,7 +208,7 @@ impl Peer {
             replicas.len() - 1,
             partners.len()
         );
-        Ok(())
+        Ok(reached.elapsed().as_secs_f64())
     }
 
     /// Runs `pending` until all are done, the deadline passes or the peer stops, taking events

@@ -170,6 +170,9 @@ pub struct Peer {
     drops: DropCounts,
     drops_pending: DropCounts,
     bytes_down: u64,
+    /// When the updates that counted arrived (round, sender, Unix ms), for the round's report:
+    /// with the senders' `sent_at_ms`, how long updates spent in flight.
+    arrivals: Vec<(u64, PeerId, f64)>,
     /// Bytes published and received over the whole run (heartbeats tell them).
     bytes_sent: u64,
     bytes_received: u64,
@@ -295,6 +298,7 @@ impl Peer {
             drops: DropCounts::default(),
             drops_pending: DropCounts::default(),
             bytes_down: 0,
+            arrivals: Vec::new(),
             bytes_sent: 0,
             bytes_received: 0,
             ledger: CreditLedger::default(),

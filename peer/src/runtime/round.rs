@@ -259,6 +259,13 @@ impl Peer {
         report.divergence = divergences.get(divergences.len() / 2).copied();
         report.drops = std::mem::take(&mut self.drops_pending);
         report.reconciled = std::mem::take(&mut self.reconciled_pending);
+        report.arrived_ms = self
+            .arrivals
+            .iter()
+            .filter(|(round, _, _)| *round == report.round)
+            .map(|(_, from, at)| (from.to_base58(), *at))
+            .collect();
+        self.arrivals.retain(|(round, _, _)| *round > report.round);
         if self.config.eval_every > 0 && (report.round + 1).is_multiple_of(self.config.eval_every) {
             let val_loss = self.trainer.evaluate_async(&self.val).await?;
             self.last_val_loss = val_loss as f32;
@@ -311,9 +318,13 @@ impl Peer {
             self.catch_up(false).await?;
         }
         let base = self.book.round();
-        if self.averaging.averages_parameters_at(base) {
-            self.average_with_group(base).await?;
-        }
+        let averaging = Instant::now();
+        let average_fetch_s = if self.averaging.averages_parameters_at(base) {
+            self.average_with_group(base).await?
+        } else {
+            0.0
+        };
+        let average_s = averaging.elapsed().as_secs_f64();
         let t0 = Instant::now();
         let floor = t0 + self.config.round_floor;
         let computed = match self.compute().await {
@@ -343,6 +354,8 @@ impl Peer {
 
         let mut report = RoundReport {
             compute_s,
+            average_s,
+            average_fetch_s,
             ..Default::default()
         };
         let t1 = Instant::now();
@@ -410,6 +423,9 @@ impl Peer {
             }
         }
         report.encode_s = t1.elapsed().as_secs_f64();
+        if trained {
+            report.sent_at_ms = Some(super::events::unix_ms());
+        }
 
         // Collect until every partner's update is in (every live peer's, with broadcast),
         // someone moved on, or the deadline.
