@@ -41,7 +41,8 @@ for name in ["loopback", "home", "groups", "groups-loopback"]:
         "network_s_per_round": mean("network_s"),
         "average_s_per_round": sum(row.get("average_s", 0.0) for row in rows) / max(1, len(rows)),
         "average_fetch_s_per_round": sum(row.get("average_fetch_s", 0.0) for row in rows) / max(1, len(rows)),
-        "link_s_per_round": sum(row["link_s"] if row.get("link_s") is not None else row["network_s"] for row in rows) / max(1, len(rows)),
+        # null for runs made before the harness measured it.
+        "link_s_per_round": (sum(row["link_s"] if row["link_s"] is not None else row["network_s"] for row in rows) / max(1, len(rows))) if rows and "link_s" in rows[0] else None,
         "compute_spread_s_per_round": sum(spreads) / max(1, len(spreads)),
         "wall_s": s["wall_s"],
         "final_val_loss": s["final_val_loss"],

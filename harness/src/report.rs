@@ -56,7 +56,8 @@ pub struct RoundRow {
     /// Of `network_s`, the wait for updates in flight: the longest an awaited update travelled
     /// (its sender's hand-over to its arrival here) after this peer began to wait. What the
     /// network cost the round, without the wait for partners still computing. None where it
-    /// cannot be told: a round this peer sent nothing in, or one that waited out a partner.
+    /// cannot be told (a round this peer sent nothing in, or one whose wait ended without every
+    /// awaited update): then the whole wait counts as the links'.
     pub link_s: Option<f64>,
     /// When its update went to the network (Unix ms), for [`link_times`].
     #[serde(skip)]
@@ -64,9 +65,9 @@ pub struct RoundRow {
     /// When each update that counted arrived (Unix ms), by sender, for [`link_times`].
     #[serde(skip)]
     pub arrived_ms: BTreeMap<String, f64>,
-    /// Whether the round closed at its deadline with a partner missing.
+    /// Whether every awaited update was in when the wait ended, all in `arrived_ms`.
     #[serde(skip)]
-    pub waited_out: bool,
+    pub awaited_in: bool,
 }
 
 /// Fills every row's `link_s` from the peers' hand-over and arrival times (one machine's clock:
@@ -83,12 +84,13 @@ pub fn link_times(peers: &mut [PeerRow]) {
         .collect();
     for p in peers.iter_mut() {
         for r in &mut p.rounds {
-            let Some(began) = r.sent_at_ms.filter(|_| !r.waited_out) else {
+            let Some(began) = r.sent_at_ms.filter(|_| r.awaited_in) else {
                 continue;
             };
-            let mut wait = 0.0f64;
-            let mut known = true;
-            for (from, &at) in &r.arrived_ms {
+            let (mut wait, mut known) = (0.0f64, true);
+            // What arrived after the wait ended (while a paced round idled) held nobody up.
+            let ended = began + r.network_s * 1e3;
+            for (from, &at) in r.arrived_ms.iter().filter(|(_, at)| **at <= ended) {
                 match sent.get(&(from.clone(), r.round)) {
                     Some(&left) => wait = wait.max((at - left).min(at - began)),
                     None => known = false,
@@ -117,6 +119,8 @@ pub struct PeerRow {
     pub synced_from: Option<String>,
     /// Times it fell too far behind mid-run and fetched the run's state again.
     pub resyncs: u64,
+    /// States it fetched and did not take (refused by the others' fingerprints, or broken).
+    pub states_not_taken: u64,
     /// Whether it was killed.
     pub killed: bool,
     /// The round of the checkpoint it restarted from after a kill (`restart_at_round`).
@@ -433,7 +437,7 @@ mod tests {
             link_s: None,
             sent_at_ms: Some(sent),
             arrived_ms: arrived.iter().map(|(p, t)| (p.to_string(), *t)).collect(),
-            waited_out: false,
+            awaited_in: true,
         }
     }
 
@@ -444,6 +448,7 @@ mod tests {
             start_round: 0,
             synced_from: None,
             resyncs: 0,
+            states_not_taken: 0,
             killed: false,
             resumed_from: None,
             attack: None,
@@ -468,8 +473,13 @@ mod tests {
             ),
             peer("b", vec![row(0, 0.0, 1_400.0, &[("a", 1_050.0)])]),
         ];
+        // Round 2: the wait ended without every awaited update: not told apart.
+        let mut short = row(2, 0.2, 5_000.0, &[]);
+        short.awaited_in = false;
+        peers[0].rounds.push(short);
         link_times(&mut peers);
         let a = &peers[0].rounds;
+        assert_eq!(a[2].link_s, None);
         assert!(
             (a[0].link_s.unwrap() - 0.05).abs() < 1e-9,
             "{:?}",

@@ -67,7 +67,7 @@ fn row(r: &crate::Report, previous: Option<&crate::Report>) -> RoundRow {
         link_s: None,
         sent_at_ms: rr.sent_at_ms,
         arrived_ms: rr.arrived_ms.clone(),
-        waited_out: rr.waited_out,
+        awaited_in: rr.awaited_in,
     }
 }
 
@@ -326,6 +326,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
             start_round: summary.start_round,
             synced_from: summary.synced_from,
             resyncs: summary.resyncs,
+            states_not_taken: summary.states_not_taken,
             killed: false,
             resumed_from: resumed.get(&index).copied(),
             attack: scenario.spec(index).and_then(|p| p.attack),
@@ -350,6 +351,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
             start_round: rows.first().map_or(0, |r| r.round.round),
             synced_from: None,
             resyncs: 0,
+            states_not_taken: 0,
             killed: true,
             resumed_from: None,
             attack: scenario.spec(index).and_then(|p| p.attack),

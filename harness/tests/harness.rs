@@ -303,10 +303,13 @@ fn a_late_joiner_under_groups_syncs_from_a_state_its_servers_group_vouches_for()
         "the joiner synced at round {} from {:?}",
         joiner.start_round, joiner.synced_from
     );
-    // Synced within a few rounds of its start: refused states cost it a pass each.
+    // Synced on its first pass or second: a refused state costs a pass each (over a second).
+    // Counted in passes, not rounds: the swarm's rounds here are ~60 ms, so the round it
+    // syncs at says how loaded the machine is (13 to 24 locally, 39 once in CI).
     assert!(
-        joiner.start_round <= 24,
-        "synced at round {}",
+        joiner.states_not_taken <= 1,
+        "{} states not taken before one was (synced at round {})",
+        joiner.states_not_taken,
         joiner.start_round
     );
     // Every peer ends on the last round, none past it. The slow peer may fall too far behind

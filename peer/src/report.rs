@@ -50,16 +50,22 @@ pub struct RoundReport {
     #[serde(default)]
     pub average_s: f64,
     /// Of `average_s`, the seconds after every new partner had reached the round: the replicas'
-    /// fetching, without the wait for an old group that ran behind.
+    /// fetching, without the wait for an old group that ran behind (nor the fingerprints' last
+    /// round trip, a few tens of ms on a home link).
     #[serde(default)]
     pub average_fetch_s: f64,
     /// When this peer handed its own update to the network (Unix ms); None in a round it sent
     /// none. With `arrived_ms` at its partners: how long its update was in flight.
     #[serde(default)]
     pub sent_at_ms: Option<f64>,
-    /// When each update that counted in this round arrived (Unix ms), by sender (base58).
+    /// When each of this round's updates arrived (Unix ms), by sender (base58), refused ones
+    /// too (they end a partner's wait as well).
     #[serde(default)]
     pub arrived_ms: BTreeMap<String, f64>,
+    /// Whether every awaited update was in when the wait ended and `arrived_ms` holds them all
+    /// (not when the swarm moved on, the deadline passed, or arrivals overflowed).
+    #[serde(default)]
+    pub awaited_in: bool,
     /// Checksum of θ after the round.
     pub checksum: u64,
     /// True when this round was closed while catching up (no own update in it).
@@ -87,6 +93,10 @@ pub struct PeerSummary {
     /// Times it fell too far behind the others mid-run and fetched the run's state again.
     #[serde(default)]
     pub resyncs: u64,
+    /// States fetched and not taken (unverified, refused by the others, or not installed):
+    /// what syncing cost it in passes.
+    #[serde(default)]
+    pub states_not_taken: u64,
     /// Every round's report.
     pub rounds: Vec<RoundReport>,
     /// All drops, by reason.

@@ -3,7 +3,8 @@
 //! its ring successors, and moves toward its ring predecessors' public copies. There is no group
 //! and no barrier: a peer waits for its predecessors' differences only. A peer that hears from a
 //! new predecessor (a joiner, or a neighbour of one who left) first fetches that peer's public
-//! copy whole, as an int8 replica: the only replicas gossip moves.
+//! copy whole, charged as an int8 replica (and taken as exact: a real peer would have to hold
+//! the decoded copy the others hold): the only replicas gossip moves.
 
 use std::collections::HashMap;
 
@@ -90,9 +91,13 @@ fn fetch_new_copies(
 ) -> Result<(), SimError> {
     let mut replica_size: HashMap<usize, usize> = HashMap::new();
     for (i, from) in hears.iter().enumerate() {
+        // A predecessor on two rings is fetched once.
+        let mut from = from.clone();
+        from.sort_unstable();
+        from.dedup();
         let now: Vec<Vec<u8>> = from.iter().map(|&j| ids[j].clone()).collect();
         if round > 0 {
-            for &j in from {
+            for &j in &from {
                 if peers[i].heard.contains(&ids[j]) {
                     continue;
                 }
@@ -112,7 +117,8 @@ fn fetch_new_copies(
                 stats.bytes_up += size as f64;
                 stats.bytes_down += size as f64;
                 stats.sync_bytes += 2.0 * size as f64;
-                peers[i].clock += size as f64 / peers[i].machine.down_bps;
+                let (up, m) = (peers[j].machine.up_bps, &peers[i].machine);
+                peers[i].clock += size as f64 / up.min(m.down_bps) + 2.0 * m.latency_s;
             }
         }
         peers[i].heard = now;

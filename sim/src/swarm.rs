@@ -157,8 +157,9 @@ impl Default for SimConfig {
     }
 }
 
+/// CHOCO's γ: 0.05 mixed best of 0.001–0.2 at top-1 % (bench/README.md).
 fn default_gamma() -> f32 {
-    0.5
+    0.05
 }
 
 /// One round, averaged over the peers.
@@ -237,15 +238,24 @@ pub enum SimError {
     },
 }
 
+/// One simulated peer: its replica, codec state, machine and clock.
 pub(crate) struct Peer {
+    /// Its id, as the topology draws it.
     pub(crate) id: Vec<u8>,
+    /// Its replica.
     pub(crate) theta: Vec<f32>,
     feedback: ErrorFeedback,
+    /// Applies aggregates (gossip: its own steps) to θ.
     pub(crate) outer: OuterOptimizer,
+    /// Encodes its payloads.
     pub(crate) codec: CpuCodec,
+    /// Its compute speed and links.
     pub(crate) machine: Machine,
+    /// Simulated seconds at which its next round starts.
     pub(crate) clock: f64,
+    /// Whether it sends −Δ.
     pub(crate) attacker: bool,
+    /// Seeds its draws.
     pub(crate) seed: u64,
     /// Gossip: its public copy x̂, as its neighbours hold it.
     pub(crate) public: Vec<f32>,

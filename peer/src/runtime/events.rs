@@ -17,8 +17,8 @@ use crate::state::Fingerprint;
 /// How long a peer that left is not brought back by gossip still in flight from it.
 const GONE_GRACE: Duration = Duration::from_secs(5);
 
-/// Arrival times kept for reports at most: the rounds' books take one update per sender, so a
-/// round holds as many as its senders; a swarm's worth of rounds ahead cannot grow it further.
+/// Arrival times kept for reports at most (a flood beyond it marks the round's times as
+/// incomplete, see `RoundReport::awaited_in`).
 const MAX_ARRIVALS: usize = 4096;
 
 /// Wall-clock now in Unix milliseconds (the harness compares it across peer processes of one
@@ -193,6 +193,14 @@ impl Peer {
                         .refuse(&update.peer_id, update.round, update.content_digest());
                     return;
                 }
+                // Stamped before it is judged: a refused update ends a partner's wait as well.
+                if update.round >= self.book.round() {
+                    if self.arrivals.len() < MAX_ARRIVALS {
+                        self.arrivals.push((update.round, from, unix_ms()));
+                    } else {
+                        self.arrivals_overflowed = true;
+                    }
+                }
                 if let Err(reason) = self.validator.validate(decoded.len, &decoded.values) {
                     debug!("update from {from} dropped: {reason}");
                     self.record_drop(reason);
@@ -211,10 +219,6 @@ impl Peer {
                     decoded,
                 ) {
                     Ok(()) => {
-                        // Bounded: updates for this round and the next few only, one per sender.
-                        if update.round >= self.book.round() && self.arrivals.len() < MAX_ARRIVALS {
-                            self.arrivals.push((update.round, from, unix_ms()));
-                        }
                         // Each update that counts, late or not, makes up for one round missed: a
                         // slow peer whose updates arrive after the deadline is still waited for;
                         // one that sends nothing usable is not.

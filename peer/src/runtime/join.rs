@@ -197,7 +197,10 @@ impl Peer {
                     return Err(gradswarm_net::NetError::Stopped.into());
                 }
                 // One peer's bad state is no reason to give up: the next may serve a good one.
-                Err(e) => warn!("state from {peer} not taken: {e}"),
+                Err(e) => {
+                    self.summary.states_not_taken += 1;
+                    warn!("state from {peer} not taken: {e}")
+                }
             }
         }
         Ok(false)

@@ -173,6 +173,8 @@ pub struct Peer {
     /// When the updates that counted arrived (round, sender, Unix ms), for the round's report:
     /// with the senders' `sent_at_ms`, how long updates spent in flight.
     arrivals: Vec<(u64, PeerId, f64)>,
+    /// Whether arrivals were left out since the last report (`MAX_ARRIVALS` full).
+    arrivals_overflowed: bool,
     /// Bytes published and received over the whole run (heartbeats tell them).
     bytes_sent: u64,
     bytes_received: u64,
@@ -299,6 +301,7 @@ impl Peer {
             drops_pending: DropCounts::default(),
             bytes_down: 0,
             arrivals: Vec::new(),
+            arrivals_overflowed: false,
             bytes_sent: 0,
             bytes_received: 0,
             ledger: CreditLedger::default(),

@@ -266,6 +266,9 @@ impl Peer {
             .map(|(_, from, at)| (from.to_base58(), *at))
             .collect();
         self.arrivals.retain(|(round, _, _)| *round > report.round);
+        if std::mem::take(&mut self.arrivals_overflowed) {
+            report.awaited_in = false;
+        }
         if self.config.eval_every > 0 && (report.round + 1).is_multiple_of(self.config.eval_every) {
             let val_loss = self.trainer.evaluate_async(&self.val).await?;
             self.last_val_loss = val_loss as f32;
@@ -435,8 +438,11 @@ impl Peer {
             let round = self.book.round();
             let awaited = self.awaited(round);
             let partners: Vec<&[u8]> = awaited.iter().map(Vec::as_slice).collect();
-            if self.book.has_all(partners.iter().copied()) || self.swarm_moved_on() || self.stopped
-            {
+            if self.book.has_all(partners.iter().copied()) {
+                report.awaited_in = true;
+                break;
+            }
+            if self.swarm_moved_on() || self.stopped {
                 break;
             }
             match self.next_event(deadline).await {

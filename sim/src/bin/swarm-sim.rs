@@ -73,7 +73,7 @@ struct Common {
     #[arg(long, default_value_t = 3)]
     rings: usize,
     /// Consensus step size γ (gossip strategy).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.05)]
     gamma: f32,
     /// The scale command's strategies beside broadcast.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "groups")]
