@@ -62,7 +62,7 @@ pub struct RoundRow {
     /// When its update went to the network (Unix ms), for [`link_times`].
     #[serde(skip)]
     pub sent_at_ms: Option<f64>,
-    /// When each update that counted arrived (Unix ms), by sender, for [`link_times`].
+    /// When each of the round's updates arrived (Unix ms), by sender, for [`link_times`].
     #[serde(skip)]
     pub arrived_ms: BTreeMap<String, f64>,
     /// Whether every awaited update was in when the wait ended, all in `arrived_ms`.

@@ -7,6 +7,14 @@ use gradswarm_sim::{SimConfig, Strategy, run};
 
 const SIZES: [usize; 3] = [8, 64, 256];
 
+/// `name`'s growth figure in a report's list (bytes or connections, 8 → 256 peers).
+fn growth(of: &[(String, f64)], name: &str) -> f64 {
+    of.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, g)| *g)
+        .expect("a growth figure")
+}
+
 fn base() -> SimConfig {
     SimConfig {
         dim: 2048,
@@ -31,16 +39,10 @@ fn group_averaging_keeps_per_peer_cost_flat_and_converges_like_broadcast() {
             r.final_spread
         );
     }
-    let growth = |name: &str, of: &[(String, f64)]| {
-        of.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, g)| *g)
-            .expect("a growth figure")
-    };
     // 8 → 256 peers: broadcast's bytes grow with N (255/7 = 36×), groups' stay within 1.5×.
-    assert!(growth("broadcast", &report.bytes_growth) > 18.0);
-    assert!(growth(&groups.name(), &report.bytes_growth) <= 1.5);
-    assert!(growth(&groups.name(), &report.connections_growth) <= 1.5);
+    assert!(growth(&report.bytes_growth, "broadcast") > 18.0);
+    assert!(growth(&report.bytes_growth, &groups.name()) <= 1.5);
+    assert!(growth(&report.connections_growth, &groups.name()) <= 1.5);
     for (n, name, ratio) in &report.rounds_vs_broadcast {
         let ratio = ratio.unwrap_or(f64::INFINITY);
         assert!(ratio <= 1.2, "{name} × {n}: {ratio:.2}× broadcast's rounds");
@@ -84,14 +86,8 @@ fn pairwise_gossip_keeps_per_peer_cost_flat_and_reaches_the_target() {
     // they do not grow with it, and the dense exchange carries more than top-k updates do.
     let pairs = Strategy::Groups { size: 2, every: 1 };
     let report = scaling(&base(), &SIZES, &[Strategy::Broadcast, pairs], |_, _| {}).expect("runs");
-    let growth = |of: &[(String, f64)]| {
-        of.iter()
-            .find(|(n, _)| *n == pairs.name())
-            .map(|(_, g)| *g)
-            .expect("a growth figure")
-    };
-    assert!(growth(&report.bytes_growth) <= 1.5);
-    assert!(growth(&report.connections_growth) <= 1.5);
+    assert!(growth(&report.bytes_growth, &pairs.name()) <= 1.5);
+    assert!(growth(&report.connections_growth, &pairs.name()) <= 1.5);
     for r in report.runs.iter().filter(|r| r.strategy == pairs.name()) {
         eprintln!(
             "pairs × {}: {:.0} B/peer/round, {:.1} connections, target at {:?}",
@@ -124,14 +120,8 @@ fn compressed_gossip_moves_update_sized_payloads_but_mixes_little_at_top_1_perce
         ..base()
     };
     let report = scaling(&noisy, &SIZES, &[Strategy::Broadcast, gossip], |_, _| {}).expect("runs");
-    let growth = |of: &[(String, f64)]| {
-        of.iter()
-            .find(|(n, _)| *n == gossip.name())
-            .map(|(_, g)| *g)
-            .expect("a growth figure")
-    };
-    assert!(growth(&report.bytes_growth) <= 1.2);
-    assert!(growth(&report.connections_growth) <= 1.5);
+    assert!(growth(&report.bytes_growth, &gossip.name()) <= 1.2);
+    assert!(growth(&report.connections_growth, &gossip.name()) <= 1.5);
     for r in report.runs.iter().filter(|r| r.strategy == gossip.name()) {
         assert!(r.connections <= 6.0, "{} connections", r.connections);
         assert_eq!(r.sync_bytes_per_round, 0.0);
