@@ -143,6 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             bytes: updates[1].to_bytes(),
         },
         Response::Error("no such chunk".into()),
+        Response::NotReached { latest: 38 },
     ];
     for (i, r) in responses.iter().enumerate() {
         write(

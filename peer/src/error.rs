@@ -20,4 +20,10 @@ pub enum PeerError {
     /// Fetching the run's state from a peer failed.
     #[error("state sync: {0}")]
     Sync(String),
+    /// A partner asked for its fingerprint of a round has not reached that round yet.
+    #[error("not at that round yet (its latest is {latest})")]
+    NotReached {
+        /// The latest round start it has a fingerprint of.
+        latest: u64,
+    },
 }

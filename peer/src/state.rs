@@ -169,7 +169,14 @@ impl Snapshots {
                         sketch: print.sketch.clone(),
                         applied: print.applied,
                     },
-                    None => Response::Error(format!("no fingerprint of round {round} here")),
+                    None => match prints.back().map(|p| p.round) {
+                        Some(latest) if latest > *round => {
+                            Response::Error(format!("no fingerprint of round {round} here"))
+                        }
+                        latest => Response::NotReached {
+                            latest: latest.unwrap_or(0),
+                        },
+                    },
                 };
             }
             Request::Update { .. }
@@ -368,6 +375,7 @@ pub(crate) async fn fetch_fingerprint(
             sketch,
             applied,
         }),
+        Response::NotReached { latest } if latest < round => Err(PeerError::NotReached { latest }),
         Response::Error(e) => Err(PeerError::Sync(format!("{peer}: {e}"))),
         _ => Err(PeerError::Sync(format!("{peer} sent another fingerprint"))),
     }
@@ -508,6 +516,7 @@ async fn fetch_chunks(
                 }
                 Response::Update { .. }
                 | Response::Taken
+                | Response::NotReached { .. }
                 | Response::Fingerprint { .. }
                 | Response::Manifest { .. }
                 | Response::Piece { .. } => {

@@ -128,6 +128,21 @@ pub fn quantize_blocks(
     exps: &mut Vec<u8>,
     qs: &mut Vec<i8>,
 ) -> Result<(), usize> {
+    quantize_blocks_coarse(values, indices, block, 0, key, exps, qs)
+}
+
+/// [`quantize_blocks`] with each block's scale `2^headroom` times the tightest: the values use
+/// `±127 / 2^headroom` of the int8 range, so zstd packs each into about `headroom` fewer bits, at
+/// `2^headroom` times the rounding error (still unbiased). The payload decodes as any other.
+pub fn quantize_blocks_coarse(
+    values: &[f32],
+    indices: impl Fn(usize) -> u32,
+    block: usize,
+    headroom: u8,
+    key: RngKey,
+    exps: &mut Vec<u8>,
+    qs: &mut Vec<i8>,
+) -> Result<(), usize> {
     let block = block.max(1);
     exps.reserve(values.len().div_ceil(block));
     qs.reserve(values.len());
@@ -138,7 +153,8 @@ pub fn quantize_blocks(
             .max()
             .unwrap_or(0);
         let exp = match block_exponent_byte(max_bits) {
-            Some(e) => e,
+            // A larger exponent only shrinks the values; 255 is EXP_MAX, still finite.
+            Some(e) => e.saturating_add(headroom),
             None => {
                 let at = chunk
                     .iter()

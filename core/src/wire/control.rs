@@ -332,6 +332,13 @@ pub enum Response {
     // Appended, so that the variants before keep their wire numbers.
     /// A [`Request::Push`] was taken in (it counts if it passes the receiver's checks).
     Taken,
+    /// The answer to [`Request::Fingerprint`] for a round this peer has not reached yet: the
+    /// latest round it holds a fingerprint of, so that a new group waits for a partner that is
+    /// still getting there and not for one that stopped.
+    NotReached {
+        /// The latest round start it has a fingerprint of.
+        latest: u64,
+    },
 }
 
 /// The largest round a state may be of: far beyond any run, far below overflow.

@@ -23,9 +23,11 @@ use crate::state;
 const MARK_POLL: Duration = Duration::from_millis(50);
 
 /// How far (relative, on the drift sketch) a replica served to the group may lie from the
-/// fingerprint its sender gave for that round: int8 moves it by well under 1 %; more is a
-/// replica other than the one the sender trained on.
-const REPLICA_TOLERANCE: f64 = 0.02;
+/// fingerprint its sender gave for that round: its coarse rounding
+/// ([`gradswarm_core::topology::REPLICA_HEADROOM`]) moves it by about 4 %, which the sketch
+/// reads to within a quarter; more is a replica other than the one the sender trained on
+/// (other groups' lie 40–55 % away).
+const REPLICA_TOLERANCE: f64 = 0.08;
 
 /// How close (relative, on the drift sketch) two members' replicas must lie to count as one old
 /// group's, fetched once: members of one group differ by the few updates some took late, far
@@ -115,21 +117,26 @@ impl Peer {
             })
             .map_err(|e| PeerError::Sync(format!("own replica of round {round}: {e}")))?;
         let mine = Arc::new(mine);
-        // Well inside `peer_timeout`, so that the others do not take this peer for gone.
-        let deadline = Instant::now() + self.config.peer_timeout / 3;
+        // A partner still getting to this round is waited for while its rounds move (an old
+        // group that ran behind: a group of 5 fell 10 s behind one of 3 over 40 rounds on
+        // shared cores), up to two thirds of `peer_timeout`; one whose rounds stand still for
+        // `patience` is left out, as before.
+        let reach_by = Instant::now() + self.config.peer_timeout * 2 / 3;
+        let patience = self.regroup_patience();
         let (run_id, model_hash) = (self.config.run_id.clone(), self.model_hash);
         let prints = partners.iter().map(|&peer| {
             let (net, run_id) = (self.net.clone(), run_id.clone());
             async move {
-                (
-                    peer,
-                    reached_fingerprint(&net, peer, &run_id, model_hash, round).await,
-                )
+                let print =
+                    reached_fingerprint(&net, peer, &run_id, model_hash, round, patience).await;
+                (peer, print)
             }
             .boxed()
         });
-        let prints = self.drive_until(deadline, prints.collect()).await;
+        let prints = self.drive_until(reach_by, prints.collect()).await;
         let reached = Instant::now();
+        // Fetching the replicas, well inside `peer_timeout` all told.
+        let deadline = reached + self.config.peer_timeout / 3;
         // Who holds which replica: members of one old group hold one, to within the updates
         // some of them took late (bit-equal checksums were rare at 32 peers, so each peer
         // fetched one replica from every partner). Partners whose sketches lie within
@@ -211,6 +218,16 @@ impl Peer {
         Ok(reached.elapsed().as_secs_f64())
     }
 
+    /// How long a new partner that has not reached the regrouping round may stay at one round
+    /// before it is left out: a third of `peer_timeout`, or two of this peer's rounds where
+    /// rounds are longer.
+    fn regroup_patience(&self) -> Duration {
+        let mut times: Vec<f64> = self.compute_times.iter().copied().collect();
+        times.sort_by(f64::total_cmp);
+        let round = times.get(times.len() / 2).copied().unwrap_or(0.0);
+        (self.config.peer_timeout / 3).max(Duration::from_secs_f64(2.0 * round.max(0.0)))
+    }
+
     /// Runs `pending` until all are done, the deadline passes or the peer stops, taking events
     /// (heartbeats, early updates) meanwhile and heartbeating, so that the others do not take
     /// this peer for gone. Returns the outputs of those done.
@@ -242,23 +259,53 @@ impl Peer {
 }
 
 /// `peer`'s fingerprint of its replica at the start of `round`, asked again every
-/// [`MARK_POLL`] while it has not reached `round` yet.
+/// [`MARK_POLL`] while it has not reached `round` yet and its latest round moved within
+/// `patience`.
 async fn reached_fingerprint(
     net: &NetHandle,
     peer: PeerId,
     run_id: &str,
     model_hash: gradswarm_core::ModelHash,
     round: u64,
+    patience: Duration,
 ) -> Result<state::Fingerprint, PeerError> {
+    let mut approach = Approach::default();
     loop {
         match state::fetch_fingerprint(net, peer, run_id, model_hash, round).await {
-            // It answered that it has not reached that round yet: ask again. Any other failure
-            // (no answer, a refusal) leaves it out.
-            Err(PeerError::Sync(reason)) if reason.contains("no fingerprint of round") => {
-                debug!("{peer} has no replica of round {round} yet ({reason})");
+            // It has not reached that round yet: ask again while it keeps getting there. Any
+            // other failure (no answer, a refusal) leaves it out.
+            Err(PeerError::NotReached { latest }) => {
+                if !approach.still_coming(latest, Instant::now(), patience) {
+                    return Err(PeerError::Sync(format!(
+                        "{peer} stayed at round {latest} for {patience:?}, short of {round}"
+                    )));
+                }
+                debug!("{peer} is at round {latest}, not yet at {round}");
                 futures_timer::Delay::new(MARK_POLL).await;
             }
             answer => return answer,
+        }
+    }
+}
+
+/// A new partner on its way to the regrouping round, as its answers show it.
+#[derive(Default)]
+struct Approach {
+    /// The latest round it reported, and when it first reported it.
+    moved: Option<(u64, Instant)>,
+}
+
+impl Approach {
+    /// Takes in the latest round it reported at `now`; false once its rounds stood still for
+    /// `patience`. An old group that runs behind moves a round every few seconds and is waited
+    /// for; a partner that stopped (or lies that it is coming) is not, for long.
+    fn still_coming(&mut self, latest: u64, now: Instant, patience: Duration) -> bool {
+        match self.moved {
+            Some((at, since)) if latest <= at => now.duration_since(since) < patience,
+            _ => {
+                self.moved = Some((latest, now));
+                true
+            }
         }
     }
 }
@@ -304,4 +351,32 @@ async fn fetch_held_replica(
         ));
     }
     Err(PeerError::Sync(failures.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partner_whose_rounds_move_is_waited_for_and_one_that_stands_still_is_not() {
+        let (start, patience) = (Instant::now(), Duration::from_secs(10));
+        let at = |s: u64| start + Duration::from_secs(s);
+        // An old group 3 rounds behind, 4 s a round: 12 s, past the patience, and still waited for.
+        let mut behind = Approach::default();
+        assert!(behind.still_coming(37, at(0), patience));
+        assert!(behind.still_coming(37, at(3), patience));
+        assert!(behind.still_coming(38, at(4), patience));
+        assert!(behind.still_coming(39, at(8), patience));
+        assert!(behind.still_coming(39, at(12), patience));
+        // A partner that stays at one round (stopped, or only saying it is coming) is left out
+        // once it has stood still for the patience.
+        let mut stuck = Approach::default();
+        assert!(stuck.still_coming(37, at(0), patience));
+        assert!(stuck.still_coming(37, at(9), patience));
+        assert!(!stuck.still_coming(37, at(10), patience));
+        // Reporting an earlier round is no progress.
+        let mut back = Approach::default();
+        assert!(back.still_coming(37, at(0), patience));
+        assert!(!back.still_coming(36, at(11), patience));
+    }
 }
