@@ -596,4 +596,39 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_fingerprint_not_reached_yet_is_told_apart_from_one_forgotten() {
+        let snapshots = Snapshots::new("run", [7; 32]);
+        let ask = |round| Request::Fingerprint {
+            run_id: "run".into(),
+            model_hash: [7; 32],
+            round,
+        };
+        // Nothing marked yet: every round is still to come.
+        assert!(matches!(
+            snapshots.serve(&ask(5)),
+            Response::NotReached { latest: 0 }
+        ));
+        for round in 0..FINGERPRINTS as u64 + 8 {
+            snapshots.fingerprint(Fingerprint {
+                round,
+                checksum: round,
+                sketch: DriftSketch::of(&[round as f32, 1.0]),
+                applied: 0,
+            });
+        }
+        let latest = FINGERPRINTS as u64 + 7;
+        assert!(matches!(
+            snapshots.serve(&ask(latest)),
+            Response::Fingerprint { round, checksum, .. } if round == latest && checksum == latest
+        ));
+        // A round ahead says where this peer is, so that a new group waits for it while it
+        // moves; one it has forgotten (past the 32 kept) is refused as any other.
+        assert!(matches!(
+            snapshots.serve(&ask(latest + 3)),
+            Response::NotReached { latest: l } if l == latest
+        ));
+        assert!(matches!(snapshots.serve(&ask(2)), Response::Error(_)));
+    }
 }

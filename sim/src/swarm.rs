@@ -18,11 +18,11 @@ use std::sync::Arc;
 
 use gradswarm_core::codec::decode_payload;
 use gradswarm_core::synthetic::SplitMix;
+use gradswarm_core::topology::{decode_replica, encode_replica};
 use gradswarm_core::wire::params_checksum;
 use gradswarm_core::{
-    AggregationRule, Codec, CodecDescriptor, Compress, CpuCodec, DecodedUpdate, ErrorFeedback,
-    Groups, OuterConfig, OuterOptimizer, Quantize, RngKey, RoundBook, Sparsify, StalenessPolicy,
-    Weighted,
+    AggregationRule, CodecDescriptor, CpuCodec, DecodedUpdate, ErrorFeedback, Groups, OuterConfig,
+    OuterOptimizer, RngKey, RoundBook, StalenessPolicy, Weighted,
 };
 use serde::{Deserialize, Serialize};
 
@@ -380,7 +380,7 @@ fn group_round(
         && (Groups { size, every }).regroups_at(round)
     {
         for group in &groups {
-            average_parameters(config, peers, group, stats)?;
+            average_parameters(config, peers, group, round, stats)?;
         }
     }
     let computed = compute_all(config, objective, peers, round)?;
@@ -439,12 +439,13 @@ fn group_round(
 }
 
 /// A new group's members average their parameters exactly (reduce-scatter then all-gather of
-/// each member's θ, int8 in blocks of 32 and zstd through the real codec: about twice the encoded
-/// θ up and down per member), so that the group's replicas start equal.
+/// each member's θ, encoded as the peers encode a replica, `topology::encode_replica`: about
+/// twice the encoded θ up and down per member), so that the group's replicas start equal.
 fn average_parameters(
     config: &SimConfig,
     peers: &mut [Peer],
     group: &[usize],
+    round: u64,
     stats: &mut RoundStats,
 ) -> Result<(), SimError> {
     let g = group.len();
@@ -458,30 +459,17 @@ fn average_parameters(
     {
         return Ok(());
     }
-    let codec = CodecDescriptor {
-        sparsify: Sparsify::Dense,
-        quantize: Quantize::Int8 { block: 32 },
-        compress: Compress::Zstd { level: 3 },
-    };
-    let mut cpu = CpuCodec::new(codec).map_err(|e| SimError::Config(e.to_string()))?;
     let mut mean = vec![0.0f32; config.dim];
-    let mut residual = vec![0.0f32; config.dim];
     let mut start: f64 = 0.0;
     let mut moved: f64 = 0.0;
+    let codec_error = |reason: String| SimError::Codec { round, reason };
     for &i in group {
-        residual.iter_mut().for_each(|r| *r = 0.0);
         let p = &peers[i];
-        let payload = cpu
-            .encode(&p.theta, &mut residual, RngKey::new(p.seed, u64::MAX))
-            .map_err(|e| SimError::Codec {
-                round: 0,
-                reason: e.to_string(),
-            })?;
-        cpu.decode_add(&codec, &payload, 1.0 / g as f32, &mut mean)
-            .map_err(|e| SimError::Codec {
-                round: 0,
-                reason: e.to_string(),
-            })?;
+        let payload = encode_replica(&p.theta, round).map_err(|e| codec_error(e.to_string()))?;
+        let theta = decode_replica(&payload, config.dim).map_err(|e| codec_error(e.to_string()))?;
+        for (m, v) in mean.iter_mut().zip(theta) {
+            *m += v / g as f32;
+        }
         let share = 2.0 * payload.len() as f64 * (g - 1) as f64 / g as f64;
         stats.bytes_up += share;
         stats.bytes_down += share;
