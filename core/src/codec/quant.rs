@@ -131,8 +131,8 @@ pub fn quantize_blocks(
     quantize_blocks_coarse(values, indices, block, 0, key, exps, qs)
 }
 
-/// [`quantize_blocks`] with each block's scale `2^headroom` times the tightest: the values use
-/// `±127 / 2^headroom` of the int8 range, so zstd packs each into about `headroom` fewer bits, at
+/// [`quantize_blocks`] with each block's scale `2^headroom` times the tightest: the values stay
+/// within `±⌈127 / 2^headroom⌉`, so zstd packs each into about `headroom` fewer bits, at
 /// `2^headroom` times the rounding error (still unbiased). The payload decodes as any other.
 pub fn quantize_blocks_coarse(
     values: &[f32],
@@ -230,5 +230,41 @@ mod tests {
         assert_eq!(quantize(2.25, e, 1 << 30), 2);
         assert_eq!(quantize(-2.25, e, 0), -3);
         assert_eq!(quantize(-2.25, e, u32::MAX), -2);
+    }
+
+    #[test]
+    fn coarse_blocks_stay_in_range_at_the_edges() {
+        let key = RngKey::new(3, 4);
+        let blocks: [&[f32]; 4] = [
+            &[0.0; 16],
+            // Denormals, below the smallest quantum.
+            &[f32::from_bits(1), -f32::from_bits(7), 0.0, 1e-40],
+            // The largest exponent already (byte 255): headroom cannot raise it.
+            &[MAX_ABS, -MAX_ABS, 1.0, -3.5e37],
+            // Near it: headroom saturates at 255.
+            &[1.0e36, -2.0e36, 7.0, 0.0],
+        ];
+        let quantized = |values: &[f32], headroom: u8| {
+            let (mut exps, mut qs) = (Vec::new(), Vec::new());
+            quantize_blocks_coarse(values, |i| i as u32, 16, headroom, key, &mut exps, &mut qs)
+                .expect("in range");
+            (exps, qs)
+        };
+        for headroom in [0u8, 2, 7] {
+            for values in blocks {
+                let (tight, _) = quantized(values, 0);
+                let (exps, qs) = quantized(values, headroom);
+                assert_eq!(exps, vec![tight[0].saturating_add(headroom)]);
+                for (v, q) in values.iter().zip(&qs) {
+                    assert!((-127..=127).contains(&i32::from(*q)), "{v} -> {q}");
+                    let back = dequantize(*q, exps[0]);
+                    assert!(
+                        f64::from((back - v).abs()) <= quantum(exps[0]),
+                        "{v} -> {back} (headroom {headroom}, byte {})",
+                        exps[0]
+                    );
+                }
+            }
+        }
     }
 }

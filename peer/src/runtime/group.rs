@@ -90,15 +90,17 @@ impl Peer {
     }
 
     /// At a round where the groups change: θ becomes the mean of the group's replicas at the
-    /// start of this round as encoded for the group (int8, [`gradswarm_core::topology::
-    /// REPLICA_CODEC`], this peer's own too), summed in the order of their peer ids, so that
-    /// every member that holds the same replicas computes the same θ. Members of one old group
-    /// hold one replica (same checksum, same bytes): it is fetched once, from one of them, and
-    /// counts once per member, so a new group drawn from two old ones moves one replica to each
-    /// member, not one from each partner. A partner that does not give its fingerprint, or
-    /// whose replica nobody serves, within a third of `peer_timeout` is left out. Returns the
-    /// seconds it took once every partner had reached `round` (fetching the replicas: what the
-    /// network costs, not the wait for an old group that ran behind).
+    /// start of this round as encoded for the group ([`gradswarm_core::topology::
+    /// encode_replica`], 6-bit levels, this peer's own too), summed in the order of their peer
+    /// ids, so that every member that holds the same replicas computes the same θ. Members of
+    /// one old group hold one replica (to within 0.5 %): it is fetched once, from one of them,
+    /// and counts once per member, so a new group drawn from two old ones moves one replica to
+    /// each member, not one from each partner. A partner still getting to `round` is waited for
+    /// while its rounds move; one that stands still, gives no fingerprint, or whose replica
+    /// nobody serves is left out, and the whole regrouping ends within two thirds of
+    /// `peer_timeout`. Returns the seconds it took once every partner had reached `round`
+    /// (fetching the replicas: what the network costs, not the wait for an old group that ran
+    /// behind).
     pub(super) async fn average_with_group(&mut self, round: u64) -> Result<f64, PeerError> {
         let partners = self.partners_at(round);
         let Some(mark) = self.marks.back().filter(|m| m.fingerprint.round == round) else {
@@ -119,9 +121,10 @@ impl Peer {
         let mine = Arc::new(mine);
         // A partner still getting to this round is waited for while its rounds move (an old
         // group that ran behind: a group of 5 fell 10 s behind one of 3 over 40 rounds on
-        // shared cores), up to two thirds of `peer_timeout`; one whose rounds stand still for
-        // `patience` is left out, as before.
-        let reach_by = Instant::now() + self.config.peer_timeout * 2 / 3;
+        // shared cores); one whose rounds stand still for `patience` is left out. The whole
+        // regrouping, fetching included, ends within two thirds of `peer_timeout` (heartbeats
+        // go on meanwhile, so nobody takes this peer for gone).
+        let deadline = Instant::now() + self.config.peer_timeout * 2 / 3;
         let patience = self.regroup_patience();
         let (run_id, model_hash) = (self.config.run_id.clone(), self.model_hash);
         let prints = partners.iter().map(|&peer| {
@@ -133,10 +136,8 @@ impl Peer {
             }
             .boxed()
         });
-        let prints = self.drive_until(reach_by, prints.collect()).await;
+        let prints = self.drive_until(deadline, prints.collect()).await;
         let reached = Instant::now();
-        // Fetching the replicas, well inside `peer_timeout` all told.
-        let deadline = reached + self.config.peer_timeout / 3;
         // Who holds which replica: members of one old group hold one, to within the updates
         // some of them took late (bit-equal checksums were rare at 32 peers, so each peer
         // fetched one replica from every partner). Partners whose sketches lie within
@@ -219,13 +220,13 @@ impl Peer {
     }
 
     /// How long a new partner that has not reached the regrouping round may stay at one round
-    /// before it is left out: a third of `peer_timeout`, or two of this peer's rounds where
-    /// rounds are longer.
+    /// before it is left out: a third of `peer_timeout`, or twice this peer's median compute
+    /// time where that is longer (a round takes at least its compute).
     fn regroup_patience(&self) -> Duration {
         let mut times: Vec<f64> = self.compute_times.iter().copied().collect();
         times.sort_by(f64::total_cmp);
-        let round = times.get(times.len() / 2).copied().unwrap_or(0.0);
-        (self.config.peer_timeout / 3).max(Duration::from_secs_f64(2.0 * round.max(0.0)))
+        let compute = times.get(times.len() / 2).copied().unwrap_or(0.0);
+        (self.config.peer_timeout / 3).max(Duration::from_secs_f64(2.0 * compute.max(0.0)))
     }
 
     /// Runs `pending` until all are done, the deadline passes or the peer stops, taking events
