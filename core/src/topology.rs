@@ -359,11 +359,7 @@ mod tests {
         };
         let coarse = encode_replica(&theta, 20).unwrap();
         let ratio = coarse.len() as f64 / tight.len() as f64;
-        let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-        let off = |back: &[f32]| {
-            let d: Vec<f32> = theta.iter().zip(back).map(|(a, b)| a - b).collect();
-            norm(&d) / norm(&theta)
-        };
+        let off = |back: &[f32]| crate::drift::relative_distance(&theta, back);
         let one = decode_replica(&coarse, theta.len()).unwrap();
         // A new group's mean of four old groups' replicas, which differ (here by a tenth of θ's
         // spread), each rounded with the round's key, against their exact mean.
@@ -387,10 +383,7 @@ mod tests {
                 *e += x / 4.0;
             }
         }
-        let mean_off = {
-            let d: Vec<f32> = mean.iter().zip(&exact).map(|(a, b)| a - b).collect();
-            norm(&d) / norm(&exact)
-        };
+        let mean_off = crate::drift::relative_distance(&exact, &mean);
         println!(
             "coarse/tight bytes {ratio:.3} ({} vs {} B, {:.3} B/param); one replica off {:.4}, mean of four {:.4}",
             coarse.len(),

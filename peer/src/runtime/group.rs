@@ -223,10 +223,8 @@ impl Peer {
     /// before it is left out: a third of `peer_timeout`, or twice this peer's median compute
     /// time where that is longer (a round takes at least its compute).
     fn regroup_patience(&self) -> Duration {
-        let mut times: Vec<f64> = self.compute_times.iter().copied().collect();
-        times.sort_by(f64::total_cmp);
-        let compute = times.get(times.len() / 2).copied().unwrap_or(0.0);
-        (self.config.peer_timeout / 3).max(Duration::from_secs_f64(2.0 * compute.max(0.0)))
+        let compute = self.median_compute_s().max(0.0);
+        (self.config.peer_timeout / 3).max(Duration::from_secs_f64(2.0 * compute))
     }
 
     /// Runs `pending` until all are done, the deadline passes or the peer stops, taking events

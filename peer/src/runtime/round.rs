@@ -22,12 +22,18 @@ use crate::report::RoundReport;
 impl Peer {
     /// When a round's collection ends: `deadline_factor` median compute times after `publish`, within `min_wait`..`max_wait`.
     pub(super) fn deadline_after(&self, publish: Instant) -> Instant {
-        let mut times: Vec<f64> = self.compute_times.iter().copied().collect();
-        times.sort_by(f64::total_cmp);
-        let median = times.get(times.len() / 2).copied().unwrap_or(0.0);
+        let median = self.median_compute_s();
         let wait = Duration::from_secs_f64((median * self.config.deadline_factor).max(0.0))
             .clamp(self.config.min_wait, self.config.max_wait);
         publish + wait
+    }
+
+    /// The median of this peer's last compute times (seconds; 0 before the first), by which
+    /// waits for others scale with the pace of its rounds.
+    pub(super) fn median_compute_s(&self) -> f64 {
+        let mut times: Vec<f64> = self.compute_times.iter().copied().collect();
+        times.sort_by(f64::total_cmp);
+        times.get(times.len() / 2).copied().unwrap_or(0.0)
     }
 
     /// Local steps from the anchor θ_r (or ahead of it, see `feedback_lookahead`); returns
