@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use gradswarm_core::DropCounts;
+use gradswarm_peer::RegroupReport;
 use serde::Serialize;
 
 use crate::attack::Attack;
@@ -53,6 +54,9 @@ pub struct RoundRow {
     pub average_s: f64,
     /// Of `average_s`, the fetching (after every new partner had reached the round).
     pub average_fetch_s: f64,
+    /// How the regrouping that opened the round went, in a round where the groups changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regroup: Option<RegroupReport>,
     /// Of `network_s`, the wait for updates in flight: the longest an awaited update travelled
     /// (its sender's hand-over to its arrival here) after this peer began to wait. What the
     /// network cost the round, without the wait for partners still computing. None where it
@@ -203,6 +207,10 @@ pub struct Summary {
     pub link_fraction: f64,
     /// Updates dropped, all peers, by reason.
     pub drops: DropCounts,
+    /// The regroupings of every peer, summed: partners left out, replicas fetched and refused,
+    /// and the farthest a replica taken lay from its holders' fingerprints.
+    #[serde(default)]
+    pub regroupings: RegroupReport,
     /// Wall time of the swarm run.
     pub wall_s: f64,
     /// Wall time of the baseline run.
@@ -346,9 +354,13 @@ pub fn summarize(
     });
     let (mut comm, mut link, mut all) = (0.0, 0.0, 0.0);
     let mut drops = DropCounts::default();
+    let mut regroupings = RegroupReport::default();
     for p in peers {
         drops.merge(&p.drops);
         for r in &p.rounds {
+            if let Some(regroup) = &r.regroup {
+                regroupings.merge(regroup);
+            }
             // A regrouping's wait counts as network time; of it only the fetching is the links'.
             comm += r.encode_s + r.network_s + r.average_s;
             link += r.encode_s + r.link_s.unwrap_or(r.network_s) + r.average_fetch_s;
@@ -379,6 +391,7 @@ pub fn summarize(
         comm_fraction: if all > 0.0 { comm / all } else { 0.0 },
         link_fraction: if all > 0.0 { link / all } else { 0.0 },
         drops,
+        regroupings,
         wall_s,
         baseline_wall_s: baseline.map(|b| b.wall_s),
         attacks: peers
@@ -434,6 +447,7 @@ mod tests {
             network_s,
             average_s: 0.0,
             average_fetch_s: 0.0,
+            regroup: None,
             link_s: None,
             sent_at_ms: Some(sent),
             arrived_ms: arrived.iter().map(|(p, t)| (p.to_string(), *t)).collect(),

@@ -64,6 +64,7 @@ fn row(r: &crate::Report, previous: Option<&crate::Report>) -> RoundRow {
         network_s: rr.network_s,
         average_s: rr.average_s,
         average_fetch_s: rr.average_fetch_s,
+        regroup: rr.regroup.clone(),
         link_s: None,
         sent_at_ms: rr.sent_at_ms,
         arrived_ms: rr.arrived_ms.clone(),

@@ -253,6 +253,19 @@ fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
         per_regrouping < 1.8,
         "{per_regrouping:.2} replicas a peer a regrouping: {state:?}"
     );
+    // Every regrouping took its new partners' replicas: none left out, none refused by the
+    // fingerprint check, honest replicas well inside its tolerance.
+    let regrouped = &groups.summary.regroupings;
+    eprintln!("regroupings: {regrouped:?}");
+    // (Two left out at most: a peer whose view was short at a regrouping drew another group.)
+    assert!(
+        regrouped.partners >= 8 * 3 * 2
+            && regrouped.averaged + 2 >= regrouped.partners
+            && regrouped.fetched > 0
+            && regrouped.refused == 0
+            && regrouped.max_off.is_some_and(|d| d < 0.06),
+        "{regrouped:?}"
+    );
     let broadcast = gradswarm_harness::run::run(&scenario("\"broadcast\""), |_| {})
         .expect("the broadcast scenario runs");
     let (g, b) = (&groups.summary, &broadcast.summary);

@@ -20,6 +20,14 @@ pub enum PeerError {
     /// Fetching the run's state from a peer failed.
     #[error("state sync: {0}")]
     Sync(String),
+    /// A peer asked for something answered nothing whole in time.
+    #[error("{peer} answered nothing whole within {within:?}")]
+    Unanswered {
+        /// The peer asked (base58).
+        peer: String,
+        /// How long it was given.
+        within: std::time::Duration,
+    },
     /// A partner asked for its fingerprint of a round has not reached that round yet.
     #[error("not at that round yet (its latest is {latest})")]
     NotReached {

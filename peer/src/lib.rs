@@ -18,7 +18,7 @@ mod state;
 pub use config::{DEFAULT_LOCAL_STEPS, Mode, PeerConfig, ROUND_FLOOR, agent};
 pub use edge::{Edge, Honest};
 pub use error::PeerError;
-pub use report::{MAX_REPORTS, PeerSummary, RoundReport};
+pub use report::{MAX_REPORTS, PeerSummary, RegroupReport, RoundReport};
 pub use runtime::{
     CheckpointSink, MOMENTUM_KEY, Observer, PauseHandle, Peer, RESIDUAL_KEY, StopHandle, stop_pair,
 };

@@ -54,6 +54,10 @@ pub struct RoundReport {
     /// round trip, a few tens of ms on a home link).
     #[serde(default)]
     pub average_fetch_s: f64,
+    /// How the regrouping that opened this round went (group averaging, at a round where the
+    /// groups change); None in any other round.
+    #[serde(default)]
+    pub regroup: Option<RegroupReport>,
     /// When this peer handed its own update to the network (Unix ms); None in a round it sent
     /// none. With `arrived_ms` at its partners: how long its update was in flight.
     #[serde(default)]
@@ -79,6 +83,45 @@ pub struct RoundReport {
     pub skipped: bool,
     /// The partners (base58 ids) whose updates were missing then.
     pub missing: Vec<String>,
+}
+
+/// How one regrouping went for one peer: whom it averaged with, and what it left out and why.
+/// The harness sums them over a run, so that what the tolerances refuse is counted, not guessed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegroupReport {
+    /// New partners, as this peer drew its group.
+    pub partners: u64,
+    /// Of them, those left out without a fingerprint of the round: they stood still short of it,
+    /// refused, or the regrouping's deadline passed first.
+    pub unreached: u64,
+    /// Old groups' replicas fetched and taken (one per holding that is not this peer's own).
+    pub fetched: u64,
+    /// Holdings whose replica no holder served in a form that could be taken.
+    pub unfetched: u64,
+    /// Replicas served that lay beyond the tolerance from their holders' fingerprints
+    /// (`REPLICA_TOLERANCE`): each one refused, and the next holder asked.
+    pub refused: u64,
+    /// The farthest a replica that was taken lay from its holders' fingerprints (relative, on the
+    /// drift sketch): how close honest replicas come to the tolerance. None when none was fetched.
+    pub max_off: Option<f64>,
+    /// Partners whose replica went into the average.
+    pub averaged: u64,
+}
+
+impl RegroupReport {
+    /// Adds `other`'s counts to these, keeping the farther `max_off`.
+    pub fn merge(&mut self, other: &RegroupReport) {
+        self.partners += other.partners;
+        self.unreached += other.unreached;
+        self.fetched += other.fetched;
+        self.unfetched += other.unfetched;
+        self.refused += other.refused;
+        self.averaged += other.averaged;
+        self.max_off = match (self.max_off, other.max_off) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 /// What a peer did over its whole run.
@@ -190,6 +233,43 @@ mod tests {
             summary.rounds.last().map(|r| r.round),
             Some(5 * MAX_REPORTS as u64 - 1)
         );
+    }
+
+    #[test]
+    fn regroupings_add_up_and_keep_the_farthest_replica_taken() {
+        let mut all = RegroupReport::default();
+        let one = RegroupReport {
+            partners: 3,
+            unreached: 1,
+            fetched: 1,
+            refused: 2,
+            max_off: Some(0.05),
+            averaged: 2,
+            ..RegroupReport::default()
+        };
+        let other = RegroupReport {
+            partners: 4,
+            fetched: 2,
+            unfetched: 1,
+            max_off: Some(0.03),
+            averaged: 3,
+            ..RegroupReport::default()
+        };
+        all.merge(&one);
+        all.merge(&RegroupReport::default());
+        all.merge(&other);
+        assert_eq!(
+            (
+                all.partners,
+                all.unreached,
+                all.fetched,
+                all.unfetched,
+                all.refused,
+                all.averaged
+            ),
+            (7, 1, 3, 1, 2, 5)
+        );
+        assert_eq!(all.max_off, Some(0.05));
     }
 
     #[test]

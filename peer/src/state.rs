@@ -434,9 +434,10 @@ async fn within<T>(
     futures::pin_mut!(fetch);
     match futures::future::select(fetch, timeout).await {
         futures::future::Either::Left((result, _)) => result,
-        futures::future::Either::Right(_) => Err(PeerError::Sync(format!(
-            "{peer} served nothing whole within {deadline:?}"
-        ))),
+        futures::future::Either::Right(_) => Err(PeerError::Unanswered {
+            peer: peer.to_string(),
+            within: deadline,
+        }),
     }
 }
 
@@ -471,7 +472,7 @@ async fn fetch_chunks(
                     return Err(gradswarm_net::NetError::Stopped.into());
                 }
                 // Silent past the deadline: the next peer is asked.
-                Err(e @ PeerError::Sync(_)) => return Err(e),
+                Err(e @ (PeerError::Sync(_) | PeerError::Unanswered { .. })) => return Err(e),
                 Err(e) => {
                     // Not dialable yet: the connection may come up; try again shortly.
                     debug!("state request to {peer}: {e}");

@@ -11,12 +11,13 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use gradswarm_core::topology::{decode_replica, encode_replica};
 use gradswarm_core::{DriftSketch, EncodeError};
-use gradswarm_net::{NetHandle, PeerId};
+use gradswarm_net::{NetError, NetHandle, PeerId};
 use tracing::{debug, info, warn};
 use web_time::Instant;
 
 use super::Peer;
 use crate::error::PeerError;
+use crate::report::RegroupReport;
 use crate::state;
 
 /// How often a partner that has not reached the regrouping round yet is asked again.
@@ -100,15 +101,22 @@ impl Peer {
     /// nobody serves is left out, and the whole regrouping ends within two thirds of
     /// `peer_timeout`. Returns the seconds it took once every partner had reached `round`
     /// (fetching the replicas: what the network costs, not the wait for an old group that ran
-    /// behind).
-    pub(super) async fn average_with_group(&mut self, round: u64) -> Result<f64, PeerError> {
+    /// behind), and how it went.
+    pub(super) async fn average_with_group(
+        &mut self,
+        round: u64,
+    ) -> Result<(f64, RegroupReport), PeerError> {
         let partners = self.partners_at(round);
+        let mut report = RegroupReport {
+            partners: partners.len() as u64,
+            ..RegroupReport::default()
+        };
         let Some(mark) = self.marks.back().filter(|m| m.fingerprint.round == round) else {
             warn!("no replica of round {round} marked; not averaging with the new group");
-            return Ok(0.0);
+            return Ok((0.0, report));
         };
         if partners.is_empty() {
-            return Ok(0.0);
+            return Ok((0.0, report));
         }
         let (marked, checksum) = (mark.params.clone(), mark.fingerprint.checksum);
         let own_sketch = mark.fingerprint.sketch.clone();
@@ -150,6 +158,7 @@ impl Peer {
                 Ok(print) => print,
                 Err(e) => {
                     warn!("left {peer} out of the group's averaging at round {round}: {e}");
+                    report.unreached += 1;
                     continue;
                 }
             };
@@ -165,7 +174,7 @@ impl Peer {
                 holdings.push(vec![(peer, print.sketch)]);
             }
         }
-        let fetched_of = holdings.len();
+        let holdings_count = holdings.len() as u64;
         let n = mine.len();
         let me = self.me;
         let fetches = holdings.into_iter().map(|held| {
@@ -182,9 +191,12 @@ impl Peer {
             .chain(same.iter().map(|(p, _)| *p))
             .map(|p| (p.to_bytes(), mine.clone()))
             .collect();
-        for (held, theta) in fetched {
-            match theta {
-                Ok(theta) => {
+        for (held, replica) in fetched {
+            report.refused += replica.refused;
+            match replica.taken {
+                Ok((theta, off)) => {
+                    report.fetched += 1;
+                    report.max_off = Some(report.max_off.map_or(off, |m| m.max(off)));
                     let theta = Arc::new(theta);
                     replicas.extend(held.iter().map(|(p, _)| (p.to_bytes(), theta.clone())));
                 }
@@ -193,8 +205,11 @@ impl Peer {
                 }
             }
         }
+        // Holdings whose fetch failed, or that the deadline cut short, are left out.
+        report.unfetched = holdings_count - report.fetched;
+        report.averaged = replicas.len() as u64 - 1;
         if replicas.len() < 2 {
-            return Ok(reached.elapsed().as_secs_f64());
+            return Ok((reached.elapsed().as_secs_f64(), report));
         }
         replicas.sort_by(|a, b| a.0.cmp(&b.0));
         let mut sum = vec![0.0f64; n];
@@ -212,11 +227,10 @@ impl Peer {
         }
         self.trainer.set_parameters(&theta)?;
         info!(
-            "round {round}: averaged θ with {} of {} partners ({fetched_of} replicas fetched)",
-            replicas.len() - 1,
-            partners.len()
+            "round {round}: averaged θ with {} of {} partners ({} replicas fetched, {} refused)",
+            report.averaged, report.partners, report.fetched, report.refused
         );
-        Ok(reached.elapsed().as_secs_f64())
+        Ok((reached.elapsed().as_secs_f64(), report))
     }
 
     /// How long a new partner that has not reached the regrouping round may stay at one round
@@ -259,7 +273,8 @@ impl Peer {
 
 /// `peer`'s fingerprint of its replica at the start of `round`, asked again every
 /// [`MARK_POLL`] while it has not reached `round` yet and its latest round moved within
-/// `patience`.
+/// `patience`, or while it has given no answer for less than `patience` (a poll lost, a
+/// connection being redialled, must not cost the group a member).
 async fn reached_fingerprint(
     net: &NetHandle,
     peer: PeerId,
@@ -271,10 +286,10 @@ async fn reached_fingerprint(
     let mut approach = Approach::default();
     loop {
         match state::fetch_fingerprint(net, peer, run_id, model_hash, round).await {
-            // It has not reached that round yet: ask again while it keeps getting there. Any
-            // other failure (no answer, a refusal) leaves it out.
+            // It has not reached that round yet: ask again while it keeps getting there. No
+            // answer: ask again for a while. A refusal leaves it out.
             Err(PeerError::NotReached { latest }) => {
-                if !approach.still_coming(latest, Instant::now(), patience) {
+                if !approach.still_coming(Some(latest), Instant::now(), patience) {
                     return Err(PeerError::Sync(format!(
                         "{peer} stayed at round {latest} for {patience:?}, short of {round}"
                     )));
@@ -282,29 +297,50 @@ async fn reached_fingerprint(
                 debug!("{peer} is at round {latest}, not yet at {round}");
                 futures_timer::Delay::new(MARK_POLL).await;
             }
+            Err(e) if unanswered(&e) => {
+                if !approach.still_coming(None, Instant::now(), patience) {
+                    return Err(e);
+                }
+                debug!("{peer} gave no fingerprint of round {round} yet: {e}");
+                futures_timer::Delay::new(MARK_POLL).await;
+            }
             answer => return answer,
         }
     }
 }
 
+/// Whether a poll failed without an answer (none in time, or the request lost on the way: a
+/// connection closed or being dialled), so that asking again may get one; not a refusal.
+fn unanswered(e: &PeerError) -> bool {
+    matches!(
+        e,
+        PeerError::Unanswered { .. } | PeerError::Net(NetError::Request { .. })
+    )
+}
+
 /// A new partner on its way to the regrouping round, as its answers show it.
 #[derive(Default)]
 struct Approach {
-    /// The latest round it reported, and when it first reported it.
-    moved: Option<(u64, Instant)>,
+    /// The latest round it reported.
+    at: Option<u64>,
+    /// When it last made progress (reported a later round), or was first asked.
+    since: Option<Instant>,
 }
 
 impl Approach {
-    /// Takes in the latest round it reported at `now`; false once its rounds stood still for
-    /// `patience`. An old group that runs behind moves a round every few seconds and is waited
-    /// for; a partner that stopped (or lies that it is coming) is not, for long.
-    fn still_coming(&mut self, latest: u64, now: Instant, patience: Duration) -> bool {
-        match self.moved {
-            Some((at, since)) if latest <= at => now.duration_since(since) < patience,
-            _ => {
-                self.moved = Some((latest, now));
+    /// Takes in the latest round it reported at `now` (None: no answer this time); false once
+    /// it has made no progress for `patience`. An old group that runs behind moves a round
+    /// every few seconds and is waited for; a partner that stopped, stays silent, or lies that
+    /// it is coming is not, for long.
+    fn still_coming(&mut self, latest: Option<u64>, now: Instant, patience: Duration) -> bool {
+        let since = *self.since.get_or_insert(now);
+        match latest {
+            Some(latest) if self.at.is_none_or(|at| latest > at) => {
+                self.at = Some(latest);
+                self.since = Some(now);
                 true
             }
+            _ => now.duration_since(since) < patience,
         }
     }
 }
@@ -321,14 +357,14 @@ async fn fetch_held_replica(
     model_hash: gradswarm_core::ModelHash,
     round: u64,
     n: usize,
-) -> Result<Vec<f32>, PeerError> {
+) -> HeldReplica {
     let first = {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         me.hash(&mut h);
         (h.finish() % held.len().max(1) as u64) as usize
     };
-    let mut failures = Vec::new();
+    let (mut failures, mut refused) = (Vec::new(), 0);
     for (peer, _) in held.iter().cycle().skip(first).take(held.len()) {
         let theta = match state::fetch_replica(net, *peer, run_id, model_hash, round, n).await {
             Ok(theta) => theta,
@@ -342,14 +378,29 @@ async fn fetch_held_replica(
             .iter()
             .map(|(_, s)| sketch.relative_distance(s))
             .try_fold(0.0f64, |worst, d| d.map(|d| worst.max(d)));
-        if off.is_some_and(|d| d <= REPLICA_TOLERANCE) {
-            return Ok(theta);
+        if let Some(off) = off.filter(|&d| d <= REPLICA_TOLERANCE) {
+            return HeldReplica {
+                taken: Ok((theta, off)),
+                refused,
+            };
         }
+        refused += 1;
         failures.push(format!(
             "{peer} served a replica of round {round} {off:?} from its holders' fingerprints"
         ));
     }
-    Err(PeerError::Sync(failures.join("; ")))
+    HeldReplica {
+        taken: Err(PeerError::Sync(failures.join("; "))),
+        refused,
+    }
+}
+
+/// What fetching one holding's replica came to.
+struct HeldReplica {
+    /// The replica taken, and how far it lay from its holders' fingerprints; or why none was.
+    taken: Result<(Vec<f32>, f64), PeerError>,
+    /// Replicas served and refused on the way (beyond [`REPLICA_TOLERANCE`]).
+    refused: u64,
 }
 
 #[cfg(test)]
@@ -362,20 +413,29 @@ mod tests {
         let at = |s: u64| start + Duration::from_secs(s);
         // An old group 3 rounds behind, 4 s a round: 12 s, past the patience, and still waited for.
         let mut behind = Approach::default();
-        assert!(behind.still_coming(37, at(0), patience));
-        assert!(behind.still_coming(37, at(3), patience));
-        assert!(behind.still_coming(38, at(4), patience));
-        assert!(behind.still_coming(39, at(8), patience));
-        assert!(behind.still_coming(39, at(12), patience));
+        assert!(behind.still_coming(Some(37), at(0), patience));
+        assert!(behind.still_coming(Some(37), at(3), patience));
+        assert!(behind.still_coming(Some(38), at(4), patience));
+        assert!(behind.still_coming(Some(39), at(8), patience));
+        assert!(behind.still_coming(Some(39), at(12), patience));
         // A partner that stays at one round (stopped, or only saying it is coming) is left out
         // once it has stood still for the patience.
         let mut stuck = Approach::default();
-        assert!(stuck.still_coming(37, at(0), patience));
-        assert!(stuck.still_coming(37, at(9), patience));
-        assert!(!stuck.still_coming(37, at(10), patience));
+        assert!(stuck.still_coming(Some(37), at(0), patience));
+        assert!(stuck.still_coming(Some(37), at(9), patience));
+        assert!(!stuck.still_coming(Some(37), at(10), patience));
         // Reporting an earlier round is no progress.
         let mut back = Approach::default();
-        assert!(back.still_coming(37, at(0), patience));
-        assert!(!back.still_coming(36, at(11), patience));
+        assert!(back.still_coming(Some(37), at(0), patience));
+        assert!(!back.still_coming(Some(36), at(11), patience));
+        // Polls left unanswered (lost, or a connection redialled) are waited out as standing
+        // still is: the partner that answers within the patience is still coming, one silent
+        // for all of it is left out.
+        let mut silent = Approach::default();
+        assert!(silent.still_coming(None, at(0), patience));
+        assert!(silent.still_coming(None, at(5), patience));
+        assert!(silent.still_coming(Some(39), at(6), patience));
+        assert!(silent.still_coming(None, at(15), patience));
+        assert!(!silent.still_coming(None, at(16), patience));
     }
 }

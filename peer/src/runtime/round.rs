@@ -328,10 +328,11 @@ impl Peer {
         }
         let base = self.book.round();
         let averaging = Instant::now();
-        let average_fetch_s = if self.averaging.averages_parameters_at(base) {
-            self.average_with_group(base).await?
+        let (average_fetch_s, regroup) = if self.averaging.averages_parameters_at(base) {
+            let (fetch_s, regroup) = self.average_with_group(base).await?;
+            (fetch_s, Some(regroup))
         } else {
-            0.0
+            (0.0, None)
         };
         let average_s = averaging.elapsed().as_secs_f64();
         let t0 = Instant::now();
@@ -365,6 +366,7 @@ impl Peer {
             compute_s,
             average_s,
             average_fetch_s,
+            regroup,
             ..Default::default()
         };
         let t1 = Instant::now();
