@@ -40,16 +40,26 @@ impl DriftSketch {
         let mut sums = [0.0f64; SKETCH_BUCKETS];
         let mut norm = 0.0f64;
         for (j, &v) in params.iter().enumerate() {
-            let h = mix(j as u64);
             let v = f64::from(v);
-            let signed = if h >> 63 == 0 { v } else { -v };
-            sums[(h as usize) % SKETCH_BUCKETS] += signed;
+            sums[Self::bucket_of(j)] += f64::from(Self::sign_of(j)) * v;
             norm += v * v;
         }
         Self {
             buckets: sums.iter().map(|&s| s as f32).collect(),
             norm: norm.sqrt() as f32,
         }
+    }
+
+    /// The bucket coordinate `j` adds to. Public and fixed, so anyone can build a vector the
+    /// sketch does not see (what cancels within a bucket): a sketch tells replicas apart, it
+    /// does not vouch for one alone (a served replica's norm is checked too).
+    pub fn bucket_of(j: usize) -> usize {
+        (mix(j as u64) as usize) % SKETCH_BUCKETS
+    }
+
+    /// The sign (±1) coordinate `j` adds to its bucket with.
+    pub fn sign_of(j: usize) -> f32 {
+        if mix(j as u64) >> 63 == 0 { 1.0 } else { -1.0 }
     }
 
     /// Whether this is a real sketch (heartbeats before the first round carry none).

@@ -104,6 +104,11 @@ pub struct RegroupReport {
     /// The farthest a replica that was taken lay from its holders' fingerprints (relative, on the
     /// drift sketch): how close honest replicas come to the tolerance. None when none was fetched.
     pub max_off: Option<f64>,
+    /// The farthest a replica taken lay from this peer's own (exact, relative to its norm): how
+    /// far apart honest old groups grew, against the reach a replica is refused beyond
+    /// (`REPLICA_REACH`). None when none was fetched.
+    #[serde(default)]
+    pub max_reach: Option<f64>,
     /// Partners whose replica went into the average.
     pub averaged: u64,
 }
@@ -117,10 +122,12 @@ impl RegroupReport {
         self.unfetched += other.unfetched;
         self.refused += other.refused;
         self.averaged += other.averaged;
-        self.max_off = match (self.max_off, other.max_off) {
+        let farther = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        self.max_off = farther(self.max_off, other.max_off);
+        self.max_reach = farther(self.max_reach, other.max_reach);
     }
 }
 
@@ -244,6 +251,7 @@ mod tests {
             fetched: 1,
             refused: 2,
             max_off: Some(0.05),
+            max_reach: Some(0.3),
             averaged: 2,
             ..RegroupReport::default()
         };
@@ -252,6 +260,7 @@ mod tests {
             fetched: 2,
             unfetched: 1,
             max_off: Some(0.03),
+            max_reach: Some(0.5),
             averaged: 3,
             ..RegroupReport::default()
         };
@@ -269,7 +278,7 @@ mod tests {
             ),
             (7, 1, 3, 1, 2, 5)
         );
-        assert_eq!(all.max_off, Some(0.05));
+        assert_eq!((all.max_off, all.max_reach), (Some(0.05), Some(0.5)));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use gradswarm_core::topology::{decode_replica, encode_replica};
-use gradswarm_core::{DriftSketch, EncodeError};
+use gradswarm_core::{DriftSketch, EncodeError, drift};
 use gradswarm_net::{NetError, NetHandle, PeerId};
 use tracing::{debug, info, warn};
 use web_time::Instant;
@@ -29,6 +29,20 @@ const MARK_POLL: Duration = Duration::from_millis(50);
 /// reads to within a quarter; more is a replica other than the one the sender trained on
 /// (other groups' lie 40–55 % away).
 const REPLICA_TOLERANCE: f64 = 0.08;
+
+/// How far (relative) a served replica's norm may lie from each holder's fingerprint's norm. A
+/// sketch of 32 buckets cannot see what cancels within a bucket, so a replica with a large
+/// vector hidden in that null space would match the holders' sketches; its norm does not
+/// (rounding moves an honest replica's norm by ~0.1 %, members of one holding differ by
+/// less than `SAME_REPLICA`). What still hides is a vector at right angles to θ of at most
+/// √(2 × 0.02) ≈ 20 % of ‖θ‖.
+const REPLICA_NORM_TOLERANCE: f64 = 0.02;
+
+/// How far (exact, relative to the norm of this peer's own replica) a replica taken may lie from
+/// this peer's own: honest old groups' replicas lay at most 0.4–0.55 apart at 32 peers in groups of
+/// 4 (`RegroupReport::max_reach` counts it). A replica farther is refused, so whatever a partner
+/// serves moves its group's mean by a bounded share of ‖θ‖, never by an arbitrary vector.
+const REPLICA_REACH: f64 = 1.0;
 
 /// How close (relative, on the drift sketch) two members' replicas must lie to count as one old
 /// group's, fetched once: members of one group differ by the few updates some took late, far
@@ -129,10 +143,15 @@ impl Peer {
         let mine = Arc::new(mine);
         // A partner still getting to this round is waited for while its rounds move (an old
         // group that ran behind: a group of 5 fell 10 s behind one of 3 over 40 rounds on
-        // shared cores); one whose rounds stand still for `patience` is left out. The whole
-        // regrouping, fetching included, ends within two thirds of `peer_timeout` (heartbeats
-        // go on meanwhile, so nobody takes this peer for gone).
-        let deadline = Instant::now() + self.config.peer_timeout * 2 / 3;
+        // shared cores); one whose rounds stand still for `patience` is left out. Waiting for
+        // fingerprints ends within half of `peer_timeout`, so that a partner coming one round
+        // at a time cannot leave the fetching no time; the whole regrouping ends within two
+        // thirds of it (heartbeats go on meanwhile, so nobody takes this peer for gone).
+        let start = Instant::now();
+        let (reach_by, deadline) = (
+            start + self.config.peer_timeout / 2,
+            start + self.config.peer_timeout * 2 / 3,
+        );
         let patience = self.regroup_patience();
         let (run_id, model_hash) = (self.config.run_id.clone(), self.model_hash);
         let prints = partners.iter().map(|&peer| {
@@ -144,7 +163,7 @@ impl Peer {
             }
             .boxed()
         });
-        let prints = self.drive_until(deadline, prints.collect()).await;
+        let prints = self.drive_until(reach_by, prints.collect()).await;
         let reached = Instant::now();
         // Who holds which replica: members of one old group hold one, to within the updates
         // some of them took late (bit-equal checksums were rare at 32 peers, so each peer
@@ -155,6 +174,12 @@ impl Peer {
         let mut holdings: Vec<Vec<(PeerId, DriftSketch)>> = Vec::new();
         for (peer, print) in prints {
             let print = match print {
+                // A fingerprint without a sketch names no replica that could be checked.
+                Ok(print) if print.sketch.is_empty() => {
+                    warn!("left {peer} out of the group's averaging at round {round}: no sketch");
+                    report.unreached += 1;
+                    continue;
+                }
                 Ok(print) => print,
                 Err(e) => {
                     warn!("left {peer} out of the group's averaging at round {round}: {e}");
@@ -178,10 +203,16 @@ impl Peer {
         let n = mine.len();
         let me = self.me;
         let fetches = holdings.into_iter().map(|held| {
-            let (net, run_id) = (self.net.clone(), run_id.clone());
+            let (net, run_id, own) = (self.net.clone(), run_id.clone(), mine.clone());
             async move {
-                let theta =
-                    fetch_held_replica(&net, me, &held, &run_id, model_hash, round, n).await;
+                let asked = Asked {
+                    net: &net,
+                    me,
+                    run_id: &run_id,
+                    model_hash,
+                    round,
+                };
+                let theta = fetch_held_replica(asked, &held, &own).await;
                 (held, theta)
             }
             .boxed()
@@ -194,9 +225,11 @@ impl Peer {
         for (held, replica) in fetched {
             report.refused += replica.refused;
             match replica.taken {
-                Ok((theta, off)) => {
+                Ok((theta, fit)) => {
                     report.fetched += 1;
-                    report.max_off = Some(report.max_off.map_or(off, |m| m.max(off)));
+                    report.max_off = Some(report.max_off.map_or(fit.off, |m| m.max(fit.off)));
+                    report.max_reach =
+                        Some(report.max_reach.map_or(fit.reach, |m| m.max(fit.reach)));
                     let theta = Arc::new(theta);
                     replicas.extend(held.iter().map(|(p, _)| (p.to_bytes(), theta.clone())));
                 }
@@ -224,6 +257,12 @@ impl Peer {
         let mut theta = self.trainer.parameters_async().await?;
         for ((t, m), was) in theta.iter_mut().zip(&mean).zip(marked.iter()) {
             *t += m - was;
+        }
+        if let Some(at) = theta.iter().position(|v| !v.is_finite()) {
+            // Cannot come of replicas within reach of a finite θ; kept as the last guard of θ.
+            warn!("round {round}: the group's mean is not finite at {at}; θ kept");
+            report.averaged = 0;
+            return Ok((reached.elapsed().as_secs_f64(), report));
         }
         self.trainer.set_parameters(&theta)?;
         info!(
@@ -302,7 +341,8 @@ async fn reached_fingerprint(
                     return Err(e);
                 }
                 debug!("{peer} gave no fingerprint of round {round} yet: {e}");
-                futures_timer::Delay::new(MARK_POLL).await;
+                // A request that failed at once (no address yet) is not asked 20 times a second.
+                futures_timer::Delay::new(MARK_POLL * 10).await;
             }
             answer => return answer,
         }
@@ -345,27 +385,42 @@ impl Approach {
     }
 }
 
-/// The replica of `round` that every peer in `held` says it holds (one checksum), fetched from
-/// one of them (a different one first for each fetching peer `me`, to spread the load), the
-/// next if that one fails. It must lie within [`REPLICA_TOLERANCE`] of every holder's sketch:
-/// a holder that names another's checksum cannot serve a replica of its own under it.
-async fn fetch_held_replica(
-    net: &NetHandle,
+/// Whom and what a regrouping's fetch asks.
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    net: &'a NetHandle,
+    /// The fetching peer (which holder it asks first).
     me: PeerId,
-    held: &[(PeerId, DriftSketch)],
-    run_id: &str,
+    run_id: &'a str,
     model_hash: gradswarm_core::ModelHash,
     round: u64,
-    n: usize,
+}
+
+/// The replica of `round` that every peer in `held` says it holds (one checksum), fetched from
+/// one of them (a different one first for each fetching peer, to spread the load), the next if
+/// that one fails or serves one that does not fit ([`fits`]; `own` is the fetcher's own replica).
+async fn fetch_held_replica(
+    asked: Asked<'_>,
+    held: &[(PeerId, DriftSketch)],
+    own: &[f32],
 ) -> HeldReplica {
     let first = {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
-        me.hash(&mut h);
+        asked.me.hash(&mut h);
         (h.finish() % held.len().max(1) as u64) as usize
     };
+    let sketches: Vec<&DriftSketch> = held.iter().map(|(_, s)| s).collect();
     let (mut failures, mut refused) = (Vec::new(), 0);
     for (peer, _) in held.iter().cycle().skip(first).take(held.len()) {
+        let Asked {
+            net,
+            run_id,
+            model_hash,
+            round,
+            ..
+        } = asked;
+        let n = own.len();
         let theta = match state::fetch_replica(net, *peer, run_id, model_hash, round, n).await {
             Ok(theta) => theta,
             Err(e) => {
@@ -373,21 +428,18 @@ async fn fetch_held_replica(
                 continue;
             }
         };
-        let sketch = DriftSketch::of(&theta);
-        let off = held
-            .iter()
-            .map(|(_, s)| sketch.relative_distance(s))
-            .try_fold(0.0f64, |worst, d| d.map(|d| worst.max(d)));
-        if let Some(off) = off.filter(|&d| d <= REPLICA_TOLERANCE) {
-            return HeldReplica {
-                taken: Ok((theta, off)),
-                refused,
-            };
+        match fits(&theta, &sketches, own) {
+            Ok(fit) => {
+                return HeldReplica {
+                    taken: Ok((theta, fit)),
+                    refused,
+                };
+            }
+            Err(why) => {
+                refused += 1;
+                failures.push(format!("{peer} served a replica of round {round} {why}"));
+            }
         }
-        refused += 1;
-        failures.push(format!(
-            "{peer} served a replica of round {round} {off:?} from its holders' fingerprints"
-        ));
     }
     HeldReplica {
         taken: Err(PeerError::Sync(failures.join("; "))),
@@ -395,11 +447,51 @@ async fn fetch_held_replica(
     }
 }
 
+/// How a replica taken lay from what vouched for it.
+#[derive(Clone, Copy, Debug)]
+struct Fit {
+    /// The farthest from a holder's fingerprint (sketch, or norm), relative to the holder's norm.
+    off: f64,
+    /// Its exact distance from the fetcher's own replica, relative to that one's norm.
+    reach: f64,
+}
+
+/// Whether a served replica may be taken for its holders': within [`REPLICA_TOLERANCE`] of every
+/// holder's sketch and [`REPLICA_NORM_TOLERANCE`] of its norm, measured against the holder's
+/// norm (the one the fingerprint vouches for, not the served one's, which a liar sets: a
+/// replica so large that its norm overflowed once measured 0 from any sketch), and within
+/// [`REPLICA_REACH`] of `own`. Anything not a finite number fails.
+fn fits(theta: &[f32], holders: &[&DriftSketch], own: &[f32]) -> Result<Fit, String> {
+    let sketch = DriftSketch::of(theta);
+    let mut off = 0.0f64;
+    for holder in holders {
+        let base = f64::from(holder.norm).max(1e-30);
+        let norm_off = (f64::from(sketch.norm) - f64::from(holder.norm)).abs() / base;
+        let sketch_off = holder.relative_distance(&sketch);
+        match sketch_off {
+            Some(d) if d <= REPLICA_TOLERANCE && norm_off <= REPLICA_NORM_TOLERANCE => {
+                off = off.max(d);
+            }
+            _ => {
+                return Err(format!(
+                    "{sketch_off:?} from a holder's sketch, its norm {norm_off:.4} off"
+                ));
+            }
+        }
+    }
+    let reach = drift::relative_distance(own, theta);
+    // NaN fails too.
+    if reach.is_nan() || reach > REPLICA_REACH {
+        return Err(format!("{reach:.3} from this peer's own"));
+    }
+    Ok(Fit { off, reach })
+}
+
 /// What fetching one holding's replica came to.
 struct HeldReplica {
-    /// The replica taken, and how far it lay from its holders' fingerprints; or why none was.
-    taken: Result<(Vec<f32>, f64), PeerError>,
-    /// Replicas served and refused on the way (beyond [`REPLICA_TOLERANCE`]).
+    /// The replica taken, and how it fit; or why none was.
+    taken: Result<(Vec<f32>, Fit), PeerError>,
+    /// Replicas served and refused on the way (not fitting, see [`fits`]).
     refused: u64,
 }
 
@@ -437,5 +529,72 @@ mod tests {
         assert!(silent.still_coming(Some(39), at(6), patience));
         assert!(silent.still_coming(None, at(15), patience));
         assert!(!silent.still_coming(None, at(16), patience));
+    }
+
+    /// Seeded Gaussian-ish weights (a sum of uniforms), `scale` their spread.
+    fn weights(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut uniform = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        (0..n)
+            .map(|_| scale * (0..4).map(|_| uniform()).sum::<f32>())
+            .collect()
+    }
+
+    #[test]
+    fn a_replica_is_taken_only_within_its_holders_fingerprints_and_reach() {
+        let n = 4096;
+        let held = weights(n, 1, 0.1);
+        // This peer's own replica: another old group's, 30 % of ‖θ‖ away.
+        let own: Vec<f32> = held
+            .iter()
+            .zip(weights(n, 2, 0.03))
+            .map(|(h, d)| h + d)
+            .collect();
+        let holder = DriftSketch::of(&held);
+        let holders = [&holder];
+        // The holder's replica as it travels (6-bit levels) is taken.
+        let bytes = encode_replica(&held, 7).expect("encodes");
+        let served = decode_replica(&bytes, n).expect("decodes");
+        let fit = fits(&served, &holders, &own).expect("an honest replica fits");
+        assert!(
+            fit.off < REPLICA_TOLERANCE && (0.2..0.4).contains(&fit.reach),
+            "{fit:?}"
+        );
+
+        // A large vector hidden where the sketch cannot see it: in each bucket, two coordinates
+        // whose signed sums cancel. The sketch is the holder's to the last bits, so measured
+        // against the served replica's own (huge) norm it lay 0 away and was taken; its norm
+        // gives it away.
+        let mut hidden = served.clone();
+        for bucket in 0..drift::SKETCH_BUCKETS {
+            let pair: Vec<usize> = (0..n)
+                .filter(|&j| DriftSketch::bucket_of(j) == bucket)
+                .take(2)
+                .collect();
+            let (a, b) = (pair[0], pair[1]);
+            hidden[a] += 1e4 * DriftSketch::sign_of(a);
+            hidden[b] -= 1e4 * DriftSketch::sign_of(b);
+        }
+        let seen = DriftSketch::of(&hidden);
+        let by_its_own_norm = seen.relative_distance(&holder).expect("sketches");
+        assert!(by_its_own_norm < REPLICA_TOLERANCE, "{by_its_own_norm}");
+        assert!(fits(&hidden, &holders, &own).is_err());
+
+        // Values so large that the norm overflows f32: no number fits.
+        let huge = vec![1e37f32; n];
+        assert!(fits(&huge, &holders, &own).is_err());
+
+        // A liar's own holding: a sketch that matches what it serves, far from everyone's θ.
+        let far: Vec<f32> = held.iter().map(|h| -2.0 * h).collect();
+        let its_own = DriftSketch::of(&far);
+        assert!(fits(&far, &[&its_own], &own).is_err());
+        // Within reach, it is taken: a liar moves its group's mean by a bounded share.
+        let near: Vec<f32> = own.iter().map(|v| 1.5 * v).collect();
+        assert!(fits(&near, &[&DriftSketch::of(&near)], &own).is_ok());
     }
 }
