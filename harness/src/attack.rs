@@ -52,6 +52,9 @@ pub enum Attack {
     RoundInflation,
     /// Describes (and serves) a replica far from the swarm's, so that others average toward it.
     DriftPoison,
+    /// Serves its new group a replica a hundred times θ, with a fingerprint to match, so that the
+    /// group's mean of replicas is whatever it says (group averaging).
+    ReplicaBlowup,
     /// Heartbeats but never sends an update, so that rounds wait for it.
     Stall,
     /// Serves joiners a poisoned θ, and claims a later round than anyone so that it is asked first.
@@ -78,7 +81,7 @@ pub enum Attack {
 
 impl Attack {
     /// The kinds a [`Attack::Mixed`] attacker goes through, one per round.
-    pub const ROTATION: [Attack; 14] = [
+    pub const ROTATION: [Attack; 15] = [
         Attack::SignFlip,
         Attack::Scale,
         Attack::Nan,
@@ -89,6 +92,7 @@ impl Attack {
         Attack::SamplesInflation,
         Attack::RoundInflation,
         Attack::DriftPoison,
+        Attack::ReplicaBlowup,
         Attack::Stall,
         Attack::StatePoison,
         Attack::Flood,
@@ -248,7 +252,10 @@ impl Edge for Attacker {
                 update.base_round = update.round;
                 vec![update]
             }
-            Attack::DriftPoison | Attack::StatePoison | Attack::CreditInflation => vec![update],
+            Attack::DriftPoison
+            | Attack::ReplicaBlowup
+            | Attack::StatePoison
+            | Attack::CreditInflation => vec![update],
             Attack::Sybil => {
                 let norm = l2(delta);
                 let direction = self.sybil_direction(delta.len());
@@ -271,6 +278,7 @@ impl Edge for Attacker {
         match self.current {
             // Far enough to read as drift, near enough to look like a replica: θ + 20% of its norm.
             Attack::DriftPoison => self.poison(params, 0.2),
+            Attack::ReplicaBlowup => params.iter_mut().for_each(|v| *v *= 100.0),
             Attack::Sybil => sybil_poison(round, params),
             _ => {}
         }

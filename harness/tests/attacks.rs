@@ -65,10 +65,15 @@ fn spawn_attacked(
 /// Runs three honest peers and one attacker identity per entry of `attacks` for [`ROUNDS`]
 /// rounds.
 fn attacked_by(name: &str, attacks: &[Attack]) -> Attacked {
+    attacked_with(config(name, ROUNDS), attacks)
+}
+
+/// [`attacked_by`], every peer of config `c`.
+fn attacked_with(c: PeerConfig, attacks: &[Attack]) -> Attacked {
     let _serial = serial();
-    let mut swarm = LocalSwarm::start(name).unwrap();
+    let name = c.run_id.clone();
+    let mut swarm = LocalSwarm::start(&name).unwrap();
     let corpus = corpus();
-    let c = config(name, ROUNDS);
     let (honest, attackers, attacker_ids) = spawn_attacked(&mut swarm, &c, &corpus, attacks);
     let honest: Vec<PeerSummary> = honest.into_iter().map(|p| p.join().unwrap()).collect();
     // The attackers' own runs may end any way they like.
@@ -257,6 +262,28 @@ fn a_poisoned_replica_is_not_followed() {
         assert!(
             !s.reconciled_with.contains_key(&run.attacker),
             "{} averaged with the attacker's replica",
+            s.peer_id
+        );
+    }
+}
+
+/// In groups (one group of four, regrouped every 5 rounds), an attacker serves a replica a
+/// hundred times θ with a fingerprint to match. Before session 18 it was taken: the honest
+/// peers' θ became ~26 times itself at the first regrouping and training broke. Now it lies
+/// past `REPLICA_REACH` from every honest peer's own and is refused at every regrouping.
+#[test]
+fn a_blown_up_replica_is_not_averaged_in_by_its_new_group() {
+    let mut c = config("attack-replica-blowup", ROUNDS);
+    c.averaging = gradswarm_core::AveragingConfig::Groups { size: 4, every: 5 };
+    let run = attacked_with(c, &[Attack::ReplicaBlowup]);
+    run.honest_trained_and_agree();
+    for s in &run.honest {
+        let regroupings: Vec<_> = s.rounds.iter().filter_map(|r| r.regroup.as_ref()).collect();
+        let refused: u64 = regroupings.iter().map(|g| g.refused).sum();
+        let averaged: u64 = regroupings.iter().map(|g| g.averaged).sum();
+        assert!(
+            regroupings.len() >= 3 && refused as usize >= regroupings.len() && averaged > 0,
+            "{}: {regroupings:?}",
             s.peer_id
         );
     }
