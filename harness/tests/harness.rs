@@ -254,7 +254,7 @@ fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
         "{per_regrouping:.2} replicas a peer a regrouping: {state:?}"
     );
     // Every regrouping took its new partners' replicas: none left out, none refused by the
-    // fingerprint check, honest replicas well inside its tolerance and the reach (1.0).
+    // fingerprint check, honest replicas well inside its tolerance and the reach (2).
     let regrouped = &groups.summary.regroupings;
     eprintln!("regroupings: {regrouped:?}");
     // (Two left out at most: a peer whose view was short at a regrouping drew another group.)
