@@ -92,14 +92,15 @@ pub struct RegroupReport {
     /// New partners, as this peer drew its group.
     pub partners: u64,
     /// Of them, those left out without a fingerprint of the round: they stood still short of it,
-    /// refused, or the regrouping's deadline passed first.
+    /// refused, gave one without a sketch, or the wait for fingerprints ended first (all of
+    /// them when this peer had no replica of the round marked).
     pub unreached: u64,
     /// Old groups' replicas fetched and taken (one per holding that is not this peer's own).
     pub fetched: u64,
     /// Holdings whose replica no holder served in a form that could be taken.
     pub unfetched: u64,
-    /// Replicas served that lay beyond the tolerance from their holders' fingerprints
-    /// (`REPLICA_TOLERANCE`): each one refused, and the next holder asked.
+    /// Replicas served that did not fit: off their holders' sketches or norms, or beyond
+    /// `REPLICA_REACH` from this peer's own. Each one refused, and the next holder asked.
     pub refused: u64,
     /// The farthest a replica that was taken lay from its holders' fingerprints (relative, on the
     /// drift sketch): how close honest replicas come to the tolerance. None when none was fetched.
@@ -114,7 +115,7 @@ pub struct RegroupReport {
 }
 
 impl RegroupReport {
-    /// Adds `other`'s counts to these, keeping the farther `max_off`.
+    /// Adds `other`'s counts to these, keeping the farther `max_off` and `max_reach`.
     pub fn merge(&mut self, other: &RegroupReport) {
         self.partners += other.partners;
         self.unreached += other.unreached;

@@ -34,8 +34,8 @@ const REPLICA_TOLERANCE: f64 = 0.08;
 /// sketch of 32 buckets cannot see what cancels within a bucket, so a replica with a large
 /// vector hidden in that null space would match the holders' sketches; its norm does not
 /// (rounding moves an honest replica's norm by ~0.1 %, members of one holding differ by
-/// less than `SAME_REPLICA`). What still hides is a vector at right angles to θ of at most
-/// √(2 × 0.02) ≈ 20 % of ‖θ‖.
+/// less than `SAME_REPLICA`). What still hides, with the sketch's 8 %, is a replica αθ + v with
+/// α ≥ 0.92 and ‖v‖ up to √(1.02² − 0.92²) ≈ 44 % of ‖θ‖; [`REPLICA_REACH`] bounds it too.
 const REPLICA_NORM_TOLERANCE: f64 = 0.02;
 
 /// How far (exact, relative to the norm of this peer's own replica) a replica taken may lie from
@@ -128,6 +128,7 @@ impl Peer {
         };
         let Some(mark) = self.marks.back().filter(|m| m.fingerprint.round == round) else {
             warn!("no replica of round {round} marked; not averaging with the new group");
+            report.unreached = report.partners;
             return Ok((0.0, report));
         };
         if partners.is_empty() {
@@ -178,20 +179,15 @@ impl Peer {
                 // A fingerprint without a sketch names no replica that could be checked.
                 Ok(print) if print.sketch.is_empty() => {
                     warn!("left {peer} out of the group's averaging at round {round}: no sketch");
-                    report.unreached += 1;
                     continue;
                 }
                 Ok(print) => print,
                 Err(e) => {
                     warn!("left {peer} out of the group's averaging at round {round}: {e}");
-                    report.unreached += 1;
                     continue;
                 }
             };
-            let near = |a: &DriftSketch| {
-                a.relative_distance(&print.sketch)
-                    .is_some_and(|d| d <= SAME_REPLICA)
-            };
+            let near = |a: &DriftSketch| one_replica(a, &print.sketch);
             if print.checksum == checksum || near(&own_sketch) {
                 same.push((peer, print.sketch));
             } else if let Some(h) = holdings.iter_mut().find(|h| near(&h[0].1)) {
@@ -200,6 +196,9 @@ impl Peer {
                 holdings.push(vec![(peer, print.sketch)]);
             }
         }
+        // Partners whose fingerprint did not come back by `reach_by` are left out too.
+        let heard = same.len() + holdings.iter().map(Vec::len).sum::<usize>();
+        report.unreached = report.partners.saturating_sub(heard as u64);
         let holdings_count = holdings.len() as u64;
         let n = mine.len();
         let me = self.me;
@@ -350,6 +349,16 @@ async fn reached_fingerprint(
     }
 }
 
+/// Whether two fingerprints name one replica (one holding): their sketches and their norms
+/// within [`SAME_REPLICA`]. The norm too, or a liar that copied an honest holding's buckets
+/// with another norm would join it and have every holder's replica refused ([`fits`] checks the
+/// norm against each holder's): a veto, where now it forms a holding of its own.
+fn one_replica(a: &DriftSketch, b: &DriftSketch) -> bool {
+    let base = f64::from(a.norm).max(1e-30);
+    let norms = (f64::from(a.norm) - f64::from(b.norm)).abs() / base;
+    norms <= SAME_REPLICA && a.relative_distance(b).is_some_and(|d| d <= SAME_REPLICA)
+}
+
 /// Whether a poll failed without an answer (none in time, or the request lost on the way: a
 /// connection closed or being dialled), so that asking again may get one; not a refusal.
 fn unanswered(e: &PeerError) -> bool {
@@ -364,7 +373,8 @@ fn unanswered(e: &PeerError) -> bool {
 struct Approach {
     /// The latest round it reported.
     at: Option<u64>,
-    /// When it last made progress (reported a later round), or was first asked.
+    /// When it last made progress (reported a later round), or its first answer came (or
+    /// failed to: a silent partner costs up to one poll's timeout more than the patience).
     since: Option<Instant>,
 }
 
@@ -586,6 +596,37 @@ mod tests {
         assert!(by_its_own_norm < REPLICA_TOLERANCE, "{by_its_own_norm}");
         assert!(fits(&hidden, &holders, &own).is_err());
 
+        // Half of ‖θ‖ hidden the same way, spread over every coordinate: within the sketch's
+        // tolerance and within reach, so only its norm (11.8 % over the holder's) refuses it.
+        let mut by_bucket: Vec<Vec<usize>> = vec![Vec::new(); drift::SKETCH_BUCKETS];
+        for j in 0..n {
+            by_bucket[DriftSketch::bucket_of(j)].push(j);
+        }
+        let pairs: Vec<(usize, usize)> = by_bucket
+            .iter()
+            .flat_map(|js| js.chunks_exact(2).map(|p| (p[0], p[1])))
+            .collect();
+        let norm = held
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+            .sqrt() as f32;
+        let size = 0.5 * norm / (2.0 * pairs.len() as f32).sqrt();
+        let mut spread = served.clone();
+        for &(a, b) in &pairs {
+            spread[a] += size * DriftSketch::sign_of(a);
+            spread[b] -= size * DriftSketch::sign_of(b);
+        }
+        let sketched = holder
+            .relative_distance(&DriftSketch::of(&spread))
+            .expect("sketches");
+        let reach = drift::relative_distance(&own, &spread);
+        assert!(
+            sketched < REPLICA_TOLERANCE && reach < REPLICA_REACH,
+            "{sketched} {reach}"
+        );
+        assert!(fits(&spread, &holders, &own).is_err());
+
         // Values so large that the norm overflows f32: no number fits.
         let huge = vec![1e37f32; n];
         assert!(fits(&huge, &holders, &own).is_err());
@@ -597,5 +638,24 @@ mod tests {
         // Within reach, it is taken: a liar moves its group's mean by a bounded share.
         let near: Vec<f32> = own.iter().map(|v| 1.5 * v).collect();
         assert!(fits(&near, &[&DriftSketch::of(&near)], &own).is_ok());
+    }
+
+    #[test]
+    fn a_fingerprint_with_an_honest_sketch_and_another_norm_is_a_holding_of_its_own() {
+        let held = weights(4096, 3, 0.1);
+        let honest = DriftSketch::of(&held);
+        let other_member = DriftSketch::of(&held.iter().map(|v| v * 1.001).collect::<Vec<_>>());
+        assert!(one_replica(&honest, &other_member));
+        // The honest buckets, a norm 5 % over: joining the honest holding, it would have every
+        // holder's replica refused on its norm.
+        let veto = DriftSketch {
+            norm: honest.norm * 1.05,
+            ..honest.clone()
+        };
+        assert!(!one_replica(&honest, &veto) && !one_replica(&veto, &honest));
+        let served = decode_replica(&encode_replica(&held, 3).expect("encodes"), held.len())
+            .expect("decodes");
+        assert!(fits(&served, &[&honest, &veto], &held).is_err());
+        assert!(fits(&served, &[&honest], &held).is_ok());
     }
 }
