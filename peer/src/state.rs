@@ -326,7 +326,7 @@ pub(crate) async fn fetch(
 
 /// How long a joiner waits for a peer's fingerprint: a peer that does not answer by then does
 /// not vote, and holds nobody up.
-const FINGERPRINT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const FINGERPRINT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A replica's fingerprint at a round's start: what its heartbeat carries, and what
 /// [`Request::Fingerprint`] answers.

@@ -322,7 +322,7 @@ async fn reached_fingerprint(
     round: u64,
     patience: Duration,
 ) -> Result<state::Fingerprint, PeerError> {
-    let mut approach = Approach::default();
+    let mut approach = Approach::starting(Instant::now());
     loop {
         match state::fetch_fingerprint(net, peer, run_id, model_hash, round).await {
             // It has not reached that round yet: ask again while it keeps getting there. No
@@ -368,31 +368,49 @@ fn unanswered(e: &PeerError) -> bool {
     )
 }
 
+/// How long a new partner may leave polls unanswered before it is left out: one poll's own
+/// timeout, so that a partner gone since its last heartbeat (churn) costs its new group what
+/// one unanswered poll did before, while a poll lost or a connection being redialled is asked
+/// again within it.
+const SILENCE: Duration = state::FINGERPRINT_TIMEOUT;
+
 /// A new partner on its way to the regrouping round, as its answers show it.
-#[derive(Default)]
 struct Approach {
     /// The latest round it reported.
     at: Option<u64>,
-    /// When it last made progress (reported a later round), or its first answer came (or
-    /// failed to: a silent partner costs up to one poll's timeout more than the patience).
-    since: Option<Instant>,
+    /// When it last made progress (reported a later round), or was first asked.
+    progress: Instant,
+    /// When it last answered, or was first asked.
+    answered: Instant,
 }
 
 impl Approach {
-    /// Takes in the latest round it reported at `now` (None: no answer this time); false once
-    /// it has made no progress for `patience`. An old group that runs behind moves a round
-    /// every few seconds and is waited for; a partner that stopped, stays silent, or lies that
-    /// it is coming is not, for long.
-    fn still_coming(&mut self, latest: Option<u64>, now: Instant, patience: Duration) -> bool {
-        let since = *self.since.get_or_insert(now);
-        match latest {
-            Some(latest) if self.at.is_none_or(|at| latest > at) => {
-                self.at = Some(latest);
-                self.since = Some(now);
-                true
-            }
-            _ => now.duration_since(since) < patience,
+    /// A partner first asked at `now`.
+    fn starting(now: Instant) -> Self {
+        Self {
+            at: None,
+            progress: now,
+            answered: now,
         }
+    }
+
+    /// Takes in the latest round it reported at `now` (None: no answer this time); false once
+    /// it has made no progress for `patience`, or answered nothing for [`SILENCE`]. An old
+    /// group that runs behind moves a round every few seconds and is waited for; a partner
+    /// that stopped, left, or lies that it is coming is not, for long.
+    fn still_coming(&mut self, latest: Option<u64>, now: Instant, patience: Duration) -> bool {
+        match latest {
+            Some(latest) => {
+                self.answered = now;
+                if self.at.is_none_or(|at| latest > at) {
+                    self.at = Some(latest);
+                    self.progress = now;
+                }
+            }
+            None if now.duration_since(self.answered) >= SILENCE => return false,
+            None => {}
+        }
+        now.duration_since(self.progress) < patience
     }
 }
 
@@ -515,7 +533,7 @@ mod tests {
         let (start, patience) = (Instant::now(), Duration::from_secs(10));
         let at = |s: u64| start + Duration::from_secs(s);
         // An old group 3 rounds behind, 4 s a round: 12 s, past the patience, and still waited for.
-        let mut behind = Approach::default();
+        let mut behind = Approach::starting(at(0));
         assert!(behind.still_coming(Some(37), at(0), patience));
         assert!(behind.still_coming(Some(37), at(3), patience));
         assert!(behind.still_coming(Some(38), at(4), patience));
@@ -523,23 +541,29 @@ mod tests {
         assert!(behind.still_coming(Some(39), at(12), patience));
         // A partner that stays at one round (stopped, or only saying it is coming) is left out
         // once it has stood still for the patience.
-        let mut stuck = Approach::default();
+        let mut stuck = Approach::starting(at(0));
         assert!(stuck.still_coming(Some(37), at(0), patience));
         assert!(stuck.still_coming(Some(37), at(9), patience));
         assert!(!stuck.still_coming(Some(37), at(10), patience));
         // Reporting an earlier round is no progress.
-        let mut back = Approach::default();
+        let mut back = Approach::starting(at(0));
         assert!(back.still_coming(Some(37), at(0), patience));
         assert!(!back.still_coming(Some(36), at(11), patience));
-        // Polls left unanswered (lost, or a connection redialled) are waited out as standing
-        // still is: the partner that answers within the patience is still coming, one silent
-        // for all of it is left out.
-        let mut silent = Approach::default();
-        assert!(silent.still_coming(None, at(0), patience));
-        assert!(silent.still_coming(None, at(5), patience));
-        assert!(silent.still_coming(Some(39), at(6), patience));
-        assert!(silent.still_coming(None, at(15), patience));
-        assert!(!silent.still_coming(None, at(16), patience));
+        // Polls left unanswered (lost, or a connection redialled) are asked again for up to a
+        // poll's timeout since the last answer: a partner that answers within it is still
+        // coming, one gone (churn) is left out after it, as one unanswered poll was before.
+        let mut lossy = Approach::starting(at(0));
+        assert!(lossy.still_coming(None, at(0), patience));
+        assert!(lossy.still_coming(None, at(4), patience));
+        assert!(lossy.still_coming(Some(39), at(4), patience));
+        assert!(lossy.still_coming(None, at(8), patience));
+        assert!(!lossy.still_coming(None, at(9), patience));
+        // Answers that show no progress do not keep it past the patience.
+        let mut mute = Approach::starting(at(0));
+        for s in [0, 3, 6, 9] {
+            assert!(mute.still_coming(Some(39), at(s), patience));
+        }
+        assert!(!mute.still_coming(Some(39), at(10), patience));
     }
 
     /// Seeded Gaussian-ish weights (a sum of uniforms), `scale` their spread.
