@@ -145,15 +145,12 @@ impl Peer {
         let mine = Arc::new(mine);
         // A partner still getting to this round is waited for while its rounds move (an old
         // group that ran behind: a group of 5 fell 10 s behind one of 3 over 40 rounds on
-        // shared cores); one whose rounds stand still for `patience` is left out. Waiting for
-        // fingerprints ends within half of `peer_timeout`, so that a partner coming one round
-        // at a time cannot leave the fetching no time; the whole regrouping ends within two
-        // thirds of it (heartbeats go on meanwhile, so nobody takes this peer for gone).
-        let start = Instant::now();
-        let (reach_by, deadline) = (
-            start + self.config.peer_timeout / 2,
-            start + self.config.peer_timeout * 2 / 3,
-        );
+        // shared cores; cut to 15 s, a CI run of the late joiner test failed); one whose rounds stand still
+        // for `patience` is left out. Waiting for fingerprints ends within two thirds of
+        // `peer_timeout`; the fetching then has until then or a sixth of it after, whichever
+        // is later, so that a partner coming one round at a time cannot leave it no time
+        // (heartbeats go on meanwhile, so nobody takes this peer for gone).
+        let reach_by = Instant::now() + self.config.peer_timeout * 2 / 3;
         let patience = self.regroup_patience();
         let (run_id, model_hash) = (self.config.run_id.clone(), self.model_hash);
         let prints = partners.iter().map(|&peer| {
@@ -167,6 +164,7 @@ impl Peer {
         });
         let prints = self.drive_until(reach_by, prints.collect()).await;
         let reached = Instant::now();
+        let deadline = reach_by.max(reached + self.config.peer_timeout / 6);
         // Who holds which replica: members of one old group hold one, to within the updates
         // some of them took late (bit-equal checksums were rare at 32 peers, so each peer
         // fetched one replica from every partner). Partners whose sketches lie within
