@@ -113,7 +113,7 @@ impl Peer {
     /// and counts once per member, so a new group drawn from two old ones moves one replica to
     /// each member, not one from each partner. A partner still getting to `round` is waited for
     /// while its rounds move; one that stands still, gives no fingerprint, or whose replica
-    /// nobody serves is left out, and the whole regrouping ends within two thirds of
+    /// nobody serves is left out, and the whole regrouping ends within five sixths of
     /// `peer_timeout`. Returns the seconds it took once every partner had reached `round`
     /// (fetching the replicas: what the network costs, not the wait for an old group that ran
     /// behind), and how it went.
@@ -145,11 +145,12 @@ impl Peer {
         let mine = Arc::new(mine);
         // A partner still getting to this round is waited for while its rounds move (an old
         // group that ran behind: a group of 5 fell 10 s behind one of 3 over 40 rounds on
-        // shared cores; cut to 15 s, a CI run of the late joiner test failed); one whose rounds stand still
-        // for `patience` is left out. Waiting for fingerprints ends within two thirds of
-        // `peer_timeout`; the fetching then has until then or a sixth of it after, whichever
-        // is later, so that a partner coming one round at a time cannot leave it no time
-        // (heartbeats go on meanwhile, so nobody takes this peer for gone).
+        // shared cores; with this wait cut to 15 s, a CI run of the late joiner test failed);
+        // one whose rounds stand still for `patience` is left out. Waiting for fingerprints
+        // ends within two thirds of `peer_timeout`; the fetching then has until then or a
+        // sixth of it after, whichever is later, so that a partner coming one round at a time
+        // cannot leave it no time (heartbeats go on meanwhile, so nobody takes this peer for
+        // gone).
         let reach_by = Instant::now() + self.config.peer_timeout * 2 / 3;
         let patience = self.regroup_patience();
         let (run_id, model_hash) = (self.config.run_id.clone(), self.model_hash);
