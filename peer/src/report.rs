@@ -115,6 +115,16 @@ pub struct RegroupReport {
 }
 
 impl RegroupReport {
+    /// Keeps the farther of `max_off` and `off`, and of `max_reach` and `reach`.
+    pub fn took(&mut self, off: Option<f64>, reach: Option<f64>) {
+        let farther = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.max_off = farther(self.max_off, off);
+        self.max_reach = farther(self.max_reach, reach);
+    }
+
     /// Adds `other`'s counts to these, keeping the farther `max_off` and `max_reach`.
     pub fn merge(&mut self, other: &RegroupReport) {
         self.partners += other.partners;
@@ -123,12 +133,7 @@ impl RegroupReport {
         self.unfetched += other.unfetched;
         self.refused += other.refused;
         self.averaged += other.averaged;
-        let farther = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        self.max_off = farther(self.max_off, other.max_off);
-        self.max_reach = farther(self.max_reach, other.max_reach);
+        self.took(other.max_off, other.max_reach);
     }
 }
 

@@ -226,9 +226,7 @@ impl Peer {
             match replica.taken {
                 Ok((theta, fit)) => {
                     report.fetched += 1;
-                    report.max_off = Some(report.max_off.map_or(fit.off, |m| m.max(fit.off)));
-                    report.max_reach =
-                        Some(report.max_reach.map_or(fit.reach, |m| m.max(fit.reach)));
+                    report.took(Some(fit.off), Some(fit.reach));
                     let theta = Arc::new(theta);
                     replicas.extend(held.iter().map(|(p, _)| (p.to_bytes(), theta.clone())));
                 }
@@ -311,7 +309,7 @@ impl Peer {
 
 /// `peer`'s fingerprint of its replica at the start of `round`, asked again every
 /// [`MARK_POLL`] while it has not reached `round` yet and its latest round moved within
-/// `patience`, or while it has given no answer for less than `patience` (a poll lost, a
+/// `patience`, or while it has answered nothing for less than [`SILENCE`] (a poll lost, a
 /// connection being redialled, must not cost the group a member).
 async fn reached_fingerprint(
     net: &NetHandle,
@@ -629,11 +627,7 @@ mod tests {
             .iter()
             .flat_map(|js| js.chunks_exact(2).map(|p| (p[0], p[1])))
             .collect();
-        let norm = held
-            .iter()
-            .map(|&v| f64::from(v).powi(2))
-            .sum::<f64>()
-            .sqrt() as f32;
+        let norm = gradswarm_core::aggregate::l2_norm(&held) as f32;
         let size = 0.5 * norm / (2.0 * pairs.len() as f32).sqrt();
         let mut spread = served.clone();
         for &(a, b) in &pairs {
