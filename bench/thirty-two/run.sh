@@ -4,7 +4,9 @@
 # four peers' (goal ≤ 1.3×), and samples to the target of the groups over broadcast's (goal
 # ≤ 1.2×), regrouping every 20 rounds and every 40. Writes
 # bench/thirty-two/{four,four-paced,groups,groups-40,broadcast}.json and .png, and result.json.
-#   bench/thirty-two/run.sh                 (all five; ~20 min on 2 cores)
+# groups-80 and groups-never (regrouped every 80 rounds, and not once) price mixing: run them by
+# name (~8 min each).
+#   bench/thirty-two/run.sh                 (those five; ~20 min on 2 cores)
 #   bench/thirty-two/run.sh four groups     (some of them; result.json from what is there)
 #   bench/thirty-two/run.sh --summary       (none: result.json from the reports there)
 set -euo pipefail
@@ -18,7 +20,7 @@ gs_bench_runs bench/thirty-two "${runs[@]+"${runs[@]}"}"
 python3 - <<'PY'
 import json, os
 d = "bench/thirty-two"
-runs = {n: json.load(open(f"{d}/{n}.json")) for n in ["four", "four-paced", "groups", "groups-40", "broadcast"] if os.path.exists(f"{d}/{n}.json")}
+runs = {n: json.load(open(f"{d}/{n}.json")) for n in ["four", "four-paced", "groups", "groups-40", "groups-80", "groups-never", "broadcast"] if os.path.exists(f"{d}/{n}.json")}
 result = {}
 for name, r in runs.items():
     s = r["summary"]
@@ -53,7 +55,7 @@ for name, r in runs.items():
     result[name] = {k: s.get(k) for k in ["peers", "wire_bytes_per_peer_per_step", "wire_bytes_per_peer_per_step_by_protocol", "steady_wire_bytes_per_peer_per_step", "update_bytes_per_peer_per_step",
                                       "samples_to_target", "samples_to_target_interpolated", "rounds_to_target", "final_val_loss",
                                       "max_replica_divergence", "comm_fraction", "connections_per_peer", "wall_s", "drops"]}
-for run in ["groups", "groups-40"]:
+for run in ["groups", "groups-40", "groups-80", "groups-never"]:
     g = result.get(run, {})
     for base in ["four", "four-paced", "broadcast"]:
         if g and base in result:
