@@ -293,7 +293,11 @@ impl Peer {
                 out = pending.select_next_some() => done.push(out),
                 _ = tick => {}
             }
-            while let Some(event) = self.next_event(Instant::now()).await {
+            // Bounded by the deadline too: events that keep arriving (a flood, each one passing
+            // the rate limits) must not hold the regrouping past it.
+            while Instant::now() < deadline
+                && let Some(event) = self.next_event(Instant::now()).await
+            {
                 self.on_event(event);
             }
             if self
