@@ -36,6 +36,14 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gs-browser-"));
 fs.mkdirSync(artifacts, { recursive: true });
 const { start, fail, children } = processes(root, artifacts, "browser-test");
 
+// The mean of the tab's own first three losses and of its last three (rounds it caught up
+// without training left out), and how many it has.
+function lossEnds(reports) {
+  const own = reports.filter((r) => !r.catch_up && Number.isFinite(r.loss)).map((r) => r.loss);
+  const mean = (xs) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  return { first: mean(own.slice(0, 3)), last: mean(own.slice(-3)), count: own.length };
+}
+
 // Loads `url` in `tab`, once more if Chromium aborted the load because an interface's addresses
 // changed under it (net::ERR_NETWORK_CHANGED: the veth pair of a non-loopback run is new).
 async function load(tab, url) {
@@ -131,14 +139,14 @@ try {
   // Ten rounds of a tab that synced a trained state may fall by less than the noise of three
   // losses at batch 8 (CI, local steps: 4.945 → 4.900 once): wait for the fall, up to 40
   // trained rounds, and judge it below then.
+  // (`lossEnds` travels as source: the page cannot call this script's functions.)
   await tab.waitForFunction(
-    ([fall, cap]) => {
-      const own = (window.gsReports ?? []).filter((r) => !r.catch_up && Number.isFinite(r.loss)).map((r) => r.loss);
-      const mean = (xs) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
-      return (own.length >= 6 && mean(own.slice(-3)) < mean(own.slice(0, 3)) - fall)
-        || own.length >= cap || ["error", "done"].includes(document.body.dataset.state);
-    },
-    [LOSS_FALL, 40], { timeout: DEADLINE_MS },
+    `(() => {
+      const l = (${lossEnds})(window.gsReports ?? []);
+      return (l.count >= 6 && l.last < l.first - ${LOSS_FALL}) || l.count >= 40
+        || ["error", "done"].includes(document.body.dataset.state);
+    })()`,
+    null, { timeout: DEADLINE_MS },
   );
   await tab.screenshot({ path: path.join(artifacts, "page.png"), fullPage: true });
   const seen = await tab.evaluate(() => ({
@@ -162,10 +170,8 @@ try {
   if (seen.rounds < 10) fail(`the browser peer completed ${seen.rounds} rounds`);
   const kept = Number(seen.checkpoint);
   if (!Number.isFinite(kept)) fail("the tab kept no checkpoint");
-  const own = seen.reports.filter((r) => !r.catch_up && Number.isFinite(r.loss)).map((r) => r.loss);
   const mean = (xs) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
-  const first = mean(own.slice(0, 3));
-  const last = mean(own.slice(-3));
+  const { first, last, count: trained } = lossEnds(seen.reports);
   if (!(last < first - LOSS_FALL)) fail(`the browser's loss did not fall: ${first.toFixed(3)} → ${last.toFixed(3)}`);
   const compute = seen.reports.reduce((a, r) => a + r.compute_s, 0);
   const samples = Math.max(...seen.reports.map((r) => r.samples));
@@ -265,7 +271,7 @@ try {
     browser_credit_shown: shown,
     time_to_first_round_s: firstRoundMs / 1000,
     browser_tokens_per_s: browserTokS,
-    browser_compute_s_per_round: compute / Math.max(1, own.length),
+    browser_compute_s_per_round: compute / Math.max(1, trained),
     native_tokens_per_s: nativeTokS,
     pause: paused,
     reload: reloaded && {
