@@ -6,6 +6,11 @@ use gradswarm_harness::report::Report;
 use gradswarm_harness::scenario::Scenario;
 use gradswarm_net::PeerId;
 
+// One test at a time, as in the other end-to-end files: nine swarms of 4–16 peers at once on two
+// cores stalled peers long enough that their views of the swarm parted (the groups test counted
+// updates of a group it was not in, twice in ~15 runs).
+mod common;
+
 const SCENARIO: &str = r#"
 name = "harness-smoke"
 peers = 4
@@ -46,6 +51,7 @@ slowdown = 10.0
 
 #[test]
 fn a_scenario_runs_to_a_consistent_report_and_plots() {
+    let _serial = common::serial();
     let scenario: Scenario = toml::from_str(SCENARIO).unwrap();
     let mut lines = Vec::new();
     let report: Report = gradswarm_harness::run::run(&scenario, |l| lines.push(l.to_string()))
@@ -102,6 +108,7 @@ fn a_scenario_runs_to_a_consistent_report_and_plots() {
 /// bytes per step are well below dense.
 #[test]
 fn local_steps_mode_trains_with_the_peer_defaults() {
+    let _serial = common::serial();
     let text = SCENARIO
         .split("[[peer]]")
         .next()
@@ -131,6 +138,7 @@ fn local_steps_mode_trains_with_the_peer_defaults() {
 /// one replica. What the link costs in time is measured, not asserted (bench/README.md).
 #[test]
 fn peers_behind_home_links_train_in_step() {
+    let _serial = common::serial();
     let text = SCENARIO
         .split("[[peer]]")
         .next()
@@ -165,6 +173,7 @@ fn peers_behind_home_links_train_in_step() {
 /// moves fewer bytes than the same swarm with broadcast.
 #[test]
 fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
+    let _serial = common::serial();
     let scenario = |averaging: &str| {
         let text = SCENARIO
             .split("[[peer]]")
@@ -288,6 +297,7 @@ fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
 /// whole swarm vouching refused every state at 32 peers). It then trains in a group to the end.
 #[test]
 fn a_late_joiner_under_groups_syncs_from_a_state_its_servers_group_vouches_for() {
+    let _serial = common::serial();
     let text = SCENARIO
         .split("[[peer]]")
         .next()
@@ -354,6 +364,7 @@ fn a_late_joiner_under_groups_syncs_from_a_state_its_servers_group_vouches_for()
 /// (the run stalled in its join). Now each peer counts the others' updates round after round.
 #[test]
 fn sixteen_peers_on_one_address_train_together() {
+    let _serial = common::serial();
     let text = SCENARIO
         .split("[[peer]]")
         .next()
@@ -405,6 +416,7 @@ fn run_in_processes(name: &str, peers: usize, rounds: u64, peer_sections: &str) 
 /// that fall, replicas that agree, and a peak RSS each that the report carries.
 #[test]
 fn peer_processes_train_and_survive_a_sigkill() {
+    let _serial = common::serial();
     let report = run_in_processes(
         "harness-processes",
         3,
@@ -444,6 +456,7 @@ fn peer_processes_train_and_survive_a_sigkill() {
 /// ones for their fingerprints (the majority that reconciliation needs was never heard).
 #[test]
 fn killed_peers_resume_from_their_checkpoints_and_catch_up() {
+    let _serial = common::serial();
     // Every peer 20× slower than the tiny model's compute: a restarted process takes about a
     // second to start, a few rounds rather than the whole run.
     let report = run_in_processes(
@@ -486,6 +499,7 @@ fn killed_peers_resume_from_their_checkpoints_and_catch_up() {
 /// (`resync_if_far_behind` returning at once) it trained alone from then on and ended far apart.
 #[test]
 fn a_peer_that_slept_fetches_the_state_again_and_ends_on_the_others_replica() {
+    let _serial = common::serial();
     let report = run_in_processes(
         "harness-sleep",
         3,
