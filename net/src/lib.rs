@@ -258,8 +258,11 @@ pub enum Command {
         /// Its encoding (`update.to_bytes()`).
         bytes: Vec<u8>,
     },
-    /// Sends this node's update straight to each of `to` (its group), not on the topic.
+    /// Sends this node's update to each of `to` (its group): pushed straight to each, or, when
+    /// it does not fit one push, announced on the topic for them to pull.
     PushUpdate {
+        /// The update.
+        update: Update,
         /// Its encoding.
         bytes: Vec<u8>,
         /// The peers it goes to.
@@ -360,10 +363,6 @@ pub enum NetError {
     /// The network task has ended.
     #[error("the network task has stopped")]
     Stopped,
-    /// An update too large to push whole to a group partner (group averaging needs updates of at
-    /// most one chunk; a larger model needs a sparser codec).
-    #[error("an update of {0} bytes is too large to push to a partner")]
-    TooLarge(usize),
     /// A peer id given by the user (an allow-list) does not parse.
     #[error("{id:?} is not a peer id: {reason}")]
     BadPeerId {
@@ -432,15 +431,20 @@ impl NetHandle {
 
     /// Sends this node's update straight to the peers `to` (its group under group averaging),
     /// each over a connection of its own, rather than to the whole swarm on the updates topic.
-    /// Returns the bytes sent. Fire-and-forget: a partner that does not take it in is missed by
-    /// its round, as a lost gossip message would be.
-    pub fn push_update(&self, update: &Update, to: Vec<PeerId>) -> Result<usize, NetError> {
+    /// One larger than a push can carry ([`gradswarm_core::wire::UPDATE_CHUNK_BYTES`]) is
+    /// announced on the topic instead, where `to` pull it and the others drop it as not theirs;
+    /// either way `to` stay this node's partners, whose connections are kept. Returns the bytes
+    /// sent (the encoding once when announced). Fire-and-forget: a partner that does not take it
+    /// in is missed by its round, as a lost gossip message would be.
+    pub fn push_update(&self, update: Update, to: Vec<PeerId>) -> Result<usize, NetError> {
         let bytes = update.to_bytes();
-        if bytes.len() > gradswarm_core::wire::UPDATE_CHUNK_BYTES {
-            return Err(NetError::TooLarge(bytes.len()));
-        }
-        let sent = bytes.len() * to.len();
-        self.send(Command::PushUpdate { bytes, to })?;
+        let len = bytes.len();
+        let sent = if len > gradswarm_core::wire::UPDATE_CHUNK_BYTES {
+            len
+        } else {
+            len * to.len()
+        };
+        self.send(Command::PushUpdate { update, bytes, to })?;
         Ok(sent)
     }
 

@@ -6,6 +6,7 @@
 //!   update of any model over ~260k parameters never arrived.
 //! - A requester asking for state again and again gets two whole states' worth, then refusals
 //!   (issue 26, attacks 11 and 17). Before, every ~100-byte request was answered with 1 MiB.
+//! - An update too large to push to a group partner is announced to it instead.
 //! - An update whose announcer cannot serve it (it died, say) is pulled from another peer of the
 //!   run that holds it. Before, a peer that heard the announcement from the announcer itself had
 //!   nobody else to ask, dropped it as `unfetchable`, and its replica parted from those whose
@@ -92,6 +93,50 @@ async fn an_update_over_one_frame_is_pulled_in_chunks() {
     }))
     .await;
     assert_eq!(bytes, size);
+    assert_eq!(*got, update);
+    assert_eq!(decoded.values, delta);
+    a.shutdown();
+    b.shutdown();
+}
+
+/// Under group averaging an update too large for one push goes to the partners all the same:
+/// announced, and pulled in chunks. Before session 20 `push_update` refused it and the round
+/// loop published it on its own, leaving the network task's list of partners (whose
+/// connections it keeps) at the previous round's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_too_large_to_push_reaches_the_partner_announced() {
+    let Node {
+        net: a,
+        events: mut a_events,
+        addr,
+    } = serving_node(None).await;
+    let Node {
+        net: b,
+        events: mut b_events,
+        ..
+    } = serving_node(Some(addr)).await;
+    let b_id = b.local_peer_id();
+    for n in [&a, &b] {
+        n.accept_pushes(true).expect("running");
+    }
+    within(next(&mut a_events, |e| {
+        matches!(e, NetEvent::PeerJoined(p) if p == b_id).then_some(())
+    }))
+    .await;
+
+    let (update, delta) = dense_update(&a);
+    let sent = a
+        .push_update(update.clone(), vec![b_id])
+        .expect("announced, not refused");
+    assert!(sent > gradswarm_core::wire::UPDATE_CHUNK_BYTES);
+    let (got, decoded) = within(next(&mut b_events, |e| match e {
+        NetEvent::Update {
+            update, decoded, ..
+        } => Some((update, decoded)),
+        NetEvent::Dropped { reason, .. } => panic!("the update was dropped: {reason:?}"),
+        _ => None,
+    }))
+    .await;
     assert_eq!(*got, update);
     assert_eq!(decoded.values, delta);
     a.shutdown();

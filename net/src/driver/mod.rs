@@ -264,37 +264,48 @@ impl Driver {
         }
     }
 
+    /// Publishes this node's update on the updates topic: inline when small, else announced and
+    /// kept in the store for pulls.
+    fn publish_update(&mut self, update: gradswarm_core::Update, bytes: Vec<u8>) {
+        let message = if bytes.len() <= self.config.inline_update_bytes {
+            UpdateGossip::Inline(update)
+        } else {
+            let announce = Announce::of(&update, &bytes);
+            self.store.insert(announce.digest, Arc::new(bytes));
+            UpdateGossip::Announce(announce)
+        };
+        let topic = self.updates.clone();
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, message.to_bytes())
+        {
+            debug!("publish update: {e}");
+        }
+    }
+
     /// Carries out one of the runtime's commands.
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::PublishUpdate { update, bytes } => {
-                let message = if bytes.len() <= self.config.inline_update_bytes {
-                    UpdateGossip::Inline(update)
-                } else {
-                    let announce = Announce::of(&update, &bytes);
-                    self.store.insert(announce.digest, Arc::new(bytes));
-                    UpdateGossip::Announce(announce)
-                };
-                let topic = self.updates.clone();
-                if let Err(e) = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .publish(topic, message.to_bytes())
-                {
-                    debug!("publish update: {e}");
-                }
-            }
-            Command::PushUpdate { bytes, to } => {
+            Command::PublishUpdate { update, bytes } => self.publish_update(update, bytes),
+            Command::PushUpdate { update, bytes, to } => {
+                // Kept connected whichever way the update goes: they pull it if it is announced.
                 self.partners.clone_from(&to);
-                for peer in to {
-                    self.reach(peer);
-                    let request = Request::Push {
-                        run_id: self.config.run_id.clone(),
-                        bytes: bytes.clone(),
-                    };
-                    // Its answer (taken, or why not) is only logged: see `on_pull`.
-                    self.swarm.behaviour_mut().pull.send_request(&peer, request);
+                if bytes.len() > gradswarm_core::wire::UPDATE_CHUNK_BYTES {
+                    // Too large for one push: the partners pull it in chunks, as under broadcast.
+                    warn!("update of {} bytes not pushed; announcing it", bytes.len());
+                    self.publish_update(update, bytes);
+                } else {
+                    for peer in to {
+                        self.reach(peer);
+                        let request = Request::Push {
+                            run_id: self.config.run_id.clone(),
+                            bytes: bytes.clone(),
+                        };
+                        // Its answer (taken, or why not) is only logged: see `on_pull`.
+                        self.swarm.behaviour_mut().pull.send_request(&peer, request);
+                    }
                 }
             }
             Command::Publish { topic, bytes } => {

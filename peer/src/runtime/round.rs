@@ -411,20 +411,8 @@ impl Peer {
                 .to_partners_only()
                 .then(|| self.partners_at(round));
             for update in self.edge.update(update, &delta) {
-                let pushed = match &partners {
-                    Some(to) => match self.net.push_update(&update, to.clone()) {
-                        Ok(bytes) => Some(bytes),
-                        Err(e) => {
-                            // Too large to push: announced on the topic instead, where the
-                            // partners pull it and the others drop it as not theirs.
-                            warn!("update not pushed ({e}); publishing it");
-                            None
-                        }
-                    },
-                    None => None,
-                };
-                report.bytes_up += match pushed {
-                    Some(bytes) => bytes,
+                report.bytes_up += match &partners {
+                    Some(to) => self.net.push_update(update, to.clone())?,
                     None => self.net.publish_update(update)?,
                 } as u64;
             }
