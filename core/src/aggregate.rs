@@ -191,6 +191,65 @@ impl Aggregator for CenteredClip {
     }
 }
 
+/// A mean of replicas clipped around their coordinate-wise median ([`median_clipped_mean`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClippedMean {
+    /// The mean, each input clipped first.
+    pub mean: Vec<f32>,
+    /// How many inputs lay past the radius (or were not finite) and were clipped.
+    pub clipped: usize,
+}
+
+/// The mean of `replicas`, each first clipped to within `radius` × ‖median‖ of their
+/// coordinate-wise median: how a new group averages its members' parameters at a regrouping
+/// (`peer/src/runtime/group.rs`). Inputs within the radius count as they are, so while all are
+/// (honest groups that learned apart, measured at most 0.77 ‖θ‖ from each other) this is their
+/// plain mean, to the bit. One input far off moves the mean by at most `radius × ‖median‖ ÷ n`
+/// past the median, whatever it is; the median itself stays inside the others' range in every
+/// coordinate while they are more than half. An input that is not finite counts as the median.
+/// The result depends on the set of inputs and their order only, so members that hold the same
+/// replicas in the same order compute the same mean.
+pub fn median_clipped_mean(
+    replicas: &[&[f32]],
+    radius: f64,
+) -> Result<ClippedMean, AggregateError> {
+    let inputs: Vec<Weighted<'_>> = replicas
+        .iter()
+        .map(|values| Weighted {
+            weight: 1.0,
+            values,
+        })
+        .collect();
+    let (len, _) = check(&inputs)?;
+    let center = coordinate_median(&inputs, len);
+    let tau = radius.max(0.0) * center.iter().map(|c| c * c).sum::<f64>().sqrt();
+    let mut sum = vec![0.0f64; len];
+    let mut clipped = 0;
+    for x in replicas {
+        let d = l2_distance(x, &center);
+        if d.is_finite() && d <= tau {
+            sum.iter_mut()
+                .zip(x.iter())
+                .for_each(|(s, &v)| *s += f64::from(v));
+        } else if d.is_finite() {
+            // Pulled in to the radius along its own direction.
+            clipped += 1;
+            let scale = tau / d;
+            sum.iter_mut()
+                .zip(x.iter().zip(&center))
+                .for_each(|(s, (&v, &c))| *s += c + scale * (f64::from(v) - c));
+        } else {
+            clipped += 1;
+            sum.iter_mut().zip(&center).for_each(|(s, &c)| *s += c);
+        }
+    }
+    let n = replicas.len() as f64;
+    Ok(ClippedMean {
+        mean: sum.into_iter().map(|s| (s / n) as f32).collect(),
+        clipped,
+    })
+}
+
 /// Coordinate-wise median (lower median for even counts), in f64.
 fn coordinate_median(inputs: &[Weighted<'_>], len: usize) -> Vec<f64> {
     let mut column = Vec::with_capacity(inputs.len());
@@ -332,6 +391,51 @@ mod tests {
             WeightedMean.aggregate(&[w(1.0, &a), w(1.0, &[1.0])]),
             Err(AggregateError::LengthMismatch { index: 1, .. })
         ));
+    }
+
+    #[test]
+    fn the_clipped_mean_is_the_mean_within_the_radius_and_bounds_one_far_input() {
+        // Three honest replicas near each other: nothing clipped, exactly the plain mean.
+        let (a, b, c) = ([1.0f32, 2.0, 3.0], [1.2f32, 1.8, 3.1], [0.9f32, 2.1, 2.8]);
+        let plain: Vec<f32> = (0..3)
+            .map(|i| ((f64::from(a[i]) + f64::from(b[i]) + f64::from(c[i])) / 3.0) as f32)
+            .collect();
+        let honest = median_clipped_mean(&[&a, &b, &c], 1.0).expect("valid");
+        assert_eq!((honest.mean, honest.clipped), (plain, 0));
+
+        // A fourth one far off: clipped to the radius, so the mean moves past the median by at
+        // most radius × ‖median‖ ÷ 4, where the plain mean follows it.
+        let liar = [1000.0f32, -1000.0, 1000.0];
+        let median = [1.1f64, 1.95, 2.95];
+        let norm = median.iter().map(|m| m * m).sum::<f64>().sqrt();
+        let out = median_clipped_mean(&[&a, &b, &c, &liar], 0.5).expect("valid");
+        assert_eq!(out.clipped, 1);
+        let moved = l2_distance(&out.mean, &median);
+        let honest_spread = [&a, &b, &c]
+            .iter()
+            .map(|x| l2_distance(x.as_slice(), &median))
+            .fold(0.0, f64::max);
+        assert!(
+            moved <= 0.5 * norm / 4.0 + honest_spread,
+            "moved {moved} past the median"
+        );
+        let unclipped = median_clipped_mean(&[&a, &b, &c, &liar], 1e9).expect("valid");
+        assert_eq!(unclipped.clipped, 0);
+        assert!(l2_distance(&unclipped.mean, &median) > 400.0);
+
+        // Not finite: counted as the median, and the mean stays finite.
+        let nan = [f32::NAN, f32::INFINITY, 0.0];
+        let out = median_clipped_mean(&[&a, &b, &nan], 1.0).expect("valid");
+        assert_eq!(out.clipped, 1);
+        assert!(out.mean.iter().all(|v| v.is_finite()));
+
+        // Three members of one old group and a fourth far off: the median is theirs.
+        let out = median_clipped_mean(&[&a, &a, &a, &liar], 0.0).expect("valid");
+        assert_eq!((out.mean, out.clipped), (a.to_vec(), 1));
+        assert_eq!(
+            median_clipped_mean(&[], 1.0).map(|m| m.clipped),
+            Err(AggregateError::Empty)
+        );
     }
 
     #[test]

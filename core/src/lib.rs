@@ -32,7 +32,8 @@ pub mod view;
 pub mod wire;
 
 pub use aggregate::{
-    AggregateError, AggregationRule, Aggregator, NormScreen, UpdateValidator, Weighted,
+    AggregateError, AggregationRule, Aggregator, ClippedMean, NormScreen, UpdateValidator,
+    Weighted, median_clipped_mean,
 };
 pub use codec::{
     Codec, CodecDescriptor, Compress, CpuCodec, DecodedUpdate, ErrorFeedback, Quantize, RngKey,

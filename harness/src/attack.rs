@@ -9,8 +9,8 @@ use gradswarm_core::codec::topk;
 use gradswarm_core::credit::{Attestation, MAX_ATTESTATIONS, peer_tag};
 use gradswarm_core::synthetic::SplitMix;
 use gradswarm_core::{
-    Codec, CodecDescriptor, CpuCodec, Heartbeat, PeerState, Quantize, RngKey, StalenessPolicy,
-    Update,
+    AveragingConfig, Codec, CodecDescriptor, CpuCodec, Groups, Heartbeat, PeerState, Quantize,
+    RngKey, StalenessPolicy, Update,
 };
 use gradswarm_peer::Edge;
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,11 @@ pub enum Attack {
     /// Serves its new group a replica a hundred times θ, with a fingerprint to match, so that the
     /// group's mean of replicas is whatever it says (group averaging).
     ReplicaBlowup,
+    /// Serves its new group a replica just within reach of the honest ones (θ plus noise of 1.9
+    /// times its norm, at regrouping rounds), with a fingerprint to match: the farthest a
+    /// replica is taken from, so that the group's plain mean would move by nearly half of ‖θ‖
+    /// each grouping.
+    ReplicaReach,
     /// Heartbeats but never sends an update, so that rounds wait for it.
     Stall,
     /// Serves joiners a poisoned θ, and claims a later round than anyone so that it is asked first.
@@ -120,6 +125,8 @@ pub struct Attacker {
     copied: Option<Update>,
     /// The direction a sybil pushes, drawn once from [`SYBIL_SEED`].
     direction: Vec<f32>,
+    /// The run's groups, if it averages in groups: when a new group fetches replicas.
+    groups: Option<Groups>,
 }
 
 /// How many of its first updates a replaying attacker sends, and then sends again.
@@ -138,6 +145,7 @@ impl Attacker {
         attack: Attack,
         codec: CodecDescriptor,
         staleness: StalenessPolicy,
+        averaging: AveragingConfig,
         seed: u64,
     ) -> anyhow::Result<Self> {
         Ok(Self {
@@ -155,6 +163,10 @@ impl Attacker {
             replayed: 0,
             copied: None,
             direction: Vec::new(),
+            groups: match averaging {
+                AveragingConfig::Groups { size, every } => Some(Groups { size, every }),
+                AveragingConfig::Broadcast => None,
+            },
         })
     }
 
@@ -254,6 +266,7 @@ impl Edge for Attacker {
             }
             Attack::DriftPoison
             | Attack::ReplicaBlowup
+            | Attack::ReplicaReach
             | Attack::StatePoison
             | Attack::CreditInflation => vec![update],
             Attack::Sybil => {
@@ -279,6 +292,12 @@ impl Edge for Attacker {
             // Far enough to read as drift, near enough to look like a replica: θ + 20% of its norm.
             Attack::DriftPoison => self.poison(params, 0.2),
             Attack::ReplicaBlowup => params.iter_mut().for_each(|v| *v *= 100.0),
+            // Inside `REPLICA_REACH` (2 ‖θ‖) of a partner whose θ is the attacker's own; only
+            // where a new group fetches it, so that between groupings the attacker's heartbeats
+            // describe its θ and no drift repair moves that θ away from the honest ones'.
+            Attack::ReplicaReach if self.groups.is_some_and(|g| g.regroups_at(round)) => {
+                self.poison(params, 1.9)
+            }
             Attack::Sybil => sybil_poison(round, params),
             _ => {}
         }

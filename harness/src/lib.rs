@@ -269,6 +269,7 @@ impl LocalSwarm {
                 attack,
                 config.codec,
                 config.staleness,
+                config.averaging,
                 0x5EED + self.started as u64,
             )?),
             None => Box::new(Honest),

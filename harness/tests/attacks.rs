@@ -289,6 +289,37 @@ fn a_blown_up_replica_is_not_averaged_in_by_its_new_group() {
     }
 }
 
+/// In groups (one group of four, regrouped every 5 rounds), an attacker serves a replica just
+/// within `REPLICA_REACH`: θ plus noise of 1.9 times its norm, with a fingerprint to match. It is
+/// taken, but clipped to `REPLICA_CLIP` (‖θ‖) of the replicas' coordinate-wise median, so a
+/// regrouping moves an honest peer by a quarter of ‖θ‖ plus the 6-bit rounding, not by the
+/// ~0.48 the plain mean gave it (measured by this test with the clip off: it fails).
+#[test]
+fn a_replica_within_reach_moves_its_group_no_further_than_the_clip() {
+    let mut c = config("attack-replica-reach", ROUNDS);
+    c.averaging = gradswarm_core::AveragingConfig::Groups { size: 4, every: 5 };
+    let run = attacked_with(c, &[Attack::ReplicaReach]);
+    run.honest_trained_and_agree();
+    for s in &run.honest {
+        let regroupings: Vec<_> = s.rounds.iter().filter_map(|r| r.regroup.as_ref()).collect();
+        let clipped: u64 = regroupings.iter().map(|g| g.clipped).sum();
+        let moved = regroupings
+            .iter()
+            .filter_map(|g| g.max_moved)
+            .fold(0.0, f64::max);
+        eprintln!(
+            "{}: {} regroupings, {clipped} replicas clipped, moved by {moved:.3} at most",
+            s.peer_id,
+            regroupings.len()
+        );
+        assert!(
+            regroupings.len() >= 3 && clipped >= 1 && moved <= 0.35,
+            "{}: moved by {moved:.3} at most, {clipped} clipped: {regroupings:?}",
+            s.peer_id
+        );
+    }
+}
+
 #[test]
 fn a_stalling_peer_does_not_hold_rounds() {
     attacked("attack-stall", Attack::Stall)

@@ -112,6 +112,14 @@ pub struct RegroupReport {
     pub max_reach: Option<f64>,
     /// Partners whose replica went into the average.
     pub averaged: u64,
+    /// Replicas (one per member counted) that lay past `REPLICA_CLIP` from the group's
+    /// coordinate-wise median and were clipped to it in the mean.
+    #[serde(default)]
+    pub clipped: u64,
+    /// The farthest the group's mean moved this peer's θ (exact, relative to its norm): how much
+    /// a regrouping changed a peer, honest mixing or a liar's pull. None when none averaged.
+    #[serde(default)]
+    pub max_moved: Option<f64>,
 }
 
 impl RegroupReport {
@@ -125,7 +133,13 @@ impl RegroupReport {
         self.max_reach = farther(self.max_reach, reach);
     }
 
-    /// Adds `other`'s counts to these, keeping the farther `max_off` and `max_reach`.
+    /// Keeps the farther of `max_moved` and `moved`.
+    pub fn moved(&mut self, moved: f64) {
+        self.max_moved = Some(self.max_moved.map_or(moved, |m| m.max(moved)));
+    }
+
+    /// Adds `other`'s counts to these, keeping the farther `max_off`, `max_reach` and
+    /// `max_moved`.
     pub fn merge(&mut self, other: &RegroupReport) {
         self.partners += other.partners;
         self.unreached += other.unreached;
@@ -133,6 +147,10 @@ impl RegroupReport {
         self.unfetched += other.unfetched;
         self.refused += other.refused;
         self.averaged += other.averaged;
+        self.clipped += other.clipped;
+        if let Some(moved) = other.max_moved {
+            self.moved(moved);
+        }
         self.took(other.max_off, other.max_reach);
     }
 }
@@ -249,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn regroupings_add_up_and_keep_the_farthest_replica_taken() {
+    fn regroupings_add_up_and_keep_the_farthest_replica_taken_and_move() {
         let mut all = RegroupReport::default();
         let one = RegroupReport {
             partners: 3,
@@ -259,6 +277,8 @@ mod tests {
             max_off: Some(0.05),
             max_reach: Some(0.3),
             averaged: 2,
+            clipped: 1,
+            max_moved: Some(0.2),
             ..RegroupReport::default()
         };
         let other = RegroupReport {
@@ -268,6 +288,7 @@ mod tests {
             max_off: Some(0.03),
             max_reach: Some(0.5),
             averaged: 3,
+            max_moved: Some(0.1),
             ..RegroupReport::default()
         };
         all.merge(&one);
@@ -285,6 +306,7 @@ mod tests {
             (7, 1, 3, 1, 2, 5)
         );
         assert_eq!((all.max_off, all.max_reach), (Some(0.05), Some(0.5)));
+        assert_eq!((all.clipped, all.max_moved), (1, Some(0.2)));
     }
 
     #[test]
