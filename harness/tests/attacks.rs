@@ -307,8 +307,13 @@ fn a_replica_within_reach_moves_its_group_no_further_than_the_clip() {
             .iter()
             .filter_map(|g| g.max_moved)
             .fold(0.0, f64::max);
+        let reach = regroupings
+            .iter()
+            .filter_map(|g| g.max_reach)
+            .fold(0.0, f64::max);
         eprintln!(
-            "{}: {} regroupings, {clipped} replicas clipped, moved by {moved:.3} at most",
+            "{}: {} regroupings, {clipped} replicas clipped (the farthest taken {reach:.2} \
+             away), moved by {moved:.3} at most",
             s.peer_id,
             regroupings.len()
         );
