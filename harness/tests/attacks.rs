@@ -267,18 +267,30 @@ fn a_poisoned_replica_is_not_followed() {
     }
 }
 
+/// The config of run `name` in groups of four regrouped every 5 rounds: one group of the three
+/// honest peers and the attacker, whose replicas a regrouping averages.
+fn in_groups(name: &str) -> PeerConfig {
+    let mut c = config(name, ROUNDS);
+    c.averaging = gradswarm_core::AveragingConfig::Groups { size: 4, every: 5 };
+    c
+}
+
+/// How each of `s`'s regroupings went.
+fn regroupings(s: &PeerSummary) -> Vec<&gradswarm_peer::RegroupReport> {
+    s.rounds.iter().filter_map(|r| r.regroup.as_ref()).collect()
+}
+
 /// In groups (one group of four, regrouped every 5 rounds), an attacker serves a replica a
 /// hundred times θ with a fingerprint to match. Before session 18 it was taken: the honest
 /// peers' θ became ~26 times itself at the first regrouping and training broke. Now it lies
 /// past `REPLICA_REACH` from every honest peer's own and is refused at every regrouping.
 #[test]
 fn a_blown_up_replica_is_not_averaged_in_by_its_new_group() {
-    let mut c = config("attack-replica-blowup", ROUNDS);
-    c.averaging = gradswarm_core::AveragingConfig::Groups { size: 4, every: 5 };
+    let c = in_groups("attack-replica-blowup");
     let run = attacked_with(c, &[Attack::ReplicaBlowup]);
     run.honest_trained_and_agree();
     for s in &run.honest {
-        let regroupings: Vec<_> = s.rounds.iter().filter_map(|r| r.regroup.as_ref()).collect();
+        let regroupings = regroupings(s);
         let refused: u64 = regroupings.iter().map(|g| g.refused).sum();
         let averaged: u64 = regroupings.iter().map(|g| g.averaged).sum();
         assert!(
@@ -296,12 +308,11 @@ fn a_blown_up_replica_is_not_averaged_in_by_its_new_group() {
 /// ~0.48 the plain mean gave it (measured by this test with the clip off: it fails).
 #[test]
 fn a_replica_within_reach_moves_its_group_no_further_than_the_clip() {
-    let mut c = config("attack-replica-reach", ROUNDS);
-    c.averaging = gradswarm_core::AveragingConfig::Groups { size: 4, every: 5 };
+    let c = in_groups("attack-replica-reach");
     let run = attacked_with(c, &[Attack::ReplicaReach]);
     run.honest_trained_and_agree();
     for s in &run.honest {
-        let regroupings: Vec<_> = s.rounds.iter().filter_map(|r| r.regroup.as_ref()).collect();
+        let regroupings = regroupings(s);
         let clipped: u64 = regroupings.iter().map(|g| g.clipped).sum();
         let moved = regroupings
             .iter()

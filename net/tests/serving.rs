@@ -17,11 +17,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::channel::mpsc;
+
 use common::{Node, next, node, within};
 use gradswarm_core::wire::STATE_CHUNK_BYTES;
 use gradswarm_core::{
-    Announce, Codec, CodecDescriptor, CpuCodec, DropReason, Request, Response, RngKey, Update,
-    UpdateGossip, WireLimits,
+    Announce, Codec, CodecDescriptor, CpuCodec, DecodedUpdate, DropReason, Request, Response,
+    RngKey, Update, UpdateGossip, WireLimits,
 };
 use gradswarm_net::{Keypair, Multiaddr, NetConfig, NetEvent, NetHandle, OVER_BUDGET, Topic};
 
@@ -34,6 +36,43 @@ async fn serving_node(bootstrap: Option<Multiaddr>) -> Node {
     let mut config = NetConfig::peer("serving", [7; 32], limits);
     config.bootstrap = bootstrap.into_iter().collect();
     node(config, Keypair::generate_ed25519()).await
+}
+
+/// Two nodes of the run, B dialling A, once A has seen B join: A, B and B's events.
+async fn connected_pair() -> (NetHandle, NetHandle, mpsc::Receiver<NetEvent>) {
+    let Node {
+        net: a,
+        events: mut a_events,
+        addr,
+    } = serving_node(None).await;
+    let Node {
+        net: b,
+        events: b_events,
+        ..
+    } = serving_node(Some(addr)).await;
+    let b_id = b.local_peer_id();
+    within(next(&mut a_events, |e| {
+        matches!(e, NetEvent::PeerJoined(p) if p == b_id).then_some(())
+    }))
+    .await;
+    (a, b, b_events)
+}
+
+/// The next update that arrives in `events`, decoded, with its size; panics on a drop.
+async fn pulled_update(
+    events: &mut mpsc::Receiver<NetEvent>,
+) -> (Arc<Update>, Arc<DecodedUpdate>, usize) {
+    within(next(events, |e| match e {
+        NetEvent::Update {
+            update,
+            decoded,
+            bytes,
+            ..
+        } => Some((update, decoded, bytes)),
+        NetEvent::Dropped { reason, .. } => panic!("the update was dropped: {reason:?}"),
+        _ => None,
+    }))
+    .await
 }
 
 /// A dense update of `by` (1.6 MB encoded), and the values it carries.
@@ -59,21 +98,7 @@ fn dense_update(by: &NetHandle) -> (Update, Vec<f32>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_over_one_frame_is_pulled_in_chunks() {
-    let Node {
-        net: a,
-        events: mut a_events,
-        addr,
-    } = serving_node(None).await;
-    let Node {
-        net: b,
-        events: mut b_events,
-        ..
-    } = serving_node(Some(addr)).await;
-    let b_id = b.local_peer_id();
-    within(next(&mut a_events, |e| {
-        matches!(e, NetEvent::PeerJoined(p) if p == b_id).then_some(())
-    }))
-    .await;
+    let (a, b, mut b_events) = connected_pair().await;
 
     let (update, delta) = dense_update(&a);
     let size = a.publish_update(update.clone()).expect("published");
@@ -81,17 +106,7 @@ async fn an_update_over_one_frame_is_pulled_in_chunks() {
         size > gradswarm_core::wire::MAX_RPC_BYTES,
         "the update ({size} bytes) must not fit one frame"
     );
-    let (got, decoded, bytes) = within(next(&mut b_events, |e| match e {
-        NetEvent::Update {
-            update,
-            decoded,
-            bytes,
-            ..
-        } => Some((update, decoded, bytes)),
-        NetEvent::Dropped { reason, .. } => panic!("the update was dropped: {reason:?}"),
-        _ => None,
-    }))
-    .await;
+    let (got, decoded, bytes) = pulled_update(&mut b_events).await;
     assert_eq!(bytes, size);
     assert_eq!(*got, update);
     assert_eq!(decoded.values, delta);
@@ -105,38 +120,17 @@ async fn an_update_over_one_frame_is_pulled_in_chunks() {
 /// connections it keeps) at the previous round's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_too_large_to_push_reaches_the_partner_announced() {
-    let Node {
-        net: a,
-        events: mut a_events,
-        addr,
-    } = serving_node(None).await;
-    let Node {
-        net: b,
-        events: mut b_events,
-        ..
-    } = serving_node(Some(addr)).await;
-    let b_id = b.local_peer_id();
+    let (a, b, mut b_events) = connected_pair().await;
     for n in [&a, &b] {
         n.accept_pushes(true).expect("running");
     }
-    within(next(&mut a_events, |e| {
-        matches!(e, NetEvent::PeerJoined(p) if p == b_id).then_some(())
-    }))
-    .await;
 
     let (update, delta) = dense_update(&a);
     let sent = a
-        .push_update(update.clone(), vec![b_id])
+        .push_update(update.clone(), vec![b.local_peer_id()])
         .expect("announced, not refused");
     assert!(sent > gradswarm_core::wire::UPDATE_CHUNK_BYTES);
-    let (got, decoded) = within(next(&mut b_events, |e| match e {
-        NetEvent::Update {
-            update, decoded, ..
-        } => Some((update, decoded)),
-        NetEvent::Dropped { reason, .. } => panic!("the update was dropped: {reason:?}"),
-        _ => None,
-    }))
-    .await;
+    let (got, decoded, _) = pulled_update(&mut b_events).await;
     assert_eq!(*got, update);
     assert_eq!(decoded.values, delta);
     a.shutdown();
