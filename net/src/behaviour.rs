@@ -206,6 +206,19 @@ impl Behaviour {
 }
 
 /// Whether a listen address is on the internet: a global IP, or every interface (`0.0.0.0`).
+/// The swarm settings native and browser peers share.
+///
+/// Substreams settle on their protocol lazily (multistream-select `V1Lazy`): where a handler
+/// proposes one protocol, as every push, pull and state request does, its first bytes go out with
+/// the proposal instead of a round trip later. On a 60 ms home link that round trip was half of
+/// an update's flight. A peer that does not speak the protocol still answers "na", which the
+/// dialer reads as the stream's failure, so nothing is accepted that was not agreed.
+pub(crate) fn swarm_config(config: libp2p::swarm::Config) -> libp2p::swarm::Config {
+    config
+        .with_idle_connection_timeout(Duration::from_secs(120))
+        .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+}
+
 fn listens_publicly(addr: &libp2p::Multiaddr) -> bool {
     use libp2p::multiaddr::Protocol;
     match addr.iter().next() {

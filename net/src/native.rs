@@ -2,7 +2,6 @@
 //! run folders.
 
 use std::path::Path;
-use std::time::Duration;
 
 use futures::channel::mpsc;
 use gradswarm_core::{Manifest, RunFiles};
@@ -93,7 +92,7 @@ pub async fn build(
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .map_err(|e| transport(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .with_swarm_config(crate::behaviour::swarm_config)
         .build();
     Driver::new(swarm, config, wire)
 }

@@ -2,7 +2,6 @@
 //! the swarm on wasm-bindgen-futures. A browser cannot listen, so it dials a node's `/ws` address.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::channel::mpsc;
 use libp2p::core::{Transport, upgrade};
@@ -48,7 +47,7 @@ pub fn build(
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .map_err(|e| transport(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .with_swarm_config(crate::behaviour::swarm_config)
         .build();
     Driver::new(swarm, config, wire)
 }
