@@ -308,7 +308,10 @@ impl LocalSwarm {
         net_config.link = self.link;
         let key = gradswarm_net::Keypair::generate_ed25519();
         let (net, events, driver) = self.runtime.block_on(native::build(net_config, key))?;
-        self.runtime.spawn(driver.run());
+        // Every log line says whose it is: one process runs all of a scenario's peers.
+        let span = tracing::info_span!("peer", i = index);
+        self.runtime
+            .spawn(tracing::Instrument::instrument(driver.run(), span.clone()));
         let codec = Box::new(CpuCodec::new(config.codec)?);
         let (stop, stop_rx) = stop_pair();
         let pause = PauseHandle::default();
@@ -323,6 +326,7 @@ impl LocalSwarm {
         let thread = std::thread::Builder::new()
             .name(format!("peer-{index}"))
             .spawn(move || -> Result<PeerSummary> {
+                let _span = span.entered();
                 let mut peer =
                     Peer::new(config, trainer, corpus, codec, peer_net, events, stop_rx)?;
                 if let Some(resume) = resume {

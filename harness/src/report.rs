@@ -123,6 +123,9 @@ pub struct PeerRow {
     pub synced_from: Option<String>,
     /// Times it fell too far behind mid-run and fetched the run's state again.
     pub resyncs: u64,
+    /// Whether it left only when its linger past the last round ran out (a peer still
+    /// unsettled or owing it an update).
+    pub lingered_out: bool,
     /// States it fetched and did not take (refused by the others' fingerprints, or broken).
     pub states_not_taken: u64,
     /// Whether it was killed.
@@ -462,6 +465,7 @@ mod tests {
             start_round: 0,
             synced_from: None,
             resyncs: 0,
+            lingered_out: false,
             states_not_taken: 0,
             killed: false,
             resumed_from: None,

@@ -203,6 +203,10 @@ fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
     let drawn = Groups { size: 4, every: 5 };
     for (p, me) in groups.peers.iter().zip(&refs) {
         assert_eq!(p.rounds.last().map(|r| r.round), Some(19));
+        // Its run ended once it held its partners' updates, not when its linger ran out (60 s,
+        // measured when a peer drew past rounds' groups anew as others left: it waited for
+        // updates of peers that had not been its partners).
+        assert!(!p.lingered_out, "{} lingered until it timed out", p.peer_id);
         let size = |round: u64| -> u64 {
             let groups = drawn.groups(round, &refs, refs.len());
             groups.iter().find(|g| g.contains(me)).map_or(0, Vec::len) as u64

@@ -167,6 +167,10 @@ pub struct PeerSummary {
     /// Times it fell too far behind the others mid-run and fetched the run's state again.
     #[serde(default)]
     pub resyncs: u64,
+    /// Whether it left only when its linger past the last round ran out (twice `peer_timeout`),
+    /// a peer still unsettled or owing it an update: a run's end that cost it that long.
+    #[serde(default)]
+    pub lingered_out: bool,
     /// States fetched and not taken (unverified, refused by the others, or not installed):
     /// what syncing cost it in passes.
     #[serde(default)]

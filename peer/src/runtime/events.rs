@@ -260,7 +260,9 @@ impl Peer {
                 self.gone.remove(&peer);
                 self.joined.insert(peer);
             }
-            NetEvent::PeerLeft(peer) if self.averaging.to_partners_only() => {
+            NetEvent::PeerLeft(peer)
+                if self.averaging.to_partners_only() && !self.ran_to_end(&peer) =>
+            {
                 // Under groups a peer keeps a few connections (`NetConfig::full_mesh`) and closes
                 // idle ones, a partner's too when a round outlasts the driver's keep (or when
                 // the partner closed it): only silence says a peer left (`live`), so that every
@@ -281,6 +283,19 @@ impl Peer {
             }
             NetEvent::Listening(addr) => info!("listening on {addr}"),
         }
+    }
+
+    /// Whether `peer` has reached the run's last round (by its heartbeat, or an update for that
+    /// round): a connection to it that closes then is its departure (it has nothing left to
+    /// send but its `settled`), not a connection closed as idle. Lingering peers wait for each
+    /// other's `settled`, and a peer's last heartbeats travel by a gossip mesh whose other
+    /// members may be leaving at the same moment: the last peer of the groups test waited a
+    /// whole `peer_timeout` (30 s) for partners that had left settled, the last it had heard
+    /// of them their final round's updates.
+    fn ran_to_end(&self, peer: &PeerId) -> bool {
+        self.config
+            .rounds
+            .is_some_and(|last| self.peers.get(peer).is_some_and(|s| s.round + 1 >= last))
     }
 
     /// Forgets peers not heard from for four `peer_timeout`s, and departures older than

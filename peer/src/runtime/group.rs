@@ -60,9 +60,33 @@ const SAME_REPLICA: f64 = 0.005;
 
 impl Peer {
     /// This peer's partners for `round` (its group's other members; every contributing peer
-    /// under broadcast), as [`gradswarm_core::Averaging::partners`] draws them.
+    /// under broadcast), as [`gradswarm_core::Averaging::partners`] draws them; once this peer
+    /// acted on its group for `round` ([`Peer::commit_partners`]), that group.
     pub(super) fn partners_at(&self, round: u64) -> Vec<PeerId> {
-        self.group_of(self.me, round)
+        match self.committed.get(&round) {
+            Some(group) => group.clone(),
+            None => self.group_of(self.me, round),
+        }
+    }
+
+    /// This peer's partners for `round`, kept from now on: the peers it regroups with and
+    /// pushes its update to are the ones whose updates it counts and waits for, in that round
+    /// and in every later look back at it. Drawn afresh each time, a round's group moved with
+    /// the live set: a peer that lingered after the run while others left drew past rounds'
+    /// groups anew and waited, until its linger ran out, for updates of peers that had been in
+    /// another group then (the groups test's 60 s ends).
+    pub(super) fn commit_partners(&mut self, round: u64) -> Vec<PeerId> {
+        if let Some(group) = self.committed.get(&round) {
+            return group.clone();
+        }
+        let group = self.group_of(self.me, round);
+        if self.averaging.to_partners_only() {
+            self.committed.insert(round, group.clone());
+            // The rounds a late update can still correct, and no more.
+            let oldest = self.book.round().saturating_sub(self.book.horizon() + 1);
+            self.committed.retain(|&r, _| r >= oldest);
+        }
+        group
     }
 
     /// `peer`'s partners for `round` as this peer sees the swarm. Groups are drawn from every
@@ -129,7 +153,7 @@ impl Peer {
         &mut self,
         round: u64,
     ) -> Result<(f64, RegroupReport), PeerError> {
-        let partners = self.partners_at(round);
+        let partners = self.commit_partners(round);
         let mut report = RegroupReport {
             partners: partners.len() as u64,
             ..RegroupReport::default()

@@ -68,7 +68,13 @@ impl Peer {
             tokens_per_s: self.tokens_per_s,
             agent: self.config.agent.clone(),
             throttled: self.throttled(),
-            heard: u32::try_from(self.live().count() + 1).unwrap_or(u32::MAX),
+            // A joining peer's count is still climbing: 0 (not counted) keeps it out of the
+            // others' median, which draws their groups, until its first heartbeat as a runner.
+            heard: if self.running {
+                u32::try_from(self.live().count() + 1).unwrap_or(u32::MAX)
+            } else {
+                0
+            },
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
             attests: self.ledger.attestations(),

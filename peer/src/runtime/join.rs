@@ -7,7 +7,7 @@ use std::time::Duration;
 use gradswarm_core::wire::params_checksum;
 use gradswarm_core::{DriftSketch, HEARTBEAT_FLAT_FROM, PeerState};
 use gradswarm_net::{NetEvent, PeerId};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use web_time::Instant;
 
 use super::Peer;
@@ -44,6 +44,7 @@ impl Peer {
         let started = Instant::now();
         let mut held = Vec::new();
         let mut next_beat = Instant::now();
+        let mut counted = 0;
         loop {
             if Instant::now() >= next_beat {
                 self.heartbeat();
@@ -56,6 +57,14 @@ impl Peer {
             }
             let enough = self.peers.len() >= self.min_peers;
             let typical = self.typical_round();
+            if self.peers.len() != counted {
+                counted = self.peers.len();
+                debug!(
+                    "joining: heard {counted} of {} peers in {:.2} s, typical round {typical}",
+                    self.min_peers,
+                    started.elapsed().as_secs_f64()
+                );
+            }
             let ahead = typical > self.book.round();
             // State comes from a peer that can be asked for it.
             let ahead_here = self

@@ -238,6 +238,12 @@ pub struct Peer {
     reconciled_pending: u64,
     /// Distances to replicas heard at this peer's round since the last report.
     divergences: BTreeMap<PeerId, f64>,
+    /// Under group averaging, this peer's group of each recent round as it was when it first
+    /// acted on it (regrouped with it, or pushed its update to it): see `Peer::commit_partners`.
+    committed: BTreeMap<u64, Vec<PeerId>>,
+    /// Under group averaging, the last round whose update was too large to push and was
+    /// announced for the partners to pull from this peer (see `linger`).
+    announced_at: Option<u64>,
 }
 
 impl Peer {
@@ -335,6 +341,8 @@ impl Peer {
             votes: BTreeMap::new(),
             reconciled_pending: 0,
             divergences: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            announced_at: None,
         })
     }
 
@@ -448,6 +456,11 @@ impl Peer {
         self.join().await?;
         self.summary.start_round = self.book.round();
         self.running = true;
+        // The count of peers it goes on with, told at once: every peer draws its groups from the
+        // median of the counts it heard (`swarm_size`), and while joining it told none (see
+        // `heartbeat`). Counts told while still climbing had peers of the groups test draw
+        // different groups at round 0 and refuse each other's updates.
+        self.heartbeat();
         let params = self.trainer.parameters_async().await?;
         self.mark(params);
         while !self.stopped && self.config.rounds.is_none_or(|r| self.book.round() < r) {

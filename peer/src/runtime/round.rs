@@ -281,8 +281,13 @@ impl Peer {
             report.val_loss = Some(val_loss);
         }
         debug!(
-            "round {} closed: loss {:.3}, {} updates, staleness {:?}, {} live peers",
-            report.round, report.loss, report.updates, report.staleness, report.peers
+            "round {} closed: loss {:.3}, {} updates, staleness {:?}, {} live peers, a swarm of {}",
+            report.round,
+            report.loss,
+            report.updates,
+            report.staleness,
+            report.peers,
+            self.swarm_size()
         );
         self.mark(params);
         let round = self.book.round();
@@ -409,10 +414,16 @@ impl Peer {
             let partners = self
                 .averaging
                 .to_partners_only()
-                .then(|| self.partners_at(round));
+                .then(|| self.commit_partners(round));
             for update in self.edge.update(update, &delta) {
                 report.bytes_up += match &partners {
-                    Some(to) => self.net.push_update(update, to.clone())?,
+                    Some(to) => {
+                        let pushed = self.net.push_update(update, to.clone())?;
+                        if pushed.announced {
+                            self.announced_at = Some(round);
+                        }
+                        pushed.bytes
+                    }
                     None => self.net.publish_update(update)?,
                 } as u64;
             }
