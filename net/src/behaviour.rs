@@ -205,7 +205,6 @@ impl Behaviour {
     }
 }
 
-/// Whether a listen address is on the internet: a global IP, or every interface (`0.0.0.0`).
 /// The swarm settings native and browser peers share.
 ///
 /// Substreams settle on their protocol lazily (multistream-select `V1Lazy`): where a handler
@@ -219,6 +218,7 @@ pub(crate) fn swarm_config(config: libp2p::swarm::Config) -> libp2p::swarm::Conf
         .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
 }
 
+/// Whether a listen address is on the internet: a global IP, or every interface (`0.0.0.0`).
 fn listens_publicly(addr: &libp2p::Multiaddr) -> bool {
     use libp2p::multiaddr::Protocol;
     match addr.iter().next() {

@@ -389,16 +389,6 @@ pub enum NetError {
     },
 }
 
-/// How [`NetHandle::push_update`] sent an update.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pushed {
-    /// Bytes put on the wire (the encoding once per partner, or once when announced).
-    pub bytes: usize,
-    /// Too large for a push: announced on the updates topic, for the partners to pull from this
-    /// node (which must stay up until they have).
-    pub announced: bool,
-}
-
 /// The peer runtime's side of the network: send commands; events arrive on the receiver that
 /// [`Driver::new`] returned with it.
 #[derive(Clone)]
@@ -444,19 +434,18 @@ impl NetHandle {
     /// One larger than a push can carry ([`gradswarm_core::wire::UPDATE_CHUNK_BYTES`]) is
     /// announced on the topic instead, where `to` pull it and the others drop it as not theirs;
     /// either way `to` stay this node's partners, whose connections are kept. Returns the bytes
-    /// sent (the encoding once when announced) and whether it was announced. Fire-and-forget: a
-    /// partner that does not take a push in is missed by its round, as a lost gossip message
-    /// would be.
-    pub fn push_update(&self, update: Update, to: Vec<PeerId>) -> Result<Pushed, NetError> {
+    /// sent (the encoding once when announced). Fire-and-forget: a partner that does not take it
+    /// in is missed by its round, as a lost gossip message would be.
+    pub fn push_update(&self, update: Update, to: Vec<PeerId>) -> Result<usize, NetError> {
         let bytes = update.to_bytes();
         let len = bytes.len();
-        let announced = len > gradswarm_core::wire::UPDATE_CHUNK_BYTES;
-        let sent = if announced { len } else { len * to.len() };
+        let sent = if len > gradswarm_core::wire::UPDATE_CHUNK_BYTES {
+            len
+        } else {
+            len * to.len()
+        };
         self.send(Command::PushUpdate { update, bytes, to })?;
-        Ok(Pushed {
-            bytes: sent,
-            announced,
-        })
+        Ok(sent)
     }
 
     /// Publishes raw bytes on one of the run's topics. Fire-and-forget: a publish with no peers yet is not

@@ -267,7 +267,9 @@ impl Peer {
                 // idle ones, a partner's too when a round outlasts the driver's keep (or when
                 // the partner closed it): only silence says a peer left (`live`), so that every
                 // peer keeps drawing the groups from the same set, and a partner that died is
-                // waited for until it missed `MISSED_LIMIT` rounds.
+                // waited for until it missed `MISSED_LIMIT` rounds. At the run's end, once no
+                // group is drawn any more, a finished peer's closed connection is its departure
+                // (`ran_to_end`).
                 debug!("no connection to {peer} now");
                 self.joined.remove(&peer);
             }
@@ -285,17 +287,22 @@ impl Peer {
         }
     }
 
-    /// Whether `peer` has reached the run's last round (by its heartbeat, or an update for that
-    /// round): a connection to it that closes then is its departure (it has nothing left to
-    /// send but its `settled`), not a connection closed as idle. Lingering peers wait for each
-    /// other's `settled`, and a peer's last heartbeats travel by a gossip mesh whose other
-    /// members may be leaving at the same moment: the last peer of the groups test waited a
-    /// whole `peer_timeout` (30 s) for partners that had left settled, the last it had heard
-    /// of them their final round's updates.
+    /// Whether a connection to `peer` that closed is its departure at the run's end rather than
+    /// an idle connection closed: this peer lingers past the last round itself (every group it
+    /// still counts by is committed, so the live set no longer draws any), and `peer` finished
+    /// too (its heartbeat says it is past the last round, or this peer holds its update for
+    /// it). Lingering peers wait for each other's late updates and `settled`; one that left by
+    /// then has nothing more to send, and was waited for until it timed out (30 s).
     fn ran_to_end(&self, peer: &PeerId) -> bool {
-        self.config
-            .rounds
-            .is_some_and(|last| self.peers.get(peer).is_some_and(|s| s.round + 1 >= last))
+        let Some(last) = self.config.rounds.filter(|&last| self.book.round() >= last) else {
+            return false;
+        };
+        self.peers.get(peer).is_some_and(|s| {
+            s.round >= last
+                || last
+                    .checked_sub(1)
+                    .is_some_and(|r| self.book.decided(&peer.to_bytes(), r))
+        })
     }
 
     /// Forgets peers not heard from for four `peer_timeout`s, and departures older than

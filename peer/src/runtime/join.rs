@@ -330,7 +330,8 @@ impl Peer {
             return others.copied().collect();
         }
         // Drawn from the live peers, as the swarm draws its groups (`Peer::group_of`): under
-        // groups a closed connection leaves a departed peer in `peers` until it is forgotten.
+        // groups a closed connection leaves a departed peer in `peers` until it is forgotten
+        // (but at the run's end: `Peer::ran_to_end`).
         let others = self.live().filter(|p| **p != from && **p != self.me);
         let heard: Vec<Vec<u8>> = others.map(|p| p.to_bytes()).collect();
         self.averaging

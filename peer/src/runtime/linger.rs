@@ -1,8 +1,9 @@
 //! The end of a run. Past its last round a peer stays until its replica holds every update the
-//! others published before they closed theirs, and until they hold its own: an update published
-//! just before a round's deadline passed reaches some peers after they closed that round, and a
-//! peer that left at once would keep it (and its own last update, which others pull from it) from
-//! the replicas that have not taken it in yet.
+//! peers it shares updates with (all under broadcast, its partners under groups) published before
+//! they closed theirs, and until they hold its own: an update published just before a round's
+//! deadline passed reaches some peers after they closed that round, and a peer that left at once
+//! would keep it (and its own last update, which others pull from it) from the replicas that have
+//! not taken it in yet.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -27,10 +28,10 @@ const FAREWELL: Duration = Duration::from_millis(200);
 
 impl Peer {
     /// After the last round: takes in late updates as corrections of their rounds until this
-    /// replica holds every update the live peers say they published before this round (then it
-    /// is *settled* and says so in its heartbeats), and every live peer is settled too or has
-    /// moved past this round. Bounded by twice `peer_timeout`: a peer that stops answering is no
-    /// longer live after one.
+    /// replica holds every update the peers it shares updates with ([`Peer::sharing_updates`])
+    /// say they published before this round (then it is *settled* and says so in its
+    /// heartbeats), and each of them is settled too or has moved past this round. Bounded by
+    /// twice `peer_timeout`: a peer that stops answering is no longer live after one.
     pub(super) async fn linger(&mut self) -> Result<(), PeerError> {
         let round = self.book.round();
         let began = Instant::now();
@@ -40,6 +41,7 @@ impl Peer {
         let mut next_beat = Instant::now();
         // When the last heartbeat went out, if it told the others this peer is settled.
         let mut told: Option<Instant> = None;
+        let mut finished = false;
         while !self.stopped && Instant::now() < until {
             self.settle(&mut report).await?;
             let sharing = self.sharing_updates(round);
@@ -49,19 +51,21 @@ impl Peer {
                 next_beat = Instant::now();
             }
             let done = settled
-                && (!self.may_be_pulled_from(round)
-                    || sharing.iter().all(|p| {
-                        self.peers
-                            .get(p)
-                            .is_some_and(|s| s.round > round || (s.round == round && s.settled))
-                    }));
+                && sharing.iter().all(|p| {
+                    self.peers
+                        .get(p)
+                        .is_some_and(|s| s.round > round || (s.round == round && s.settled))
+                });
             if done {
                 // The others may wait for this peer's `settled` (the last peer to settle is done
-                // as soon as it is): it tells them, and leaves only once that heartbeat had time
-                // to go out, or they waited for it until it timed out of their live set (30 s,
-                // in one run of the groups test's broadcast swarm in ten).
+                // as soon as it is, and used to leave without saying so): it tells them, and
+                // leaves only once that heartbeat had time to go out, as a node shuts its
+                // network down right after.
                 match told {
-                    Some(at) if at.elapsed() >= FAREWELL => break,
+                    Some(at) if at.elapsed() >= FAREWELL => {
+                        finished = true;
+                        break;
+                    }
                     Some(_) => {}
                     None => {
                         self.heartbeat();
@@ -95,7 +99,7 @@ impl Peer {
             "lingered {:.2} s past round {round}",
             began.elapsed().as_secs_f64()
         );
-        if !self.stopped && Instant::now() >= until {
+        if !self.stopped && !finished {
             self.summary.lingered_out = true;
             let sharing = self.sharing_updates(round);
             warn!(
@@ -105,20 +109,6 @@ impl Peer {
             );
         }
         Ok(())
-    }
-
-    /// Whether a peer may still pull one of this peer's updates for the rounds before `round`
-    /// that can still be corrected, so that this peer waits until they say they hold them
-    /// (`settled`): under broadcast, where every update is pulled from its publisher; under
-    /// group averaging only if one of them was too large to push and was announced. A pushed
-    /// update is held by the partner or never will be (a push is not repeated), and waiting on
-    /// partners' `settled`, whose last heartbeats travel by a gossip mesh that may be leaving
-    /// at the same moment, kept the last peer of the groups test a whole `peer_timeout` (30 s).
-    fn may_be_pulled_from(&self, round: u64) -> bool {
-        !self.averaging.to_partners_only()
-            || self
-                .announced_at
-                .is_some_and(|r| r + self.book.horizon() >= round)
     }
 
     /// Who keeps a lingering peer: the peers of `sharing` whose updates it lacks, and those not
@@ -141,8 +131,8 @@ impl Peer {
     /// The live peers whose updates this peer counts, and which count its own, in the rounds
     /// before `round` a late update can still correct: all of them under broadcast; under group
     /// averaging its partners of those rounds only, as each sent its updates to its partners
-    /// alone. A lingering peer waits on these alone: to hold their updates, and (see
-    /// [`Peer::may_be_pulled_from`]) for them to hold its own.
+    /// alone. A lingering peer waits on these alone, to hold their updates and for them to say
+    /// they hold its own (`settled`).
     fn sharing_updates(&self, round: u64) -> BTreeSet<PeerId> {
         let live = self.live().copied();
         if !self.averaging.to_partners_only() {

@@ -241,9 +241,6 @@ pub struct Peer {
     /// Under group averaging, this peer's group of each recent round as it was when it first
     /// acted on it (regrouped with it, or pushed its update to it): see `Peer::commit_partners`.
     committed: BTreeMap<u64, Vec<PeerId>>,
-    /// Under group averaging, the last round whose update was too large to push and was
-    /// announced for the partners to pull from this peer (see `linger`).
-    announced_at: Option<u64>,
 }
 
 impl Peer {
@@ -342,7 +339,6 @@ impl Peer {
             reconciled_pending: 0,
             divergences: BTreeMap::new(),
             committed: BTreeMap::new(),
-            announced_at: None,
         })
     }
 

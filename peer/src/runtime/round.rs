@@ -417,13 +417,7 @@ impl Peer {
                 .then(|| self.commit_partners(round));
             for update in self.edge.update(update, &delta) {
                 report.bytes_up += match &partners {
-                    Some(to) => {
-                        let pushed = self.net.push_update(update, to.clone())?;
-                        if pushed.announced {
-                            self.announced_at = Some(round);
-                        }
-                        pushed.bytes
-                    }
+                    Some(to) => self.net.push_update(update, to.clone())?,
                     None => self.net.publish_update(update)?,
                 } as u64;
             }
