@@ -319,6 +319,10 @@ pub enum NetEvent {
         from: PeerId,
         /// The heartbeat (boxed: it is the largest event).
         heartbeat: Box<Heartbeat>,
+        /// Its signed gossip sequence number, which grows with each message its signer
+        /// publishes: heartbeats come by several paths (directly, forwarded, asked for after a
+        /// gossip IHAVE) and not always in the order they were sent.
+        sequence: u64,
     },
     /// A message that was rejected, and why.
     Dropped {

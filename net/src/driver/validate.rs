@@ -76,7 +76,7 @@ impl Driver {
                         Err(reason) => Err(reason),
                     }
                 } else if message.topic == self.heartbeats.hash() {
-                    self.check_heartbeat(from, &message.data)
+                    self.check_heartbeat(from, &message.data, message.sequence_number)
                 } else {
                     Err(DropReason::ForeignRun)
                 };
@@ -224,11 +224,13 @@ impl Driver {
         }))
     }
 
-    /// Checks a heartbeat's header; a valid one goes to the runtime.
+    /// Checks a heartbeat's header; a valid one goes to the runtime with its sequence number
+    /// (0 if unsigned, which strict validation has refused before).
     pub(super) fn check_heartbeat(
         &self,
         from: PeerId,
         data: &[u8],
+        sequence: Option<u64>,
     ) -> Result<Option<NetEvent>, DropReason> {
         let heartbeat = Heartbeat::from_bytes(data).map_err(|_| DropReason::Malformed)?;
         self.check_header(
@@ -240,6 +242,7 @@ impl Driver {
         Ok(Some(NetEvent::Heartbeat {
             from,
             heartbeat: Box::new(heartbeat),
+            sequence: sequence.unwrap_or(0),
         }))
     }
 }

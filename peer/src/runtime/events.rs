@@ -109,6 +109,7 @@ impl Peer {
             settled: false,
             throttled: false,
             heard: 0,
+            sequence: 0,
             missed: 0,
         });
         seen.last = Instant::now();
@@ -235,12 +236,22 @@ impl Peer {
                     }
                 }
             }
-            NetEvent::Heartbeat { from, heartbeat } => {
+            NetEvent::Heartbeat {
+                from,
+                heartbeat,
+                sequence,
+            } => {
                 self.bytes_down += heartbeat.to_bytes().len() as u64;
                 self.touch(from, Some(heartbeat.round));
+                // Only a newer heartbeat than the last taken says where its peer is now: one
+                // sent before it may come later by another path. A peer's last two (its last
+                // round's, then its lingering `settled`) came the other way round in about one
+                // run of the groups test in ten, and the others waited for it to time out.
                 if let Some(seen) = self.peers.get_mut(&from)
                     && heartbeat.round >= seen.published.0
+                    && sequence >= seen.sequence
                 {
+                    seen.sequence = sequence;
                     seen.published = (heartbeat.round, heartbeat.published);
                     seen.settled = heartbeat.settled;
                     seen.throttled = heartbeat.throttled;

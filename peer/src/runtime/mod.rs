@@ -89,6 +89,8 @@ struct Seen {
     throttled: bool,
     /// How many peers that heartbeat said its sender heard from ([`gradswarm_core::swarm_size`]).
     heard: u32,
+    /// The gossip sequence number of that heartbeat: an older one that comes later is not taken.
+    sequence: u64,
     /// Rounds that ran to their deadline without this peer's update, less its updates that
     /// counted: at [`MISSED_LIMIT`], rounds stop waiting for it (and its shard goes back to the
     /// others) until updates of its count again.
