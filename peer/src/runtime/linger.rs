@@ -50,12 +50,7 @@ impl Peer {
                 self.settled = settled;
                 next_beat = Instant::now();
             }
-            let done = settled
-                && sharing.iter().all(|p| {
-                    self.peers
-                        .get(p)
-                        .is_some_and(|s| s.round > round || (s.round == round && s.settled))
-                });
+            let done = settled && sharing.iter().all(|p| self.is_through(p, round));
             if done {
                 // The others may wait for this peer's `settled` (the last peer to settle is done
                 // as soon as it is, and used to leave without saying so): it tells them, and
@@ -121,11 +116,18 @@ impl Peer {
             .collect();
         let unsettled: Vec<String> = sharing
             .iter()
-            .filter_map(|p| Some((p, self.peers.get(p)?)))
-            .filter(|(_, s)| !(s.round > round || (s.round == round && s.settled)))
-            .map(|(p, s)| format!("{p} at round {}", s.round))
+            .filter(|p| !self.is_through(p, round))
+            .filter_map(|p| Some(format!("{p} at round {}", self.peers.get(p)?.round)))
             .collect();
         format!("updates lacking from {lacking:?}, not settled: {unsettled:?}")
+    }
+
+    /// Whether `peer` says it is settled at `round` (holds every update it shares with others)
+    /// or has moved past it.
+    fn is_through(&self, peer: &PeerId, round: u64) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|s| s.round > round || (s.round == round && s.settled))
     }
 
     /// The live peers whose updates this peer counts, and which count its own, in the rounds
