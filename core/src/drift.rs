@@ -17,6 +17,10 @@ use crate::DecodeError;
 /// Buckets of a [`DriftSketch`]: 128 bytes in every heartbeat.
 pub const SKETCH_BUCKETS: usize = 32;
 
+/// Buckets of a keyed sketch ([`DriftSketch::keyed`]): twice a heartbeat's, so that the distance
+/// it reads is within ~18 % (one standard deviation) of the exact one, not ~25 %.
+pub const KEYED_BUCKETS: usize = 64;
+
 /// A count sketch of a parameter vector and its L2 norm.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DriftSketch {
@@ -37,11 +41,34 @@ fn mix(mut z: u64) -> u64 {
 impl DriftSketch {
     /// The sketch of `params` (sums in f64, so that rounding stays far below any drift that matters).
     pub fn of(params: &[f32]) -> Self {
-        let mut sums = [0.0f64; SKETCH_BUCKETS];
+        Self::summed(params, SKETCH_BUCKETS, |j| {
+            (Self::bucket_of(j), Self::sign_of(j))
+        })
+    }
+
+    /// A sketch of `params` under a secret `key`: buckets and signs drawn from the key, so that
+    /// whoever does not know it cannot build a vector it does not see. How a peer checks a
+    /// replica one holder served against another holder of the same replica: it asks the other
+    /// for this sketch of its own under a key the server never learns, so that what hides from
+    /// the public sketch ([`DriftSketch::of`]) shows here.
+    pub fn keyed(params: &[f32], key: u64) -> Self {
+        let salt = mix(key ^ 0xD1B5_4A32_D192_ED03);
+        Self::summed(params, KEYED_BUCKETS, |j| {
+            let h = mix(j as u64 ^ salt);
+            let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+            ((h as usize) % KEYED_BUCKETS, sign)
+        })
+    }
+
+    /// The count sketch over `buckets` where coordinate `j` adds `sign · θ_j` to `bucket`, as
+    /// `place(j)` says.
+    fn summed(params: &[f32], buckets: usize, place: impl Fn(usize) -> (usize, f32)) -> Self {
+        let mut sums = vec![0.0f64; buckets];
         let mut norm = 0.0f64;
         for (j, &v) in params.iter().enumerate() {
             let v = f64::from(v);
-            sums[Self::bucket_of(j)] += f64::from(Self::sign_of(j)) * v;
+            let (bucket, sign) = place(j);
+            sums[bucket] += f64::from(sign) * v;
             norm += v * v;
         }
         Self {
@@ -69,7 +96,16 @@ impl DriftSketch {
 
     /// Checks a sketch from the network: the right bucket count (or none), finite, a norm ≥ 0.
     pub fn check(&self) -> Result<(), DecodeError> {
-        if !self.buckets.is_empty() && self.buckets.len() != SKETCH_BUCKETS {
+        self.check_buckets(SKETCH_BUCKETS)
+    }
+
+    /// Checks a keyed sketch from the network ([`DriftSketch::keyed`]), as [`DriftSketch::check`].
+    pub fn check_keyed(&self) -> Result<(), DecodeError> {
+        self.check_buckets(KEYED_BUCKETS)
+    }
+
+    fn check_buckets(&self, buckets: usize) -> Result<(), DecodeError> {
+        if !self.buckets.is_empty() && self.buckets.len() != buckets {
             return Err(DecodeError::BadHeader(
                 "drift sketch has the wrong bucket count",
             ));
@@ -97,6 +133,25 @@ impl DriftSketch {
             .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
             .sum();
         Some(d2.sqrt() / f64::from(self.norm).max(1e-30))
+    }
+}
+
+/// Removes from `v` what the public sketch ([`DriftSketch::of`]) sees: afterwards every bucket of
+/// `v`'s sketch sums to zero (within f32 rounding), so `θ + v` has θ's sketch. What a liar can
+/// hide in a replica that only public fingerprints vouch for: the harness's attacker builds one
+/// with it, and the tests show the keyed sketch sees it.
+pub fn unseen_by_sketch(v: &mut [f32]) {
+    let (mut sums, mut counts) = ([0.0f64; SKETCH_BUCKETS], [0usize; SKETCH_BUCKETS]);
+    for (j, &x) in v.iter().enumerate() {
+        let b = DriftSketch::bucket_of(j);
+        sums[b] += f64::from(DriftSketch::sign_of(j)) * f64::from(x);
+        counts[b] += 1;
+    }
+    // v_j − s_j · S_b / |b| takes S_b out of bucket b: Σ s_j (v_j − s_j S_b/|b|) = S_b − S_b.
+    for (j, x) in v.iter_mut().enumerate() {
+        let b = DriftSketch::bucket_of(j);
+        let mean = sums[b] / counts[b].max(1) as f64;
+        *x -= (f64::from(DriftSketch::sign_of(j)) * mean) as f32;
     }
 }
 
@@ -264,6 +319,42 @@ mod tests {
             verdict(&honest, &DriftSketch::default(), &[], 2, tol),
             Verdict::Keep
         );
+    }
+
+    /// A vector hidden from the public sketch (what a liar's replica can carry past public
+    /// fingerprints) reads as nothing there and as its true size under a key.
+    #[test]
+    fn a_keyed_sketch_sees_what_hides_from_the_public_one() {
+        let theta = synthetic::gradient_like(50_000, 11);
+        let mut hidden = synthetic::gradient_like(50_000, 12);
+        unseen_by_sketch(&mut hidden);
+        let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let scale = (0.3 * norm(&theta) / norm(&hidden)) as f32;
+        let poisoned: Vec<f32> = theta
+            .iter()
+            .zip(&hidden)
+            .map(|(t, h)| t + scale * h)
+            .collect();
+        let exact = relative_distance(&theta, &poisoned);
+        assert!((exact - 0.3).abs() < 0.01, "hidden vector of {exact}");
+        let public = DriftSketch::of(&theta)
+            .relative_distance(&DriftSketch::of(&poisoned))
+            .unwrap();
+        assert!(public < 1e-4, "the public sketch read {public}");
+        for key in [1, 2, 0xdead_beef, u64::MAX] {
+            let keyed = DriftSketch::keyed(&theta, key)
+                .relative_distance(&DriftSketch::keyed(&poisoned, key))
+                .unwrap();
+            assert!(
+                keyed > 0.15 && keyed < 0.6,
+                "key {key} read {keyed} of {exact}"
+            );
+            assert_eq!(DriftSketch::keyed(&theta, key).check_keyed(), Ok(()));
+        }
+        // One key, one sketch; another key, other buckets.
+        assert_eq!(DriftSketch::keyed(&theta, 5), DriftSketch::keyed(&theta, 5));
+        assert_ne!(DriftSketch::keyed(&theta, 5), DriftSketch::keyed(&theta, 6));
+        assert!(DriftSketch::keyed(&theta, 5).check().is_err());
     }
 
     #[test]

@@ -157,6 +157,20 @@ pub struct LocalSwarm {
     pub checkpoint: Option<PathBuf>,
     /// Peers started from here on are behind this link (none: loopback as it is).
     pub link: Option<gradswarm_net::LinkShape>,
+    /// Peers started from here on take the identity [`identity`] gives their index under this
+    /// seed (none: a fresh random one), so that a test knows the groups they will be drawn in.
+    pub identities: Option<u64>,
+}
+
+/// The identity of the `index`-th peer a [`LocalSwarm`] starts under identity seed `seed`: the
+/// same for every run, so that the groups drawn from the peers' ids are too.
+pub fn identity(seed: u64, index: usize) -> gradswarm_net::Keypair {
+    let mut rng = gradswarm_core::synthetic::SplitMix::new(seed ^ (index as u64).rotate_left(32));
+    let mut bytes = [0u8; 32];
+    for chunk in bytes.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    gradswarm_net::Keypair::ed25519_from_bytes(bytes).expect("32 bytes are an ed25519 secret")
 }
 
 /// Where a peer restarts from: its checkpoint's round and its own state beside θ and AdamW.
@@ -224,6 +238,7 @@ impl LocalSwarm {
             snapshot_every: 0,
             checkpoint: None,
             link: None,
+            identities: None,
         })
     }
 
@@ -306,7 +321,10 @@ impl LocalSwarm {
         net_config.bootstrap = vec![self.bootstrap.clone()];
         net_config.gossip_heartbeat = Duration::from_millis(200);
         net_config.link = self.link;
-        let key = gradswarm_net::Keypair::generate_ed25519();
+        let key = match self.identities {
+            Some(seed) => identity(seed, index),
+            None => gradswarm_net::Keypair::generate_ed25519(),
+        };
         let (net, events, driver) = self.runtime.block_on(native::build(net_config, key))?;
         // Every log line says whose it is: one process runs all of a scenario's peers.
         let span = tracing::info_span!("peer", i = index);

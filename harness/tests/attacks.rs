@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use gradswarm_core::DropReason;
 use gradswarm_harness::attack::Attack;
-use gradswarm_harness::{LocalSwarm, PeerProc};
+use gradswarm_harness::{LocalSwarm, PeerProc, identity};
 use gradswarm_model::Corpus;
+use gradswarm_net::PeerId;
 use gradswarm_peer::{PeerConfig, PeerSummary};
 
 mod common;
@@ -331,6 +332,90 @@ fn a_replica_within_reach_moves_its_group_no_further_than_the_clip() {
         assert!(
             regroupings.len() >= 3 && clipped >= 1 && moved <= 0.35,
             "{}: moved by {moved:.3} at most, {clipped} clipped: {regroupings:?}",
+            s.peer_id
+        );
+    }
+}
+
+/// Eight peers in groups of four, one of them an attacker that trains honestly and, where its
+/// new group forms (round 10), serves θ with 24 % of ‖θ‖ hidden from the public sketch
+/// (`Attack::ReplicaHidden`). Its fingerprint is its old group's, so it holds one replica with
+/// that group's honest members who land in its new group, and the others of the new group fetch
+/// that replica once. Where they asked the attacker, every public check passed (the unit test
+/// `a_vector_hidden_from_the_fingerprints_is_seen_by_a_fellow_holders_check` shows it) and its
+/// replica counted once for each of the holding's members. Now the other holders' keyed checks
+/// do not support it, or (where an honest holder served first) its own check does not support
+/// the honest replica: either way the holding splits (`RegroupReport::unsupported`), the
+/// attacker's replica counts for the attacker alone and the honest one for the rest. The peers'
+/// identities come from a seed chosen so that the attacker shares its new group with two of its
+/// old group and with peers of the other one. With every holder supporting every replica (the
+/// checks off) this test fails: the holding is taken whole.
+#[test]
+fn a_replica_hiding_a_vector_from_its_fingerprint_counts_for_its_server_alone() {
+    let _serial = serial();
+    let drawn = gradswarm_core::Groups { size: 4, every: 10 };
+    const ATTACKER: usize = 7;
+    let group_of = |ids: &[Vec<u8>], round: u64, peer: usize| -> Vec<usize> {
+        let refs: Vec<&[u8]> = ids.iter().map(Vec::as_slice).collect();
+        let groups = drawn.groups(round, &refs, refs.len());
+        let group = groups.into_iter().find(|g| g.contains(&refs[peer]));
+        let group = group.unwrap_or_default();
+        (0..ids.len())
+            .filter(|&i| group.contains(&refs[i]))
+            .collect()
+    };
+    // The first identity seed under which the attacker's new group holds two of its old group
+    // and some of the other: the holding whose replica those others fetch has three members.
+    let (seed, ids, outsiders) = (0..10_000u64)
+        .find_map(|seed| {
+            let ids: Vec<Vec<u8>> = (0..=ATTACKER)
+                .map(|i| identity(seed, i).public().to_peer_id().to_bytes())
+                .collect();
+            let old = group_of(&ids, drawn.every - 1, ATTACKER);
+            let new = group_of(&ids, drawn.every, ATTACKER);
+            let holding = new.iter().filter(|i| old.contains(i)).count();
+            let outsiders: Vec<usize> = new.into_iter().filter(|i| !old.contains(i)).collect();
+            (holding == 3 && !outsiders.is_empty()).then_some((seed, ids, outsiders))
+        })
+        .expect("some seed draws such groups");
+    let mut c = config("attack-replica-hidden", ROUNDS);
+    c.averaging = gradswarm_core::AveragingConfig::Groups {
+        size: drawn.size,
+        every: drawn.every,
+    };
+    let mut swarm = LocalSwarm::start(&c.run_id).unwrap();
+    swarm.identities = Some(seed);
+    let corpus = corpus();
+    let mut spawn = |attack: Option<Attack>| {
+        let model = (tiny_model(), tiny_train());
+        let peer = swarm.spawn_as(attack, c.clone(), &model.0, &model.1, corpus.clone(), 7);
+        peer.unwrap().1
+    };
+    let honest: Vec<PeerProc> = (0..ATTACKER).map(|_| spawn(None)).collect();
+    let attacker = spawn(Some(Attack::ReplicaHidden));
+    let honest: Vec<PeerSummary> = honest.into_iter().map(|p| p.join().unwrap()).collect();
+    let _ = attacker.join();
+    for s in &honest {
+        let (first, last) = loss_fell(s);
+        assert!(
+            last < first - 0.5,
+            "loss of {} went {first} → {last}",
+            s.peer_id
+        );
+    }
+    for &i in &outsiders {
+        let s = &honest[i];
+        assert_eq!(s.peer_id.parse::<PeerId>().unwrap().to_bytes(), ids[i]);
+        let report = s
+            .rounds
+            .iter()
+            .find(|r| r.round == drawn.every)
+            .and_then(|r| r.regroup.as_ref())
+            .expect("a regrouping at round 10");
+        eprintln!("{} fetched the attacker's holding: {report:?}", s.peer_id);
+        assert!(
+            report.unsupported >= 1 && report.fetched >= 2,
+            "{}: the attacker's holding was taken whole: {report:?}",
             s.peer_id
         );
     }

@@ -267,7 +267,7 @@ fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
         "{per_regrouping:.2} replicas a peer a regrouping: {state:?}"
     );
     // Every regrouping took its new partners' replicas: none left out, none refused by the
-    // fingerprint check, honest replicas well inside its tolerance and the reach (2).
+    // fingerprint check, every holder's keyed check supporting the replica served, honest replicas well inside its tolerance and the reach (2).
     let regrouped = &groups.summary.regroupings;
     eprintln!("regroupings: {regrouped:?}");
     // (Two left out at most: a peer whose view was short at a regrouping drew another group.)
@@ -276,6 +276,7 @@ fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
             && regrouped.averaged + 2 >= regrouped.partners
             && regrouped.fetched > 0
             && regrouped.refused == 0
+            && regrouped.unsupported == 0
             && regrouped.max_off.is_some_and(|d| d < 0.06)
             && regrouped.max_reach.is_some_and(|d| d < 1.0),
         "{regrouped:?}"

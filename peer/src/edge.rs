@@ -21,6 +21,12 @@ pub trait Edge: Send {
     /// fingerprint and what partners fetch when they reconcile (its own training is unchanged).
     fn mark(&mut self, _round: u64, _params: &mut Vec<f32>) {}
 
+    /// The replica this peer serves its new group at `round`, where that is not `params` (its
+    /// θ as [`Edge::mark`] left it, and as its fingerprint describes it); None serves `params`.
+    fn replica(&mut self, _round: u64, _params: &[f32]) -> Option<Vec<f32>> {
+        None
+    }
+
     /// The state this peer serves to joiners.
     fn snapshot(&mut self, _state: &mut PeerState) {}
 

@@ -110,6 +110,15 @@ pub struct RegroupReport {
     /// (`REPLICA_REACH`). None when none was fetched.
     #[serde(default)]
     pub max_reach: Option<f64>,
+    /// Holders that did not support, by their keyed check, the first replica taken from their
+    /// holding (or gave no check): each is fetched from next. Honest holders of one replica
+    /// support it, so this counts liars, and checks lost or refused.
+    #[serde(default)]
+    pub unsupported: u64,
+    /// The farthest a holder's keyed check read from a replica it supported (relative): how
+    /// close honest holders come to `CHECK_TOLERANCE`. None when no holder was checked.
+    #[serde(default)]
+    pub max_check: Option<f64>,
     /// Partners whose replica went into the average.
     pub averaged: u64,
     /// Replicas (one per member counted) that lay past `REPLICA_CLIP` from the group's
@@ -125,12 +134,13 @@ pub struct RegroupReport {
 impl RegroupReport {
     /// Keeps the farther of `max_off` and `off`, and of `max_reach` and `reach`.
     pub fn took(&mut self, off: Option<f64>, reach: Option<f64>) {
-        let farther = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
         self.max_off = farther(self.max_off, off);
         self.max_reach = farther(self.max_reach, reach);
+    }
+
+    /// Keeps the farther of `max_check` and `check`.
+    pub fn checked(&mut self, check: Option<f64>) {
+        self.max_check = farther(self.max_check, check);
     }
 
     /// Keeps the farther of `max_moved` and `moved`.
@@ -138,8 +148,8 @@ impl RegroupReport {
         self.max_moved = Some(self.max_moved.map_or(moved, |m| m.max(moved)));
     }
 
-    /// Adds `other`'s counts to these, keeping the farther `max_off`, `max_reach` and
-    /// `max_moved`.
+    /// Adds `other`'s counts to these, keeping the farther `max_off`, `max_reach`, `max_check`
+    /// and `max_moved`.
     pub fn merge(&mut self, other: &RegroupReport) {
         self.partners += other.partners;
         self.unreached += other.unreached;
@@ -148,10 +158,20 @@ impl RegroupReport {
         self.refused += other.refused;
         self.averaged += other.averaged;
         self.clipped += other.clipped;
+        self.unsupported += other.unsupported;
+        self.checked(other.max_check);
         if let Some(moved) = other.max_moved {
             self.moved(moved);
         }
         self.took(other.max_off, other.max_reach);
+    }
+}
+
+/// The farther of two distances, where either is known.
+fn farther(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -47,7 +47,7 @@ pub(crate) struct Snapshots {
     current: Mutex<Option<Arc<Snapshot>>>,
     marks: Mutex<VecDeque<(u64, Arc<Vec<f32>>)>>,
     /// This replica at the start of the latest round a new group formed at, encoded for it.
-    replica: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    replica: Mutex<Option<Served>>,
     /// Fingerprints of this replica's last [`FINGERPRINTS`] round starts, kept whether or not
     /// marks are: joiners check the state another peer served against them.
     fingerprints: Mutex<VecDeque<Fingerprint>>,
@@ -55,6 +55,24 @@ pub(crate) struct Snapshots {
 
 /// Round starts whose fingerprints a peer serves (32 × ~140 bytes).
 const FINGERPRINTS: usize = 32;
+
+/// Keyed checks ([`Request::Check`]) a peer answers for one replica: each costs a pass over θ on
+/// the network task, and honest partners ask a few each (one per holder they fetch from). Past
+/// this, a check is refused; the asker then fetches that holder's replica itself, which costs
+/// bytes, not weight (`peer/src/runtime/group.rs`).
+const CHECKS_PER_REPLICA: u32 = 64;
+
+/// The replica a peer serves its new group.
+struct Served {
+    /// The round the group forms at.
+    round: u64,
+    /// Its encoding, as [`Request::Replica`] serves it.
+    bytes: Arc<Vec<u8>>,
+    /// The same decoded, as the group reads it: what [`Request::Check`] sketches.
+    values: Arc<Vec<f32>>,
+    /// Checks answered so far ([`CHECKS_PER_REPLICA`]).
+    checks: u32,
+}
 
 impl Snapshots {
     pub(crate) fn new(run_id: &str, model_hash: ModelHash) -> Arc<Self> {
@@ -81,9 +99,15 @@ impl Snapshots {
         }
     }
 
-    /// Serves this replica at the start of `round`, encoded for the group that forms then.
-    pub(crate) fn replica(&self, round: u64, bytes: Arc<Vec<u8>>) {
-        *self.replica.lock().unwrap_or_else(|p| p.into_inner()) = Some((round, bytes));
+    /// Serves this replica at the start of `round`, encoded for the group that forms then
+    /// (`bytes`) and decoded again (`values`, what the group reads and checks).
+    pub(crate) fn replica(&self, round: u64, bytes: Arc<Vec<u8>>, values: Arc<Vec<f32>>) {
+        *self.replica.lock().unwrap_or_else(|p| p.into_inner()) = Some(Served {
+            round,
+            bytes,
+            values,
+            checks: 0,
+        });
     }
 
     /// Serves the fingerprint of θ at the start of its round.
@@ -149,9 +173,20 @@ impl Snapshots {
                 }
                 let replica = self.replica.lock().unwrap_or_else(|p| p.into_inner());
                 return match replica.as_ref() {
-                    Some((r, bytes)) if r == round => serve_chunk(*round, bytes, *chunk),
+                    Some(s) if s.round == *round => serve_chunk(*round, &s.bytes, *chunk),
                     _ => Response::Error(format!("no replica of round {round} here")),
                 };
+            }
+            Request::Check {
+                run_id,
+                model_hash,
+                round,
+                key,
+            } => {
+                if *run_id != self.run_id || *model_hash != self.model_hash {
+                    return Response::Error("another run or model".into());
+                }
+                return self.serve_check(*round, *key);
             }
             Request::Fingerprint {
                 run_id,
@@ -227,6 +262,28 @@ impl Snapshots {
 }
 
 impl Snapshots {
+    /// The keyed sketch of the replica served for `round`, while this replica's checks last.
+    fn serve_check(&self, round: u64, key: u64) -> Response {
+        let values = {
+            let mut replica = self.replica.lock().unwrap_or_else(|p| p.into_inner());
+            match replica.as_mut() {
+                Some(s) if s.round == round && s.checks < CHECKS_PER_REPLICA => {
+                    s.checks += 1;
+                    s.values.clone()
+                }
+                Some(s) if s.round == round => {
+                    return Response::Error(format!("no more checks of round {round}"));
+                }
+                _ => return Response::Error(format!("no replica of round {round} here")),
+            }
+        };
+        // Sketched outside the lock: the round loop may be serving the next replica meanwhile.
+        Response::Check {
+            round,
+            sketch: DriftSketch::keyed(&values, key),
+        }
+    }
+
     fn serve_mark(&self, round: u64, chunk: u32) -> Response {
         let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
         let Some((_, params)) = marks.iter().find(|(r, _)| *r == round) else {
@@ -381,6 +438,40 @@ pub(crate) async fn fetch_fingerprint(
     }
 }
 
+/// Asks `peer` for the keyed sketch ([`DriftSketch::keyed`]) of the replica it serves for
+/// `round`, under `key`; one request, no retry, at most [`FINGERPRINT_TIMEOUT`].
+pub(crate) async fn fetch_check(
+    net: &NetHandle,
+    peer: PeerId,
+    run_id: &str,
+    model_hash: ModelHash,
+    round: u64,
+    key: u64,
+) -> Result<DriftSketch, PeerError> {
+    let request = net.request(
+        peer,
+        Request::Check {
+            run_id: run_id.to_string(),
+            model_hash,
+            round,
+            key,
+        },
+    );
+    let response = within(FINGERPRINT_TIMEOUT, peer, async {
+        request.await.map_err(PeerError::from)
+    })
+    .await?;
+    match response {
+        Response::Check { round: got, sketch }
+            if got == round && !sketch.is_empty() && sketch.check_keyed().is_ok() =>
+        {
+            Ok(sketch)
+        }
+        Response::Error(e) => Err(PeerError::Sync(format!("{peer}: {e}"))),
+        _ => Err(PeerError::Sync(format!("{peer} sent another check"))),
+    }
+}
+
 /// Fetches `peer`'s θ at the start of `round` (one of its marks), for pairwise averaging.
 pub(crate) async fn fetch_params(
     net: &NetHandle,
@@ -519,6 +610,7 @@ async fn fetch_chunks(
                 | Response::Taken
                 | Response::NotReached { .. }
                 | Response::Fingerprint { .. }
+                | Response::Check { .. }
                 | Response::Manifest { .. }
                 | Response::Piece { .. } => {
                     return Err(PeerError::Sync(format!(

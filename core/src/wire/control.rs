@@ -271,6 +271,20 @@ pub enum Request {
         /// Chunk index.
         chunk: u32,
     },
+    /// The keyed sketch ([`crate::DriftSketch::keyed`]) of the replica the peer serves its new
+    /// group at `round` ([`Request::Replica`], decoded), under the asker's secret `key`: how a
+    /// peer checks the replica one holder served against another holder's, where a public
+    /// fingerprint cannot see what a liar hides.
+    Check {
+        /// The run.
+        run_id: String,
+        /// Hash of the model configuration.
+        model_hash: ModelHash,
+        /// The round the group forms at.
+        round: u64,
+        /// The asker's key, drawn fresh for each check and told to nobody else.
+        key: u64,
+    },
 }
 
 /// A peer's answer to a [`Request`].
@@ -338,6 +352,13 @@ pub enum Response {
     NotReached {
         /// The latest round start it has a fingerprint of.
         latest: u64,
+    },
+    /// The answer to [`Request::Check`].
+    Check {
+        /// The round.
+        round: u64,
+        /// The keyed sketch of the replica served for it.
+        sketch: DriftSketch,
     },
 }
 

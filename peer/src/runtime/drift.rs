@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use gradswarm_core::drift::{Verdict, pull_toward, relative_distance, verdict};
+use gradswarm_core::topology::{decode_replica, encode_replica};
 use gradswarm_core::wire::params_checksum;
-use gradswarm_core::{DriftSketch, Heartbeat};
+use gradswarm_core::{DriftSketch, EncodeError, Heartbeat};
 use gradswarm_net::PeerId;
 use tracing::{debug, info, warn};
 
@@ -38,8 +39,18 @@ impl Peer {
         if self.averaging.averages_parameters_at(round) {
             // Served before the fingerprint: a new partner that sees the fingerprint of this
             // round asks for the replica next.
-            match gradswarm_core::topology::encode_replica(&params, round) {
-                Ok(bytes) => self.snapshots.replica(round, Arc::new(bytes)),
+            let served = self.edge.replica(round, &params);
+            let served = served.as_deref().unwrap_or(&params);
+            let encoded = encode_replica(served, round).and_then(|bytes| {
+                let values = decode_replica(&bytes, served.len())
+                    .map_err(|e| EncodeError::Compress(e.to_string()))?;
+                Ok((bytes, values))
+            });
+            match encoded {
+                Ok((bytes, values)) => {
+                    self.snapshots
+                        .replica(round, Arc::new(bytes), Arc::new(values))
+                }
                 Err(e) => warn!("replica of round {round} not encoded for the group: {e}"),
             }
         }

@@ -58,6 +58,14 @@ const REPLICA_CLIP: f64 = 1.0;
 /// below this; replicas of different groups lay 0.4–0.55 apart at 32 peers in groups of 4.
 const SAME_REPLICA: f64 = 0.005;
 
+/// How far (relative, on the keyed sketch) a holder's check of its own replica may read from a
+/// replica another holder served, for the holder to support it ([`supports`]). Both are 6-bit
+/// roundings of replicas within [`SAME_REPLICA`] of each other, whose rounding then differs by
+/// ~1.1 % (measured on 200 000 synthetic weights; 1.8 % at twice that spread). A vector a liar
+/// hides from the public sketch shows here at its size, so what it can still hide is ~4 % of ‖θ‖
+/// (up to ~6 % on an unlucky key), not ~44 %.
+const CHECK_TOLERANCE: f64 = 0.04;
+
 impl Peer {
     /// This peer's partners for `round` (its group's other members; every contributing peer
     /// under broadcast), as [`gradswarm_core::Averaging::partners`] draws them; once this peer
@@ -252,22 +260,36 @@ impl Peer {
             .chain(same.iter().map(|(p, _)| *p))
             .map(|p| (p.to_bytes(), mine.clone()))
             .collect();
+        let mut served_holdings = 0;
         for (held, replica) in fetched {
             report.refused += replica.refused;
-            match replica.taken {
-                Ok((theta, fit)) => {
-                    report.fetched += 1;
-                    report.took(Some(fit.off), Some(fit.reach));
-                    let theta = Arc::new(theta);
-                    replicas.extend(held.iter().map(|(p, _)| (p.to_bytes(), theta.clone())));
-                }
-                Err(e) => {
-                    warn!("a replica left out of the group's averaging at round {round}: {e}")
-                }
+            report.unsupported += replica.unsupported;
+            report.checked(replica.max_check);
+            if let Some(e) = replica.failure {
+                warn!("a replica left out of the group's averaging at round {round}: {e}");
+            }
+            if replica.unsupported > 0 {
+                warn!(
+                    "round {round}: {} of {} holders of one replica did not support the one served",
+                    replica.unsupported,
+                    held.len()
+                );
+            }
+            served_holdings += u64::from(!replica.taken.is_empty());
+            for taken in replica.taken {
+                report.fetched += 1;
+                report.took(Some(taken.fit.off), Some(taken.fit.reach));
+                let theta = Arc::new(taken.theta);
+                replicas.extend(
+                    taken
+                        .supporters
+                        .iter()
+                        .map(|p| (p.to_bytes(), theta.clone())),
+                );
             }
         }
         // Holdings whose fetch failed, or that the deadline cut short, are left out.
-        report.unfetched = holdings_count - report.fetched;
+        report.unfetched = holdings_count - served_holdings;
         report.averaged = replicas.len() as u64 - 1;
         if replicas.len() < 2 {
             return Ok((reached.elapsed().as_secs_f64(), report));
@@ -455,55 +477,131 @@ struct Asked<'a> {
     round: u64,
 }
 
-/// The replica of `round` that every peer in `held` says it holds (one checksum), fetched from
-/// one of them (a different one first for each fetching peer, to spread the load), the next if
-/// that one fails or serves one that does not fit ([`fits`]; `own` is the fetcher's own replica).
+/// The replica of `round` that every peer in `held` says it holds (one holding), fetched from
+/// one of them (a different one first for each fetching peer, to spread the load) and counted
+/// once for each holder whose keyed check supports it ([`supports`]); a holder that does not
+/// is fetched from next, and so on. A replica served that does not fit ([`fits`]; `own` is the
+/// fetcher's own replica) is refused and its server left out.
+///
+/// Why the checks: public fingerprints cannot see what a liar hides in the replica it serves
+/// (a vector in the public sketch's null space, within the norm's tolerance: up to ~44 % of
+/// ‖θ‖), and the replica a holding serves counts once per member of the new group that holds
+/// it. A liar that belongs to an honest holding and is the one asked would have its hidden
+/// vector counted for every one of them. Under keys it never learns, the other holders' checks
+/// see it, so its replica counts for itself alone, as one of its own holding would.
 async fn fetch_held_replica(
     asked: Asked<'_>,
     held: &[(PeerId, DriftSketch)],
     own: &[f32],
 ) -> HeldReplica {
+    let Asked {
+        net,
+        me,
+        run_id,
+        model_hash,
+        round,
+    } = asked;
     let first = {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
-        asked.me.hash(&mut h);
+        me.hash(&mut h);
         (h.finish() % held.len().max(1) as u64) as usize
     };
+    let mut undecided: Vec<usize> = (0..held.len())
+        .cycle()
+        .skip(first)
+        .take(held.len())
+        .collect();
     let sketches: Vec<&DriftSketch> = held.iter().map(|(_, s)| s).collect();
-    let (mut failures, mut refused) = (Vec::new(), 0);
-    for (peer, _) in held.iter().cycle().skip(first).take(held.len()) {
-        let Asked {
-            net,
-            run_id,
-            model_hash,
-            round,
-            ..
-        } = asked;
-        let n = own.len();
-        let theta = match state::fetch_replica(net, *peer, run_id, model_hash, round, n).await {
+    let fetch =
+        |i: usize| state::fetch_replica(net, held[i].0, run_id, model_hash, round, own.len());
+    // Every holder but the first asked is asked for its check at once, each under its own key,
+    // while the first replica comes.
+    let keys: Vec<u64> = held.iter().map(|_| fresh_key()).collect();
+    let checks = futures::future::join_all(keys.iter().enumerate().map(|(i, &key)| async move {
+        if held.len() < 2 || i == first {
+            return None;
+        }
+        state::fetch_check(net, held[i].0, run_id, model_hash, round, key)
+            .await
+            .map_err(|e| debug!("no check of round {round} from {}: {e}", held[i].0))
+            .ok()
+    }));
+    let (first_served, checks) = futures::join!(fetch(undecided[0]), checks);
+    let mut served = Some(first_served);
+    let mut outcome = HeldReplica::default();
+    let mut failures = Vec::new();
+    while !undecided.is_empty() {
+        let server = undecided.remove(0);
+        let peer = held[server].0;
+        let theta = match served.take() {
+            Some(theta) => theta,
+            None => fetch(server).await,
+        };
+        let theta = match theta {
             Ok(theta) => theta,
             Err(e) => {
                 failures.push(e.to_string());
                 continue;
             }
         };
-        match fits(&theta, &sketches, own) {
-            Ok(fit) => {
-                return HeldReplica {
-                    taken: Ok((theta, fit)),
-                    refused,
-                };
-            }
+        let fit = match fits(&theta, &sketches, own) {
+            Ok(fit) => fit,
             Err(why) => {
-                refused += 1;
+                outcome.refused += 1;
                 failures.push(format!("{peer} served a replica of round {round} {why}"));
+                continue;
             }
+        };
+        let mut supporters = vec![peer];
+        let mut farthest = None::<f64>;
+        undecided.retain(|&i| match supports(&theta, keys[i], checks[i].as_ref()) {
+            Some(d) => {
+                supporters.push(held[i].0);
+                farthest = Some(farthest.map_or(d, |f| f.max(d)));
+                false
+            }
+            None => true,
+        });
+        if outcome.taken.is_empty() {
+            outcome.unsupported = undecided.len() as u64;
         }
+        if let Some(d) = farthest {
+            outcome.max_check = Some(outcome.max_check.map_or(d, |m| m.max(d)));
+        }
+        outcome.taken.push(Taken {
+            theta,
+            fit,
+            supporters,
+        });
     }
-    HeldReplica {
-        taken: Err(PeerError::Sync(failures.join("; "))),
-        refused,
+    if outcome.taken.is_empty() {
+        outcome.failure = Some(PeerError::Sync(failures.join("; ")));
     }
+    outcome
+}
+
+/// How far the replica `theta` reads from a holder's `check` of its own under `key`
+/// (relative to ‖θ‖), where that is within [`CHECK_TOLERANCE`]: the holder supports it. None
+/// where it does not, or gave no check.
+fn supports(theta: &[f32], key: u64, check: Option<&DriftSketch>) -> Option<f64> {
+    // Measured against the served replica's norm, which `fits` held to its holders', not
+    // against the checker's claimed one (a claimed huge norm would make anything near).
+    let d = DriftSketch::keyed(theta, key).relative_distance(check?)?;
+    (d <= CHECK_TOLERANCE).then_some(d)
+}
+
+/// A fresh key for one check, unknown to anyone else: the server of a replica must not learn
+/// the keys its fellow holders are checked under, or it could hide a vector from them too.
+fn fresh_key() -> u64 {
+    getrandom::u64().unwrap_or_else(|e| {
+        // No randomness source: the time, which a remote server cannot know to the nanosecond.
+        warn!("no randomness for a replica check ({e}); keyed by the time");
+        let nanos = web_time::SystemTime::now()
+            .duration_since(web_time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        nanos ^ 0x5851_F42D_4C95_7F2D
+    })
 }
 
 /// How a replica taken lay from what vouched for it.
@@ -547,11 +645,27 @@ fn fits(theta: &[f32], holders: &[&DriftSketch], own: &[f32]) -> Result<Fit, Str
 }
 
 /// What fetching one holding's replica came to.
+#[derive(Default)]
 struct HeldReplica {
-    /// The replica taken, and how it fit; or why none was.
-    taken: Result<(Vec<f32>, Fit), PeerError>,
+    /// The replicas taken, each with the holders it counts for (usually one, all of them).
+    taken: Vec<Taken>,
+    /// Why none was taken, where none was.
+    failure: Option<PeerError>,
     /// Replicas served and refused on the way (not fitting, see [`fits`]).
     refused: u64,
+    /// Holders whose check did not support the first replica taken (or gave none).
+    unsupported: u64,
+    /// The farthest a supporting holder's check read from the replica it supported.
+    max_check: Option<f64>,
+}
+
+/// One replica taken from a holding.
+struct Taken {
+    theta: Vec<f32>,
+    /// How it lay from its holders' fingerprints and from the fetcher's own.
+    fit: Fit,
+    /// Its server and the holders whose checks support it: it counts once for each.
+    supporters: Vec<PeerId>,
 }
 
 #[cfg(test)]
@@ -688,6 +802,57 @@ mod tests {
         // Within reach, it is taken: a liar moves its group's mean by a bounded share.
         let near: Vec<f32> = own.iter().map(|v| 1.5 * v).collect();
         assert!(fits(&near, &[&DriftSketch::of(&near)], &own).is_ok());
+    }
+
+    /// A liar in an honest holding serves θ shrunk by 4 % plus 28 % of ‖θ‖ hidden from the
+    /// public sketch: every public check takes it (it would have counted for each of the
+    /// holding's members), but a fellow holder's keyed check, under a key the liar never saw,
+    /// does not support it, while it supports the honest replica served in its place.
+    #[test]
+    fn a_vector_hidden_from_the_fingerprints_is_seen_by_a_fellow_holders_check() {
+        let n = 20_000;
+        let held = weights(n, 4, 0.1);
+        // A fellow member of the old group: the same replica but for a few updates (0.4 %).
+        let fellow: Vec<f32> = held
+            .iter()
+            .zip(weights(n, 5, 0.0004))
+            .map(|(h, d)| h + d)
+            .collect();
+        let (liar_print, fellow_print) = (DriftSketch::of(&held), DriftSketch::of(&fellow));
+        assert!(one_replica(&liar_print, &fellow_print));
+        let own: Vec<f32> = held
+            .iter()
+            .zip(weights(n, 6, 0.03))
+            .map(|(h, d)| h + d)
+            .collect();
+        let rounded = |theta: &[f32]| {
+            decode_replica(&encode_replica(theta, 9).expect("encodes"), n).expect("decodes")
+        };
+        let mut hidden = weights(n, 7, 1.0);
+        drift::unseen_by_sketch(&mut hidden);
+        let norm = |v: &[f32]| gradswarm_core::aggregate::l2_norm(v) as f32;
+        let size = 0.28 * norm(&held) / norm(&hidden);
+        let poisoned: Vec<f32> = held
+            .iter()
+            .zip(&hidden)
+            .map(|(h, v)| 0.96 * h + size * v)
+            .collect();
+        let (served, honest) = (rounded(&poisoned), rounded(&fellow));
+        let hidden_size = drift::relative_distance(&held, &poisoned);
+        assert!(hidden_size > 0.25, "{hidden_size}");
+        let fit = fits(&served, &[&liar_print, &fellow_print], &own);
+        assert!(fit.is_ok(), "the public checks take it: {fit:?}");
+        for key in [3, 77, 0xfeed_f00d] {
+            let check = DriftSketch::keyed(&honest, key);
+            assert_eq!(supports(&served, key, Some(&check)), None, "key {key}");
+            let d = supports(&rounded(&held), key, Some(&check));
+            assert!(
+                d.is_some_and(|d| d < CHECK_TOLERANCE / 2.0),
+                "key {key}: {d:?}"
+            );
+        }
+        // No check, no support.
+        assert_eq!(supports(&served, 3, None), None);
     }
 
     #[test]
