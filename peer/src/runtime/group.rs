@@ -66,6 +66,14 @@ const SAME_REPLICA: f64 = 0.005;
 /// (up to ~6 % on an unlucky key), not ~44 %.
 const CHECK_TOLERANCE: f64 = 0.04;
 
+/// How long a holder's keyed check may take: one small request, answered after a pass over θ.
+/// Past it the holder does not support the replica served and is fetched from itself.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long before the regrouping's deadline fetching a holding's replicas stops, so that the
+/// replicas taken are kept while a later fetch from another holder runs late.
+const FETCH_MARGIN: Duration = Duration::from_millis(200);
+
 impl Peer {
     /// This peer's partners for `round` (its group's other members; every contributing peer
     /// under broadcast), as [`gradswarm_core::Averaging::partners`] draws them; once this peer
@@ -240,15 +248,35 @@ impl Peer {
         report.unreached = report.partners.saturating_sub(heard as u64);
         let holdings_count = holdings.len() as u64;
         let me = self.me;
-        let fetches = holdings.into_iter().map(|held| {
+        // Everyone heard, this peer included: each holding's fetchers are those not in it.
+        let members: Vec<PeerId> = std::iter::once(me)
+            .chain(same.iter().map(|(p, _)| *p))
+            .chain(holdings.iter().flatten().map(|(p, _)| *p))
+            .collect();
+        let fetches = holdings.into_iter().map(|mut held| {
             let (net, run_id, own) = (self.net.clone(), run_id.clone(), mine.clone());
+            // Holders in id order, and this peer's rank among the holding's fetchers: the
+            // fetchers of one holding, which agree on both, ask its holders in turn, so that no
+            // holder's uplink serves two while another's serves none (a replica is ~0.5 s of a
+            // 10 Mbit/s uplink).
+            held.sort_by_key(|(p, _)| *p);
+            let mut fetchers: Vec<PeerId> = members
+                .iter()
+                .filter(|m| !held.iter().any(|(p, _)| p == *m))
+                .copied()
+                .collect();
+            fetchers.sort();
+            let rank = fetchers.iter().position(|f| *f == me).unwrap_or(0);
             async move {
                 let asked = Asked {
                     net: &net,
-                    me,
+                    rank,
                     run_id: &run_id,
                     model_hash,
                     round,
+                    // Done a little before the regrouping's deadline, so that what was taken
+                    // by then is not cut off with what was not.
+                    by: deadline - FETCH_MARGIN,
                 };
                 let theta = fetch_held_replica(asked, &held, &own).await;
                 (held, theta)
@@ -470,15 +498,17 @@ impl Approach {
 #[derive(Clone, Copy)]
 struct Asked<'a> {
     net: &'a NetHandle,
-    /// The fetching peer (which holder it asks first).
-    me: PeerId,
+    /// The fetching peer's rank among the holding's fetchers: which holder it asks first.
+    rank: usize,
     run_id: &'a str,
     model_hash: gradswarm_core::ModelHash,
     round: u64,
+    /// When it must be done: fetching stops there and keeps what it took.
+    by: Instant,
 }
 
 /// The replica of `round` that every peer in `held` says it holds (one holding), fetched from
-/// one of them (a different one first for each fetching peer, to spread the load) and counted
+/// one of them (the fetchers' ranks take its holders in turn, to spread the load) and counted
 /// once for each holder whose keyed check supports it ([`supports`]); a holder that does not
 /// is fetched from next, and so on. A replica served that does not fit ([`fits`]; `own` is the
 /// fetcher's own replica) is refused and its server left out.
@@ -496,36 +526,50 @@ async fn fetch_held_replica(
 ) -> HeldReplica {
     let Asked {
         net,
-        me,
+        rank,
         run_id,
         model_hash,
         round,
+        by,
     } = asked;
-    let first = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        me.hash(&mut h);
-        (h.finish() % held.len().max(1) as u64) as usize
-    };
+    let first = rank % held.len().max(1);
     let mut undecided: Vec<usize> = (0..held.len())
         .cycle()
         .skip(first)
         .take(held.len())
         .collect();
     let sketches: Vec<&DriftSketch> = held.iter().map(|(_, s)| s).collect();
-    let fetch =
-        |i: usize| state::fetch_replica(net, held[i].0, run_id, model_hash, round, own.len());
+    let fetch = |i: usize| {
+        let fetched = state::fetch_replica(net, held[i].0, run_id, model_hash, round, own.len());
+        async move {
+            before(by, fetched).await.unwrap_or_else(|| {
+                Err(PeerError::Sync(format!(
+                    "no time left to fetch from {}",
+                    held[i].0
+                )))
+            })
+        }
+    };
     // Every holder but the first asked is asked for its check at once, each under its own key,
-    // while the first replica comes.
+    // while the first replica comes; a check that has not come within `CHECK_TIMEOUT` counts as
+    // no support (a holder that stalls its check costs a fetch, not the holding).
     let keys: Vec<u64> = held.iter().map(|_| fresh_key()).collect();
     let checks = futures::future::join_all(keys.iter().enumerate().map(|(i, &key)| async move {
         if held.len() < 2 || i == first {
             return None;
         }
-        state::fetch_check(net, held[i].0, run_id, model_hash, round, key)
-            .await
-            .map_err(|e| debug!("no check of round {round} from {}: {e}", held[i].0))
-            .ok()
+        let check = state::fetch_check(net, held[i].0, run_id, model_hash, round, key);
+        match before(by.min(Instant::now() + CHECK_TIMEOUT), check).await {
+            Some(Ok(check)) => Some(check),
+            Some(Err(e)) => {
+                debug!("no check of round {round} from {}: {e}", held[i].0);
+                None
+            }
+            None => {
+                debug!("no check of round {round} from {} in time", held[i].0);
+                None
+            }
+        }
     }));
     let (first_served, checks) = futures::join!(fetch(undecided[0]), checks);
     let mut served = Some(first_served);
@@ -589,6 +633,16 @@ fn supports(theta: &[f32], key: u64, check: Option<&DriftSketch>) -> Option<f64>
     // against the checker's claimed one (a claimed huge norm would make anything near).
     let d = DriftSketch::keyed(theta, key).relative_distance(check?)?;
     (d <= CHECK_TOLERANCE).then_some(d)
+}
+
+/// `fut`'s output, or None if `by` comes first.
+async fn before<T>(by: Instant, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    let timeout = futures_timer::Delay::new(by.saturating_duration_since(Instant::now()));
+    futures::pin_mut!(fut);
+    match futures::future::select(fut, timeout).await {
+        futures::future::Either::Left((out, _)) => Some(out),
+        futures::future::Either::Right(_) => None,
+    }
 }
 
 /// A fresh key for one check, unknown to anyone else: the server of a replica must not learn
