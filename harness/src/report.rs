@@ -58,10 +58,12 @@ pub struct RoundRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regroup: Option<RegroupReport>,
     /// Of `network_s`, the wait for updates in flight: the longest an awaited update travelled
-    /// (its sender's hand-over to its arrival here) after this peer began to wait. What the
-    /// network cost the round, without the wait for partners still computing. None where it
-    /// cannot be told (a round this peer sent nothing in, or one whose wait ended without every
-    /// awaited update): then the whole wait counts as the links'.
+    /// (its sender's hand-over to its arrival here, or to the wait's end where it had not
+    /// arrived by then) after this peer began to wait. What the network cost the round, without
+    /// the wait for partners still computing (an update handed over only after the wait ended
+    /// cost none of it). None where it cannot be told (a round this peer sent nothing in):
+    /// then the whole wait counts as the links', as it does where a missing update's hand-over
+    /// is not known.
     pub link_s: Option<f64>,
     /// When its update went to the network (Unix ms), for [`link_times`].
     #[serde(skip)]
@@ -72,11 +74,16 @@ pub struct RoundRow {
     /// Whether every awaited update was in when the wait ended, all in `arrived_ms`.
     #[serde(skip)]
     pub awaited_in: bool,
+    /// The partners whose updates were still missing when the wait ended.
+    #[serde(skip)]
+    pub missing: Vec<String>,
 }
 
 /// Fills every row's `link_s` from the peers' hand-over and arrival times (one machine's clock:
 /// the harness's peers share it). An update that arrived before this peer began to wait cost
-/// nothing; one whose sender was still computing when this peer began costs only its flight.
+/// nothing; one whose sender was still computing when this peer began costs only its flight;
+/// one still missing when the wait ended costs its flight until then, none if its sender handed
+/// it over only after (it was computing all along: a partner that started late, say).
 pub fn link_times(peers: &mut [PeerRow]) {
     let sent: BTreeMap<(String, u64), f64> = peers
         .iter()
@@ -88,16 +95,25 @@ pub fn link_times(peers: &mut [PeerRow]) {
         .collect();
     for p in peers.iter_mut() {
         for r in &mut p.rounds {
-            let Some(began) = r.sent_at_ms.filter(|_| r.awaited_in) else {
+            let Some(began) = r.sent_at_ms else {
                 continue;
             };
-            let (mut wait, mut known) = (0.0f64, true);
+            let (mut wait, mut known) = (0.0f64, r.awaited_in || !r.missing.is_empty());
             // What arrived after the wait ended (while a paced round idled) held nobody up.
             let ended = began + r.network_s * 1e3;
             for (from, &at) in r.arrived_ms.iter().filter(|(_, at)| **at <= ended) {
                 match sent.get(&(from.clone(), r.round)) {
                     Some(&left) => wait = wait.max((at - left).min(at - began)),
                     None => known = false,
+                }
+            }
+            if !r.awaited_in {
+                for from in &r.missing {
+                    match sent.get(&(from.clone(), r.round)) {
+                        Some(&left) if left < ended => wait = wait.max(ended - left.max(began)),
+                        Some(_) => {}
+                        None => known = false,
+                    }
                 }
             }
             // An update whose hand-over nobody reported (a peer gone since) is counted whole.
@@ -455,6 +471,7 @@ mod tests {
             sent_at_ms: Some(sent),
             arrived_ms: arrived.iter().map(|(p, t)| (p.to_string(), *t)).collect(),
             awaited_in: true,
+            missing: Vec::new(),
         }
     }
 
@@ -491,13 +508,30 @@ mod tests {
             ),
             peer("b", vec![row(0, 0.0, 1_400.0, &[("a", 1_050.0)])]),
         ];
-        // Round 2: the wait ended without every awaited update: not told apart.
+        // Round 2: the wait ended without every awaited update, and nobody says whose: counted
+        // whole.
         let mut short = row(2, 0.2, 5_000.0, &[]);
         short.awaited_in = false;
         peers[0].rounds.push(short);
+        // Round 3: a waited 2 s (its deadline) for b, which handed its update over only after
+        // (it started late): none of it was the links'. Round 4: b's update left 100 ms before
+        // a's wait ended and had not arrived: 100 ms of flight.
+        for (round, b_left) in [(3, 9_500.0), (4, 8_900.0)] {
+            let mut late = row(round, 2.0, 7_000.0, &[]);
+            late.awaited_in = false;
+            late.missing = vec!["b".into()];
+            peers[0].rounds.push(late);
+            peers[1].rounds.push(row(round, 0.0, b_left, &[]));
+        }
         link_times(&mut peers);
         let a = &peers[0].rounds;
-        assert_eq!(a[2].link_s, None);
+        assert_eq!(a[2].link_s, Some(0.2));
+        assert_eq!(a[3].link_s, Some(0.0));
+        assert!(
+            (a[4].link_s.unwrap() - 0.1).abs() < 1e-9,
+            "{:?}",
+            a[4].link_s
+        );
         assert!(
             (a[0].link_s.unwrap() - 0.05).abs() < 1e-9,
             "{:?}",

@@ -69,6 +69,7 @@ fn row(r: &crate::Report, previous: Option<&crate::Report>) -> RoundRow {
         sent_at_ms: rr.sent_at_ms,
         arrived_ms: rr.arrived_ms.clone(),
         awaited_in: rr.awaited_in,
+        missing: rr.missing.clone(),
     }
 }
 
