@@ -277,6 +277,7 @@ fn groups_average_within_the_group_and_move_fewer_bytes_than_broadcast() {
             && regrouped.fetched > 0
             && regrouped.refused == 0
             && regrouped.unsupported == 0
+            && regrouped.alone == 0
             && regrouped.max_off.is_some_and(|d| d < 0.06)
             && regrouped.max_reach.is_some_and(|d| d < 1.0),
         "{regrouped:?}"

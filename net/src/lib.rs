@@ -246,8 +246,9 @@ pub enum Topic {
     Heartbeat,
 }
 
-/// Answers state requests from other peers (set by the peer runtime; called on the network task).
-pub type StateServer = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+/// Answers state requests from other peers (set by the peer runtime; called on the network task
+/// with the requester, the connection's authenticated peer).
+pub type StateServer = Arc<dyn Fn(PeerId, &Request) -> Response + Send + Sync>;
 
 /// What the peer runtime asks of the network.
 pub enum Command {

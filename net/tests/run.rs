@@ -81,7 +81,7 @@ async fn the_data_arrives_whole_though_a_piece_was_corrupted_in_transit() {
     let asked = Arc::new(AtomicUsize::new(0));
     let Node { net: a, addr, .. } = server().await;
     let (files, count) = (served.clone(), asked.clone());
-    a.serve_state(Arc::new(move |request: &Request| {
+    a.serve_state(Arc::new(move |_, request: &Request| {
         let mut answer = files.answer(request).expect("a run request");
         if let (Request::Piece { index: 1, .. }, Response::Piece { bytes, .. }) =
             (request, &mut answer)

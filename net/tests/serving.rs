@@ -141,7 +141,7 @@ async fn an_update_too_large_to_push_reaches_the_partner_announced() {
 async fn a_greedy_requester_gets_two_states_then_refusals() {
     let Node { net: a, addr, .. } = serving_node(None).await;
     // Every answer is a full chunk, as a state transfer's are.
-    a.serve_state(Arc::new(|_: &Request| Response::StateChunk {
+    a.serve_state(Arc::new(|_, _: &Request| Response::StateChunk {
         snapshot: 1,
         round: 3,
         chunk: 0,

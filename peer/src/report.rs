@@ -115,6 +115,11 @@ pub struct RegroupReport {
     /// support it, so this counts liars, and checks lost or refused.
     #[serde(default)]
     pub unsupported: u64,
+    /// Replicas of a holding of several that counted for their server alone: no fellow holder's
+    /// check supported them. Honest holders support each other, so this counts liars' replicas
+    /// (and, if any, honest ones whose fellow holders' checks were lost).
+    #[serde(default)]
+    pub alone: u64,
     /// The farthest a holder's keyed check read from a replica it supported (relative): how
     /// close honest holders come to `CHECK_TOLERANCE`. None when no holder was checked.
     #[serde(default)]
@@ -159,6 +164,7 @@ impl RegroupReport {
         self.averaged += other.averaged;
         self.clipped += other.clipped;
         self.unsupported += other.unsupported;
+        self.alone += other.alone;
         self.checked(other.max_check);
         if let Some(moved) = other.max_moved {
             self.moved(moved);

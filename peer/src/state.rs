@@ -56,11 +56,10 @@ pub(crate) struct Snapshots {
 /// Round starts whose fingerprints a peer serves (32 × ~140 bytes).
 const FINGERPRINTS: usize = 32;
 
-/// Keyed checks ([`Request::Check`]) a peer answers for one replica: each costs a pass over θ on
-/// the network task, and honest partners ask a few each (one per holder they fetch from). Past
-/// this, a check is refused; the asker then fetches that holder's replica itself, which costs
-/// bytes, not weight (`peer/src/runtime/group.rs`).
-const CHECKS_PER_REPLICA: u32 = 64;
+/// Keyed checks ([`Request::Check`]) a peer answers each of its new partners for one replica:
+/// each costs a pass over θ on the network task, and an honest partner asks one. Only the new
+/// group's members are answered, so nobody else can use up a replica's checks.
+const CHECKS_PER_ASKER: u32 = 2;
 
 /// The replica a peer serves its new group.
 struct Served {
@@ -70,8 +69,9 @@ struct Served {
     bytes: Arc<Vec<u8>>,
     /// The same decoded, as the group reads it: what [`Request::Check`] sketches.
     values: Arc<Vec<f32>>,
-    /// Checks answered so far ([`CHECKS_PER_REPLICA`]).
-    checks: u32,
+    /// The new group's members, who may ask for checks, and how many each has had
+    /// ([`CHECKS_PER_ASKER`]).
+    checkers: Vec<(PeerId, u32)>,
 }
 
 impl Snapshots {
@@ -100,13 +100,19 @@ impl Snapshots {
     }
 
     /// Serves this replica at the start of `round`, encoded for the group that forms then
-    /// (`bytes`) and decoded again (`values`, what the group reads and checks).
-    pub(crate) fn replica(&self, round: u64, bytes: Arc<Vec<u8>>, values: Arc<Vec<f32>>) {
+    /// (`bytes`) and decoded again (`values`, what the group reads and `partners` check).
+    pub(crate) fn replica(
+        &self,
+        round: u64,
+        bytes: Arc<Vec<u8>>,
+        values: Arc<Vec<f32>>,
+        partners: &[PeerId],
+    ) {
         *self.replica.lock().unwrap_or_else(|p| p.into_inner()) = Some(Served {
             round,
             bytes,
             values,
-            checks: 0,
+            checkers: partners.iter().map(|&p| (p, 0)).collect(),
         });
     }
 
@@ -142,8 +148,8 @@ impl Snapshots {
         self.wanted.store(false, Ordering::Release);
     }
 
-    /// Answers a state request (called on the network task).
-    pub(crate) fn serve(&self, request: &Request) -> Response {
+    /// Answers `from`'s state request (called on the network task).
+    pub(crate) fn serve(&self, from: PeerId, request: &Request) -> Response {
         let (run_id, model_hash, snapshot, chunk) = match request {
             Request::State {
                 run_id,
@@ -186,7 +192,7 @@ impl Snapshots {
                 if *run_id != self.run_id || *model_hash != self.model_hash {
                     return Response::Error("another run or model".into());
                 }
-                return self.serve_check(*round, *key);
+                return self.serve_check(from, *round, *key);
             }
             Request::Fingerprint {
                 run_id,
@@ -262,20 +268,20 @@ impl Snapshots {
 }
 
 impl Snapshots {
-    /// The keyed sketch of the replica served for `round`, while this replica's checks last.
-    fn serve_check(&self, round: u64, key: u64) -> Response {
+    /// The keyed sketch of the replica served for `round`, for a new partner within its
+    /// [`CHECKS_PER_ASKER`].
+    fn serve_check(&self, from: PeerId, round: u64, key: u64) -> Response {
         let values = {
             let mut replica = self.replica.lock().unwrap_or_else(|p| p.into_inner());
-            match replica.as_mut() {
-                Some(s) if s.round == round && s.checks < CHECKS_PER_REPLICA => {
-                    s.checks += 1;
-                    s.values.clone()
-                }
-                Some(s) if s.round == round => {
-                    return Response::Error(format!("no more checks of round {round}"));
-                }
-                _ => return Response::Error(format!("no replica of round {round} here")),
+            let Some(s) = replica.as_mut().filter(|s| s.round == round) else {
+                return Response::Error(format!("no replica of round {round} here"));
+            };
+            match s.checkers.iter_mut().find(|(p, _)| *p == from) {
+                Some((_, asked)) if *asked < CHECKS_PER_ASKER => *asked += 1,
+                Some(_) => return Response::Error(format!("no more checks of round {round}")),
+                None => return Response::Error(format!("not a partner at round {round}")),
             }
+            s.values.clone()
         };
         // Sketched outside the lock: the round loop may be serving the next replica meanwhile.
         Response::Check {
@@ -645,6 +651,42 @@ mod tests {
         }
     }
 
+    /// A new partner gets its keyed checks of the replica, [`CHECKS_PER_ASKER`] of them;
+    /// anyone else gets none, so nobody outside the group can use them up.
+    #[test]
+    fn checks_are_answered_to_new_partners_only_and_a_few_each() {
+        let snapshots = Snapshots::new("run", [7; 32]);
+        let values: Vec<f32> = (0..1000).map(|j| (j as f32).sin()).collect();
+        let (partner, stranger) = (PeerId::random(), PeerId::random());
+        snapshots.replica(5, Arc::new(vec![1]), Arc::new(values.clone()), &[partner]);
+        let ask = |round, key| Request::Check {
+            run_id: "run".into(),
+            model_hash: [7; 32],
+            round,
+            key,
+        };
+        for key in 0..CHECKS_PER_ASKER as u64 {
+            match snapshots.serve(partner, &ask(5, key)) {
+                Response::Check { round: 5, sketch } => {
+                    assert_eq!(sketch, DriftSketch::keyed(&values, key));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            snapshots.serve(partner, &ask(5, 9)),
+            Response::Error(_)
+        ));
+        assert!(matches!(
+            snapshots.serve(stranger, &ask(5, 0)),
+            Response::Error(_)
+        ));
+        assert!(matches!(
+            snapshots.serve(partner, &ask(4, 0)),
+            Response::Error(_)
+        ));
+    }
+
     #[test]
     fn marks_are_served_by_round_in_chunks_and_forgotten_in_order() {
         let snapshots = Snapshots::new("run", [7; 32]);
@@ -656,7 +698,7 @@ mod tests {
         }
         let mut bytes = Vec::new();
         for chunk in 0..3 {
-            match snapshots.serve(&params_request("run", 2, chunk)) {
+            match snapshots.serve(PeerId::random(), &params_request("run", 2, chunk)) {
                 Response::StateChunk {
                     round,
                     chunks,
@@ -684,7 +726,10 @@ mod tests {
             params_request("other", 2, 0),
         ] {
             assert!(
-                matches!(snapshots.serve(&refused), Response::Error(_)),
+                matches!(
+                    snapshots.serve(PeerId::random(), &refused),
+                    Response::Error(_)
+                ),
                 "{refused:?} was served"
             );
         }
@@ -700,7 +745,7 @@ mod tests {
         };
         // Nothing marked yet: every round is still to come.
         assert!(matches!(
-            snapshots.serve(&ask(5)),
+            snapshots.serve(PeerId::random(), &ask(5)),
             Response::NotReached { latest: 0 }
         ));
         for round in 0..FINGERPRINTS as u64 + 8 {
@@ -713,15 +758,18 @@ mod tests {
         }
         let latest = FINGERPRINTS as u64 + 7;
         assert!(matches!(
-            snapshots.serve(&ask(latest)),
+            snapshots.serve(PeerId::random(), &ask(latest)),
             Response::Fingerprint { round, checksum, .. } if round == latest && checksum == latest
         ));
         // A round ahead says where this peer is, so that a new group waits for it while it
         // moves; one it has forgotten (past the 32 kept) is refused as any other.
         assert!(matches!(
-            snapshots.serve(&ask(latest + 3)),
+            snapshots.serve(PeerId::random(), &ask(latest + 3)),
             Response::NotReached { latest: l } if l == latest
         ));
-        assert!(matches!(snapshots.serve(&ask(2)), Response::Error(_)));
+        assert!(matches!(
+            snapshots.serve(PeerId::random(), &ask(2)),
+            Response::Error(_)
+        ));
     }
 }

@@ -45,7 +45,7 @@ impl Driver {
                     let files = self.run_files.as_ref().and_then(|f| f.answer(&request));
                     let response = match (files, &self.state_server) {
                         (Some(answer), _) => answer,
-                        (None, Some(server)) => server(&request),
+                        (None, Some(server)) => server(peer, &request),
                         (None, None) => Response::Error("this node serves no state".into()),
                     };
                     let response = self.within_budget(peer, response);

@@ -48,8 +48,10 @@ impl Peer {
             });
             match encoded {
                 Ok((bytes, values)) => {
-                    self.snapshots
-                        .replica(round, Arc::new(bytes), Arc::new(values))
+                    // The new group checks it: its members, as this peer acts on them.
+                    let partners = self.commit_partners(round);
+                    let (bytes, values) = (Arc::new(bytes), Arc::new(values));
+                    self.snapshots.replica(round, bytes, values, &partners);
                 }
                 Err(e) => warn!("replica of round {round} not encoded for the group: {e}"),
             }

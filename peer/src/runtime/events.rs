@@ -78,10 +78,13 @@ impl Peer {
             if arrived.iter().any(|a| a == p) {
                 continue;
             }
-            if let Ok(peer) = PeerId::from_bytes(p)
-                && let Some(seen) = self.peers.get_mut(&peer)
-            {
-                missing.push(peer.to_base58());
+            let Ok(peer) = PeerId::from_bytes(p) else {
+                continue;
+            };
+            // Every partner whose update is missing is named (the harness measures what the
+            // wait cost by them); only those still heard from are counted as missing it.
+            missing.push(peer.to_base58());
+            if let Some(seen) = self.peers.get_mut(&peer) {
                 seen.missed += 1;
                 if seen.missed == MISSED_LIMIT {
                     info!(

@@ -70,6 +70,10 @@ const CHECK_TOLERANCE: f64 = 0.04;
 /// Past it the holder does not support the replica served and is fetched from itself.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long checks still out may come after the replica they check came (or as long as that
+/// replica took, if longer): a check answered behind the holder's own uploads comes late.
+const CHECK_GRACE: Duration = Duration::from_secs(1);
+
 /// How long before the regrouping's deadline fetching a holding's replicas stops, so that the
 /// replicas taken are kept while a later fetch from another holder runs late.
 const FETCH_MARGIN: Duration = Duration::from_millis(200);
@@ -253,6 +257,10 @@ impl Peer {
             .chain(same.iter().map(|(p, _)| *p))
             .chain(holdings.iter().flatten().map(|(p, _)| *p))
             .collect();
+        // Done a little before the regrouping's deadline, so that what was taken by then is
+        // not cut off with what was not.
+        let margin = FETCH_MARGIN.min(deadline.saturating_duration_since(Instant::now()) / 4);
+        let by = deadline.checked_sub(margin).unwrap_or(deadline);
         let fetches = holdings.into_iter().map(|mut held| {
             let (net, run_id, own) = (self.net.clone(), run_id.clone(), mine.clone());
             // Holders in id order, and this peer's rank among the holding's fetchers: the
@@ -274,9 +282,7 @@ impl Peer {
                     run_id: &run_id,
                     model_hash,
                     round,
-                    // Done a little before the regrouping's deadline, so that what was taken
-                    // by then is not cut off with what was not.
-                    by: deadline - FETCH_MARGIN,
+                    by,
                 };
                 let theta = fetch_held_replica(asked, &held, &own).await;
                 (held, theta)
@@ -292,6 +298,7 @@ impl Peer {
         for (held, replica) in fetched {
             report.refused += replica.refused;
             report.unsupported += replica.unsupported;
+            report.alone += replica.alone;
             report.checked(replica.max_check);
             if let Some(e) = replica.failure {
                 warn!("a replica left out of the group's averaging at round {round}: {e}");
@@ -538,91 +545,114 @@ async fn fetch_held_replica(
         .skip(first)
         .take(held.len())
         .collect();
-    let sketches: Vec<&DriftSketch> = held.iter().map(|(_, s)| s).collect();
-    let fetch = |i: usize| {
+    let fetch = |i: usize, until: Instant| {
         let fetched = state::fetch_replica(net, held[i].0, run_id, model_hash, round, own.len());
         async move {
-            before(by, fetched).await.unwrap_or_else(|| {
+            let out = before(until, fetched).await.unwrap_or_else(|| {
                 Err(PeerError::Sync(format!(
-                    "no time left to fetch from {}",
+                    "{} served no replica in time",
                     held[i].0
                 )))
-            })
+            });
+            (i, out)
         }
     };
-    // Every holder but the first asked is asked for its check at once, each under its own key,
-    // while the first replica comes; a check that has not come within `CHECK_TIMEOUT` counts as
-    // no support (a holder that stalls its check costs a fetch, not the holding).
+    // Every holder is asked for its check at once, each under its own key, while the first
+    // replica comes (the first asked too: if its replica does not come, its check may support
+    // another's). Checks are taken as they come; past `CHECK_TIMEOUT`, or once the replica is
+    // in and they had `CHECK_GRACE` (or as long as the replica took) more, a holder that gave
+    // none does not support it.
     let keys: Vec<u64> = held.iter().map(|_| fresh_key()).collect();
-    let checks = futures::future::join_all(keys.iter().enumerate().map(|(i, &key)| async move {
-        if held.len() < 2 || i == first {
-            return None;
-        }
-        let check = state::fetch_check(net, held[i].0, run_id, model_hash, round, key);
-        match before(by.min(Instant::now() + CHECK_TIMEOUT), check).await {
-            Some(Ok(check)) => Some(check),
-            Some(Err(e)) => {
-                debug!("no check of round {round} from {}: {e}", held[i].0);
-                None
-            }
-            None => {
-                debug!("no check of round {round} from {} in time", held[i].0);
-                None
-            }
-        }
-    }));
-    let (first_served, checks) = futures::join!(fetch(undecided[0]), checks);
-    let mut served = Some(first_served);
+    let mut pending: FuturesUnordered<_> = keys
+        .iter()
+        .enumerate()
+        .filter(|_| held.len() > 1)
+        .map(|(i, &key)| async move {
+            let check = state::fetch_check(net, held[i].0, run_id, model_hash, round, key);
+            let check = match before(by.min(Instant::now() + CHECK_TIMEOUT), check).await {
+                Some(Ok(check)) => Some(check),
+                Some(Err(e)) => {
+                    debug!("no check of round {round} from {}: {e}", held[i].0);
+                    None
+                }
+                None => None,
+            };
+            (i, check)
+        })
+        .collect();
+    let mut checks: Vec<Option<DriftSketch>> = vec![None; held.len()];
     let mut outcome = HeldReplica::default();
     let mut failures = Vec::new();
-    while !undecided.is_empty() {
-        let server = undecided.remove(0);
-        let peer = held[server].0;
-        let theta = match served.take() {
-            Some(theta) => theta,
-            None => fetch(server).await,
-        };
-        let theta = match theta {
-            Ok(theta) => theta,
-            Err(e) => {
-                failures.push(e.to_string());
-                continue;
+    // One server at a time until a replica is taken: the rest are fetched only where their
+    // holders do not support it.
+    let mut took = Duration::ZERO;
+    while let Some(server) = (!undecided.is_empty()).then(|| undecided.remove(0)) {
+        let asked_at = Instant::now();
+        let replica = fetch(server, by).fuse();
+        futures::pin_mut!(replica);
+        let (_, replica) = loop {
+            futures::select! {
+                out = replica => break out,
+                (i, check) = pending.select_next_some() => checks[i] = check,
             }
         };
-        let fit = match fits(&theta, &sketches, own) {
-            Ok(fit) => fit,
-            Err(why) => {
-                outcome.refused += 1;
-                failures.push(format!("{peer} served a replica of round {round} {why}"));
-                continue;
-            }
-        };
-        let mut supporters = vec![peer];
-        let mut farthest = None::<f64>;
-        undecided.retain(|&i| match supports(&theta, keys[i], checks[i].as_ref()) {
-            Some(d) => {
-                supporters.push(held[i].0);
-                farthest = Some(farthest.map_or(d, |f| f.max(d)));
-                false
-            }
-            None => true,
-        });
-        if outcome.taken.is_empty() {
-            outcome.unsupported = undecided.len() as u64;
+        took = asked_at.elapsed();
+        let grace = Instant::now() + CHECK_GRACE.max(took);
+        while let Some(Some((i, check))) = before(grace.min(by), pending.next()).await {
+            checks[i] = check;
         }
-        if let Some(d) = farthest {
-            outcome.max_check = Some(outcome.max_check.map_or(d, |m| m.max(d)));
+        if let Some(theta) = take(&mut outcome, &mut failures, held, server, replica, own) {
+            outcome.support(theta, held, server, &mut undecided, &keys, &checks);
+            break;
         }
-        outcome.taken.push(Taken {
-            theta,
-            fit,
-            supporters,
-        });
+    }
+    // Holders that do not support the replica taken: their own replicas, one at a time (one
+    // that the next supports is all that is fetched), each given twice as long as the first
+    // took (a holder that serves slowly is left out, not waited for until the deadline), each
+    // counted for the holders that support it.
+    if !outcome.taken.is_empty() {
+        outcome.unsupported = undecided.len() as u64;
+        while let Some(server) = (!undecided.is_empty()).then(|| undecided.remove(0)) {
+            let until = by.min(Instant::now() + (took * 2).max(CHECK_GRACE));
+            let (_, replica) = fetch(server, until).await;
+            if let Some(theta) = take(&mut outcome, &mut failures, held, server, replica, own) {
+                outcome.support(theta, held, server, &mut undecided, &keys, &checks);
+            }
+        }
     }
     if outcome.taken.is_empty() {
         outcome.failure = Some(PeerError::Sync(failures.join("; ")));
     }
     outcome
+}
+
+/// The replica `server` served, if it fits its holders' fingerprints ([`fits`]); otherwise
+/// why not goes to `failures` (and a refusal is counted).
+fn take(
+    outcome: &mut HeldReplica,
+    failures: &mut Vec<String>,
+    held: &[(PeerId, DriftSketch)],
+    server: usize,
+    replica: Result<Vec<f32>, PeerError>,
+    own: &[f32],
+) -> Option<(Vec<f32>, Fit)> {
+    let peer = held[server].0;
+    let theta = match replica {
+        Ok(theta) => theta,
+        Err(e) => {
+            failures.push(e.to_string());
+            return None;
+        }
+    };
+    let sketches: Vec<&DriftSketch> = held.iter().map(|(_, s)| s).collect();
+    match fits(&theta, &sketches, own) {
+        Ok(fit) => Some((theta, fit)),
+        Err(why) => {
+            outcome.refused += 1;
+            failures.push(format!("{peer} served a replica {why}"));
+            None
+        }
+    }
 }
 
 /// How far the replica `theta` reads from a holder's `check` of its own under `key`
@@ -709,8 +739,42 @@ struct HeldReplica {
     refused: u64,
     /// Holders whose check did not support the first replica taken (or gave none).
     unsupported: u64,
+    /// Replicas of a holding of several that counted for their server alone.
+    alone: u64,
     /// The farthest a supporting holder's check read from the replica it supported.
     max_check: Option<f64>,
+}
+
+impl HeldReplica {
+    /// Takes `theta` (with how it fit) for `server` and every holder still `undecided` whose
+    /// check supports it ([`supports`]); those leave `undecided`.
+    fn support(
+        &mut self,
+        (theta, fit): (Vec<f32>, Fit),
+        held: &[(PeerId, DriftSketch)],
+        server: usize,
+        undecided: &mut Vec<usize>,
+        keys: &[u64],
+        checks: &[Option<DriftSketch>],
+    ) {
+        let mut supporters = vec![held[server].0];
+        undecided.retain(|&i| match supports(&theta, keys[i], checks[i].as_ref()) {
+            Some(d) => {
+                supporters.push(held[i].0);
+                self.max_check = Some(self.max_check.map_or(d, |m| m.max(d)));
+                false
+            }
+            None => true,
+        });
+        if supporters.len() == 1 && held.len() > 1 {
+            self.alone += 1;
+        }
+        self.taken.push(Taken {
+            theta,
+            fit,
+            supporters,
+        });
+    }
 }
 
 /// One replica taken from a holding.

@@ -264,7 +264,7 @@ impl Peer {
         let context = trainer.model_config().context;
         let snapshots = Snapshots::new(&config.run_id, model_hash);
         let serving = snapshots.clone();
-        net.serve_state(Arc::new(move |request| serving.serve(request)))?;
+        net.serve_state(Arc::new(move |from, request| serving.serve(from, request)))?;
         // Only group averaging takes updates pushed outside gossip (and its signatures, scores
         // and equivocation checks); under broadcast a push is refused.
         net.accept_pushes(config.averaging.build().to_partners_only())?;
