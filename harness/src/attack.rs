@@ -326,9 +326,8 @@ impl Edge for Attacker {
         {
             return None;
         }
-        let mut hidden: Vec<f32> = params.iter().map(|_| self.rng.normal() as f32).collect();
-        gradswarm_core::drift::unseen_by_sketch(&mut hidden);
-        let scale = HIDDEN_SIZE * l2(params) / l2(&hidden).max(1e-30);
+        let hidden = hidden_direction(params.len(), round);
+        let scale = HIDDEN_SIZE * l2(params);
         Some(
             params
                 .iter()
@@ -396,6 +395,21 @@ impl Attacker {
         }
     }
 }
+
+/// The unit vector [`Attack::ReplicaHidden`] hides in its replica of `round` (of `len`
+/// parameters): drawn from a fixed seed and the round, so that a test can measure how much of it
+/// reached the honest peers' θ, with what the public sketch sees of it taken out.
+pub fn hidden_direction(len: usize, round: u64) -> Vec<f32> {
+    let mut rng = SplitMix::new(HIDDEN_SEED ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut hidden: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+    gradswarm_core::drift::unseen_by_sketch(&mut hidden);
+    let norm = l2(&hidden).max(1e-30);
+    hidden.iter_mut().for_each(|v| *v /= norm);
+    hidden
+}
+
+/// The seed of [`hidden_direction`].
+const HIDDEN_SEED: u64 = 0x41D_DE17;
 
 /// θ of `round` as every sybil identity describes it: its own plus noise drawn from the shared
 /// seed and the round, so that the identities' poisoned replicas agree with one another.

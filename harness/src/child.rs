@@ -27,7 +27,8 @@ const TAG: &str = "@swarm-harness ";
 enum Line {
     /// A round it closed; θ (when snapshotted) is in a file of little-endian f32s.
     Round {
-        round: RoundReport,
+        // Boxed: the round report is the largest variant by far (serde reads it the same).
+        round: Box<RoundReport>,
         wire_sent: u64,
         wire_received: u64,
         #[serde(default)]
@@ -177,7 +178,7 @@ impl LocalSwarm {
                             let params = params.and_then(|p| read_f32s(&p).ok()).map(Arc::new);
                             let _ = tx.send(Event::Round(Box::new(Report {
                                 peer: h,
-                                round,
+                                round: *round,
                                 wire_sent,
                                 wire_received,
                                 wire_sent_by_protocol,
@@ -279,7 +280,7 @@ pub fn serve(
                     None => None,
                 };
                 send(&Line::Round {
-                    round: r.round,
+                    round: Box::new(r.round),
                     wire_sent: r.wire_sent,
                     wire_received: r.wire_received,
                     wire_sent_by_protocol: r.wire_sent_by_protocol,

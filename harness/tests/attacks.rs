@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use gradswarm_core::DropReason;
-use gradswarm_harness::attack::Attack;
+use gradswarm_harness::attack::{self, Attack};
 use gradswarm_harness::{LocalSwarm, PeerProc, identity};
 use gradswarm_model::Corpus;
 use gradswarm_net::PeerId;
@@ -345,14 +345,16 @@ fn a_replica_within_reach_moves_its_group_no_further_than_the_clip() {
 /// `a_vector_hidden_from_the_fingerprints_is_seen_by_a_fellow_holders_check` shows it) and its
 /// replica counted once for each of the holding's members. Now the other holders' keyed checks
 /// do not support it, or (where an honest holder served first) its own check does not support
-/// the honest replica: either way the holding splits (`RegroupReport::unsupported`), the
-/// attacker's replica counts for the attacker alone (`RegroupReport::alone`) and the honest one
-/// for the rest. The peers'
-/// identities come from a seed chosen so that the attacker shares its new group with two of its
-/// old group and with peers of the other one. With every holder supporting every replica (the
-/// checks off) this test fails: the holding is taken whole.
+/// the honest replica (`RegroupReport::unsupported`); the honest replica, which two of the
+/// three holders support, counts for all three, the attacker's set aside. The test measures how
+/// far the honest members of the new group moved along the hidden vector (drawn from a public
+/// seed for that): 0.0004–0.0006 of ‖θ‖. The peers' identities come from a seed chosen so that
+/// the attacker shares its new group with two of its old group and with peers of the other one.
+/// With every holder supporting every replica (the checks off) a member took 0.145 of ‖θ‖ (3/5
+/// of the 24 % hidden) and this test fails; with the attacker's replica counted for itself alone
+/// rather than outvoted, 0.048 (1/5), and it fails too.
 #[test]
-fn a_replica_hiding_a_vector_from_its_fingerprint_counts_for_its_server_alone() {
+fn a_replica_hiding_a_vector_from_its_fingerprint_is_outvoted_by_its_holding() {
     let _serial = serial();
     let drawn = gradswarm_core::Groups { size: 4, every: 10 };
     const ATTACKER: usize = 7;
@@ -367,7 +369,7 @@ fn a_replica_hiding_a_vector_from_its_fingerprint_counts_for_its_server_alone() 
     };
     // The first identity seed under which the attacker's new group holds two of its old group
     // and some of the other: the holding whose replica those others fetch has three members.
-    let (seed, ids, outsiders) = (0..10_000u64)
+    let (seed, ids, new, outsiders) = (0..10_000u64)
         .find_map(|seed| {
             let ids: Vec<Vec<u8>> = (0..=ATTACKER)
                 .map(|i| identity(seed, i).public().to_peer_id().to_bytes())
@@ -375,17 +377,29 @@ fn a_replica_hiding_a_vector_from_its_fingerprint_counts_for_its_server_alone() 
             let old = group_of(&ids, drawn.every - 1, ATTACKER);
             let new = group_of(&ids, drawn.every, ATTACKER);
             let holding = new.iter().filter(|i| old.contains(i)).count();
-            let outsiders: Vec<usize> = new.into_iter().filter(|i| !old.contains(i)).collect();
-            (holding == 3 && !outsiders.is_empty()).then_some((seed, ids, outsiders))
+            let outsiders: Vec<usize> = new.iter().filter(|i| !old.contains(i)).copied().collect();
+            (holding == 3 && !outsiders.is_empty()).then_some((seed, ids, new, outsiders))
         })
         .expect("some seed draws such groups");
     let mut c = config("attack-replica-hidden", ROUNDS);
+    // The old groups' members must hold one replica at the regrouping, or the holding of three
+    // this test sets up is two holdings (one of them the attacker's with a single fellow, no
+    // majority): an update a round late leaves them up to ~1 % apart on this tiny model, and
+    // at 300 ms a partner that starts late, or that 2 shared cores hold up, sent one in about
+    // one run in five. So rounds wait up to 2 s for every partner's update, the peers all start
+    // together (2 s to find each other), and a new partner may stand still at a round for
+    // 10 s (a third of `peer_timeout`) before it is left out.
+    c.min_wait = std::time::Duration::from_secs(2);
+    c.join_wait = std::time::Duration::from_secs(2);
+    c.peer_timeout = std::time::Duration::from_secs(30);
     c.averaging = gradswarm_core::AveragingConfig::Groups {
         size: drawn.size,
         every: drawn.every,
     };
     let mut swarm = LocalSwarm::start(&c.run_id).unwrap();
     swarm.identities = Some(seed);
+    // θ at the end of every round: rounds 9 and 10 are the ones either side of the regrouping.
+    swarm.snapshot_every = 1;
     let corpus = corpus();
     let mut spawn = |attack: Option<Attack>| {
         let model = (tiny_model(), tiny_train());
@@ -394,6 +408,15 @@ fn a_replica_hiding_a_vector_from_its_fingerprint_counts_for_its_server_alone() 
     };
     let honest: Vec<PeerProc> = (0..ATTACKER).map(|_| spawn(None)).collect();
     let attacker = spawn(Some(Attack::ReplicaHidden));
+    let (mut log, mut ended) = (Vec::new(), std::collections::BTreeSet::new());
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| {
+            if r.round.round == drawn.every {
+                ended.insert(r.peer);
+            }
+            ended.len() > ATTACKER
+        })
+        .unwrap();
     let honest: Vec<PeerSummary> = honest.into_iter().map(|p| p.join().unwrap()).collect();
     let _ = attacker.join();
     for s in &honest {
@@ -402,6 +425,35 @@ fn a_replica_hiding_a_vector_from_its_fingerprint_counts_for_its_server_alone() 
             last < first - 0.5,
             "loss of {} went {first} → {last}",
             s.peer_id
+        );
+    }
+    // How much of the hidden vector reached the honest members of the attacker's new group:
+    // the regrouping round's move of θ (the end of round 9 to the end of round 10) along it,
+    // relative to ‖θ‖. Counted for the attacker's whole holding of three (of five), it is
+    // ~0.146 (3/5 of 0.243) where the attacker served first; counted for the attacker alone,
+    // ~0.049; outvoted, nothing beyond the honest move's chance share (~‖move‖/√n, 0.002).
+    let theta = |peer: usize, round: u64| -> &[f32] {
+        let at = log
+            .iter()
+            .find(|r| r.peer == peer && r.round.round == round);
+        at.and_then(|r| r.params.as_deref())
+            .map_or(&[], Vec::as_slice)
+    };
+    let hidden = attack::hidden_direction(theta(0, drawn.every).len(), drawn.every);
+    for &i in new.iter().filter(|&&i| i != ATTACKER) {
+        let (before, after) = (theta(i, drawn.every - 1), theta(i, drawn.every));
+        assert!(!before.is_empty() && before.len() == hidden.len() && after.len() == hidden.len());
+        let along: f64 = after
+            .iter()
+            .zip(before)
+            .zip(&hidden)
+            .map(|((a, b), u)| f64::from(a - b) * f64::from(*u))
+            .sum();
+        let share = along / gradswarm_core::aggregate::l2_norm(before);
+        eprintln!("peer {i} took {share:.4} of ‖θ‖ along the hidden vector");
+        assert!(
+            share.abs() < 0.02,
+            "peer {i} took {share:.4} of ‖θ‖ of the hidden vector"
         );
     }
     for &i in &outsiders {
@@ -414,11 +466,12 @@ fn a_replica_hiding_a_vector_from_its_fingerprint_counts_for_its_server_alone() 
             .and_then(|r| r.regroup.as_ref())
             .expect("a regrouping at round 10");
         eprintln!("{} fetched the attacker's holding: {report:?}", s.peer_id);
-        // One replica of the holding counted for its server alone, the attacker's; the honest
-        // one for the two honest holders (its partners' checks all came in: none was lost).
+        // The attacker's replica was not supported (where it served first) or did not support
+        // the honest one; the honest one, which two of the three holders support, counted for
+        // all three.
         assert!(
-            report.unsupported >= 1 && report.alone == 1 && report.fetched >= 2,
-            "{}: the attacker's holding was not split as it should be: {report:?}",
+            report.unsupported >= 1 && report.alone == 0 && report.fetched >= 1,
+            "{}: the attacker's holding was not decided as it should be: {report:?}",
             s.peer_id
         );
     }

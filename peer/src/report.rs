@@ -120,6 +120,10 @@ pub struct RegroupReport {
     /// (and, if any, honest ones whose fellow holders' checks were lost).
     #[serde(default)]
     pub alone: u64,
+    /// Replicas taken and then set aside because a majority of their holding supported
+    /// another, which then counted for every holder (the liar's among them).
+    #[serde(default)]
+    pub outvoted: u64,
     /// The farthest a holder's keyed check read from a replica it supported (relative): how
     /// close honest holders come to `CHECK_TOLERANCE`. None when no holder was checked.
     #[serde(default)]
@@ -165,6 +169,7 @@ impl RegroupReport {
         self.clipped += other.clipped;
         self.unsupported += other.unsupported;
         self.alone += other.alone;
+        self.outvoted += other.outvoted;
         self.checked(other.max_check);
         if let Some(moved) = other.max_moved {
             self.moved(moved);

@@ -299,6 +299,7 @@ impl Peer {
             report.refused += replica.refused;
             report.unsupported += replica.unsupported;
             report.alone += replica.alone;
+            report.outvoted += replica.outvoted;
             report.checked(replica.max_check);
             if let Some(e) = replica.failure {
                 warn!("a replica left out of the group's averaging at round {round}: {e}");
@@ -602,24 +603,27 @@ async fn fetch_held_replica(
             checks[i] = check;
         }
         if let Some(theta) = take(&mut outcome, &mut failures, held, server, replica, own) {
-            outcome.support(theta, held, server, &mut undecided, &keys, &checks);
+            let supporters = outcome.support(theta, held, server, &mut undecided, &keys, &checks);
+            outcome.unsupported = (held.len() - supporters) as u64;
             break;
         }
     }
-    // Holders that do not support the replica taken: their own replicas, one at a time (one
-    // that the next supports is all that is fetched), each given twice as long as the first
-    // took (a holder that serves slowly is left out, not waited for until the deadline), each
-    // counted for the holders that support it.
-    if !outcome.taken.is_empty() {
-        outcome.unsupported = undecided.len() as u64;
-        while let Some(server) = (!undecided.is_empty()).then(|| undecided.remove(0)) {
-            let until = by.min(Instant::now() + (took * 2).max(CHECK_GRACE));
-            let (_, replica) = fetch(server, until).await;
-            if let Some(theta) = take(&mut outcome, &mut failures, held, server, replica, own) {
-                outcome.support(theta, held, server, &mut undecided, &keys, &checks);
-            }
+    // Holders that do not support the replica taken, where its supporters are no majority of
+    // the holding: their own replicas, one at a time (one that the next supports is all that is
+    // fetched), each given twice as long as the first took (a holder that serves slowly is left
+    // out, not waited for until the deadline). A replica that a majority of the holding
+    // supports counts for every holder; short of one, each counts for its supporters.
+    while !outcome.majority(held.len()) && !outcome.taken.is_empty() {
+        let Some(server) = (!undecided.is_empty()).then(|| undecided.remove(0)) else {
+            break;
+        };
+        let until = by.min(Instant::now() + (took * 2).max(CHECK_GRACE));
+        let (_, replica) = fetch(server, until).await;
+        if let Some(theta) = take(&mut outcome, &mut failures, held, server, replica, own) {
+            outcome.support(theta, held, server, &mut undecided, &keys, &checks);
         }
     }
+    outcome.settle(held);
     if outcome.taken.is_empty() {
         outcome.failure = Some(PeerError::Sync(failures.join("; ")));
     }
@@ -741,13 +745,15 @@ struct HeldReplica {
     unsupported: u64,
     /// Replicas of a holding of several that counted for their server alone.
     alone: u64,
+    /// Replicas taken and set aside for the one a majority of the holding supports.
+    outvoted: u64,
     /// The farthest a supporting holder's check read from the replica it supported.
     max_check: Option<f64>,
 }
 
 impl HeldReplica {
     /// Takes `theta` (with how it fit) for `server` and every holder still `undecided` whose
-    /// check supports it ([`supports`]); those leave `undecided`.
+    /// check supports it ([`supports`]); those leave `undecided`. Returns how many it counts for.
     fn support(
         &mut self,
         (theta, fit): (Vec<f32>, Fit),
@@ -756,7 +762,7 @@ impl HeldReplica {
         undecided: &mut Vec<usize>,
         keys: &[u64],
         checks: &[Option<DriftSketch>],
-    ) {
+    ) -> usize {
         let mut supporters = vec![held[server].0];
         undecided.retain(|&i| match supports(&theta, keys[i], checks[i].as_ref()) {
             Some(d) => {
@@ -766,14 +772,44 @@ impl HeldReplica {
             }
             None => true,
         });
-        if supporters.len() == 1 && held.len() > 1 {
-            self.alone += 1;
-        }
+        let counted = supporters.len();
         self.taken.push(Taken {
             theta,
             fit,
             supporters,
         });
+        counted
+    }
+
+    /// Whether a replica taken has the support of a majority of the holding's `holders`.
+    fn majority(&self, holders: usize) -> bool {
+        self.taken.iter().any(|t| 2 * t.supporters.len() > holders)
+    }
+
+    /// Decides whom each replica taken counts for. One that a majority of the holding supports
+    /// counts for every holder, the others set aside (`outvoted`): every holder said by its
+    /// fingerprint that it holds this one replica, so the majority's is what each holds, and a
+    /// fellow member of the old group that counts a liar's share as its own replica (it never
+    /// fetches it) then computes the same mean as those that fetched. Short of a majority, each
+    /// counts for its supporters (`alone`: a replica of a holding of several that counts for
+    /// its server only).
+    fn settle(&mut self, held: &[(PeerId, DriftSketch)]) {
+        if let Some(at) = self
+            .taken
+            .iter()
+            .position(|t| 2 * t.supporters.len() > held.len())
+        {
+            let mut chosen = self.taken.swap_remove(at);
+            self.outvoted = self.taken.len() as u64;
+            chosen.supporters = held.iter().map(|(p, _)| *p).collect();
+            self.taken = vec![chosen];
+        }
+        let several = held.len() > 1;
+        self.alone = self
+            .taken
+            .iter()
+            .filter(|t| several && t.supporters.len() == 1)
+            .count() as u64;
     }
 }
 
