@@ -111,8 +111,9 @@ pub struct RegroupReport {
     #[serde(default)]
     pub max_reach: Option<f64>,
     /// Holders that did not support, by their keyed check, the first replica taken from their
-    /// holding (or gave no check): each is fetched from next. Honest holders of one replica
-    /// support it, so this counts liars, and checks lost or refused.
+    /// holding (or gave no check). Honest holders of one replica support it, so this counts
+    /// liars, and checks lost or refused; where the first replica's supporters are no majority
+    /// of the holding, these are fetched from next.
     #[serde(default)]
     pub unsupported: u64,
     /// Replicas of a holding of several that counted for their server alone: no fellow holder's
@@ -120,8 +121,9 @@ pub struct RegroupReport {
     /// (and, if any, honest ones whose fellow holders' checks were lost).
     #[serde(default)]
     pub alone: u64,
-    /// Replicas taken and then set aside because a majority of their holding supported
-    /// another, which then counted for every holder (the liar's among them).
+    /// Replicas taken and then set aside: a majority of their holding supported another, which
+    /// then counted for every holder (the liar's among them), or gave its checks against them.
+    /// Not in `fetched`, nor in `max_off` and `max_reach`.
     #[serde(default)]
     pub outvoted: u64,
     /// The farthest a holder's keyed check read from a replica it supported (relative): how

@@ -584,12 +584,20 @@ async fn fetch_held_replica(
     let mut checks: Vec<Option<DriftSketch>> = vec![None; held.len()];
     let mut outcome = HeldReplica::default();
     let mut failures = Vec::new();
-    // One server at a time until a replica is taken: the rest are fetched only where their
-    // holders do not support it.
+    // Holders counted with a replica taken (its server and its supporters); the others vote on
+    // every replica taken later, whether or not their own replica came.
+    let mut placed = vec![false; held.len()];
+    // One server at a time until a replica is taken, each given half the time left (a server
+    // that holds its replica back until the deadline leaves the next one time): the rest are
+    // fetched only where their holders do not support it.
     let mut took = Duration::ZERO;
     while let Some(server) = (!undecided.is_empty()).then(|| undecided.remove(0)) {
         let asked_at = Instant::now();
-        let replica = fetch(server, by).fuse();
+        let replica = fetch(
+            server,
+            asked_at + by.saturating_duration_since(asked_at) / 2,
+        )
+        .fuse();
         futures::pin_mut!(replica);
         let (_, replica) = loop {
             futures::select! {
@@ -603,7 +611,12 @@ async fn fetch_held_replica(
             checks[i] = check;
         }
         if let Some(theta) = take(&mut outcome, &mut failures, held, server, replica, own) {
-            let supporters = outcome.support(theta, held, server, &mut undecided, &keys, &checks);
+            let voting = Voting {
+                held,
+                keys: &keys,
+                checks: &checks,
+            };
+            let supporters = outcome.support(theta, &voting, server, &mut placed);
             outcome.unsupported = (held.len() - supporters) as u64;
             break;
         }
@@ -612,15 +625,22 @@ async fn fetch_held_replica(
     // the holding: their own replicas, one at a time (one that the next supports is all that is
     // fetched), each given twice as long as the first took (a holder that serves slowly is left
     // out, not waited for until the deadline). A replica that a majority of the holding
-    // supports counts for every holder; short of one, each counts for its supporters.
+    // supports counts for every holder; short of one, each counts for its supporters, unless a
+    // majority's checks speak against it.
     while !outcome.majority(held.len()) && !outcome.taken.is_empty() {
+        undecided.retain(|&i| !placed[i]);
         let Some(server) = (!undecided.is_empty()).then(|| undecided.remove(0)) else {
             break;
         };
         let until = by.min(Instant::now() + (took * 2).max(CHECK_GRACE));
         let (_, replica) = fetch(server, until).await;
         if let Some(theta) = take(&mut outcome, &mut failures, held, server, replica, own) {
-            outcome.support(theta, held, server, &mut undecided, &keys, &checks);
+            let voting = Voting {
+                held,
+                keys: &keys,
+                checks: &checks,
+            };
+            outcome.support(theta, &voting, server, &mut placed);
         }
     }
     outcome.settle(held);
@@ -751,32 +771,47 @@ struct HeldReplica {
     max_check: Option<f64>,
 }
 
+/// What the holders of one replica said: their checks, under the keys they were asked with.
+struct Voting<'a> {
+    held: &'a [(PeerId, DriftSketch)],
+    keys: &'a [u64],
+    checks: &'a [Option<DriftSketch>],
+}
+
 impl HeldReplica {
-    /// Takes `theta` (with how it fit) for `server` and every holder still `undecided` whose
-    /// check supports it ([`supports`]); those leave `undecided`. Returns how many it counts for.
+    /// Takes `theta` (with how it fit) for `server` and every holder not yet `placed` whose check
+    /// supports it ([`supports`]); those are placed now. Returns how many it counts for.
     fn support(
         &mut self,
         (theta, fit): (Vec<f32>, Fit),
-        held: &[(PeerId, DriftSketch)],
+        voting: &Voting<'_>,
         server: usize,
-        undecided: &mut Vec<usize>,
-        keys: &[u64],
-        checks: &[Option<DriftSketch>],
+        placed: &mut [bool],
     ) -> usize {
+        let Voting { held, keys, checks } = *voting;
+        placed[server] = true;
         let mut supporters = vec![held[server].0];
-        undecided.retain(|&i| match supports(&theta, keys[i], checks[i].as_ref()) {
-            Some(d) => {
-                supporters.push(held[i].0);
-                self.max_check = Some(self.max_check.map_or(d, |m| m.max(d)));
-                false
+        let mut against = 0;
+        for i in 0..held.len() {
+            if i == server {
+                continue;
             }
-            None => true,
-        });
+            match (supports(&theta, keys[i], checks[i].as_ref()), &checks[i]) {
+                (Some(d), _) if !placed[i] => {
+                    placed[i] = true;
+                    supporters.push(held[i].0);
+                    self.max_check = Some(self.max_check.map_or(d, |m| m.max(d)));
+                }
+                (None, Some(_)) => against += 1,
+                _ => {}
+            }
+        }
         let counted = supporters.len();
         self.taken.push(Taken {
             theta,
             fit,
             supporters,
+            against,
         });
         counted
     }
@@ -792,19 +827,22 @@ impl HeldReplica {
     /// fellow member of the old group that counts a liar's share as its own replica (it never
     /// fetches it) then computes the same mean as those that fetched. Short of a majority, each
     /// counts for its supporters (`alone`: a replica of a holding of several that counts for
-    /// its server only).
+    /// its server only), but one whose checks a majority of the holding gave against it is set
+    /// aside too: a liar asked first that serves late, leaving the honest holders no time,
+    /// leaves its holding out rather than counted by its own replica.
     fn settle(&mut self, held: &[(PeerId, DriftSketch)]) {
-        if let Some(at) = self
-            .taken
-            .iter()
-            .position(|t| 2 * t.supporters.len() > held.len())
-        {
+        let n = held.len();
+        if let Some(at) = self.taken.iter().position(|t| 2 * t.supporters.len() > n) {
             let mut chosen = self.taken.swap_remove(at);
             self.outvoted = self.taken.len() as u64;
             chosen.supporters = held.iter().map(|(p, _)| *p).collect();
             self.taken = vec![chosen];
+        } else {
+            let before = self.taken.len();
+            self.taken.retain(|t| 2 * t.against <= n);
+            self.outvoted = (before - self.taken.len()) as u64;
         }
-        let several = held.len() > 1;
+        let several = n > 1;
         self.alone = self
             .taken
             .iter()
@@ -820,6 +858,8 @@ struct Taken {
     fit: Fit,
     /// Its server and the holders whose checks support it: it counts once for each.
     supporters: Vec<PeerId>,
+    /// Holders whose checks came and do not support it.
+    against: usize,
 }
 
 #[cfg(test)]
@@ -1007,6 +1047,81 @@ mod tests {
         }
         // No check, no support.
         assert_eq!(supports(&served, 3, None), None);
+    }
+
+    /// How a holding of liar L and honest H1, H2 (and of two, L and H) is decided from the
+    /// replicas taken and the holders' checks: the honest majority's replica counts for all,
+    /// whatever the order they came in; a liar's that a majority speaks against is set aside;
+    /// a holder whose own replica never came still votes.
+    #[test]
+    fn a_holding_counts_its_majoritys_replica_for_every_holder() {
+        let n = 4096;
+        let honest = weights(n, 8, 0.1);
+        let mut hidden = weights(n, 9, 1.0);
+        drift::unseen_by_sketch(&mut hidden);
+        let size = 0.25 * gradswarm_core::aggregate::l2_norm(&honest) as f32
+            / gradswarm_core::aggregate::l2_norm(&hidden) as f32;
+        let liar: Vec<f32> = honest
+            .iter()
+            .zip(&hidden)
+            .map(|(h, v)| h + size * v)
+            .collect();
+        let fit = Fit {
+            off: 0.0,
+            reach: 0.0,
+        };
+        let ids: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let held: Vec<(PeerId, DriftSketch)> =
+            ids.iter().map(|&p| (p, DriftSketch::of(&honest))).collect();
+        let keys = [11, 12, 13];
+        // Holder 0 is the liar: its check is of its own replica; 1 and 2 check the honest one.
+        let checks: Vec<Option<DriftSketch>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| Some(DriftSketch::keyed(if i == 0 { &liar } else { &honest }, k)))
+            .collect();
+        let voting = Voting {
+            held: &held,
+            keys: &keys,
+            checks: &checks,
+        };
+        let decide = |order: &[(usize, &Vec<f32>)], voting: &Voting<'_>| {
+            let mut outcome = HeldReplica::default();
+            let mut placed = vec![false; voting.held.len()];
+            for &(server, theta) in order {
+                if !placed[server] && !outcome.majority(voting.held.len()) {
+                    outcome.support((theta.clone(), fit), voting, server, &mut placed);
+                }
+            }
+            outcome.settle(voting.held);
+            outcome
+        };
+        let counted = |o: &HeldReplica| -> Vec<(bool, usize)> {
+            o.taken
+                .iter()
+                .map(|t| (t.theta == honest, t.supporters.len()))
+                .collect()
+        };
+        // The liar served first: its replica outvoted, the honest one counted for all three.
+        let o = decide(&[(0, &liar), (1, &honest)], &voting);
+        assert_eq!((counted(&o), o.outvoted, o.alone), (vec![(true, 3)], 1, 0));
+        // An honest holder first: a majority at once.
+        let o = decide(&[(1, &honest)], &voting);
+        assert_eq!((counted(&o), o.outvoted), (vec![(true, 3)], 0));
+        // The liar served, and nobody after it in time: two checks against it, set aside.
+        let o = decide(&[(0, &liar)], &voting);
+        assert_eq!((counted(&o), o.outvoted), (vec![], 1));
+        // Holder 1's replica never came (it is not in the order): it still supports holder 2's.
+        let o = decide(&[(0, &liar), (2, &honest)], &voting);
+        assert_eq!(counted(&o), vec![(true, 3)]);
+        // A holding of two, the liar and one honest holder: no majority, each counts once.
+        let two = Voting {
+            held: &held[..2],
+            keys: &keys[..2],
+            checks: &checks[..2],
+        };
+        let o = decide(&[(0, &liar), (1, &honest)], &two);
+        assert_eq!((counted(&o), o.alone), (vec![(false, 1), (true, 1)], 2));
     }
 
     #[test]
