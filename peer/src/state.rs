@@ -405,6 +405,15 @@ pub(crate) struct Fingerprint {
     pub(crate) applied: u64,
 }
 
+/// `peer`'s answer to one small `request`: one try, at most [`FINGERPRINT_TIMEOUT`].
+async fn ask_once(net: &NetHandle, peer: PeerId, request: Request) -> Result<Response, PeerError> {
+    let request = net.request(peer, request);
+    within(FINGERPRINT_TIMEOUT, peer, async {
+        request.await.map_err(PeerError::from)
+    })
+    .await
+}
+
 /// Asks `peer` for the fingerprint of its θ at the start of `round`; one request, no retry, at
 /// most [`FINGERPRINT_TIMEOUT`].
 pub(crate) async fn fetch_fingerprint(
@@ -414,19 +423,12 @@ pub(crate) async fn fetch_fingerprint(
     model_hash: ModelHash,
     round: u64,
 ) -> Result<Fingerprint, PeerError> {
-    let request = net.request(
-        peer,
-        Request::Fingerprint {
-            run_id: run_id.to_string(),
-            model_hash,
-            round,
-        },
-    );
-    let response = within(FINGERPRINT_TIMEOUT, peer, async {
-        request.await.map_err(PeerError::from)
-    })
-    .await?;
-    match response {
+    let request = Request::Fingerprint {
+        run_id: run_id.to_string(),
+        model_hash,
+        round,
+    };
+    match ask_once(net, peer, request).await? {
         Response::Fingerprint {
             round: got,
             checksum,
@@ -454,20 +456,13 @@ pub(crate) async fn fetch_check(
     round: u64,
     key: u64,
 ) -> Result<DriftSketch, PeerError> {
-    let request = net.request(
-        peer,
-        Request::Check {
-            run_id: run_id.to_string(),
-            model_hash,
-            round,
-            key,
-        },
-    );
-    let response = within(FINGERPRINT_TIMEOUT, peer, async {
-        request.await.map_err(PeerError::from)
-    })
-    .await?;
-    match response {
+    let request = Request::Check {
+        run_id: run_id.to_string(),
+        model_hash,
+        round,
+        key,
+    };
+    match ask_once(net, peer, request).await? {
         Response::Check { round: got, sketch }
             if got == round && !sketch.is_empty() && sketch.check_keyed().is_ok() =>
         {

@@ -918,16 +918,18 @@ mod tests {
             .collect()
     }
 
+    /// `base` plus [`weights`]`(base.len(), seed, scale)`: another replica near it.
+    fn nudged(base: &[f32], seed: u64, scale: f32) -> Vec<f32> {
+        let d = weights(base.len(), seed, scale);
+        base.iter().zip(d).map(|(b, d)| b + d).collect()
+    }
+
     #[test]
     fn a_replica_is_taken_only_within_its_holders_fingerprints_and_reach() {
         let n = 4096;
         let held = weights(n, 1, 0.1);
         // This peer's own replica: another old group's, 30 % of ‖θ‖ away.
-        let own: Vec<f32> = held
-            .iter()
-            .zip(weights(n, 2, 0.03))
-            .map(|(h, d)| h + d)
-            .collect();
+        let own = nudged(&held, 2, 0.03);
         let holder = DriftSketch::of(&held);
         let holders = [&holder];
         // The holder's replica as it travels (6-bit levels) is taken.
@@ -1007,18 +1009,10 @@ mod tests {
         let n = 20_000;
         let held = weights(n, 4, 0.1);
         // A fellow member of the old group: the same replica but for a few updates (0.4 %).
-        let fellow: Vec<f32> = held
-            .iter()
-            .zip(weights(n, 5, 0.0004))
-            .map(|(h, d)| h + d)
-            .collect();
+        let fellow = nudged(&held, 5, 0.0004);
         let (liar_print, fellow_print) = (DriftSketch::of(&held), DriftSketch::of(&fellow));
         assert!(one_replica(&liar_print, &fellow_print));
-        let own: Vec<f32> = held
-            .iter()
-            .zip(weights(n, 6, 0.03))
-            .map(|(h, d)| h + d)
-            .collect();
+        let own = nudged(&held, 6, 0.03);
         let rounded = |theta: &[f32]| {
             decode_replica(&encode_replica(theta, 9).expect("encodes"), n).expect("decodes")
         };
