@@ -285,7 +285,7 @@ fn l2_distance(x: &[f32], v: &[f64]) -> f64 {
 }
 
 /// Validates one update before it counts: the right length and finite values. (How large an
-/// update may be is a question about the round it is in, see [`NormScreen`].)
+/// update may be is a question about the round it is in, see [`crate::NormScreen`].)
 #[derive(Clone, Debug)]
 pub struct UpdateValidator {
     len: usize,
@@ -316,54 +316,6 @@ pub fn l2_norm(values: &[f32]) -> f64 {
         .map(|&v| f64::from(v) * f64::from(v))
         .sum::<f64>()
         .sqrt()
-}
-
-/// Screens a round's updates by norm before any rule aggregates them: an update far above the
-/// round's median norm is dropped, and the rest are scaled down to a few times that median, so
-/// that no single update moves θ much further than an honest one, whatever it claims.
-///
-/// It looks at the round's set of updates only, never at the order they came in: every replica
-/// that holds the same set screens it the same way (a per-receiver history of norms would not,
-/// and replicas would part). The median is the lower one, so with up to a quarter of the updates
-/// hostile it is an honest norm from the first round on.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NormScreen {
-    /// Updates with a norm above this many times the round's median are dropped (`NormOutlier`).
-    pub max_ratio: f64,
-    /// The others are scaled down to at most this many times the median.
-    pub clip_ratio: f64,
-}
-
-impl Default for NormScreen {
-    fn default() -> Self {
-        Self {
-            max_ratio: 10.0,
-            clip_ratio: 2.0,
-        }
-    }
-}
-
-impl NormScreen {
-    /// For each of a round's update norms: `None` to drop it, or the factor (≤ 1) to scale it by.
-    pub fn screen(&self, norms: &[f64]) -> Vec<Option<f32>> {
-        let mut sorted: Vec<f64> = norms.iter().copied().filter(|n| n.is_finite()).collect();
-        sorted.sort_unstable_by(f64::total_cmp);
-        let Some(&median) = sorted.get(sorted.len().saturating_sub(1) / 2) else {
-            return vec![None; norms.len()];
-        };
-        norms
-            .iter()
-            .map(|&n| {
-                if !n.is_finite() || n > self.max_ratio * median {
-                    None
-                } else if n > self.clip_ratio * median && n > 0.0 {
-                    Some((self.clip_ratio * median / n) as f32)
-                } else {
-                    Some(1.0)
-                }
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -452,22 +404,5 @@ mod tests {
         assert_eq!(v.validate(3, &[1.0, 1.0]), Err(DropReason::WrongShape));
         assert_eq!(v.validate(2, &[f32::NAN, 1.0]), Err(DropReason::NonFinite));
         assert_eq!(v.validate(2, &[3.0, 4.0]), Ok(5.0));
-    }
-
-    #[test]
-    fn the_screen_drops_far_outliers_and_clips_the_rest_from_the_first_round() {
-        let screen = NormScreen::default();
-        // Three honest norms and one 100× liar: the liar is dropped, the honest pass unscaled.
-        assert_eq!(
-            screen.screen(&[1.0, 1.2, 0.9, 100.0]),
-            vec![Some(1.0), Some(1.0), Some(1.0), None]
-        );
-        // Two updates only (the liar's and ours): the lower median is the honest one.
-        assert_eq!(screen.screen(&[1.0, 100.0]), vec![Some(1.0), None]);
-        // 4× the median: kept, scaled to 2× the median.
-        assert_eq!(screen.screen(&[1.0, 1.0, 1.0, 4.0])[3], Some(0.5));
-        // A free rider's zero norm is the lowest, not the median, while it is a minority.
-        assert_eq!(screen.screen(&[0.0, 1.0, 1.0, 1.0]), vec![Some(1.0); 4]);
-        assert_eq!(screen.screen(&[]), Vec::<Option<f32>>::new());
     }
 }

@@ -8,6 +8,7 @@
 //! - [`wire`]: the [`Update`] message and its hostile-input-safe decoder.
 //! - [`staleness`]: staleness weights, the τ_max cut-off and drop counters.
 //! - [`aggregate`]: weighted mean, trimmed mean, centered clipping, and update validation.
+//! - [`screen`]: the norm and direction screens a round's updates pass before any rule.
 //! - [`outer`]: the outer optimizer (SGD, DiLoCo-style Nesterov) over flat parameter vectors.
 //! - [`shard`]: rendezvous hashing of data chunks over live peers.
 //! - [`synthetic`]: seeded gradient-like vectors for tests and benchmarks.
@@ -24,6 +25,7 @@ mod error;
 pub mod gossip;
 pub mod outer;
 pub mod round;
+pub mod screen;
 pub mod shard;
 pub mod staleness;
 pub mod synthetic;
@@ -32,8 +34,8 @@ pub mod view;
 pub mod wire;
 
 pub use aggregate::{
-    AggregateError, AggregationRule, Aggregator, ClippedMean, NormScreen, UpdateValidator,
-    Weighted, median_clipped_mean,
+    AggregateError, AggregationRule, Aggregator, ClippedMean, UpdateValidator, Weighted,
+    median_clipped_mean,
 };
 pub use codec::{
     Codec, CodecDescriptor, Compress, CpuCodec, DecodedUpdate, ErrorFeedback, Quantize, RngKey,
@@ -43,6 +45,7 @@ pub use drift::DriftSketch;
 pub use error::{DecodeError, EncodeError};
 pub use outer::{OuterConfig, OuterOptimizer};
 pub use round::{Accepted, Closed, Correction, RoundBook};
+pub use screen::{DirectionScreen, NormScreen, Screened, screen_round};
 pub use shard::ShardKey;
 pub use staleness::{DropCounts, DropReason, StalenessPolicy};
 pub use topology::{

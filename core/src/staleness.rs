@@ -86,11 +86,14 @@ pub enum DropReason {
     NotAllowed,
     /// Under group averaging, from a peer outside the receiver's group for that round.
     NotPartner,
+    /// It does not point the way the round's other updates point (a sign-flipped update, say):
+    /// dropped by the direction screen ([`crate::DirectionScreen`]).
+    Unaligned,
 }
 
 impl DropReason {
     /// Every reason, in report order.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         Self::TooStale,
         Self::FromFuture,
         Self::ForeignRun,
@@ -108,6 +111,7 @@ impl DropReason {
         Self::Equivocation,
         Self::NotAllowed,
         Self::NotPartner,
+        Self::Unaligned,
     ];
 
     /// A short stable name for reports and metrics.
@@ -130,6 +134,7 @@ impl DropReason {
             Self::Equivocation => "equivocation",
             Self::NotAllowed => "not_allowed",
             Self::NotPartner => "not_partner",
+            Self::Unaligned => "unaligned",
         }
     }
 }

@@ -243,6 +243,14 @@ pub const REPLICA_CODEC: CodecDescriptor = CodecDescriptor {
 /// replica lands about 4 % of ‖θ‖ from the θ it encodes (1 % at int8), once per grouping.
 pub const REPLICA_HEADROOM: u8 = 2;
 
+/// How far (exact, relative to the norm of the replicas' coordinate-wise median) a replica may lie
+/// from that median before it is clipped to this distance in a new group's mean
+/// ([`crate::median_clipped_mean`]). Honest old groups' replicas lay at most 0.59 and 0.77 from
+/// each other in the harness's benches, so they are averaged as they are; a liar's replica
+/// anywhere within reach moves its group by at most a quarter of ‖θ‖ (a group of 4) past the
+/// median, where by the plain mean it moved it by up to half.
+pub const REPLICA_CLIP: f64 = 1.0;
+
 /// Encodes a replica θ of `round` for its group ([`REPLICA_CODEC`]). The rounding is stochastic
 /// but keyed by the round alone, so one θ always encodes to the same bytes: every member of a
 /// group, its own replica included, averages the same decoded values, and the members end on

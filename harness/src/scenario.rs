@@ -146,6 +146,10 @@ pub struct Scenario {
     /// `{ rule = "centered_clip", iterations = 3 }`.
     #[serde(default)]
     pub aggregation: Option<gradswarm_core::AggregationRule>,
+    /// Whether each peer drops a round's updates that point against the others' (default: the
+    /// peer's, on); `false` to measure what the screen buys.
+    #[serde(default)]
+    pub direction_screen: Option<bool>,
     /// Who averages with whom (default: broadcast, every peer with every other), e.g.
     /// `{ groups = { size = 4, every = 20 } }`.
     #[serde(default)]
@@ -353,6 +357,9 @@ impl Scenario {
         }
         if let Some(rule) = self.aggregation {
             c.aggregation = rule;
+        }
+        if self.direction_screen == Some(false) {
+            c.direction_screen = None;
         }
         c.averaging = self.averaging;
         if let Some(decay) = self.feedback_decay {

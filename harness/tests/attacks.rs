@@ -162,8 +162,10 @@ impl Attacked {
 }
 
 #[test]
-fn sign_flipped_updates_do_not_stop_training() {
-    attacked("attack-sign-flip", Attack::SignFlip).honest_trained_and_agree();
+fn sign_flipped_updates_are_dropped_by_the_direction_screen() {
+    attacked("attack-sign-flip", Attack::SignFlip)
+        .honest_trained_and_agree()
+        .attacker_dropped_for(&[DropReason::Unaligned], 2);
 }
 
 #[test]

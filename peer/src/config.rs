@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use gradswarm_core::{
-    AggregationRule, AveragingConfig, CodecDescriptor, NormScreen, OuterConfig, StalenessPolicy,
-    WireLimits,
+    AggregationRule, AveragingConfig, CodecDescriptor, DirectionScreen, NormScreen, OuterConfig,
+    StalenessPolicy, WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +108,8 @@ pub struct PeerConfig {
     pub eval_batches: usize,
     /// How a round's updates are screened by norm before they are aggregated.
     pub norm_screen: NormScreen,
+    /// How they are screened by direction after that (`None`: not at all, for comparisons).
+    pub direction_screen: Option<DirectionScreen>,
     /// Experiments only: stretch each round's compute by this factor (1: none), to play a slow peer.
     pub slowdown: f64,
     /// The share of the time this peer trains, in (0, 1]: after computing for `c` seconds it rests
@@ -171,6 +173,7 @@ impl PeerConfig {
             eval_every: 0,
             eval_batches: 4,
             norm_screen: NormScreen::default(),
+            direction_screen: Some(DirectionScreen::default()),
             slowdown: 1.0,
             duty_cycle: 1.0,
             // Last-bit differences of updates applied in another order read as ~1e-7; one missed

@@ -18,11 +18,12 @@ use std::sync::Arc;
 
 use gradswarm_core::codec::decode_payload;
 use gradswarm_core::synthetic::SplitMix;
-use gradswarm_core::topology::{decode_replica, encode_replica};
+use gradswarm_core::topology::{REPLICA_CLIP, decode_replica, encode_replica};
 use gradswarm_core::wire::params_checksum;
 use gradswarm_core::{
-    AggregationRule, CodecDescriptor, CpuCodec, DecodedUpdate, ErrorFeedback, Groups, OuterConfig,
-    OuterOptimizer, RngKey, RoundBook, StalenessPolicy, Weighted,
+    AggregationRule, CodecDescriptor, CpuCodec, DecodedUpdate, DirectionScreen, ErrorFeedback,
+    Groups, NormScreen, OuterConfig, OuterOptimizer, RngKey, RoundBook, StalenessPolicy,
+    median_clipped_mean, screen_round,
 };
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +112,9 @@ pub struct SimConfig {
     pub feedback_decay: f32,
     /// The aggregation rule, per group.
     pub rule: AggregationRule,
+    /// The direction screen before it, as the peers run it (`None`: off, for comparisons).
+    #[serde(default = "default_screen")]
+    pub direction_screen: Option<DirectionScreen>,
     /// A round closes `deadline_factor` × the group's median compute after its median member was
     /// ready, with whatever updates are in.
     pub deadline_factor: f64,
@@ -146,6 +150,7 @@ impl Default for SimConfig {
             codec: CodecDescriptor::top_k_int8_zstd(10_000),
             feedback_decay: 1.0,
             rule: AggregationRule::WeightedMean,
+            direction_screen: default_screen(),
             deadline_factor: 1.5,
             links: LinkModel::default(),
             churn: 0.0,
@@ -155,6 +160,11 @@ impl Default for SimConfig {
             seed: 1,
         }
     }
+}
+
+/// The peers' default direction screen.
+fn default_screen() -> Option<DirectionScreen> {
+    Some(DirectionScreen::default())
 }
 
 /// CHOCO's γ: 0.05 mixed best of 0.001–0.2 at top-1 % (bench/README.md).
@@ -438,9 +448,10 @@ fn group_round(
     Ok(computed.iter().map(|c| c.bytes as f64).sum::<f64>() / peers.len() as f64)
 }
 
-/// A new group's members average their parameters exactly (reduce-scatter then all-gather of
-/// each member's θ, encoded as the peers encode a replica, `topology::encode_replica`: about
-/// twice the encoded θ up and down per member), so that the group's replicas start equal.
+/// A new group's members average their parameters (reduce-scatter then all-gather of each
+/// member's θ, encoded as the peers encode a replica, `topology::encode_replica`: about twice
+/// the encoded θ up and down per member; each clipped around the replicas' median as the peers
+/// clip them), so that the group's replicas start equal.
 fn average_parameters(
     config: &SimConfig,
     peers: &mut [Peer],
@@ -459,17 +470,15 @@ fn average_parameters(
     {
         return Ok(());
     }
-    let mut mean = vec![0.0f32; config.dim];
+    let mut replicas = Vec::with_capacity(g);
     let mut start: f64 = 0.0;
     let mut moved: f64 = 0.0;
     let codec_error = |reason: String| SimError::Codec { round, reason };
     for &i in group {
         let p = &peers[i];
         let payload = encode_replica(&p.theta, round).map_err(|e| codec_error(e.to_string()))?;
-        let theta = decode_replica(&payload, config.dim).map_err(|e| codec_error(e.to_string()))?;
-        for (m, v) in mean.iter_mut().zip(theta) {
-            *m += v / g as f32;
-        }
+        replicas
+            .push(decode_replica(&payload, config.dim).map_err(|e| codec_error(e.to_string()))?);
         let share = 2.0 * payload.len() as f64 * (g - 1) as f64 / g as f64;
         stats.bytes_up += share;
         stats.bytes_down += share;
@@ -478,6 +487,12 @@ fn average_parameters(
         let m = &p.machine;
         moved = moved.max(share / m.up_bps + share / m.down_bps + 2.0 * m.latency_s);
     }
+    // Clipped around the replicas' median as the peers clip them: a replica that climbed the
+    // objective (a group whose liars outvoted it) moves the new group by a bounded share.
+    let refs: Vec<&[f32]> = replicas.iter().map(Vec::as_slice).collect();
+    let mean = median_clipped_mean(&refs, REPLICA_CLIP)
+        .map_err(|e| codec_error(e.to_string()))?
+        .mean;
     for &i in group {
         peers[i].theta.copy_from_slice(&mean);
         peers[i].clock = start + moved;
@@ -613,8 +628,9 @@ fn compute_one(
     })
 }
 
-/// The group's aggregate of the updates that made the deadline, through a round book and the
-/// configured rule (None when the rule refuses them).
+/// The group's aggregate of the updates that made the deadline, through a round book, the norm
+/// and direction screens as the peers run them, and the configured rule (None when nothing is
+/// left).
 fn aggregate(
     config: &SimConfig,
     policy: StalenessPolicy,
@@ -637,26 +653,16 @@ fn aggregate(
         );
     }
     let closed = book.close();
-    let dense: Vec<(f32, Vec<f32>)> = closed
-        .accepted
-        .iter()
-        .map(|a| {
-            let mut v = vec![0.0f32; config.dim];
-            a.payload.add_to(1.0, &mut v);
-            (a.weight as f32, v)
-        })
-        .collect();
-    if dense.is_empty() {
+    let screened = screen_round(
+        &closed.accepted,
+        config.dim,
+        &NormScreen::default(),
+        config.direction_screen.as_ref(),
+    );
+    if screened.kept.is_empty() {
         return None;
     }
-    let inputs: Vec<Weighted<'_>> = dense
-        .iter()
-        .map(|(w, v)| Weighted {
-            weight: *w,
-            values: v,
-        })
-        .collect();
-    config.rule.build().aggregate(&inputs).ok()
+    config.rule.build().aggregate(&screened.inputs()).ok()
 }
 
 /// The honest replicas' mean relative loss, and their spread around their mean.

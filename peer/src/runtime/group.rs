@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use gradswarm_core::topology::{decode_replica, encode_replica};
+use gradswarm_core::topology::{REPLICA_CLIP, decode_replica, encode_replica};
 use gradswarm_core::{DriftSketch, EncodeError, drift, median_clipped_mean};
 use gradswarm_net::{NetError, NetHandle, PeerId};
 use tracing::{debug, info, warn};
@@ -44,14 +44,6 @@ const REPLICA_NORM_TOLERANCE: f64 = 0.02;
 /// (`RegroupReport::max_reach`, bench/README.md). A replica farther is refused, so whatever a
 /// partner serves moves its group's mean by a bounded share of ‖θ‖, never by an arbitrary vector.
 const REPLICA_REACH: f64 = 2.0;
-
-/// How far (exact, relative to the norm of the replicas' coordinate-wise median) a replica may lie
-/// from that median before it is clipped to this distance in the group's mean
-/// ([`gradswarm_core::median_clipped_mean`]). Honest old groups' replicas lay at most 0.59 and
-/// 0.77 from each other (see [`REPLICA_REACH`]), so they are averaged as they are; a liar's
-/// replica anywhere within reach moves its group by at most a quarter of ‖θ‖ (a group of 4)
-/// past the median, where by the plain mean it moved it by up to half.
-const REPLICA_CLIP: f64 = 1.0;
 
 /// How close (relative, on the drift sketch) two members' replicas must lie to count as one old
 /// group's, fetched once: members of one group differ by the few updates some took late, far

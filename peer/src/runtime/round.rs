@@ -5,10 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gradswarm_core::aggregate::l2_norm;
 use gradswarm_core::wire::params_checksum;
 use gradswarm_core::{
-    Accepted, Correction, DecodedUpdate, DropReason, RngKey, ShardKey, Update, Weighted,
+    Accepted, Correction, DecodedUpdate, DropReason, RngKey, ShardKey, Update, screen_round,
 };
 use gradswarm_model::ModelError;
 use gradswarm_net::PeerId;
@@ -18,6 +17,9 @@ use web_time::Instant;
 use super::Peer;
 use crate::error::PeerError;
 use crate::report::RoundReport;
+
+/// An update a screen dropped: its sender's peer id bytes, and why.
+type Dropped = (Vec<u8>, DropReason);
 
 impl Peer {
     /// When a round's collection ends: `deadline_factor` median compute times after `publish`, within `min_wait`..`max_wait`.
@@ -88,37 +90,28 @@ impl Peer {
     }
 
     /// The aggregate of a round's updates (None for an empty round, or the rule refusing it), and
-    /// the peers whose updates the norm screen dropped from it.
+    /// the peers whose updates the screens dropped from it, with why: the norm screen first, then
+    /// the direction screen over what the norm screen kept, scaled as it counts.
     pub(super) fn aggregate(
         &mut self,
         round: u64,
         entries: &[Accepted<Arc<DecodedUpdate>>],
-    ) -> (Option<Vec<f32>>, Vec<Vec<u8>>) {
-        let norms: Vec<f64> = entries.iter().map(|a| l2_norm(&a.payload.values)).collect();
-        let scales = self.config.norm_screen.screen(&norms);
-        let n = self.trainer.num_params();
-        let mut dropped = Vec::new();
-        let mut kept = Vec::new();
-        for (a, scale) in entries.iter().zip(scales) {
-            let Some(scale) = scale else {
-                dropped.push(a.peer.clone());
-                continue;
-            };
-            let mut v = vec![0.0f32; n];
-            a.payload.add_to(scale, &mut v);
-            kept.push((a.weight as f32, v));
-        }
-        if kept.is_empty() {
+    ) -> (Option<Vec<f32>>, Vec<Dropped>) {
+        let screened = screen_round(
+            entries,
+            self.trainer.num_params(),
+            &self.config.norm_screen,
+            self.config.direction_screen.as_ref(),
+        );
+        let dropped = screened
+            .dropped
+            .iter()
+            .filter_map(|&(i, reason)| Some((entries.get(i)?.peer.clone(), reason)))
+            .collect();
+        if screened.kept.is_empty() {
             return (None, dropped);
         }
-        let inputs: Vec<Weighted<'_>> = kept
-            .iter()
-            .map(|(weight, v)| Weighted {
-                weight: *weight,
-                values: v,
-            })
-            .collect();
-        match self.aggregator.aggregate(&inputs) {
+        match self.aggregator.aggregate(&screened.inputs()) {
             Ok(aggregate) => (Some(aggregate), dropped),
             Err(e) => {
                 warn!("round {round}: no aggregate ({e})");
@@ -128,22 +121,20 @@ impl Peer {
     }
 
     /// Counts the updates of a round that count (in the report and in whose counted), and the
-    /// ones the norm screen `dropped` as drops.
+    /// ones the screens `dropped` as drops.
     fn count_all<'a>(
         &mut self,
         entries: impl IntoIterator<Item = &'a Accepted<Arc<DecodedUpdate>>>,
-        dropped: &[Vec<u8>],
+        dropped: &[Dropped],
         report: &mut RoundReport,
     ) {
         for accepted in entries {
-            if dropped.contains(&accepted.peer) {
-                debug!(
-                    "round {}: an update dropped as a norm outlier",
-                    accepted.round
-                );
-                self.record_drop(DropReason::NormOutlier);
-            } else {
-                self.count_from(accepted, report);
+            match dropped.iter().find(|(peer, _)| *peer == accepted.peer) {
+                Some(&(_, reason)) => {
+                    debug!("round {}: an update dropped: {reason}", accepted.round);
+                    self.record_drop(reason);
+                }
+                None => self.count_from(accepted, report),
             }
         }
     }

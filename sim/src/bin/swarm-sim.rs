@@ -99,6 +99,9 @@ struct Common {
     /// Trim this many values at each end per coordinate (0: the weighted mean).
     #[arg(long, default_value_t = 0)]
     trim: usize,
+    /// Aggregate without the direction screen (to measure what it buys).
+    #[arg(long)]
+    no_direction_screen: bool,
     /// Median uplink, Mbit/s.
     #[arg(long, default_value_t = 10.0)]
     uplink_mbit: f64,
@@ -146,6 +149,9 @@ impl Common {
         c.links.rtt_ms = self.rtt_ms;
         if self.trim > 0 {
             c.rule = AggregationRule::TrimmedMean { trim: self.trim };
+        }
+        if self.no_direction_screen {
+            c.direction_screen = None;
         }
         Ok(c)
     }
