@@ -118,23 +118,32 @@ impl NormScreen {
     }
 }
 
-/// Screens a round's updates by direction, after the norm screen: an update that does not point
-/// the way the round's other updates point (a cosine ≤ 0 to their weighted mean) is dropped
-/// (`Unaligned`).
+/// Screens a round's updates by direction, after the norm screen: an update that more than half
+/// of the round's other updates point against (a negative inner product) is dropped
+/// (`Unaligned`), and so is a zero update, which points nowhere. Pairs that share no coordinate
+/// (sparse updates) have an inner product of 0 and cast no vote.
 ///
 /// Why: the norm screen bounds how far an update moves θ, not where. A sign-flipped update at an
 /// honest norm passed it and cancelled an honest one (1.25× the rounds to the target with a
-/// quarter of eight peers flipping, bench/README.md "Adversity"). Honest updates of one round
-/// are computed on one θ and point alike: their cosine to the others' mean was 0.05–0.87 over
-/// the adversity run (falling as training goes on), a flipped one's −0.03 to −0.85.
+/// quarter of eight peers flipping, bench/README.md "Adversity"). Honest updates of one round are
+/// computed from one θ and point alike: over the adversity run every pair of honest updates had a
+/// positive cosine (0.06–0.19 early, 0.014–0.03 by round 36); a flipped one is the mirror.
 ///
-/// Two passes, so that hostile updates cannot steer the reference they are judged against:
-/// the first judges each update against the mean of all the others; the second judges every
-/// update again against the mean of those the first kept (itself left out). With at most a
-/// quarter of the updates hostile, the first pass keeps honest ones whose mean points the honest
-/// way, and the second is judged against that. A round with fewer than `min_updates` updates (4:
-/// with three, one of them flipped, each honest update's others cancel out), or whose first pass
-/// keeps none, is not screened.
+/// Why pairs, not a mean: each pair's verdict depends on that pair alone, so liars cannot turn
+/// honest updates against one another. Judged against the mean of the others, they could: sparse
+/// honest updates are nearly orthogonal, so their sum grows like √n while colluding liars add up,
+/// and two liars of eight at twice the median norm, pointing against the honest sum, made every
+/// honest update look opposed and only their own aligned (`colluders_cannot_get_honest_updates_
+/// dropped`). Here an honest update is dropped only where more than half of the others oppose
+/// it: the liars, at most a quarter, cannot do that while honest pairs agree. A liar is dropped
+/// where most of the others oppose it: a vector made to oppose the honest sum while agreeing
+/// with, or missing, enough honest updates still passes, bounded by the norm screen. Opposition
+/// is counted, not agreement, so that pairs without a shared coordinate, common where updates
+/// are very sparse, keep an update rather than drop it.
+///
+/// A round with fewer than `min_updates` updates is not screened (of two that disagree, which is
+/// wrong?), nor one where no update would be kept. Like the norm screen it sees the round's set
+/// only, so replicas holding the same updates keep the same ones.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DirectionScreen {
     /// Rounds with fewer updates than this are not screened.
@@ -143,7 +152,7 @@ pub struct DirectionScreen {
 
 impl Default for DirectionScreen {
     fn default() -> Self {
-        Self { min_updates: 4 }
+        Self { min_updates: 3 }
     }
 }
 
@@ -151,78 +160,36 @@ impl DirectionScreen {
     /// For each of a round's updates (finite, of one length, scaled as they will count):
     /// whether it is kept.
     pub fn screen(&self, inputs: &[Weighted<'_>]) -> Vec<bool> {
-        match self.passes(inputs) {
-            Passes::Kept(kept) => kept,
-            Passes::TooFew | Passes::NoneAligned => vec![true; inputs.len()],
-        }
-    }
-
-    /// The two passes, or why there were none.
-    fn passes(&self, inputs: &[Weighted<'_>]) -> Passes {
+        let n = inputs.len();
+        let all = vec![true; n];
         let len = inputs.first().map_or(0, |x| x.values.len());
-        if inputs.len() < self.min_updates.max(2) || inputs.iter().any(|x| x.values.len() != len) {
-            return Passes::TooFew;
+        if n < self.min_updates.max(3) || inputs.iter().any(|x| x.values.len() != len) {
+            return all;
         }
-        let first = aligned(inputs, &vec![true; inputs.len()]);
-        if !first.iter().any(|&k| k) {
-            return Passes::NoneAligned;
+        let mut opposed = vec![0usize; n];
+        for i in 0..n {
+            for j in i + 1..n {
+                if dot(inputs[i].values, inputs[j].values) < 0.0 {
+                    opposed[i] += 1;
+                    opposed[j] += 1;
+                }
+            }
         }
-        Passes::Kept(aligned(inputs, &first))
+        let kept: Vec<bool> = inputs
+            .iter()
+            .zip(&opposed)
+            .map(|(x, &o)| 2 * o < n && x.values.iter().any(|&v| v != 0.0))
+            .collect();
+        if kept.iter().any(|&k| k) { kept } else { all }
     }
 }
 
-/// What [`DirectionScreen::passes`] found.
-enum Passes {
-    /// Fewer updates than the screen needs (or of unequal lengths): nothing screened.
-    TooFew,
-    /// No update points the way of the others' mean.
-    NoneAligned,
-    /// Which updates the second pass kept.
-    Kept(Vec<bool>),
-}
-
-/// Whether each input has a positive cosine to the weighted sum of the `reference` inputs other
-/// than itself. An input that is the reference's only member is kept (its own first-pass
-/// judgement stands); a zero input points nowhere and is not kept.
-fn aligned(inputs: &[Weighted<'_>], reference: &[bool]) -> Vec<bool> {
-    let len = inputs.first().map_or(0, |x| x.values.len());
-    let mut sum = vec![0.0f64; len];
-    for (x, _) in inputs.iter().zip(reference).filter(|(_, r)| **r) {
-        let w = f64::from(x.weight);
-        sum.iter_mut()
-            .zip(x.values)
-            .for_each(|(s, &v)| *s += w * f64::from(v));
-    }
-    let sum_sq: f64 = sum.iter().map(|s| s * s).sum();
-    let members = reference.iter().filter(|&&r| r).count();
-    inputs
-        .iter()
-        .zip(reference)
-        .map(|(x, &in_reference)| {
-            let (dot, own_sq) =
-                x.values
-                    .iter()
-                    .zip(&sum)
-                    .fold((0.0f64, 0.0f64), |(d, o), (&v, &s)| {
-                        let v = f64::from(v);
-                        (d + v * s, o + v * v)
-                    });
-            if own_sq <= 0.0 {
-                return false;
-            }
-            if !in_reference {
-                return dot > 0.0;
-            }
-            if members == 1 {
-                return true;
-            }
-            // Leave itself out of the reference: ⟨x, S − w·x⟩ and ‖S − w·x‖².
-            let w = f64::from(x.weight);
-            let others_dot = dot - w * own_sq;
-            let others_sq = sum_sq - 2.0 * w * dot + w * w * own_sq;
-            others_dot > 0.0 && others_sq > 0.0
-        })
-        .collect()
+/// ⟨a, b⟩ in f64, summed in index order (the same at every replica).
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum()
 }
 
 #[cfg(test)]
@@ -275,7 +242,7 @@ mod tests {
         let screen = DirectionScreen::default();
         // Cosines between honest updates of about 0.06 (spread 4): late in a run, where the
         // adversity run's fell to 0.03–0.08.
-        for (n, flipped) in [(8, 2), (4, 1), (5, 1), (16, 4)] {
+        for (n, flipped) in [(8, 2), (3, 1), (4, 1), (5, 1), (16, 4)] {
             for seed in 0..20 {
                 let mut rng = SplitMix::new(seed);
                 let mut xs = honest(&mut rng, n, 4096, 4.0);
@@ -312,28 +279,55 @@ mod tests {
         let mut xs = honest(&mut rng, 4, 256, 1.0);
         xs[1] = vec![0.0; 256];
         assert_eq!(screen.screen(&weighted(&xs)), vec![true, false, true, true]);
-        // Three updates, one flipped: fewer than `min_updates`, all kept.
+        // Three updates, one flipped: the two that agree outvote it.
         let mut three = xs[..3].to_vec();
         three[1] = xs[0].iter().map(|v| -v).collect();
-        assert_eq!(screen.screen(&weighted(&three)), vec![true; 3]);
+        assert_eq!(screen.screen(&weighted(&three)), vec![true, false, true]);
+        // Two that disagree: fewer than `min_updates`, no telling which is wrong; both kept.
+        assert_eq!(screen.screen(&weighted(&three[..2])), vec![true; 2]);
         assert!(screen.screen(&[]).is_empty());
-        // A first pass that keeps nothing (all zero): not screened.
+        // No update kept (all zero): not screened.
         let zeros = vec![vec![0.0f32; 4]; 4];
         assert_eq!(screen.screen(&weighted(&zeros)), vec![true; 4]);
     }
 
     #[test]
-    fn weights_count_in_the_reference() {
-        // Three honest updates and one flipped with 1.5 times their weight: the flipped one is
-        // still the one that points against the others.
-        let mut rng = SplitMix::new(3);
-        let mut xs = honest(&mut rng, 4, 1024, 2.0);
-        xs[3].iter_mut().for_each(|v| *v = -*v);
-        let mut inputs = weighted(&xs);
-        inputs[3].weight = 1.5;
-        assert_eq!(
-            DirectionScreen::default().screen(&inputs),
-            vec![true, true, true, false]
-        );
+    fn colluders_cannot_get_honest_updates_dropped() {
+        // Six honest updates nearly orthogonal to one another (pairwise cosines ~0.03, as late in
+        // a run) and two colluding liars at twice their norm, half against the honest sum and
+        // half along a direction of their own. Judged against the mean of the others, every
+        // honest update looked opposed (the liars outweigh the honest sum) and only the liars
+        // aligned; pair by pair, the honest agree with one another whatever the liars send.
+        let screen = DirectionScreen::default();
+        let len = 4096;
+        for seed in 0..20 {
+            let mut rng = SplitMix::new(seed);
+            let mut xs = honest(&mut rng, 6, len, 5.7);
+            let sum: Vec<f64> = (0..len)
+                .map(|i| xs.iter().map(|x| f64::from(x[i])).sum())
+                .collect();
+            let sum_norm = sum.iter().map(|s| s * s).sum::<f64>().sqrt();
+            let along: Vec<f64> = sum.iter().map(|s| s / sum_norm).collect();
+            // A unit direction of their own, orthogonal to the honest sum.
+            let mut own: Vec<f64> = (0..len).map(|_| rng.normal()).collect();
+            let proj: f64 = own.iter().zip(&along).map(|(o, a)| o * a).sum();
+            own.iter_mut().zip(&along).for_each(|(o, a)| *o -= proj * a);
+            let own_norm = own.iter().map(|o| o * o).sum::<f64>().sqrt();
+            let norm = 2.0 * f64::from(l2(&xs[0]));
+            let liar: Vec<f32> = along
+                .iter()
+                .zip(&own)
+                .map(|(a, o)| (norm * (-0.5 * a + 0.866 * o / own_norm)) as f32)
+                .collect();
+            xs.push(liar.clone());
+            xs.push(liar);
+            let kept = screen.screen(&weighted(&xs));
+            let expected = [vec![true; 6], vec![false; 2]].concat();
+            assert_eq!(kept, expected, "seed {seed}");
+        }
+    }
+
+    fn l2(x: &[f32]) -> f32 {
+        x.iter().map(|v| v * v).sum::<f32>().sqrt()
     }
 }

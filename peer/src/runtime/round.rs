@@ -139,6 +139,20 @@ impl Peer {
         }
     }
 
+    /// Takes back what [`Peer::count_from`] counted for an update that no longer counts.
+    fn uncount(&mut self, accepted: &Accepted<Arc<DecodedUpdate>>) {
+        if accepted.peer != self.me.to_bytes() {
+            self.ledger.uncount(&accepted.peer, accepted.samples);
+            if let Some(n) = self
+                .summary
+                .counted_from
+                .get_mut(&peer_name(&accepted.peer))
+            {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
     /// Counts an accepted update in the round's report and in whose updates counted.
     pub(super) fn count_from(
         &mut self,
@@ -192,14 +206,36 @@ impl Peer {
         let mut moves = Vec::new();
         for correction in corrections {
             let (after, dropped) = self.aggregate(correction.round, &correction.after);
+            let (before, dropped_before) = self.aggregate(correction.round, &correction.before);
+            let verdict = |list: &[Dropped], peer: &[u8]| {
+                list.iter()
+                    .find(|(p, _)| p == peer)
+                    .map(|&(_, reason)| reason)
+            };
             self.count_all(correction.added(), &dropped, report);
-            for gone in correction.removed() {
-                self.ledger.uncount(&gone.peer, gone.samples);
-                if let Some(n) = self.summary.counted_from.get_mut(&peer_name(&gone.peer)) {
-                    *n = n.saturating_sub(1);
+            // The screens judge a round's whole set (its median norm, the others' directions),
+            // so a late update can change the verdict on one already in: it is counted again,
+            // so that every replica that ends with the same set counts the same updates.
+            for stayed in correction
+                .after
+                .iter()
+                .filter(|a| correction.before.iter().any(|b| b.peer == a.peer))
+            {
+                let then = verdict(&dropped_before, &stayed.peer);
+                match (then, verdict(&dropped, &stayed.peer)) {
+                    (None, Some(reason)) => {
+                        self.uncount(stayed);
+                        self.record_drop(reason);
+                    }
+                    (Some(_), None) => self.count_from(stayed, report),
+                    _ => {}
                 }
             }
-            let (before, _) = self.aggregate(correction.round, &correction.before);
+            for gone in correction.removed() {
+                if verdict(&dropped_before, &gone.peer).is_none() {
+                    self.uncount(gone);
+                }
+            }
             // An equivocator's update taken back can leave a round with nothing that counts.
             let delta = match (after, before) {
                 (Some(mut delta), Some(before)) => {
