@@ -57,6 +57,15 @@ impl<T> Correction<T> {
     pub fn added(&self) -> impl Iterator<Item = &Accepted<T>> {
         missing_from(&self.after, &self.before)
     }
+
+    /// The updates in the round both before and after (as they are after).
+    pub fn stayed(&self) -> impl Iterator<Item = &Accepted<T>> {
+        self.after.iter().filter(move |a| {
+            self.before
+                .iter()
+                .any(|b| b.peer == a.peer && b.round == a.round)
+        })
+    }
 }
 
 /// The entries of `these` whose sender has none in `those`.

@@ -21,6 +21,14 @@ use crate::report::RoundReport;
 /// An update a screen dropped: its sender's peer id bytes, and why.
 type Dropped = (Vec<u8>, DropReason);
 
+/// Why the screens dropped `peer`'s update, if they did.
+fn verdict(dropped: &[Dropped], peer: &[u8]) -> Option<DropReason> {
+    dropped
+        .iter()
+        .find(|(p, _)| p == peer)
+        .map(|&(_, reason)| reason)
+}
+
 impl Peer {
     /// When a round's collection ends: `deadline_factor` median compute times after `publish`, within `min_wait`..`max_wait`.
     pub(super) fn deadline_after(&self, publish: Instant) -> Instant {
@@ -129,8 +137,8 @@ impl Peer {
         report: &mut RoundReport,
     ) {
         for accepted in entries {
-            match dropped.iter().find(|(peer, _)| *peer == accepted.peer) {
-                Some(&(_, reason)) => {
+            match verdict(dropped, &accepted.peer) {
+                Some(reason) => {
                     debug!("round {}: an update dropped: {reason}", accepted.round);
                     self.record_drop(reason);
                 }
@@ -207,20 +215,11 @@ impl Peer {
         for correction in corrections {
             let (after, dropped) = self.aggregate(correction.round, &correction.after);
             let (before, dropped_before) = self.aggregate(correction.round, &correction.before);
-            let verdict = |list: &[Dropped], peer: &[u8]| {
-                list.iter()
-                    .find(|(p, _)| p == peer)
-                    .map(|&(_, reason)| reason)
-            };
             self.count_all(correction.added(), &dropped, report);
             // The screens judge a round's whole set (its median norm, the others' directions),
             // so a late update can change the verdict on one already in: it is counted again,
             // so that every replica that ends with the same set counts the same updates.
-            for stayed in correction
-                .after
-                .iter()
-                .filter(|a| correction.before.iter().any(|b| b.peer == a.peer))
-            {
+            for stayed in correction.stayed() {
                 let then = verdict(&dropped_before, &stayed.peer);
                 match (then, verdict(&dropped, &stayed.peer)) {
                     (None, Some(reason)) => {
