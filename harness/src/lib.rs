@@ -279,12 +279,17 @@ impl LocalSwarm {
             }
             _ => (Trainer::new(model, train, &Device::flex())?, None),
         };
+        let mut config = config;
+        if let Some(attack) = attack {
+            config.slowdown = config.slowdown.max(attack.slowdown());
+        }
         let edge: Box<dyn Edge> = match attack {
             Some(attack) => Box::new(Attacker::new(
                 attack,
                 config.codec,
                 config.staleness,
                 config.averaging,
+                config.norm_screen,
                 0x5EED + self.started as u64,
             )?),
             None => Box::new(Honest),

@@ -150,6 +150,10 @@ pub struct Scenario {
     /// peer's, on); `false` to measure what the screen buys.
     #[serde(default)]
     pub direction_screen: Option<bool>,
+    /// How each peer screens a round's updates by norm (default: the peer's), e.g.
+    /// `{ max_ratio = 10.0, clip_ratio = 1.0 }`.
+    #[serde(default)]
+    pub norm_screen: Option<gradswarm_core::NormScreen>,
     /// Who averages with whom (default: broadcast, every peer with every other), e.g.
     /// `{ groups = { size = 4, every = 20 } }`.
     #[serde(default)]
@@ -360,6 +364,9 @@ impl Scenario {
         }
         if self.direction_screen == Some(false) {
             c.direction_screen = None;
+        }
+        if let Some(screen) = self.norm_screen {
+            c.norm_screen = screen;
         }
         c.averaging = self.averaging;
         if let Some(decay) = self.feedback_decay {

@@ -190,6 +190,24 @@ fn noise_updates_do_not_stop_training() {
 }
 
 #[test]
+fn crafted_updates_pass_the_screens_and_training_goes_on() {
+    // The attack the screens cannot see (docs/security.md §5): made from the round's honest
+    // updates to oppose one of the three, it passes the direction screen and counts, bounded by
+    // the norm screen's clip to the median norm (core's `crafted_updates_pass_the_direction_
+    // screen_and_the_clip_bounds_them` measures by how much).
+    let attacked = attacked("attack-crafted", Attack::Crafted);
+    attacked.honest_trained_and_agree();
+    for s in &attacked.honest {
+        let counted = s.counted_from.get(&attacked.attacker).copied().unwrap_or(0);
+        assert!(
+            counted >= ROUNDS / 2,
+            "{} counted {counted} of the crafted updates: the attacker did not craft",
+            s.peer_id
+        );
+    }
+}
+
+#[test]
 fn a_free_rider_does_not_stop_training() {
     attacked("attack-zero", Attack::Zero).honest_trained_and_agree();
 }
