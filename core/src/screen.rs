@@ -44,6 +44,7 @@ pub fn screen_round<T: Deref<Target = DecodedUpdate>>(
         .map(|a| l2_norm(&a.payload.values))
         .collect();
     let mut out = Screened::default();
+    // The kept updates: their index, and the norm screen's factor.
     let mut index = Vec::new();
     for (i, (a, scale)) in accepted.iter().zip(norm.screen(&norms)).enumerate() {
         let Some(scale) = scale else {
@@ -53,14 +54,25 @@ pub fn screen_round<T: Deref<Target = DecodedUpdate>>(
         let mut v = vec![0.0f32; len];
         a.payload.add_to(scale, &mut v);
         out.kept.push((a.weight as f32, v));
-        index.push(i);
+        index.push((i, scale));
     }
     let Some(direction) = direction else {
         return out;
     };
-    let aligned = direction.screen(&out.inputs());
+    // Judged over the updates' own coordinates: the same sums, in the same order, as over the
+    // dense vectors (a coordinate one of the two lacks adds a zero), so the same verdicts, at a
+    // hundredth of the work for top-1 % updates.
+    let views: Vec<(&DecodedUpdate, f32)> = index
+        .iter()
+        .map(|&(i, scale)| (&*accepted[i].payload, scale))
+        .collect();
+    let aligned = direction.judge(
+        views.len(),
+        |i| views[i].0.values.iter().any(|&v| views[i].1 * v != 0.0),
+        |i, j| scaled_dot(views[i], views[j]),
+    );
     let kept = std::mem::take(&mut out.kept);
-    for ((i, x), aligned) in index.into_iter().zip(kept).zip(aligned) {
+    for (((i, _), x), aligned) in index.into_iter().zip(kept).zip(aligned) {
         if aligned {
             out.kept.push(x);
         } else {
@@ -174,27 +186,78 @@ impl DirectionScreen {
     /// For each of a round's updates (finite, of one length, scaled as they will count):
     /// whether it is kept.
     pub fn screen(&self, inputs: &[Weighted<'_>]) -> Vec<bool> {
-        let n = inputs.len();
-        let all = vec![true; n];
         let len = inputs.first().map_or(0, |x| x.values.len());
-        if n < self.min_updates.max(3) || inputs.iter().any(|x| x.values.len() != len) {
+        if inputs.iter().any(|x| x.values.len() != len) {
+            return vec![true; inputs.len()];
+        }
+        self.judge(
+            inputs.len(),
+            |i| inputs[i].values.iter().any(|&v| v != 0.0),
+            |i, j| dot(inputs[i].values, inputs[j].values),
+        )
+    }
+
+    /// The rule over `n` updates, given whether each is non-zero and each pair's inner product.
+    fn judge(
+        &self,
+        n: usize,
+        nonzero: impl Fn(usize) -> bool,
+        dot: impl Fn(usize, usize) -> f64,
+    ) -> Vec<bool> {
+        let all = vec![true; n];
+        if n < self.min_updates.max(3) {
             return all;
         }
         let mut opposed = vec![0usize; n];
         for i in 0..n {
             for j in i + 1..n {
-                if dot(inputs[i].values, inputs[j].values) < 0.0 {
+                if dot(i, j) < 0.0 {
                     opposed[i] += 1;
                     opposed[j] += 1;
                 }
             }
         }
-        let kept: Vec<bool> = inputs
-            .iter()
-            .zip(&opposed)
-            .map(|(x, &o)| 2 * o < n && x.values.iter().any(|&v| v != 0.0))
-            .collect();
+        let kept: Vec<bool> = (0..n).map(|i| 2 * opposed[i] < n && nonzero(i)).collect();
         if kept.iter().any(|&k| k) { kept } else { all }
+    }
+}
+
+/// ⟨s·a, t·b⟩ over the coordinates both hold, for `(a, s)` and `(b, t)`: each scaled value
+/// rounded to f32 as densifying rounds it, the products summed in f64 in index order.
+fn scaled_dot((a, s): (&DecodedUpdate, f32), (b, t): (&DecodedUpdate, f32)) -> f64 {
+    let term = |x: f32, y: f32| f64::from(s * x) * f64::from(t * y);
+    match (&a.indices, &b.indices) {
+        (Some(ia), Some(ib)) => {
+            let (mut p, mut q, mut sum) = (0, 0, 0.0);
+            while p < ia.len() && q < ib.len() {
+                match ia[p].cmp(&ib[q]) {
+                    std::cmp::Ordering::Less => p += 1,
+                    std::cmp::Ordering::Greater => q += 1,
+                    std::cmp::Ordering::Equal => {
+                        sum += term(a.values[p], b.values[q]);
+                        p += 1;
+                        q += 1;
+                    }
+                }
+            }
+            sum
+        }
+        (Some(ia), None) => ia
+            .iter()
+            .zip(&a.values)
+            .map(|(&i, &x)| b.values.get(i as usize).map_or(0.0, |&y| term(x, y)))
+            .sum(),
+        (None, Some(ib)) => ib
+            .iter()
+            .zip(&b.values)
+            .map(|(&i, &y)| a.values.get(i as usize).map_or(0.0, |&x| term(x, y)))
+            .sum(),
+        (None, None) => a
+            .values
+            .iter()
+            .zip(&b.values)
+            .map(|(&x, &y)| term(x, y))
+            .sum(),
     }
 }
 
@@ -425,6 +488,71 @@ mod tests {
             );
             assert!(loose < 0.2, "seed {seed}: {loose} at twice the median");
         }
+    }
+
+    #[test]
+    fn the_round_screen_judges_sparse_updates_as_the_dense_screen_does() {
+        // Sparse updates (1 % of the coordinates, some shared), a quarter flipped, one zero,
+        // one far above the others' norms (scaled down first): `screen_round` judges over the
+        // coordinates each holds, `DirectionScreen::screen` over the dense vectors.
+        let len = 2048;
+        let mut judged = 0;
+        for seed in 0..40 {
+            let mut rng = SplitMix::new(seed);
+            let shared: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+            let n = 3 + (seed as usize % 10);
+            let round: Vec<Accepted<std::sync::Arc<DecodedUpdate>>> = (0..n)
+                .map(|p| {
+                    let mut indices: Vec<u32> = (0..len / 50)
+                        .map(|_| (rng.next_u64() % len as u64) as u32)
+                        .collect();
+                    indices.sort_unstable();
+                    indices.dedup();
+                    let sign = if p % 4 == 3 { -1.0 } else { 1.0 };
+                    let size = if p == 1 { 5.0 } else { 1.0 };
+                    let values = indices
+                        .iter()
+                        .map(|&i| {
+                            let v = sign * size * (shared[i as usize] + 3.0 * rng.normal() as f32);
+                            if p == 2 && n > 6 { 0.0 } else { v }
+                        })
+                        .collect();
+                    Accepted {
+                        peer: vec![p as u8],
+                        round: 1,
+                        base_round: 1,
+                        tau: 0,
+                        samples: 8,
+                        weight: 8.0,
+                        digest: p as u64,
+                        payload: std::sync::Arc::new(DecodedUpdate {
+                            len,
+                            indices: Some(indices),
+                            values,
+                        }),
+                    }
+                })
+                .collect();
+            let screen = DirectionScreen::default();
+            let sparse = screen_round(&round, len, &NormScreen::default(), Some(&screen));
+            let dense = screen_round(&round, len, &NormScreen::default(), None);
+            let verdicts = screen.screen(&dense.inputs());
+            let dropped: Vec<usize> = sparse
+                .dropped
+                .iter()
+                .filter(|d| d.1 == DropReason::Unaligned)
+                .map(|d| d.0)
+                .collect();
+            let expected: Vec<usize> = verdicts
+                .iter()
+                .enumerate()
+                .filter(|(_, kept)| !**kept)
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(dropped, expected, "seed {seed}, {n} updates");
+            judged += dropped.len();
+        }
+        assert!(judged > 20, "only {judged} drops: the rounds test nothing");
     }
 
     fn l2(x: &[f32]) -> f32 {

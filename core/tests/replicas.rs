@@ -122,7 +122,7 @@ fn apart(outer: OuterConfig, seed: u64) -> f64 {
                 .book
                 .offer(&peer, round, round, 8, digest, u.clone())
                 .expect("on time");
-            if rng.next_u64() % 3 == 0 {
+            if rng.next_u64().is_multiple_of(3) {
                 held.push((round + rng.next_u64() % 3, round, peer, digest, u));
             } else {
                 late.book
