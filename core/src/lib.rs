@@ -17,6 +17,7 @@
 //! - [`topology`]: averaging topologies (whose updates a round waits for): broadcast, groups.
 //! - [`gossip`]: compressed gossip over hash rings (CHOCO-gossip), simulated so far.
 
+pub mod adversary;
 pub mod aggregate;
 pub mod codec;
 pub mod credit;

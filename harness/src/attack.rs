@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+use gradswarm_core::adversary;
 use gradswarm_core::codec::topk;
 use gradswarm_core::codec::{DecodedUpdate, decode_payload, pack_payload};
 use gradswarm_core::credit::{Attestation, MAX_ATTESTATIONS, peer_tag};
@@ -444,51 +445,15 @@ impl Attacker {
             .filter(|u| u.round == round)
             .filter_map(|u| decode_payload(&u.codec, &u.payload, len).ok())
             .collect();
-        if theirs.len() < 2 {
-            return None;
-        }
-        let dense: Vec<Vec<f32>> = theirs.iter().map(DecodedUpdate::to_dense).collect();
-        let mut sum = vec![0.0f32; len];
-        for d in &theirs {
-            d.add_to(1.0, &mut sum);
-        }
-        // The half that point most along the sum are opposed; the screen drops an update only
-        // where more than half of the others oppose it.
-        let mut order: Vec<(f64, usize)> = dense
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (dot(d, &sum), i))
-            .collect();
-        order.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let opposed = theirs.len() / 2;
-        let mut crafted = vec![0.0f32; len];
-        for &(_, i) in &order[..opposed] {
-            theirs[i].add_to(-1.0, &mut crafted);
-        }
-        // The rest share no coordinate with it, so they cast no vote.
-        for &(_, i) in &order[opposed..] {
-            for (j, v) in dense[i].iter().enumerate() {
-                if *v != 0.0 {
-                    crafted[j] = 0.0;
-                }
-            }
-        }
+        let heard: Vec<&DecodedUpdate> = theirs.iter().collect();
         let k = self.codec.descriptor().max_entries(len);
-        let mut sparse = vec![0.0f32; len];
-        for i in topk::select(&crafted, k) {
-            sparse[i as usize] = crafted[i as usize];
-        }
-        // At the clip: as far as the norm screen lets any update move θ.
-        let mut norms: Vec<f64> = dense.iter().map(|d| f64::from(l2(d))).collect();
-        norms.sort_by(f64::total_cmp);
-        let median = norms[(norms.len() - 1) / 2];
-        let scale = self.norm_screen.clip_ratio * median / f64::from(l2(&sparse)).max(1e-30);
-        sparse.iter_mut().for_each(|v| *v *= scale as f32);
+        let crafted = adversary::crafted(&heard, heard.len(), len, k, self.norm_screen.clip_ratio)?;
         debug!(
-            "round {round}: crafted against {opposed} of the {} updates heard",
-            theirs.len()
+            "round {round}: crafted against {} of the {} updates heard",
+            heard.len() / 2,
+            heard.len()
         );
-        Some(sparse)
+        Some(crafted)
     }
 
     /// Adds Gaussian noise of `share` × θ's root mean square to every coordinate.
@@ -523,13 +488,6 @@ fn sybil_poison(round: u64, params: &mut [f32]) {
     for v in params.iter_mut() {
         *v += SYBIL_POISON * rms * rng.normal() as f32;
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum()
 }
 
 fn l2(v: &[f32]) -> f32 {

@@ -190,21 +190,15 @@ fn noise_updates_do_not_stop_training() {
 }
 
 #[test]
-fn crafted_updates_pass_the_screens_and_training_goes_on() {
+fn crafted_updates_do_not_stop_training() {
     // The attack the screens cannot see (docs/security.md §5): made from the round's honest
     // updates to oppose one of the three, it passes the direction screen and counts, bounded by
-    // the norm screen's clip to the median norm (core's `crafted_updates_pass_the_direction_
-    // screen_and_the_clip_bounds_them` measures by how much).
-    let attacked = attacked("attack-crafted", Attack::Crafted);
-    attacked.honest_trained_and_agree();
-    for s in &attacked.honest {
-        let counted = s.counted_from.get(&attacked.attacker).copied().unwrap_or(0);
-        assert!(
-            counted >= ROUNDS / 2,
-            "{} counted {counted} of the crafted updates: the attacker did not craft",
-            s.peer_id
-        );
-    }
+    // the norm screen's clip. Whether the attacker has heard the round in time depends on the
+    // tiny model's millisecond rounds (in one run of four it heard too little in all 20 and
+    // flipped its own instead), so what it got counted is not asserted here: core's
+    // `a_crafted_update_passes_both_screens_and_opposes_the_honest_sum` and `crafted_updates_
+    // pass_the_direction_screen_and_the_clip_bounds_them` judge it deterministically.
+    attacked("attack-crafted", Attack::Crafted).honest_trained_and_agree();
 }
 
 #[test]

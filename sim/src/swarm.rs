@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use gradswarm_core::adversary;
 use gradswarm_core::codec::decode_payload;
 use gradswarm_core::synthetic::SplitMix;
 use gradswarm_core::topology::{REPLICA_CLIP, decode_replica, encode_replica};
@@ -125,6 +126,10 @@ pub struct SimConfig {
     pub churn: f64,
     /// The share of the first peers that send −Δ (a sign flip at an honest norm).
     pub attackers: f64,
+    /// Whether they send instead an update crafted from their group's honest updates of the
+    /// round, to pass the screens (the harness's `crafted`; omniscient and on time).
+    #[serde(default)]
+    pub crafted: bool,
     /// Whether a new group averages its members' parameters (off only to show what it is for).
     pub average_parameters: bool,
     /// Gossip's consensus step size γ (CHOCO's): how far a peer moves toward its neighbours'
@@ -155,6 +160,7 @@ impl Default for SimConfig {
             links: LinkModel::default(),
             churn: 0.0,
             attackers: 0.0,
+            crafted: false,
             average_parameters: true,
             gamma: default_gamma(),
             seed: 1,
@@ -274,6 +280,7 @@ pub(crate) struct Peer {
 }
 
 /// What a peer computed in a round.
+#[derive(Clone)]
 struct Computed {
     bytes: usize,
     update: Arc<DecodedUpdate>,
@@ -394,6 +401,7 @@ fn group_round(
         }
     }
     let computed = compute_all(config, objective, peers, round)?;
+    let liars: Vec<bool> = peers.iter().map(|p| p.attacker).collect();
     for group in groups {
         let g = group.len();
         let ready: Vec<f64> = group
@@ -435,7 +443,8 @@ fn group_round(
             stats.bytes_down += down;
             stats.connections += (g - 1) as f64;
         }
-        let aggregate = aggregate(config, policy, round, &group, &included, ids, &computed);
+        let sent = crafted(config, &group, &included, &liars, &computed);
+        let aggregate = aggregate(config, policy, round, &group, &included, ids, &sent);
         for (&i, r) in group.iter().zip(&ready) {
             let p = &mut peers[i];
             // A member whose update missed the deadline was still computing at the close.
@@ -626,6 +635,49 @@ fn compute_one(
         update: Arc::new(update),
         compute_s: config.links.compute(&peer.machine, &mut rng),
     })
+}
+
+/// What each member of `group` sent: its update, or with [`SimConfig::crafted`], an attacker's
+/// crafted from the honest updates of its group that made the deadline
+/// ([`gradswarm_core::adversary::crafted`]).
+fn crafted(
+    config: &SimConfig,
+    group: &[usize],
+    included: &[bool],
+    liars: &[bool],
+    computed: &[Computed],
+) -> Vec<Computed> {
+    let mut sent: Vec<Computed> = computed.to_vec();
+    if !config.crafted {
+        return sent;
+    }
+    let arrived: Vec<usize> = group
+        .iter()
+        .zip(included)
+        .filter(|(_, k)| **k)
+        .map(|(&i, _)| i)
+        .collect();
+    let honest: Vec<&DecodedUpdate> = arrived
+        .iter()
+        .filter(|&&i| !liars[i])
+        .map(|&i| &*computed[i].update)
+        .collect();
+    let k = config.codec.max_entries(config.dim);
+    for &i in arrived.iter().filter(|&&i| liars[i]) {
+        let others = arrived.len() - 1;
+        if let Some(lie) = adversary::crafted(&honest, others, config.dim, k, 2.0) {
+            let indices: Vec<u32> = (0..config.dim as u32)
+                .filter(|&j| lie[j as usize] != 0.0)
+                .collect();
+            let values = indices.iter().map(|&j| lie[j as usize]).collect();
+            sent[i].update = Arc::new(DecodedUpdate {
+                len: config.dim,
+                indices: Some(indices),
+                values,
+            });
+        }
+    }
+    sent
 }
 
 /// The group's aggregate of the updates that made the deadline, through a round book, the norm

@@ -96,6 +96,9 @@ struct Common {
     /// Share of peers sending −Δ.
     #[arg(long, default_value_t = 0.0)]
     attackers: f64,
+    /// The attackers send updates crafted from their group's honest ones instead of −Δ.
+    #[arg(long)]
+    crafted: bool,
     /// Trim this many values at each end per coordinate (0: the weighted mean).
     #[arg(long, default_value_t = 0)]
     trim: usize,
@@ -140,6 +143,7 @@ impl Common {
             noise: self.noise,
             churn: self.churn,
             attackers: self.attackers,
+            crafted: self.crafted,
             seed: self.seed,
             gamma: self.gamma,
             ..SimConfig::default()
