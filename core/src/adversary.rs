@@ -67,9 +67,9 @@ fn norm(a: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synthetic::SplitMix;
-    use crate::{Accepted, DirectionScreen, DropReason, NormScreen, screen_round};
-    use std::sync::Arc;
+    use crate::screen::tests::accepted;
+    use crate::synthetic::{SplitMix, sparse_around};
+    use crate::{DirectionScreen, DropReason, NormScreen, screen_round};
 
     #[test]
     fn a_crafted_update_passes_both_screens_and_opposes_the_honest_sum() {
@@ -79,22 +79,7 @@ mod tests {
         let mut rng = SplitMix::new(3);
         let shared: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
         let honest: Vec<DecodedUpdate> = (0..6)
-            .map(|_| {
-                let mut indices: Vec<u32> = (0..len / 20)
-                    .map(|_| (rng.next_u64() % len as u64) as u32)
-                    .collect();
-                indices.sort_unstable();
-                indices.dedup();
-                let values = indices
-                    .iter()
-                    .map(|&i| shared[i as usize] + 0.5 * rng.normal() as f32)
-                    .collect();
-                DecodedUpdate {
-                    len,
-                    indices: Some(indices),
-                    values,
-                }
-            })
+            .map(|_| sparse_around(&mut rng, &shared, len / 20, 0.5))
             .collect();
         let theirs: Vec<&DecodedUpdate> = honest.iter().collect();
         let lie = crafted(&theirs, 6, len, len / 20, 2.0).expect("six heard");
@@ -112,20 +97,7 @@ mod tests {
             indices: Some(indices),
             values,
         });
-        let accepted: Vec<Accepted<Arc<DecodedUpdate>>> = round
-            .into_iter()
-            .enumerate()
-            .map(|(p, u)| Accepted {
-                peer: vec![p as u8],
-                round: 1,
-                base_round: 1,
-                tau: 0,
-                samples: 8,
-                weight: 8.0,
-                digest: p as u64,
-                payload: Arc::new(u),
-            })
-            .collect();
+        let accepted: Vec<_> = round.into_iter().enumerate().map(accepted).collect();
         let screened = screen_round(
             &accepted,
             len,

@@ -270,9 +270,25 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::synthetic::SplitMix;
+    use crate::synthetic::{SplitMix, sparse_around};
+
+    /// Peer `p`'s update `u` as a round of equal weights holds it.
+    pub(crate) fn accepted(
+        (p, u): (usize, DecodedUpdate),
+    ) -> Accepted<std::sync::Arc<DecodedUpdate>> {
+        Accepted {
+            peer: vec![p as u8],
+            round: 1,
+            base_round: 1,
+            tau: 0,
+            samples: 8,
+            weight: 8.0,
+            digest: p as u64,
+            payload: std::sync::Arc::new(u),
+        }
+    }
 
     #[test]
     fn the_screen_drops_far_outliers_and_clips_the_rest_from_the_first_round() {
@@ -501,36 +517,19 @@ mod tests {
             let mut rng = SplitMix::new(seed);
             let shared: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
             let n = 3 + (seed as usize % 10);
-            let round: Vec<Accepted<std::sync::Arc<DecodedUpdate>>> = (0..n)
+            let round: Vec<_> = (0..n)
                 .map(|p| {
-                    let mut indices: Vec<u32> = (0..len / 50)
-                        .map(|_| (rng.next_u64() % len as u64) as u32)
-                        .collect();
-                    indices.sort_unstable();
-                    indices.dedup();
+                    let mut u = sparse_around(&mut rng, &shared, len / 50, 3.0);
                     let sign = if p % 4 == 3 { -1.0 } else { 1.0 };
                     let size = if p == 1 { 5.0 } else { 1.0 };
-                    let values = indices
-                        .iter()
-                        .map(|&i| {
-                            let v = sign * size * (shared[i as usize] + 3.0 * rng.normal() as f32);
-                            if p == 2 && n > 6 { 0.0 } else { v }
-                        })
-                        .collect();
-                    Accepted {
-                        peer: vec![p as u8],
-                        round: 1,
-                        base_round: 1,
-                        tau: 0,
-                        samples: 8,
-                        weight: 8.0,
-                        digest: p as u64,
-                        payload: std::sync::Arc::new(DecodedUpdate {
-                            len,
-                            indices: Some(indices),
-                            values,
-                        }),
+                    for v in &mut u.values {
+                        *v = if p == 2 && n > 6 {
+                            0.0
+                        } else {
+                            sign * size * *v
+                        };
                     }
+                    accepted((p, u))
                 })
                 .collect();
             let screen = DirectionScreen::default();

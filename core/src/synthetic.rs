@@ -4,6 +4,7 @@
 //! a top-k codec measured on Gaussian noise would look worse and one measured on a constant vector
 //! better than on training. These generators model both effects with a fixed seed.
 
+use crate::DecodedUpdate;
 use crate::codec::rng::splitmix64;
 
 /// A SplitMix64 stream: small, seedable, identical on every platform.
@@ -53,6 +54,32 @@ pub fn gradient_like(len: usize, seed: u64) -> Vec<f32> {
         out.extend((0..n).map(|_| (scale * rng.student_t3()) as f32));
     }
     out
+}
+
+/// One of a round's sparse updates around a direction they share: `count` coordinates of
+/// `shared.len()` drawn at random (repeats merged), each `shared[i]` plus Gaussian noise of
+/// `noise`. The tests of the screens and of late updates draw their rounds from it.
+pub fn sparse_around(
+    rng: &mut SplitMix,
+    shared: &[f32],
+    count: usize,
+    noise: f32,
+) -> DecodedUpdate {
+    let len = shared.len();
+    let mut indices: Vec<u32> = (0..count)
+        .map(|_| (rng.next_u64() % len as u64) as u32)
+        .collect();
+    indices.sort_unstable();
+    indices.dedup();
+    let values = indices
+        .iter()
+        .map(|&i| shared[i as usize] + noise * rng.normal() as f32)
+        .collect();
+    DecodedUpdate {
+        len,
+        indices: Some(indices),
+        values,
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use gradswarm_core::aggregate::WeightedMean;
 use gradswarm_core::outer::OuterConfig;
-use gradswarm_core::synthetic::SplitMix;
+use gradswarm_core::synthetic::{SplitMix, sparse_around};
 use gradswarm_core::{
     Accepted, Aggregator, Correction, DecodedUpdate, DirectionScreen, NormScreen, OuterOptimizer,
     RoundBook, StalenessPolicy, screen_round,
@@ -79,24 +79,6 @@ impl Replica {
     }
 }
 
-/// Peer `p`'s update of `round`: 1 % of the coordinates, sharing a direction with the others.
-fn update(rng: &mut SplitMix, shared: &[f32]) -> DecodedUpdate {
-    let mut indices: Vec<u32> = (0..LEN / 100)
-        .map(|_| (rng.next_u64() % LEN as u64) as u32)
-        .collect();
-    indices.sort_unstable();
-    indices.dedup();
-    let values = indices
-        .iter()
-        .map(|&i| shared[i as usize] + 2.0 * rng.normal() as f32)
-        .collect();
-    DecodedUpdate {
-        len: LEN,
-        indices: Some(indices),
-        values,
-    }
-}
-
 /// Runs two replicas, one taking every update in its round and one a third of them one to three
 /// rounds late; returns how far apart they end (max |Δθ| over max |θ|).
 fn apart(outer: OuterConfig, seed: u64) -> f64 {
@@ -116,7 +98,7 @@ fn apart(outer: OuterConfig, seed: u64) -> f64 {
         let shared: Vec<f32> = (0..LEN).map(|_| rng.normal() as f32).collect();
         for p in 0..PEERS {
             let peer = vec![p as u8];
-            let u = Arc::new(update(&mut rng, &shared));
+            let u = Arc::new(sparse_around(&mut rng, &shared, LEN / 100, 2.0));
             let digest = rng.next_u64();
             on_time
                 .book

@@ -13,6 +13,7 @@
 //! back: measured, 2.5× ‖θ̄‖ after 100 rounds at 64 peers, 6× after 300 with noise 1); so a new group first
 //! averages its members' parameters, as Moshpit SGD does, and regrouping mixes the swarm.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -640,17 +641,17 @@ fn compute_one(
 /// What each member of `group` sent: its update, or with [`SimConfig::crafted`], an attacker's
 /// crafted from the honest updates of its group that made the deadline
 /// ([`gradswarm_core::adversary::crafted`]).
-fn crafted(
+fn crafted<'a>(
     config: &SimConfig,
     group: &[usize],
     included: &[bool],
     liars: &[bool],
-    computed: &[Computed],
-) -> Vec<Computed> {
-    let mut sent: Vec<Computed> = computed.to_vec();
+    computed: &'a [Computed],
+) -> Cow<'a, [Computed]> {
     if !config.crafted {
-        return sent;
+        return Cow::Borrowed(computed);
     }
+    let mut sent: Vec<Computed> = computed.to_vec();
     let arrived: Vec<usize> = group
         .iter()
         .zip(included)
@@ -677,7 +678,7 @@ fn crafted(
             });
         }
     }
-    sent
+    Cow::Owned(sent)
 }
 
 /// The group's aggregate of the updates that made the deadline, through a round book, the norm
