@@ -7,8 +7,8 @@ use std::path::Path;
 use gradswarm_core::synthetic::gradient_like;
 use gradswarm_core::wire::encode_versioned;
 use gradswarm_core::{
-    Announce, CodecDescriptor, Compress, CpuCodec, DriftSketch, ErrorFeedback, Heartbeat,
-    PeerState, Quantize, Request, Response, RngKey, Sparsify, Update, UpdateGossip,
+    Announce, CodecDescriptor, Compress, CpuCodec, DriftSketch, ErrorFeedback, Fingerprint,
+    Heartbeat, PeerState, Quantize, Request, Response, RngKey, Sparsify, Update, UpdateGossip,
 };
 
 fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) -> std::io::Result<()> {
@@ -78,6 +78,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         val_loss: 2.75,
         sketch: DriftSketch::of(&theta),
         applied: 7,
+        sealed: Some(Fingerprint {
+            round: 0,
+            checksum: 41,
+            sketch: DriftSketch::of(&theta),
+            applied: 3,
+        }),
         published: 0b1011,
         settled: false,
         samples: 72,
@@ -115,6 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             run_id: "fuzz".into(),
             model_hash: [0; 32],
             round: 9,
+            sealed: true,
         },
         Request::Update {
             run_id: "fuzz".into(),

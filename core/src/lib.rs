@@ -13,6 +13,7 @@
 //! - [`shard`]: rendezvous hashing of data chunks over live peers.
 //! - [`synthetic`]: seeded gradient-like vectors for tests and benchmarks.
 //! - [`drift`]: the drift sketch heartbeats carry and pairwise averaging of drifted replicas.
+//! - [`marks`]: a replica's θ at recent round starts, corrected by late updates until sealed.
 //! - [`credit`]: who contributed what, as the peers that aggregated it attest.
 //! - [`topology`]: averaging topologies (whose updates a round waits for): broadcast, groups.
 //! - [`gossip`]: compressed gossip over hash rings (CHOCO-gossip), simulated so far.
@@ -24,6 +25,7 @@ pub mod credit;
 pub mod drift;
 mod error;
 pub mod gossip;
+pub mod marks;
 pub mod outer;
 pub mod round;
 pub mod screen;
@@ -44,6 +46,7 @@ pub use codec::{
 };
 pub use drift::DriftSketch;
 pub use error::{DecodeError, EncodeError};
+pub use marks::{Mark, Marks};
 pub use outer::{OuterConfig, OuterOptimizer};
 pub use round::{Accepted, Closed, Correction, RoundBook};
 pub use screen::{DirectionScreen, NormScreen, Screened, screen_round};
@@ -53,8 +56,8 @@ pub use topology::{
     Averaging, AveragingConfig, Broadcast, Groups, HEARTBEAT_FLAT_FROM, swarm_size,
 };
 pub use wire::{
-    Announce, Digest, FORMAT_VERSION, Heartbeat, Manifest, ModelHash, PeerState, Request, Response,
-    RunFiles, Update, UpdateGossip, WireLimits,
+    Announce, Digest, FORMAT_VERSION, Fingerprint, Heartbeat, Manifest, ModelHash, PeerState,
+    Request, Response, RunFiles, Update, UpdateGossip, WireLimits,
 };
 
 /// The usage example of `core/README.md`, compiled and run as a doctest so that it stays true.

@@ -43,6 +43,23 @@ impl OuterConfig {
     }
 }
 
+impl OuterConfig {
+    /// How far θ has moved, per unit of aggregate, `rounds_ago` rounds after that aggregate was
+    /// applied (at least 1: the round right after it): what a late part of that round moves θ
+    /// by now ([`OuterOptimizer::apply_late`]). `lr` for SGD; `lr (1 + μ + … + μ^d)` for Nesterov.
+    pub fn late_gain(&self, rounds_ago: u64) -> f32 {
+        let d = rounds_ago.max(1);
+        match *self {
+            Self::Sgd { lr } => lr,
+            Self::Nesterov { lr, momentum } => {
+                let mu = f64::from(momentum);
+                let steps = (1..=d.min(1 << 16)).fold(1.0, |acc, j| acc + mu.powi(j as i32));
+                (f64::from(lr) * steps) as f32
+            }
+        }
+    }
+}
+
 /// The outer optimizer and its state over a flat parameter vector.
 #[derive(Clone, Debug)]
 pub struct OuterOptimizer {
@@ -91,13 +108,12 @@ impl OuterOptimizer {
                 .iter_mut()
                 .zip(delta)
                 .for_each(|(p, &x)| *p -= lr * x),
-            OuterConfig::Nesterov { lr, momentum } => {
+            OuterConfig::Nesterov { momentum, .. } => {
                 if self.momentum.len() != params.len() {
                     self.momentum = vec![0.0; params.len()];
                 }
                 let mu = f64::from(momentum);
-                let steps = (1..=d.min(1 << 16)).fold(1.0, |acc, j| acc + mu.powi(j as i32));
-                let theta_gain = (f64::from(lr) * steps) as f32;
+                let theta_gain = self.config.late_gain(d);
                 let momentum_gain = mu.powi((d - 1).min(1 << 16) as i32) as f32;
                 for ((p, &x), m) in params.iter_mut().zip(delta).zip(&mut self.momentum) {
                     *m += momentum_gain * x;

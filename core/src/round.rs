@@ -36,6 +36,23 @@ pub struct Accepted<T> {
     pub payload: T,
 }
 
+impl<T> Accepted<T> {
+    /// This update's term in [`RoundBook::applied_digest`], a wrapping sum of such terms so that
+    /// a mark's digest can take a late update in ([`crate::marks::Marks::correct`]).
+    pub fn applied_term(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&(self.peer.len() as u64).to_le_bytes());
+        h.update(&self.peer);
+        h.update(&self.round.to_le_bytes());
+        h.update(&self.base_round.to_le_bytes());
+        h.update(&self.weight.to_bits().to_le_bytes());
+        // Two replicas that took different versions of an equivocator's update differ by more
+        // than drift until both drop it: their digests must differ too.
+        h.update(&self.digest.to_le_bytes());
+        h.digest()
+    }
+}
+
 /// Late updates added to a round closed earlier: its set before and after they came.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Correction<T> {
@@ -51,6 +68,16 @@ impl<T> Correction<T> {
     /// The updates taken back out of the round (their senders equivocated).
     pub fn removed(&self) -> impl Iterator<Item = &Accepted<T>> {
         missing_from(&self.before, &self.after)
+    }
+
+    /// What this correction changes [`RoundBook::applied_digest`] by (wrapping): the late
+    /// updates' terms added, those taken back subtracted.
+    pub fn applied_change(&self) -> u64 {
+        let added = self.added().map(Accepted::applied_term);
+        let removed = self.removed().map(Accepted::applied_term);
+        added
+            .fold(0u64, u64::wrapping_add)
+            .wrapping_sub(removed.fold(0u64, u64::wrapping_add))
     }
 
     /// The late updates themselves.
@@ -383,18 +410,7 @@ impl<T: Clone> RoundBook<T> {
         self.closed
             .values()
             .flatten()
-            .map(|a| {
-                let mut h = xxhash_rust::xxh3::Xxh3::new();
-                h.update(&(a.peer.len() as u64).to_le_bytes());
-                h.update(&a.peer);
-                h.update(&a.round.to_le_bytes());
-                h.update(&a.base_round.to_le_bytes());
-                h.update(&a.weight.to_bits().to_le_bytes());
-                // Two replicas that took different versions of an equivocator's update differ
-                // by more than drift until both drop it: their digests must differ too.
-                h.update(&a.digest.to_le_bytes());
-                h.digest()
-            })
+            .map(Accepted::applied_term)
             .fold(0u64, u64::wrapping_add)
     }
 

@@ -1,26 +1,30 @@
 //! Replicas that end a run holding the same updates end with the same θ, however late some of
 //! those updates reached them: the round book, both screens, the weighted mean and the outer
 //! optimizer's late corrections together, as a peer runs them (`peer/src/runtime/round.rs`).
+//! Their sealed marks agree too, which is what drift repair compares (`peer/src/runtime/drift.rs`),
+//! and a joiner that missed updates for good is told apart there and pulled back.
 
 use std::sync::Arc;
 
 use gradswarm_core::aggregate::WeightedMean;
+use gradswarm_core::drift::{Verdict, pull_toward, relative_distance, verdict};
 use gradswarm_core::outer::OuterConfig;
 use gradswarm_core::synthetic::{SplitMix, sparse_around};
 use gradswarm_core::{
-    Accepted, Aggregator, Correction, DecodedUpdate, DirectionScreen, NormScreen, OuterOptimizer,
-    RoundBook, StalenessPolicy, screen_round,
+    Accepted, Aggregator, Correction, DecodedUpdate, DirectionScreen, DriftSketch, Marks,
+    NormScreen, OuterOptimizer, RoundBook, StalenessPolicy, screen_round,
 };
 
 const LEN: usize = 4096;
 const PEERS: usize = 8;
 const ROUNDS: u64 = 40;
 
-/// One replica: its book, θ and outer optimizer.
+/// One replica: its book, θ, outer optimizer and marks.
 struct Replica {
     book: RoundBook<Arc<DecodedUpdate>>,
     theta: Vec<f32>,
     outer: OuterOptimizer,
+    marks: Marks,
 }
 
 fn aggregate(entries: &[Accepted<Arc<DecodedUpdate>>]) -> Option<Vec<f32>> {
@@ -38,20 +42,27 @@ fn aggregate(entries: &[Accepted<Arc<DecodedUpdate>>]) -> Option<Vec<f32>> {
 
 impl Replica {
     fn new(outer: OuterConfig) -> Self {
+        let book = RoundBook::new(StalenessPolicy::default(), 0);
+        let marks = Marks::new(outer, book.horizon(), 64);
         Self {
-            book: RoundBook::new(StalenessPolicy::default(), 0),
+            book,
             theta: vec![1.0; LEN],
             outer: OuterOptimizer::new(outer),
+            marks,
         }
     }
 
-    /// Closes the open round as a peer does: corrections first, then the round's aggregate.
-    fn close(&mut self) {
+    /// Closes the open round as a peer does: corrections first, then the round's aggregate,
+    /// then the mark of the round that opens. Returns the rounds whose marks it sealed.
+    fn close(&mut self) -> Vec<u64> {
         let closed = self.book.close();
         self.correct(&closed.corrections, closed.round);
         if let Some(a) = aggregate(&closed.accepted) {
             self.outer.apply(&mut self.theta, &a);
         }
+        let applied = self.book.applied_digest();
+        self.marks
+            .mark(self.book.round(), Arc::new(self.theta.clone()), applied)
     }
 
     /// Takes in the late updates without closing a round (a peer past its last round).
@@ -67,21 +78,45 @@ impl Replica {
             let delta = match (aggregate(&c.after), aggregate(&c.before)) {
                 (Some(mut a), Some(b)) => {
                     a.iter_mut().zip(&b).for_each(|(x, y)| *x -= y);
-                    a
+                    Some(a)
                 }
-                (Some(a), None) => a,
-                (None, Some(b)) => b.into_iter().map(|x| -x).collect(),
-                (None, None) => continue,
+                (Some(a), None) => Some(a),
+                (None, Some(b)) => Some(b.into_iter().map(|x| -x).collect()),
+                (None, None) => None,
             };
-            self.outer
-                .apply_late(&mut self.theta, &delta, applied_until - c.round);
+            if let Some(delta) = &delta {
+                self.outer
+                    .apply_late(&mut self.theta, delta, applied_until - c.round);
+            }
+            self.marks
+                .correct(c.round, delta.as_deref(), c.applied_change());
         }
+    }
+
+    /// The sketch and digest of this replica's sealed mark of `round`.
+    fn sealed(&self, round: u64) -> (DriftSketch, u64) {
+        let mark = self.marks.get(round).filter(|m| m.sealed).expect("sealed");
+        (DriftSketch::of(&mark.params), mark.applied)
     }
 }
 
-/// Runs two replicas, one taking every update in its round and one a third of them one to three
-/// rounds late; returns how far apart they end (max |Δθ| over max |θ|).
-fn apart(outer: OuterConfig, seed: u64) -> f64 {
+/// How two replicas of one run compare: one takes every update in its round, the other a third
+/// of them one to three rounds late.
+struct Apart {
+    /// How far apart they end (max |Δθ| over max |θ|).
+    end: f64,
+    /// The largest relative distance between their sealed marks of one round (on the sketch).
+    sealed: f64,
+    /// Rounds whose sealed marks were compared, and those with different digests.
+    sealed_rounds: usize,
+    sealed_digests_differ: usize,
+    /// Rounds whose marks, as taken when the round opened, held different digests: where drift
+    /// repair compared before marks were sealed, and could not.
+    open_digests_differ: usize,
+}
+
+/// Runs an on-time and a late replica for [`ROUNDS`] rounds of [`PEERS`] updates each.
+fn apart(outer: OuterConfig, seed: u64) -> Apart {
     let mut rng = SplitMix::new(seed);
     let mut on_time = Replica::new(outer);
     let mut late = Replica::new(outer);
@@ -93,6 +128,13 @@ fn apart(outer: OuterConfig, seed: u64) -> f64 {
         late.book
             .offer(peer, *round, *round, 8, *digest, u.clone())
             .expect("within the horizon");
+    };
+    let mut out = Apart {
+        end: 0.0,
+        sealed: 0.0,
+        sealed_rounds: 0,
+        sealed_digests_differ: 0,
+        open_digests_differ: 0,
     };
     for round in 0..ROUNDS {
         let shared: Vec<f32> = (0..LEN).map(|_| rng.normal() as f32).collect();
@@ -112,8 +154,19 @@ fn apart(outer: OuterConfig, seed: u64) -> f64 {
                     .expect("in time");
             }
         }
-        on_time.close();
-        late.close();
+        let sealed = on_time.close();
+        assert_eq!(late.close(), sealed, "both seal the same rounds");
+        if on_time.book.applied_digest() != late.book.applied_digest() {
+            out.open_digests_differ += 1;
+        }
+        for &s in &sealed {
+            let ((a, da), (b, db)) = (on_time.sealed(s), late.sealed(s));
+            out.sealed_rounds += 1;
+            out.sealed_digests_differ += usize::from(da != db);
+            out.sealed = out
+                .sealed
+                .max(a.relative_distance(&b).unwrap_or(f64::INFINITY));
+        }
         for h in held.iter().filter(|h| h.0 == round) {
             deliver(&mut late, h);
         }
@@ -129,21 +182,169 @@ fn apart(outer: OuterConfig, seed: u64) -> f64 {
         .iter()
         .zip(&late.theta)
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    f64::from(gap / scale)
+    out.end = f64::from(gap / scale);
+    out
 }
+
+const OUTERS: [OuterConfig; 2] = [
+    OuterConfig::Sgd { lr: 2.0 },
+    OuterConfig::Nesterov {
+        lr: 0.7,
+        momentum: 0.9,
+    },
+];
 
 #[test]
 fn late_updates_land_where_they_would_have_on_time() {
     for seed in 0..5 {
-        for outer in [
-            OuterConfig::Sgd { lr: 2.0 },
-            OuterConfig::Nesterov {
-                lr: 0.7,
-                momentum: 0.9,
-            },
-        ] {
-            let apart = apart(outer, seed);
+        for outer in OUTERS {
+            let apart = apart(outer, seed).end;
             assert!(apart < 1e-5, "seed {seed}, {outer:?}: {apart} apart");
         }
+    }
+}
+
+/// Drift repair compares sealed marks: replicas that took the same updates, however late, hold
+/// the same ones (to rounding), while the marks as taken when their rounds opened differed in
+/// nearly every round, digest and all.
+#[test]
+fn sealed_marks_agree_however_late_the_updates_came() {
+    for seed in 0..5 {
+        for outer in OUTERS {
+            let a = apart(outer, seed);
+            assert!(
+                a.sealed_rounds >= ROUNDS as usize - 12,
+                "{}",
+                a.sealed_rounds
+            );
+            assert_eq!(a.sealed_digests_differ, 0, "seed {seed}, {outer:?}");
+            assert!(
+                a.sealed < 1e-5,
+                "seed {seed}, {outer:?}: {} apart",
+                a.sealed
+            );
+            assert!(
+                a.open_digests_differ > ROUNDS as usize / 2,
+                "the late replica was rarely behind: {}",
+                a.open_digests_differ
+            );
+        }
+    }
+}
+
+/// A joiner syncs to a replica's θ of round [`JOINED`] while updates of the round before are
+/// still on their way; they reach it too late to count (its book starts at [`JOINED`]), so it
+/// differs from the others for good. Meanwhile one peer's update reaches replica `b` a round late,
+/// every round, so that no two of the three ever open a round with the same updates. Their sealed
+/// marks agree all the same: where the joiner's digest matches the others', its sketch does not,
+/// the others agree, and it adopts their replica. Without marks corrected by late updates, `b`'s
+/// sealed digests differ from `a`'s, the joiner hears one vote, and never moves (measured).
+#[test]
+fn a_joiner_that_missed_updates_for_good_is_pulled_to_the_others() {
+    const JOINED: u64 = 12;
+    const RUN: u64 = 60;
+    const TOLERANCE: f64 = 1e-4;
+    type Late = (Vec<u8>, u64, u64, Arc<DecodedUpdate>);
+    let offer = |r: &mut Replica, (peer, round, digest, u): &Late| {
+        r.book.offer(peer, *round, *round, 8, *digest, u.clone())
+    };
+    for outer in OUTERS {
+        let mut rng = SplitMix::new(7);
+        // a, b, and from JOINED on the joiner.
+        let mut swarm = vec![Replica::new(outer), Replica::new(outer)];
+        let (mut held, mut late_to_b): (Vec<Late>, Vec<Late>) = (Vec::new(), Vec::new());
+        let (mut repairs, mut apart_before) = (0, 0.0);
+        for round in 0..RUN {
+            let shared: Vec<f32> = (0..LEN).map(|_| rng.normal() as f32).collect();
+            for p in 0..PEERS {
+                let u = Arc::new(sparse_around(&mut rng, &shared, LEN / 100, 2.0));
+                let late = (vec![p as u8], round, rng.next_u64(), u);
+                if round == JOINED - 1 && p < 2 {
+                    // They reach everyone after the joiner synced.
+                    held.push(late);
+                    continue;
+                }
+                for (i, r) in swarm.iter_mut().enumerate() {
+                    if i == 1 && p == PEERS - 1 {
+                        continue;
+                    }
+                    offer(r, &late).expect("in time");
+                }
+                if p == PEERS - 1 {
+                    late_to_b.push(late);
+                }
+            }
+            let sealed: Vec<Vec<u64>> = swarm.iter_mut().map(Replica::close).collect();
+            for late in late_to_b.drain(..) {
+                offer(&mut swarm[1], &late).expect("a round late");
+            }
+            if round == JOINED - 1 {
+                // The joiner installs a's state of round JOINED, as a peer does after a sync.
+                let a = &swarm[0];
+                let mut joiner = Replica {
+                    book: RoundBook::new(StalenessPolicy::default(), JOINED),
+                    theta: a.theta.clone(),
+                    outer: a.outer.clone(),
+                    marks: Marks::new(outer, a.book.horizon(), 64),
+                };
+                joiner.marks.mark(JOINED, Arc::new(joiner.theta.clone()), 0);
+                for late in held.drain(..) {
+                    assert!(
+                        offer(&mut joiner, &late).is_err(),
+                        "too stale for the joiner"
+                    );
+                    offer(&mut swarm[0], &late).expect("late");
+                    offer(&mut swarm[1], &late).expect("late");
+                }
+                swarm.push(joiner);
+            }
+            if round == JOINED + 5 {
+                apart_before = relative_distance(&swarm[2].theta, &swarm[0].theta);
+            }
+            // Each replica looks at each round it sealed as drift repair does: the votes of the
+            // replicas that sealed it with the same digest.
+            for (i, rounds) in sealed.iter().enumerate() {
+                for &s in rounds {
+                    let Some(mine) = swarm[i].marks.get(s).filter(|m| m.sealed).cloned() else {
+                        continue;
+                    };
+                    let votes: Vec<(usize, DriftSketch, Arc<Vec<f32>>)> = (0..swarm.len())
+                        .filter(|&k| k != i)
+                        .filter_map(|k| {
+                            let m = swarm[k].marks.get(s).filter(|m| m.sealed)?;
+                            (m.applied == mine.applied)
+                                .then(|| (k, DriftSketch::of(&m.params), m.params.clone()))
+                        })
+                        .collect();
+                    let own = DriftSketch::of(&mine.params);
+                    let others: Vec<&DriftSketch> = votes.iter().map(|v| &v.1).collect();
+                    let adopt = votes.iter().find(|(_, sketch, _)| {
+                        verdict(&own, sketch, &others, 3, TOLERANCE) == Verdict::Adopt
+                    });
+                    if let Some((k, _, theirs)) = adopt {
+                        assert_eq!(i, 2, "replica {i} moved to {k}'s at round {s}");
+                        let r = &mut swarm[i];
+                        pull_toward(&mut r.theta, &mine.params, theirs, 1.0);
+                        r.marks.shift(s, &mine.params, theirs, 1.0);
+                        repairs += 1;
+                    }
+                }
+            }
+        }
+        // b takes the last round's late update in, as a peer past its last round does.
+        swarm[1].settle();
+        let end = relative_distance(&swarm[2].theta, &swarm[0].theta);
+        eprintln!("{outer:?}: {apart_before:.2e} apart before, {end:.2e} after {repairs} repairs");
+        assert!(apart_before > 10.0 * TOLERANCE, "{apart_before}");
+        assert!(repairs >= 1, "the joiner never moved");
+        // Under SGD one repair closes the gap. Repair moves θ, not Nesterov's momentum: the
+        // momentum the joiner lacks keeps moving θ apart for ~1/(1 − μ) rounds, which each later
+        // sealed round's repair takes back, so the gap shrinks by μ per round, not at once.
+        let bound = match outer {
+            OuterConfig::Sgd { .. } => TOLERANCE,
+            OuterConfig::Nesterov { .. } => apart_before / 100.0,
+        };
+        assert!(end < bound, "{outer:?}: {end} apart");
+        assert!(relative_distance(&swarm[0].theta, &swarm[1].theta) < 1e-6);
     }
 }

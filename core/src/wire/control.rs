@@ -14,6 +14,20 @@ pub const MAX_HEARTBEAT_BYTES: usize = 1280;
 /// Longest [`Heartbeat::agent`], in bytes.
 pub const MAX_AGENT_LEN: usize = 64;
 
+/// A replica's fingerprint at a round's start: what heartbeats carry and
+/// [`Request::Fingerprint`] answers, so that peers compare replicas without sending θ.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// The round whose start θ is.
+    pub round: u64,
+    /// [`params_checksum`] of θ.
+    pub checksum: u64,
+    /// θ's drift sketch.
+    pub sketch: DriftSketch,
+    /// [`crate::RoundBook::applied_digest`]: the updates of recent rounds θ holds.
+    pub applied: u64,
+}
+
 /// A peer's periodic "I am here": its round, a checksum of its parameters and its latest loss.
 /// Peers count the live swarm from these and spot replicas that drifted apart.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -37,6 +51,10 @@ pub struct Heartbeat {
     /// [`crate::RoundBook::applied_digest`] at the start of `round`: which recent updates θ_round
     /// holds, so that a partner tells drift from an update still on its way.
     pub applied: u64,
+    /// The fingerprint of the sender's latest sealed mark ([`crate::marks`]): θ at the start of
+    /// an older round with every update it will ever take for the rounds before, which drift
+    /// repair compares. None before the first mark is sealed.
+    pub sealed: Option<Fingerprint>,
     /// The rounds the sender published an update for: bit `i` is round `round − 1 − i`. A peer
     /// past its last round waits until it holds each of these (or refused it for what it is).
     pub published: u64,
@@ -77,6 +95,9 @@ impl Heartbeat {
         let hb: Heartbeat = decode_versioned(bytes, MAX_HEARTBEAT_BYTES)?;
         check_ids(&hb.run_id, &hb.peer_id)?;
         hb.sketch.check()?;
+        if let Some(sealed) = &hb.sealed {
+            sealed.sketch.check()?;
+        }
         if !(hb.tokens_per_s.is_finite() && hb.tokens_per_s >= 0.0) {
             return Err(DecodeError::BadHeader("tokens_per_s is not a number ≥ 0"));
         }
@@ -238,6 +259,9 @@ pub enum Request {
         model_hash: ModelHash,
         /// The round.
         round: u64,
+        /// The fingerprint of the round's sealed mark ([`Heartbeat::sealed`]), not of θ as it
+        /// was when the round opened.
+        sealed: bool,
     },
     /// The manifest of the run this node publishes or takes part in: how a joiner that knows
     /// one address learns the run.

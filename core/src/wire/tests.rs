@@ -140,6 +140,12 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         val_loss: 2.7,
         sketch: DriftSketch::of(&[1.0, 2.0]),
         applied: 3,
+        sealed: Some(Fingerprint {
+            round: 3,
+            checksum: 9,
+            sketch: DriftSketch::of(&[1.0, 1.5]),
+            applied: 2,
+        }),
         published: 0b101,
         settled: false,
         samples: 64,
@@ -164,6 +170,12 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         checksum: u64::MAX,
         sketch: DriftSketch::of(&vec![1e30; 10_000]),
         applied: u64::MAX,
+        sealed: Some(Fingerprint {
+            round: u64::MAX,
+            checksum: u64::MAX,
+            sketch: DriftSketch::of(&vec![1e30; 10_000]),
+            applied: u64::MAX,
+        }),
         published: u64::MAX,
         settled: true,
         samples: u64::MAX,
@@ -186,6 +198,11 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
     assert!(Heartbeat::from_bytes(&largest.to_bytes()).is_ok());
     let mut nan = hb.clone();
     nan.sketch.buckets[0] = f32::NAN;
+    assert!(Heartbeat::from_bytes(&nan.to_bytes()).is_err());
+    let mut nan = hb.clone();
+    if let Some(sealed) = nan.sealed.as_mut() {
+        sealed.sketch.buckets[1] = f32::INFINITY;
+    }
     assert!(Heartbeat::from_bytes(&nan.to_bytes()).is_err());
     // A throughput that is no number, an agent too long or with control characters: refused.
     for lie in [
