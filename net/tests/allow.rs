@@ -44,6 +44,7 @@ async fn a_private_run_refuses_strangers_and_what_they_sign() {
         run_id: RUN.into(),
         model_hash: [7; 32],
         round: 0,
+        sealed: false,
     };
 
     // The member is answered; the stranger cannot even connect.

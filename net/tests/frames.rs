@@ -100,6 +100,7 @@ fn a_frame_cut_short_is_an_error_and_a_whole_one_parses() {
         run_id: "r".into(),
         model_hash: [3; 32],
         round: 9,
+        sealed: false,
     };
     let body = gradswarm_core::wire::encode_versioned(&request);
     let mut whole = (body.len() as u32).to_le_bytes().to_vec();

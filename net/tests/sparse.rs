@@ -110,6 +110,7 @@ async fn peers_keep_few_connections_and_still_hear_and_reach_everyone() {
         run_id: RUN.into(),
         model_hash: [7; 32],
         round: 0,
+        sealed: false,
     };
     let answers = join_all(ids[1..].iter().map(|p| nets[0].request(*p, ask.clone()))).await;
     for (peer, answer) in ids[1..].iter().zip(answers) {

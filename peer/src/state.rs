@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub(crate) use gradswarm_core::Fingerprint;
 use gradswarm_core::wire::STATE_CHUNK_BYTES;
-use gradswarm_core::{DriftSketch, ModelHash, PeerState, Request, Response};
+use gradswarm_core::{DriftSketch, Marks, ModelHash, PeerState, Request, Response};
 use gradswarm_net::{NetHandle, PeerId};
 use tracing::debug;
 use web_time::Instant;
@@ -45,12 +46,15 @@ pub(crate) struct Snapshots {
     round: AtomicU64,
     next_id: AtomicU64,
     current: Mutex<Option<Arc<Snapshot>>>,
-    marks: Mutex<VecDeque<(u64, Arc<Vec<f32>>)>>,
+    /// The marks drift repair fetches ([`gradswarm_core::Marks`]), as the round loop holds them.
+    marks: Mutex<Vec<(u64, Arc<Vec<f32>>)>>,
     /// This replica at the start of the latest round a new group formed at, encoded for it.
     replica: Mutex<Option<Served>>,
     /// Fingerprints of this replica's last [`FINGERPRINTS`] round starts, kept whether or not
     /// marks are: joiners check the state another peer served against them.
     fingerprints: Mutex<VecDeque<Fingerprint>>,
+    /// Fingerprints of this replica's last [`FINGERPRINTS`] sealed marks, for drift repair's polls.
+    sealed: Mutex<VecDeque<Fingerprint>>,
 }
 
 /// Round starts whose fingerprints a peer serves (32 × ~140 bytes).
@@ -83,20 +87,17 @@ impl Snapshots {
             round: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             current: Mutex::new(None),
-            marks: Mutex::new(VecDeque::new()),
+            marks: Mutex::new(Vec::new()),
             replica: Mutex::new(None),
             fingerprints: Mutex::new(VecDeque::new()),
+            sealed: Mutex::new(VecDeque::new()),
         })
     }
 
-    /// Serves θ at the start of `round` (older marks beyond `keep` are forgotten).
-    pub(crate) fn mark(&self, round: u64, params: Arc<Vec<f32>>, keep: usize) {
-        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
-        marks.retain(|(r, _)| *r < round);
-        marks.push_back((round, params));
-        while marks.len() > keep {
-            marks.pop_front();
-        }
+    /// Serves these marks, θ at the start of each round named, and forgets any other.
+    pub(crate) fn marks(&self, marks: &Marks) {
+        *self.marks.lock().unwrap_or_else(|p| p.into_inner()) =
+            marks.iter().map(|m| (m.round, m.params.clone())).collect();
     }
 
     /// Serves this replica at the start of `round`, encoded for the group that forms then
@@ -118,12 +119,12 @@ impl Snapshots {
 
     /// Serves the fingerprint of θ at the start of its round.
     pub(crate) fn fingerprint(&self, print: Fingerprint) {
-        let mut prints = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
-        prints.retain(|p| p.round < print.round);
-        prints.push_back(print);
-        while prints.len() > FINGERPRINTS {
-            prints.pop_front();
-        }
+        keep_print(&self.fingerprints, print);
+    }
+
+    /// Serves the fingerprint of a sealed mark (one sealed again after a repair replaces it).
+    pub(crate) fn sealed(&self, print: Fingerprint) {
+        keep_print(&self.sealed, print);
     }
 
     /// Whether a joiner is waiting for a fresh snapshot.
@@ -198,11 +199,17 @@ impl Snapshots {
                 run_id,
                 model_hash,
                 round,
+                sealed,
             } => {
                 if *run_id != self.run_id || *model_hash != self.model_hash {
                     return Response::Error("another run or model".into());
                 }
-                let prints = self.fingerprints.lock().unwrap_or_else(|p| p.into_inner());
+                let prints = if *sealed {
+                    &self.sealed
+                } else {
+                    &self.fingerprints
+                };
+                let prints = prints.lock().unwrap_or_else(|p| p.into_inner());
                 return match prints.iter().find(|p| p.round == *round) {
                     Some(print) => Response::Fingerprint {
                         round: print.round,
@@ -391,18 +398,15 @@ pub(crate) async fn fetch(
 /// not vote, and holds nobody up.
 pub(crate) const FINGERPRINT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A replica's fingerprint at a round's start: what its heartbeat carries, and what
-/// [`Request::Fingerprint`] answers.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Fingerprint {
-    /// The round whose start θ is.
-    pub(crate) round: u64,
-    /// [`params_checksum`](gradswarm_core::wire::params_checksum) of θ.
-    pub(crate) checksum: u64,
-    /// θ's drift sketch.
-    pub(crate) sketch: DriftSketch,
-    /// The round book's digest of the updates θ holds lately.
-    pub(crate) applied: u64,
+/// Keeps `print` as the newest of `prints` (replacing any of its round or later), and at most
+/// [`FINGERPRINTS`] of them.
+fn keep_print(prints: &Mutex<VecDeque<Fingerprint>>, print: Fingerprint) {
+    let mut prints = prints.lock().unwrap_or_else(|p| p.into_inner());
+    prints.retain(|p| p.round < print.round);
+    prints.push_back(print);
+    while prints.len() > FINGERPRINTS {
+        prints.pop_front();
+    }
 }
 
 /// `peer`'s answer to one small `request`: one try, at most [`FINGERPRINT_TIMEOUT`].
@@ -414,19 +418,22 @@ async fn ask_once(net: &NetHandle, peer: PeerId, request: Request) -> Result<Res
     .await
 }
 
-/// Asks `peer` for the fingerprint of its θ at the start of `round`; one request, no retry, at
-/// most [`FINGERPRINT_TIMEOUT`].
+/// Asks `peer` for the fingerprint of its θ at the start of `round`, as it was then or, if
+/// `sealed`, of its sealed mark of that round; one request, no retry, at most
+/// [`FINGERPRINT_TIMEOUT`].
 pub(crate) async fn fetch_fingerprint(
     net: &NetHandle,
     peer: PeerId,
     run_id: &str,
     model_hash: ModelHash,
     round: u64,
+    sealed: bool,
 ) -> Result<Fingerprint, PeerError> {
     let request = Request::Fingerprint {
         run_id: run_id.to_string(),
         model_hash,
         round,
+        sealed,
     };
     match ask_once(net, peer, request).await? {
         Response::Fingerprint {
@@ -687,9 +694,11 @@ mod tests {
         let snapshots = Snapshots::new("run", [7; 32]);
         // Two and a bit chunks' worth of floats.
         let n = STATE_CHUNK_BYTES / 2 + 3;
+        let mut marks = Marks::new(gradswarm_core::OuterConfig::default(), 1, 3);
         for round in 0..4u64 {
             let theta: Vec<f32> = (0..n).map(|j| (j as f32) + round as f32 * 0.5).collect();
-            snapshots.mark(round, Arc::new(theta), 3);
+            marks.mark(round, Arc::new(theta), 0);
+            snapshots.marks(&marks);
         }
         let mut bytes = Vec::new();
         for chunk in 0..3 {
@@ -737,6 +746,7 @@ mod tests {
             run_id: "run".into(),
             model_hash: [7; 32],
             round,
+            sealed: false,
         };
         // Nothing marked yet: every round is still to come.
         assert!(matches!(

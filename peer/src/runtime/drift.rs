@@ -1,6 +1,8 @@
 //! Replica fingerprints and pairwise averaging: every round's θ is marked with a checksum and a
-//! drift sketch, heartbeats carry them, and a partner whose sketch is too far from ours at the
-//! same round is averaged with (each side moves halfway).
+//! drift sketch, and once no late update can change a mark any more (it is *sealed*,
+//! [`gradswarm_core::marks`]) heartbeats carry its fingerprint. A replica whose sealed mark is
+//! too far from those of a majority holding the same updates moves to theirs (each side of two
+//! equal camps halfway).
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use gradswarm_core::{DriftSketch, EncodeError, Heartbeat};
 use gradswarm_net::PeerId;
 use tracing::{debug, info, warn};
 
-use super::{Mark, Peer};
+use super::Peer;
 use crate::error::PeerError;
 use crate::state::{self, Fingerprint};
 
@@ -56,24 +58,35 @@ impl Peer {
                 Err(e) => warn!("replica of round {round} not encoded for the group: {e}"),
             }
         }
+        let applied = fingerprint.applied;
         self.fingerprint = Some(fingerprint.clone());
-        self.snapshots.fingerprint(fingerprint.clone());
+        self.snapshots.fingerprint(fingerprint);
         // Marks serve pairwise averaging (drift) and a new group's averaging.
         if self.config.drift_tolerance.is_none() && !self.averaging.to_partners_only() {
             return;
         }
-        let params = Arc::new(params);
-        self.snapshots.mark(round, params.clone(), self.max_marks);
-        self.marks.retain(|m| m.fingerprint.round < round);
-        self.marks.push_back(Mark {
-            fingerprint,
-            params,
-        });
-        while self.marks.len() > self.max_marks {
-            self.marks.pop_front();
+        let sealed = self.marks.mark(round, Arc::new(params), applied);
+        self.snapshots.marks(&self.marks);
+        for &s in &sealed {
+            let Some(mark) = self.marks.get(s) else {
+                continue;
+            };
+            let print = Fingerprint {
+                round: s,
+                checksum: params_checksum(&mark.params),
+                sketch: DriftSketch::of(&mark.params),
+                applied: mark.applied,
+            };
+            self.snapshots.sealed(print.clone());
+            self.sealed.insert(s, print);
         }
-        if let Some(oldest) = self.marks.front().map(|m| m.fingerprint.round) {
+        if let Some(oldest) = self.marks.oldest() {
             self.votes = self.votes.split_off(&oldest);
+            self.sealed = self.sealed.split_off(&oldest);
+        }
+        // Votes for these rounds that came before they sealed here.
+        for s in sealed {
+            self.reconsider(s);
         }
     }
 
@@ -95,28 +108,26 @@ impl Peer {
         }
     }
 
-    /// Takes in a heartbeat's fingerprint of its sender's replica as a vote on that round, and
-    /// looks at the round again if this replica has marked it.
+    /// Takes in a heartbeat's fingerprint of its sender's latest sealed mark as a vote on that
+    /// round, and looks at the round again if this replica has sealed it.
     pub(super) fn check_drift(&mut self, from: PeerId, heartbeat: &Heartbeat) {
-        if self.config.drift_tolerance.is_none() || heartbeat.sketch.is_empty() {
+        let Some(print) = heartbeat.sealed.as_ref() else {
+            return;
+        };
+        if self.config.drift_tolerance.is_none() || print.sketch.is_empty() {
             return;
         }
         let round = self.book.round();
         // Votes are kept for the rounds this peer holds marks of, and a horizon ahead.
-        let oldest = self.marks.front().map_or(round, |m| m.fingerprint.round);
-        if heartbeat.round < oldest || heartbeat.round > round + self.book.horizon() {
+        let oldest = self.marks.oldest().unwrap_or(round);
+        if print.round < oldest || print.round > round + self.book.horizon() {
             return;
         }
-        self.votes.entry(heartbeat.round).or_default().insert(
-            from,
-            Fingerprint {
-                round: heartbeat.round,
-                checksum: heartbeat.checksum,
-                sketch: heartbeat.sketch.clone(),
-                applied: heartbeat.applied,
-            },
-        );
-        self.reconsider(heartbeat.round);
+        self.votes
+            .entry(print.round)
+            .or_default()
+            .insert(from, print.clone());
+        self.reconsider(print.round);
     }
 
     /// Starts a reconciliation when the votes for `round` put a majority of the swarm's replicas
@@ -130,19 +141,14 @@ impl Peer {
         if !self.running || self.reconciling.is_some() || round < self.quiet_until {
             return;
         }
-        let Some(mark) = self
-            .marks
-            .iter()
-            .map(|m| &m.fingerprint)
-            .find(|m| m.round == round)
-        else {
+        let Some(mark) = self.sealed.get(&round) else {
             return;
         };
         let Some(votes) = self.votes.get(&round) else {
             return;
         };
-        // Replicas whose recent updates differ from ours are still taking one in (it arrives as
-        // a correction): averaging now would make the gap it closes permanent. They do not vote.
+        // Replicas whose sealed mark holds other updates of the rounds before it than ours took
+        // different updates (another group's, under groups): not drift. They do not vote.
         let same: Vec<(&PeerId, &Fingerprint)> = votes
             .iter()
             .filter(|(_, v)| v.applied == mark.applied)
@@ -234,12 +240,11 @@ impl Peer {
         let model_hash = self.model_hash;
         self.polling = Some(
             async move {
-                let answers = futures::future::join_all(
-                    peers
-                        .iter()
-                        .map(|&p| state::fetch_fingerprint(&net, p, &run_id, model_hash, round)),
-                )
-                .await;
+                let answers =
+                    futures::future::join_all(peers.iter().map(|&p| {
+                        state::fetch_fingerprint(&net, p, &run_id, model_hash, round, true)
+                    }))
+                    .await;
                 let votes = peers
                     .into_iter()
                     .zip(answers)
@@ -254,8 +259,7 @@ impl Peer {
     /// Takes the answers to a poll as votes on their round, and looks at that round again.
     pub(super) fn take_poll(&mut self, round: u64, answers: Vec<(PeerId, Fingerprint)>) {
         self.polling = None;
-        let oldest = self.marks.front().map_or(round, |m| m.fingerprint.round);
-        if round < oldest {
+        if round < self.marks.oldest().unwrap_or(round) {
             return;
         }
         let votes = self.votes.entry(round).or_default();
@@ -277,7 +281,7 @@ impl Peer {
         theirs: Result<Vec<f32>, PeerError>,
     ) -> Result<(), PeerError> {
         let theirs = theirs?;
-        let Some(mark) = self.marks.iter().find(|m| m.fingerprint.round == round) else {
+        let Some(mark) = self.marks.get(round).filter(|m| m.sealed) else {
             return Err(PeerError::Sync(format!(
                 "this peer no longer remembers its replica of round {round}"
             )));
@@ -296,6 +300,10 @@ impl Peer {
         let mut theta = self.trainer.parameters_async().await?;
         pull_toward(&mut theta, &mine, &theirs, share);
         self.trainer.set_parameters(&theta)?;
+        // The marks since move with θ; their fingerprints are taken again as they seal again.
+        self.marks.shift(round, &mine, &theirs, share);
+        self.snapshots.marks(&self.marks);
+        self.sealed.split_off(&round);
         self.quiet_until = self.book.round() + RECONCILE_BACKOFF;
         info!(
             "moved {share} of the way to {peer}'s replica of round {round} (it was {drift:.1e} from ours)"

@@ -170,7 +170,9 @@ impl Peer {
             partners: partners.len() as u64,
             ..RegroupReport::default()
         };
-        let Some(mark) = self.marks.back().filter(|m| m.fingerprint.round == round) else {
+        let mark = self.marks.newest().filter(|m| m.round == round);
+        let print = self.fingerprint.as_ref().filter(|f| f.round == round);
+        let (Some(mark), Some(print)) = (mark, print) else {
             warn!("no replica of round {round} marked; not averaging with the new group");
             report.unreached = report.partners;
             return Ok((0.0, report));
@@ -178,8 +180,8 @@ impl Peer {
         if partners.is_empty() {
             return Ok((0.0, report));
         }
-        let (marked, checksum) = (mark.params.clone(), mark.fingerprint.checksum);
-        let own_sketch = mark.fingerprint.sketch.clone();
+        let (marked, checksum) = (mark.params.clone(), print.checksum);
+        let own_sketch = print.sketch.clone();
         let mine = encode_replica(&marked, round)
             .and_then(|bytes| {
                 decode_replica(&bytes, marked.len())
@@ -404,7 +406,7 @@ async fn reached_fingerprint(
 ) -> Result<state::Fingerprint, PeerError> {
     let mut approach = Approach::starting(Instant::now());
     loop {
-        match state::fetch_fingerprint(net, peer, run_id, model_hash, round).await {
+        match state::fetch_fingerprint(net, peer, run_id, model_hash, round, false).await {
             // It has not reached that round yet: ask again while it keeps getting there. No
             // answer: ask again for a while. A refusal leaves it out.
             Err(PeerError::NotReached { latest }) => {

@@ -62,6 +62,7 @@ impl Peer {
             val_loss: self.last_val_loss,
             sketch,
             applied,
+            sealed: self.sealed.values().next_back().cloned(),
             published,
             settled: self.settled,
             samples: self.samples,

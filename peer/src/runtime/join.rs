@@ -288,6 +288,7 @@ impl Peer {
                     &self.config.run_id,
                     self.model_hash,
                     state.round,
+                    false,
                 )
             }))
             .await;
@@ -366,6 +367,11 @@ impl Peer {
             self.outer.set_momentum(m);
         }
         self.book.reset(state.round);
+        // θ no longer descends from the marks it held: drift repair starts over from here.
+        self.marks.clear();
+        self.snapshots.marks(&self.marks);
+        self.sealed.clear();
+        self.votes.clear();
         Ok(())
     }
 

@@ -22,7 +22,7 @@ use gradswarm_core::credit::CreditLedger;
 use gradswarm_core::drift::Verdict;
 use gradswarm_core::view::RunView;
 use gradswarm_core::{
-    Aggregator, Averaging, Codec, DecodedUpdate, DropCounts, ErrorFeedback, ModelHash,
+    Aggregator, Averaging, Codec, DecodedUpdate, DropCounts, ErrorFeedback, Marks, ModelHash,
     OuterOptimizer, RoundBook, UpdateValidator, WireLimits,
 };
 use gradswarm_model::data::validation_batches;
@@ -102,13 +102,8 @@ struct Seen {
 /// to its deadline.
 const MISSED_LIMIT: u32 = 2;
 
-/// This replica at the start of a round: what a partner's snapshot of that round is compared with.
-struct Mark {
-    fingerprint: Fingerprint,
-    params: Arc<Vec<f32>>,
-}
-
-/// Memory the marks of past rounds may take (at least two rounds are kept whatever the model).
+/// Memory the marks of past rounds may take (at least two rounds are kept whatever the model,
+/// and older ones on a stride that lets them live until sealed: [`Marks::stride`]).
 const MARK_BUDGET_BYTES: usize = 64 << 20;
 
 /// A reconciliation in flight: the partner, the round, how far to move, and the partner's θ of
@@ -210,8 +205,12 @@ pub struct Peer {
     pause: PauseHandle,
     /// Whether the last round was sat out paused (a change is heartbeated at once).
     sitting_out: bool,
-    marks: VecDeque<Mark>,
-    max_marks: usize,
+    /// θ at recent round starts, corrected by late updates until sealed: what drift repair
+    /// compares and a new group averages (kept only when either is on).
+    marks: Marks,
+    /// The fingerprints of the sealed marks, by round: what drift repair compares, and the
+    /// latest heartbeats carry.
+    sealed: BTreeMap<u64, Fingerprint>,
     /// θ at the start of the round it names, as heartbeats describe it (kept apart from the
     /// marks, which exist only when pairwise averaging is on).
     fingerprint: Option<Fingerprint>,
@@ -230,12 +229,12 @@ pub struct Peer {
     polling: Option<Polling>,
     /// The last round polled: each round is polled once.
     polled: u64,
-    /// Per partner, the first heartbeat round whose drift is looked at again.
+    /// Per partner, the first sealed round whose drift is looked at again.
     reconcile_after: BTreeMap<PeerId, u64>,
-    /// The first heartbeat round whose drift is looked at again, after an averaging.
+    /// The first sealed round whose drift is looked at again, after an averaging.
     quiet_until: u64,
-    /// Per round, the replica each peer's heartbeat described (rounds this peer holds marks of,
-    /// and a horizon ahead, looked at once it marks them).
+    /// Per round, the sealed mark each peer's heartbeat described (rounds this peer holds marks
+    /// of, and a horizon ahead, looked at once it seals them).
     votes: BTreeMap<u64, BTreeMap<PeerId, Fingerprint>>,
     reconciled_pending: u64,
     /// Distances to replicas heard at this peer's round since the last report.
@@ -274,8 +273,14 @@ impl Peer {
             Vec::new()
         };
         let me = net.local_peer_id();
+        let book = RoundBook::new(config.staleness, 0);
+        // Marks of a horizon of rounds until they seal, and as many sealed ones, whose votes
+        // may come a while later, where the budget allows.
+        let horizon = book.horizon();
+        let keep = (MARK_BUDGET_BYTES / (4 * n).max(1)).min(2 * horizon as usize + 2);
+        let marks = Marks::new(config.outer, horizon, keep);
         Ok(Self {
-            book: RoundBook::new(config.staleness, 0),
+            book,
             outer: OuterOptimizer::new(config.outer),
             validator: UpdateValidator::new(n),
             aggregator: config.aggregation.build(),
@@ -325,13 +330,13 @@ impl Peer {
             resynced_at: None,
             pause: PauseHandle::default(),
             sitting_out: false,
-            marks: VecDeque::new(),
+            marks,
+            sealed: BTreeMap::new(),
             fingerprint: None,
             published: VecDeque::new(),
             settled: false,
             last_heartbeat: None,
             heartbeat_spacing: 1,
-            max_marks: (MARK_BUDGET_BYTES / (4 * n).max(1)).clamp(2, 16),
             reconciling: None,
             polling: None,
             polled: 0,

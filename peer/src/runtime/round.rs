@@ -29,6 +29,18 @@ fn verdict(dropped: &[Dropped], peer: &[u8]) -> Option<DropReason> {
         .map(|&(_, reason)| reason)
 }
 
+/// A late correction of an earlier round: how θ and the marks after it move.
+struct LateMove {
+    /// The round it corrects.
+    round: u64,
+    /// How many rounds were applied since that round's aggregate.
+    ago: u64,
+    /// Its aggregate after the late updates minus before (None: nothing counts either way).
+    delta: Option<Vec<f32>>,
+    /// What it changes the applied digest by ([`Correction::applied_change`]).
+    applied_change: u64,
+}
+
 impl Peer {
     /// When a round's collection ends: `deadline_factor` median compute times after `publish`, within `min_wait`..`max_wait`.
     pub(super) fn deadline_after(&self, publish: Instant) -> Instant {
@@ -183,13 +195,10 @@ impl Peer {
         self.drops_pending.merge(&closed.dropped);
         report.round = closed.round;
         // Rounds correction.round ..= closed.round − 1 have been applied since each correction's.
-        let mut moves = self.correction_moves(&closed.corrections, closed.round, report);
+        let late = self.correction_moves(&closed.corrections, closed.round, report);
         let (aggregate, dropped) = self.aggregate(closed.round, &closed.accepted);
         self.count_all(&closed.accepted, &dropped, report);
-        if let Some(aggregate) = aggregate {
-            moves.push((aggregate, None));
-        }
-        self.apply_moves(&moves).await
+        self.apply_moves(&late, aggregate.as_deref()).await
     }
 
     /// Applies the late updates that came in since the last close, without closing a round (a
@@ -199,8 +208,8 @@ impl Peer {
         self.drops.merge(&dropped);
         self.drops_pending.merge(&dropped);
         // Every round before the open one has been applied.
-        let moves = self.correction_moves(&corrections, self.book.round(), report);
-        self.apply_moves(&moves).await
+        let late = self.correction_moves(&corrections, self.book.round(), report);
+        self.apply_moves(&late, None).await
     }
 
     /// What each correction changes: its round's aggregate after the late updates minus before,
@@ -210,7 +219,7 @@ impl Peer {
         corrections: &[Correction<Arc<DecodedUpdate>>],
         applied_until: u64,
         report: &mut RoundReport,
-    ) -> Vec<(Vec<f32>, Option<u64>)> {
+    ) -> Vec<LateMove> {
         let mut moves = Vec::new();
         for correction in corrections {
             let (after, dropped) = self.aggregate(correction.round, &correction.after);
@@ -239,38 +248,57 @@ impl Peer {
             let delta = match (after, before) {
                 (Some(mut delta), Some(before)) => {
                     delta.iter_mut().zip(&before).for_each(|(d, b)| *d -= b);
-                    delta
+                    Some(delta)
                 }
-                (Some(after), None) => after,
-                (None, Some(before)) => before.into_iter().map(|b| -b).collect(),
-                (None, None) => continue,
+                (Some(after), None) => Some(after),
+                (None, Some(before)) => Some(before.into_iter().map(|b| -b).collect()),
+                (None, None) => None,
             };
-            moves.push((delta, Some(applied_until - correction.round)));
+            moves.push(LateMove {
+                round: correction.round,
+                ago: applied_until - correction.round,
+                delta,
+                applied_change: correction.applied_change(),
+            });
         }
         moves
     }
 
-    /// Moves θ by each `(delta, rounds_ago)` through the outer optimizer: a round's aggregate
-    /// (None), or a late correction of the round that many rounds ago.
-    async fn apply_moves(&mut self, moves: &[(Vec<f32>, Option<u64>)]) -> Result<(), PeerError> {
-        if moves.is_empty() {
-            return Ok(());
-        }
-        let mut theta = self.trainer.parameters_async().await?;
-        for (delta, rounds_ago) in moves {
-            if delta.len() != theta.len() {
+    /// Moves θ through the outer optimizer by each late correction, then by the closed round's
+    /// `aggregate` (if any), and corrects the marks of the rounds after each late one the same
+    /// way (θ is read and written once).
+    async fn apply_moves(
+        &mut self,
+        late: &[LateMove],
+        aggregate: Option<&[f32]>,
+    ) -> Result<(), PeerError> {
+        let deltas = late.iter().filter_map(|l| l.delta.as_deref());
+        if deltas.clone().next().is_some() || aggregate.is_some() {
+            let mut theta = self.trainer.parameters_async().await?;
+            if let Some(delta) = deltas.chain(aggregate).find(|d| d.len() != theta.len()) {
                 return Err(ModelError::ParamLength {
                     got: delta.len(),
                     expected: theta.len(),
                 }
                 .into());
             }
-            match rounds_ago {
-                Some(ago) => self.outer.apply_late(&mut theta, delta, *ago),
-                None => self.outer.apply(&mut theta, delta),
+            for l in late {
+                if let Some(delta) = &l.delta {
+                    self.outer.apply_late(&mut theta, delta, l.ago);
+                }
             }
+            if let Some(aggregate) = aggregate {
+                self.outer.apply(&mut theta, aggregate);
+            }
+            self.trainer.set_parameters(&theta)?;
         }
-        self.trainer.set_parameters(&theta)?;
+        for l in late {
+            self.marks
+                .correct(l.round, l.delta.as_deref(), l.applied_change);
+        }
+        if !late.is_empty() {
+            self.snapshots.marks(&self.marks);
+        }
         Ok(())
     }
 
@@ -317,8 +345,6 @@ impl Peer {
         );
         self.mark(params);
         let round = self.book.round();
-        // Votes for this round that came before its mark.
-        self.reconsider(round);
         self.snapshots.set_round(round);
         if self.snapshots.wanted() {
             let state = self.snapshot().await?;
