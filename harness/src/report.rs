@@ -144,6 +144,9 @@ pub struct PeerRow {
     pub lingered_out: bool,
     /// States it fetched and did not take (refused by the others' fingerprints, or broken).
     pub states_not_taken: u64,
+    /// The peers whose replicas drift repair moved it toward, and how often.
+    #[serde(default)]
+    pub reconciled_with: BTreeMap<String, u64>,
     /// Whether it was killed.
     pub killed: bool,
     /// The round of the checkpoint it restarted from after a kill (`restart_at_round`).
@@ -484,6 +487,7 @@ mod tests {
             resyncs: 0,
             lingered_out: false,
             states_not_taken: 0,
+            reconciled_with: BTreeMap::new(),
             killed: false,
             resumed_from: None,
             attack: None,

@@ -169,9 +169,15 @@ fn main() -> Result<()> {
                     report.write(&path)?;
                     let r = &report.summary;
                     let ratio = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+                    let repairs: u64 = report
+                        .peers
+                        .iter()
+                        .flat_map(|p| p.reconciled_with.values())
+                        .sum();
                     let row = format!(
                         "{label:<18} samples_to_target {:>8} samples_vs_honest {:>6} \
-                         rounds_vs_honest {:>6} rss_vs_honest {:>6} divergence {:.1e} drops {}",
+                         rounds_vs_honest {:>6} rss_vs_honest {:>6} divergence {:.1e} \
+                         repairs {repairs} drops {}",
                         r.samples_to_target.map_or("-".into(), |v| v.to_string()),
                         ratio(r.samples_vs_honest),
                         ratio(r.rounds_vs_honest),

@@ -169,6 +169,11 @@ impl Peer {
                 self.reconciling = None;
                 if let Err(e) = self.finish_reconcile(peer, round, verdict, theirs).await {
                     warn!("pairwise averaging with {peer} not applied: {e}");
+                    // Its vote may predate a repair of its own, which moved the mark it serves:
+                    // forgotten, so that its next fingerprint counts instead.
+                    if let Some(votes) = self.votes.get_mut(&round) {
+                        votes.remove(&peer);
+                    }
                 }
                 None
             }
