@@ -180,12 +180,13 @@ pub enum Verdict {
 }
 
 /// Decides, from the sketches of one round's replicas, whether this replica (`mine`) should move
-/// toward `partner`'s: all the way to a majority's, halfway to a camp no smaller than ours when
-/// the two together are a majority. `others` are the sketches heard for that round besides ours (`partner`'s
-/// included); `voters` is how many replicas should have spoken (this one included), so that
-/// silence counts against moving. A replica follows agreement, never one peer: with at most a
-/// quarter of the voters hostile, liars never form the majority that [`Verdict::Adopt`] needs,
-/// nor the equal half that [`Verdict::Halfway`] needs.
+/// toward `partner`'s: all the way to a majority's, or, once every voter has spoken and the two
+/// camps together are a majority, all the way to a larger camp and halfway to an equal one.
+/// `others` are the sketches heard for that round besides ours (`partner`'s included); `voters`
+/// is how many replicas should have spoken (this one included), so that silence counts against
+/// moving. A replica follows agreement, never one peer: with at most a quarter of the voters
+/// hostile, liars never form the majority that [`Verdict::Adopt`] needs, nor a camp at least as
+/// large as an honest one that together with it is a majority.
 pub fn verdict(
     mine: &DriftSketch,
     partner: &DriftSketch,
@@ -201,16 +202,22 @@ pub fn verdict(
     let voters = voters.max(others.len() + 1);
     let with_partner = others.iter().filter(|o| near(partner, o)).count();
     let with_me = 1 + others.iter().filter(|o| near(mine, o)).count();
+    let spoken = others.len() + 1 >= voters;
     if 2 * with_partner > voters {
         Verdict::Adopt
-    } else if others.len() + 1 >= voters
-        && with_partner >= with_me
-        && 2 * (with_partner + with_me) > voters
-    {
-        // Every voter has spoken, no camp is a majority, but the two camps together are one and
-        // theirs is no smaller: meet halfway (two peers; three replicas each apart). A quarter
-        // of the voters can never be such a camp, since ours would have to be no larger.
-        Verdict::Halfway
+    } else if spoken && 2 * (with_partner + with_me) > voters && with_partner >= with_me {
+        // Every voter has spoken and no camp is a majority, but the two camps together are one.
+        // A larger camp is followed all the way: halfway left half the gap, which the larger
+        // camp, seeing us as the smaller, never closed (a joiner and a replica of eight under
+        // two liars whose replicas agree with nobody, bench/README.md "Sealed marks"). Equal
+        // camps meet halfway (two peers; three replicas each apart), each side moving half. A
+        // quarter of the voters can be neither: ours would have to be smaller than a quarter
+        // and the two together more than half.
+        if with_partner > with_me {
+            Verdict::Adopt
+        } else {
+            Verdict::Halfway
+        }
     } else {
         Verdict::Keep
     }
@@ -307,6 +314,18 @@ mod tests {
         assert_eq!(
             verdict(&honest, &other, &[&other, &third], 3, tol),
             Verdict::Halfway
+        );
+        // Of six, all spoken: a camp of three against ours of one (two more elsewhere, liars
+        // whose replicas agree with nobody) is followed all the way, not halfway.
+        assert_eq!(
+            verdict(
+                &other,
+                &honest,
+                &[&honest, &honest, &honest, &third, &third],
+                6,
+                tol
+            ),
+            Verdict::Adopt
         );
         // A liar alone among four replicas all apart is no such pair.
         assert_eq!(

@@ -196,8 +196,18 @@ impl Peer {
             }
             return;
         };
+        let near = |a: &DriftSketch| {
+            sketches
+                .iter()
+                .filter(|s| s.relative_distance(a).is_some_and(|d| d <= tolerance))
+                .count()
+        };
+        let theirs = votes.get(&from).map_or(0, |v| near(&v.sketch));
         info!(
-            "replica of {from} at round {round} is where the swarm agrees ({verdict:?}): fetching it"
+            "replica of {from} at round {round} is where the swarm agrees ({verdict:?}: {theirs} \
+             of {voters} voters with it, {} with ours, {} heard): fetching it",
+            near(&mark.sketch) + 1,
+            sketches.len() + 1,
         );
         self.reconcile_after
             .insert(from, self.book.round() + RECONCILE_BACKOFF);
