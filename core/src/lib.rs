@@ -48,7 +48,7 @@ pub use drift::DriftSketch;
 pub use error::{DecodeError, EncodeError};
 pub use marks::{Mark, Marks};
 pub use outer::{OuterConfig, OuterOptimizer};
-pub use round::{Accepted, Closed, Correction, RoundBook};
+pub use round::{Accepted, Closed, Correction, Recount, RoundBook};
 pub use screen::{DirectionScreen, NormScreen, Screened, screen_round};
 pub use shard::ShardKey;
 pub use staleness::{DropCounts, DropReason, StalenessPolicy};

@@ -95,6 +95,58 @@ impl<T> Correction<T> {
     }
 }
 
+/// How a correction changes which of its round's updates count, as the screens judged the
+/// round's set before and after ([`Correction::recount`]).
+#[derive(Debug)]
+pub struct Recount<'a, T> {
+    /// Updates that count now and did not: late ones the screens kept, and ones already in that
+    /// a late update let through.
+    pub counted: Vec<&'a Accepted<T>>,
+    /// Updates that counted and no longer do: dropped by the screens now (with why), or taken
+    /// back out of the round (an equivocator's; no reason).
+    pub uncounted: Vec<(&'a Accepted<T>, Option<DropReason>)>,
+    /// Late updates the screens dropped, with why.
+    pub dropped: Vec<(&'a Accepted<T>, DropReason)>,
+}
+
+impl<T> Correction<T> {
+    /// Which updates start or stop counting, given why the screens dropped each sender's update
+    /// from the round's set `before` and `after` the correction (None: it counted). The screens
+    /// judge a round's whole set (its quartile norm, the others' directions), so a late update
+    /// can change the verdict on one already in; counting that change keeps what a replica
+    /// counted the same as what a replica that took every update in time counted.
+    pub fn recount(
+        &self,
+        before: impl Fn(&[u8]) -> Option<DropReason>,
+        after: impl Fn(&[u8]) -> Option<DropReason>,
+    ) -> Recount<'_, T> {
+        let mut recount = Recount {
+            counted: Vec::new(),
+            uncounted: Vec::new(),
+            dropped: Vec::new(),
+        };
+        for added in self.added() {
+            match after(&added.peer) {
+                Some(reason) => recount.dropped.push((added, reason)),
+                None => recount.counted.push(added),
+            }
+        }
+        for stayed in self.stayed() {
+            match (before(&stayed.peer), after(&stayed.peer)) {
+                (None, Some(reason)) => recount.uncounted.push((stayed, Some(reason))),
+                (Some(_), None) => recount.counted.push(stayed),
+                _ => {}
+            }
+        }
+        for gone in self.removed() {
+            if before(&gone.peer).is_none() {
+                recount.uncounted.push((gone, None));
+            }
+        }
+        recount
+    }
+}
+
 /// The entries of `these` whose sender has none in `those`.
 fn missing_from<'a, T>(
     these: &'a [Accepted<T>],

@@ -2,8 +2,10 @@
 //! those updates reached them: the round book, both screens, the weighted mean and the outer
 //! optimizer's late corrections together, as a peer runs them (`peer/src/runtime/round.rs`).
 //! Their sealed marks agree too, which is what drift repair compares (`peer/src/runtime/drift.rs`),
-//! and a joiner that missed updates for good is told apart there and pulled back.
+//! and a joiner that missed updates for good is told apart there and pulled back. And they count
+//! the same updates: a late one can change the screens' verdict on one already in.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use gradswarm_core::aggregate::WeightedMean;
@@ -11,33 +13,51 @@ use gradswarm_core::drift::{Verdict, pull_toward, relative_distance, verdict};
 use gradswarm_core::outer::OuterConfig;
 use gradswarm_core::synthetic::{SplitMix, sparse_around};
 use gradswarm_core::{
-    Accepted, Aggregator, Correction, DecodedUpdate, DirectionScreen, DriftSketch, Marks,
-    NormScreen, OuterOptimizer, RoundBook, StalenessPolicy, screen_round,
+    Accepted, Aggregator, Correction, DecodedUpdate, DirectionScreen, DriftSketch, DropReason,
+    Marks, NormScreen, OuterOptimizer, RoundBook, StalenessPolicy, screen_round,
 };
 
 const LEN: usize = 4096;
 const PEERS: usize = 8;
 const ROUNDS: u64 = 40;
 
-/// One replica: its book, θ, outer optimizer and marks.
+/// One replica: its book, θ, outer optimizer and marks, and the updates it counted.
 struct Replica {
     book: RoundBook<Arc<DecodedUpdate>>,
     theta: Vec<f32>,
     outer: OuterOptimizer,
     marks: Marks,
+    /// (round, sender) of every update counting now, as a peer's credit ledger counts them.
+    counted: BTreeSet<(u64, Vec<u8>)>,
+    /// Updates already in whose verdict a late one changed.
+    recounted: usize,
 }
 
-fn aggregate(entries: &[Accepted<Arc<DecodedUpdate>>]) -> Option<Vec<f32>> {
+/// Senders the screens dropped from a round, with why.
+type Dropped = Vec<(Vec<u8>, DropReason)>;
+
+/// A round's aggregate (None: nothing counts), and whose updates the screens dropped.
+fn aggregate(entries: &[Accepted<Arc<DecodedUpdate>>]) -> (Option<Vec<f32>>, Dropped) {
     let screened = screen_round(
         entries,
         LEN,
         &NormScreen::default(),
         Some(&DirectionScreen::default()),
     );
+    let dropped = screened
+        .dropped
+        .iter()
+        .map(|&(i, reason)| (entries[i].peer.clone(), reason))
+        .collect();
     if screened.kept.is_empty() {
-        return None;
+        return (None, dropped);
     }
-    WeightedMean.aggregate(&screened.inputs()).ok()
+    (WeightedMean.aggregate(&screened.inputs()).ok(), dropped)
+}
+
+/// Why `peer`'s update was dropped, if it was.
+fn why(dropped: &Dropped, peer: &[u8]) -> Option<DropReason> {
+    dropped.iter().find(|(p, _)| p == peer).map(|&(_, r)| r)
 }
 
 impl Replica {
@@ -49,6 +69,8 @@ impl Replica {
             theta: vec![1.0; LEN],
             outer: OuterOptimizer::new(outer),
             marks,
+            counted: BTreeSet::new(),
+            recounted: 0,
         }
     }
 
@@ -57,8 +79,14 @@ impl Replica {
     fn close(&mut self) -> Vec<u64> {
         let closed = self.book.close();
         self.correct(&closed.corrections, closed.round);
-        if let Some(a) = aggregate(&closed.accepted) {
+        let (aggregate, dropped) = aggregate(&closed.accepted);
+        if let Some(a) = aggregate {
             self.outer.apply(&mut self.theta, &a);
+        }
+        for a in &closed.accepted {
+            if why(&dropped, &a.peer).is_none() {
+                self.counted.insert((a.round, a.peer.clone()));
+            }
         }
         let applied = self.book.applied_digest();
         self.marks
@@ -75,7 +103,18 @@ impl Replica {
     /// Applies each correction, its round's aggregate after minus before, as of `applied_until`.
     fn correct(&mut self, corrections: &[Correction<Arc<DecodedUpdate>>], applied_until: u64) {
         for c in corrections {
-            let delta = match (aggregate(&c.after), aggregate(&c.before)) {
+            let ((after, dropped), (before, dropped_before)) =
+                (aggregate(&c.after), aggregate(&c.before));
+            let recount = c.recount(|p| why(&dropped_before, p), |p| why(&dropped, p));
+            for a in recount.counted {
+                self.recounted += usize::from(c.stayed().any(|s| s.peer == a.peer));
+                self.counted.insert((a.round, a.peer.clone()));
+            }
+            for (a, _) in recount.uncounted {
+                self.recounted += 1;
+                self.counted.remove(&(a.round, a.peer.clone()));
+            }
+            let delta = match (after, before) {
                 (Some(mut a), Some(b)) => {
                     a.iter_mut().zip(&b).for_each(|(x, y)| *x -= y);
                     Some(a)
@@ -113,6 +152,10 @@ struct Apart {
     /// Rounds whose marks, as taken when the round opened, held different digests: where drift
     /// repair compared before marks were sealed, and could not.
     open_digests_differ: usize,
+    /// Whether they end counting the same updates, and how many verdicts on updates already in
+    /// late ones changed for the late replica.
+    counted_alike: bool,
+    recounted: usize,
 }
 
 /// Runs an on-time and a late replica for [`ROUNDS`] rounds of [`PEERS`] updates each.
@@ -135,12 +178,19 @@ fn apart(outer: OuterConfig, seed: u64) -> Apart {
         sealed_rounds: 0,
         sealed_digests_differ: 0,
         open_digests_differ: 0,
+        counted_alike: false,
+        recounted: 0,
     };
     for round in 0..ROUNDS {
         let shared: Vec<f32> = (0..LEN).map(|_| rng.normal() as f32).collect();
         for p in 0..PEERS {
             let peer = vec![p as u8];
-            let u = Arc::new(sparse_around(&mut rng, &shared, LEN / 100, 2.0));
+            let mut u = sparse_around(&mut rng, &shared, LEN / 100, 2.0);
+            if p == PEERS - 1 {
+                // A sign-flipper, which the direction screen drops where enough others are in.
+                u.values.iter_mut().for_each(|v| *v = -*v);
+            }
+            let u = Arc::new(u);
             let digest = rng.next_u64();
             on_time
                 .book
@@ -183,6 +233,8 @@ fn apart(outer: OuterConfig, seed: u64) -> Apart {
         .zip(&late.theta)
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     out.end = f64::from(gap / scale);
+    out.counted_alike = on_time.counted == late.counted;
+    out.recounted = late.recounted;
     out
 }
 
@@ -202,6 +254,22 @@ fn late_updates_land_where_they_would_have_on_time() {
             assert!(apart < 1e-5, "seed {seed}, {outer:?}: {apart} apart");
         }
     }
+}
+
+/// A late update can change the screens' verdict on one already in its round (a flipper kept in
+/// a round too small to screen is dropped once enough others come): the late replica counts
+/// that change, and ends counting what the on-time one counts (`Correction::recount`).
+#[test]
+fn replicas_count_the_same_updates_however_late_they_came() {
+    let mut recounted = 0;
+    for seed in 0..5 {
+        for outer in OUTERS {
+            let a = apart(outer, seed);
+            assert!(a.counted_alike, "seed {seed}, {outer:?}");
+            recounted += a.recounted;
+        }
+    }
+    assert!(recounted > 0, "no late update changed a verdict");
 }
 
 /// Drift repair compares sealed marks: replicas that took the same updates, however late, hold
@@ -286,6 +354,8 @@ fn a_joiner_that_missed_updates_for_good_is_pulled_to_the_others() {
                     theta: a.theta.clone(),
                     outer: a.outer.clone(),
                     marks: Marks::new(outer, a.book.horizon(), 64),
+                    counted: BTreeSet::new(),
+                    recounted: 0,
                 };
                 joiner.marks.mark(JOINED, Arc::new(joiner.theta.clone()), 0);
                 for late in held.drain(..) {

@@ -224,24 +224,21 @@ impl Peer {
         for correction in corrections {
             let (after, dropped) = self.aggregate(correction.round, &correction.after);
             let (before, dropped_before) = self.aggregate(correction.round, &correction.before);
-            self.count_all(correction.added(), &dropped, report);
-            // The screens judge a round's whole set (its median norm, the others' directions),
-            // so a late update can change the verdict on one already in: it is counted again,
-            // so that every replica that ends with the same set counts the same updates.
-            for stayed in correction.stayed() {
-                let then = verdict(&dropped_before, &stayed.peer);
-                match (then, verdict(&dropped, &stayed.peer)) {
-                    (None, Some(reason)) => {
-                        self.uncount(stayed);
-                        self.record_drop(reason);
-                    }
-                    (Some(_), None) => self.count_from(stayed, report),
-                    _ => {}
-                }
+            let recount = correction.recount(
+                |peer| verdict(&dropped_before, peer),
+                |peer| verdict(&dropped, peer),
+            );
+            for (late, reason) in recount.dropped {
+                debug!("round {}: a late update dropped: {reason}", late.round);
+                self.record_drop(reason);
             }
-            for gone in correction.removed() {
-                if verdict(&dropped_before, &gone.peer).is_none() {
-                    self.uncount(gone);
+            for counted in recount.counted {
+                self.count_from(counted, report);
+            }
+            for (uncounted, reason) in recount.uncounted {
+                self.uncount(uncounted);
+                if let Some(reason) = reason {
+                    self.record_drop(reason);
                 }
             }
             // An equivocator's update taken back can leave a round with nothing that counts.
