@@ -152,7 +152,7 @@ impl PeerMetrics {
         );
         r.register(
             "replica_divergence",
-            "Median relative distance of the replicas heard at this peer's round from its own",
+            "Median relative distance of the sealed marks heard from this peer's own of the same round",
             m.divergence.clone(),
         );
         r.register(

@@ -31,8 +31,8 @@ pub struct RoundReport {
     #[serde(default)]
     pub credit: u64,
     /// How far the others' replicas are from this one (‖θ_them − θ_me‖ / ‖θ_me‖ by their
-    /// sketches), the median over the heartbeats heard at this peer's round with the same recent
-    /// updates since the previous report; None when none was.
+    /// sketches) at rounds both have sealed ([`gradswarm_core::marks`]) with the same updates,
+    /// the median over the heartbeats heard since the previous report; None when none was.
     #[serde(default)]
     pub divergence: Option<f64>,
     /// Bytes of this peer's own update message.

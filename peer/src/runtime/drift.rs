@@ -90,18 +90,21 @@ impl Peer {
         }
     }
 
-    /// Measures how far `heartbeat`'s replica is from this one when both describe the same round
-    /// with the same recent updates (a gap then is drift, not an update still on its way); the
-    /// next report's `divergence` is the median of these, one per sender (a peer heartbeating
-    /// often counts once).
+    /// Measures how far `heartbeat`'s sealed mark is from this replica's of the same round when
+    /// both hold the same updates there (a gap then is drift for good, not an update still on its
+    /// way); the next report's `divergence` is the median of these, one per sender (a peer
+    /// heartbeating often counts once).
     pub(super) fn measure_divergence(&mut self, from: PeerId, heartbeat: &Heartbeat) {
-        let Some(mine) = &self.fingerprint else {
+        let Some(theirs) = heartbeat.sealed.as_ref() else {
             return;
         };
-        if mine.round != heartbeat.round || mine.applied != heartbeat.applied {
+        let Some(mine) = self.sealed.get(&theirs.round) else {
+            return;
+        };
+        if mine.applied != theirs.applied {
             return;
         }
-        if let Some(d) = mine.sketch.relative_distance(&heartbeat.sketch)
+        if let Some(d) = mine.sketch.relative_distance(&theirs.sketch)
             && (self.divergences.len() < MAX_DIVERGENCES || self.divergences.contains_key(&from))
         {
             self.divergences.insert(from, d);
