@@ -157,7 +157,11 @@ impl Peer {
             .filter(|(_, v)| v.applied == mark.applied)
             .collect();
         let sketches: Vec<&DriftSketch> = same.iter().map(|(_, v)| &v.sketch).collect();
-        let voters = self.contributors().count() + 1;
+        // Every live replica should vote, not only the peers rounds wait for: a slow honest peer
+        // that rounds stopped waiting for still heartbeats, and leaving it out let two voters of
+        // three decide for a joiner in an adversity run (bench/README.md "Sealed marks"), a
+        // majority two liars could have made. Silence counts against moving.
+        let voters = self.live().count() + 1;
         let choice = same.iter().find_map(|&(peer, vote)| {
             if vote.checksum == mark.checksum
                 || !self.askable(peer)
@@ -190,7 +194,7 @@ impl Peer {
                     .to_partners_only()
                     .then(|| self.partners_at(round));
                 let silent: Vec<PeerId> = self
-                    .contributors()
+                    .live()
                     .filter(|p| !votes.contains_key(p))
                     .filter(|p| partners.as_ref().is_none_or(|g| g.contains(p)))
                     .copied()
