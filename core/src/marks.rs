@@ -15,23 +15,69 @@
 //! most [`crate::RoundBook::horizon`] rounds back, so a mark that many rounds old is *sealed*: no
 //! late update can change it. Replicas that took the same updates hold the same sealed marks (to
 //! rounding) whatever order those updates came in; ones that differ there differ for good.
+//!
+//! Where the outer optimizer keeps a momentum (Nesterov), a mark carries it after θ: replicas
+//! that took the same updates hold the same momentum, and one that missed an update lacks its
+//! momentum too, which would keep moving it apart after θ alone was repaired.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::outer::OuterConfig;
+use crate::drift::pull_toward;
+use crate::outer::{OuterConfig, OuterOptimizer};
 
 /// A replica's θ at the start of `round`, with every update it took for earlier rounds so far.
 #[derive(Clone, Debug)]
 pub struct Mark {
     /// The round whose start θ is.
     pub round: u64,
-    /// θ at the start of `round`, corrected by every late update taken since.
+    /// θ at the start of `round`, then the outer momentum where the optimizer keeps one
+    /// ([`OuterConfig::has_momentum`]), corrected by every late update taken since. What drift
+    /// repair fingerprints and fetches.
     pub params: Arc<Vec<f32>>,
     /// The digest of the updates of the rounds before `round` that θ holds, corrections included.
     pub applied: u64,
     /// No late update can change this mark any more.
     pub sealed: bool,
+    /// How many of `params` are θ.
+    theta_len: usize,
+}
+
+impl Mark {
+    /// θ at the start of the round (without the momentum).
+    pub fn theta(&self) -> &[f32] {
+        &self.params[..self.theta_len]
+    }
+}
+
+/// Moves a replica `share` of the way from `mine`, its mark of a round, to `theirs`, another
+/// replica's mark of that round ([`Mark::params`]), `rounds` rounds later (applied since): θ as
+/// [`pull_toward`] moves it, and where marks carry the momentum, the momentum with what its
+/// difference did to θ since ([`OuterOptimizer::pull_momentum`]). Updates applied since carry
+/// over unchanged.
+pub fn pull_replica(
+    outer: &mut OuterOptimizer,
+    theta: &mut [f32],
+    mine: &[f32],
+    theirs: &[f32],
+    share: f32,
+    rounds: u64,
+) {
+    let n = theta.len();
+    pull_toward(
+        theta,
+        &mine[..n.min(mine.len())],
+        &theirs[..n.min(theirs.len())],
+        share,
+    );
+    if mine.len() == 2 * n && theirs.len() == 2 * n {
+        let dm: Vec<f32> = mine[n..]
+            .iter()
+            .zip(&theirs[n..])
+            .map(|(m, t)| share * (t - m))
+            .collect();
+        outer.pull_momentum(theta, &dm, rounds);
+    }
 }
 
 /// The marks a replica keeps: the newest one always, and older ones on a stride of rounds that
@@ -62,10 +108,31 @@ impl Marks {
         (self.horizon + 1).div_ceil(self.keep as u64 - 1).max(1)
     }
 
-    /// Takes `params`, θ at the start of `round` holding updates of digest `applied`, as the newest
-    /// mark (replacing any of that round or later, as after a rollback), and seals the marks
-    /// `horizon` rounds old. Returns the rounds newly sealed, oldest first.
-    pub fn mark(&mut self, round: u64, params: Arc<Vec<f32>>, applied: u64) -> Vec<u64> {
+    /// How many vectors of θ's length a mark holds: 2 where it carries the momentum.
+    pub fn parts(&self) -> usize {
+        if self.outer.has_momentum() { 2 } else { 1 }
+    }
+
+    /// Takes `theta`, θ at the start of `round` holding updates of digest `applied`, and the outer
+    /// optimizer's `momentum` then (empty: none yet), as the newest mark (replacing any of that
+    /// round or later, as after a rollback), and seals the marks `horizon` rounds old. Returns
+    /// the rounds newly sealed, oldest first.
+    pub fn mark(
+        &mut self,
+        round: u64,
+        theta: Vec<f32>,
+        momentum: &[f32],
+        applied: u64,
+    ) -> Vec<u64> {
+        let theta_len = theta.len();
+        let mut params = theta;
+        if self.outer.has_momentum() {
+            if momentum.len() == theta_len {
+                params.extend_from_slice(momentum);
+            } else {
+                params.resize(2 * theta_len, 0.0);
+            }
+        }
         self.marks.retain(|m| m.round < round);
         // The newest mark only lives on if it falls on the stride.
         let stride = self.stride();
@@ -78,9 +145,10 @@ impl Marks {
         }
         self.marks.push_back(Mark {
             round,
-            params,
+            params: Arc::new(params),
             applied,
             sealed: false,
+            theta_len,
         });
         while self.marks.len() > self.keep {
             self.marks.pop_front();
@@ -109,22 +177,39 @@ impl Marks {
             debug_assert!(!m.sealed, "a correction reached a sealed mark");
             m.applied = m.applied.wrapping_add(applied_change);
             if let Some(delta) = delta {
-                let gain = self.outer.late_gain(m.round - round);
+                let ago = m.round - round;
+                let (gain, momentum_gain) = (
+                    self.outer.late_gain(ago),
+                    self.outer.late_momentum_gain(ago),
+                );
+                let n = m.theta_len;
                 let params = Arc::make_mut(&mut m.params);
-                for (p, &d) in params.iter_mut().zip(delta) {
+                let (theta, momentum) = params.split_at_mut(n);
+                for (p, &d) in theta.iter_mut().zip(delta) {
                     *p -= gain * d;
+                }
+                for (p, &d) in momentum.iter_mut().zip(delta) {
+                    *p += momentum_gain * d;
                 }
             }
         }
     }
 
-    /// Moves the marks of `round` and later by `share · (theirs − mine)`, as drift repair moved θ
-    /// ([`crate::drift::pull_toward`]): as if the repair had happened at `round`. Sealed ones
-    /// among them are sealed again at the next mark, so that their fingerprints are taken anew.
+    /// Moves the marks of `round` and later as drift repair moved the replica from `mine`, its
+    /// mark of `round`, toward `theirs` ([`pull_replica`]): as if the repair had happened at
+    /// `round`. Sealed ones among them are sealed again at the next mark, so that their
+    /// fingerprints are taken anew.
     pub fn shift(&mut self, round: u64, mine: &[f32], theirs: &[f32], share: f32) {
         for m in self.marks.iter_mut().filter(|m| m.round >= round) {
-            let params: &mut Vec<f32> = Arc::make_mut(&mut m.params);
-            crate::drift::pull_toward(params, mine, theirs, share);
+            let n = m.theta_len;
+            let params = Arc::make_mut(&mut m.params);
+            let (theta, momentum) = params.split_at_mut(n);
+            let mut outer = OuterOptimizer::new(self.outer);
+            outer.set_momentum(momentum.to_vec());
+            pull_replica(&mut outer, theta, mine, theirs, share, m.round - round);
+            if !momentum.is_empty() {
+                momentum.copy_from_slice(outer.momentum());
+            }
             m.sealed = false;
         }
     }
@@ -163,18 +248,18 @@ mod tests {
         Marks::new(OuterConfig::Sgd { lr: 1.0 }, 4, keep)
     }
 
-    fn theta(v: f32) -> Arc<Vec<f32>> {
-        Arc::new(vec![v; 3])
+    fn theta(v: f32) -> Vec<f32> {
+        vec![v; 3]
     }
 
     #[test]
     fn a_mark_is_sealed_a_horizon_after_its_round() {
         let mut m = marks(8);
         for round in 0..4 {
-            assert!(m.mark(round, theta(0.0), 0).is_empty());
+            assert!(m.mark(round, theta(0.0), &[], 0).is_empty());
         }
-        assert_eq!(m.mark(4, theta(0.0), 0), vec![0]);
-        assert_eq!(m.mark(5, theta(0.0), 0), vec![1]);
+        assert_eq!(m.mark(4, theta(0.0), &[], 0), vec![0]);
+        assert_eq!(m.mark(5, theta(0.0), &[], 0), vec![1]);
         assert!(m.get(1).is_some_and(|m| m.sealed));
         assert!(m.get(2).is_some_and(|m| !m.sealed));
     }
@@ -190,14 +275,19 @@ mod tests {
             8,
         );
         for round in 0..4 {
-            m.mark(round, theta(0.0), 10);
+            m.mark(round, theta(0.0), &[], 10);
         }
         m.correct(1, Some(&[1.0, 0.0, -2.0]), 5);
-        assert_eq!(*m.get(1).unwrap().params, vec![0.0; 3]);
+        assert_eq!(*m.get(1).unwrap().params, vec![0.0; 6]);
         assert_eq!(m.get(1).unwrap().applied, 10);
-        // Round 2 starts one round after round 1's aggregate: −(1 + ½) δ; round 3: −(1 + ½ + ¼) δ.
-        assert_eq!(*m.get(2).unwrap().params, vec![-1.5, 0.0, 3.0]);
-        assert_eq!(*m.get(3).unwrap().params, vec![-1.75, 0.0, 3.5]);
+        // Round 2 starts one round after round 1's aggregate: θ −(1 + ½) δ, the momentum δ;
+        // round 3: θ −(1 + ½ + ¼) δ, the momentum ½ δ.
+        assert_eq!(
+            *m.get(2).unwrap().params,
+            vec![-1.5, 0.0, 3.0, 1.0, 0.0, -2.0]
+        );
+        assert_eq!(m.get(3).unwrap().theta(), &[-1.75, 0.0, 3.5]);
+        assert_eq!(m.get(3).unwrap().params[3..], [0.5, 0.0, -1.0]);
         assert_eq!(m.get(3).unwrap().applied, 15);
     }
 
@@ -207,7 +297,7 @@ mod tests {
         assert_eq!(m.stride(), 3);
         let mut sealed = Vec::new();
         for round in 0..20 {
-            sealed.extend(m.mark(round, theta(round as f32), 0));
+            sealed.extend(m.mark(round, theta(round as f32), &[], 0));
             assert!(m.iter().count() <= 3);
             assert_eq!(m.newest().map(|m| m.round), Some(round));
         }
@@ -218,13 +308,13 @@ mod tests {
     fn a_shift_moves_the_marks_from_its_round_on_and_unseals_them() {
         let mut m = marks(8);
         for round in 0..6 {
-            m.mark(round, theta(1.0), 0);
+            m.mark(round, theta(1.0), &[], 0);
         }
         m.shift(1, &[1.0; 3], &[3.0; 3], 0.5);
         assert_eq!(*m.get(0).unwrap().params, vec![1.0; 3]);
         assert!(m.get(0).unwrap().sealed);
         assert_eq!(*m.get(1).unwrap().params, vec![2.0; 3]);
         assert!(!m.get(1).unwrap().sealed);
-        assert_eq!(m.mark(6, theta(2.0), 0), vec![1, 2]);
+        assert_eq!(m.mark(6, theta(2.0), &[], 0), vec![1, 2]);
     }
 }

@@ -48,15 +48,49 @@ impl OuterConfig {
     /// applied (at least 1: the round right after it): what a late part of that round moves θ
     /// by now ([`OuterOptimizer::apply_late`]). `lr` for SGD; `lr (1 + μ + … + μ^d)` for Nesterov.
     pub fn late_gain(&self, rounds_ago: u64) -> f32 {
+        self.gains(rounds_ago).0
+    }
+
+    /// Whether the optimizer keeps a momentum, which replicas that took the same updates share
+    /// and drift repair must carry with θ.
+    pub fn has_momentum(&self) -> bool {
+        matches!(self, Self::Nesterov { .. })
+    }
+
+    /// What a momentum difference `Δm` held `rounds` rounds (applied since) did: θ moved by
+    /// `theta_gain · Δm` (Nesterov: `−lr (μ² + … + μ^(D+1))`), and `left · Δm` (`μ^D`) is still in
+    /// the momentum. (0, 1) for no momentum at all and for none of its rounds.
+    pub fn momentum_carry(&self, rounds: u64) -> (f32, f32) {
+        match *self {
+            Self::Sgd { .. } => (0.0, 1.0),
+            Self::Nesterov { lr, momentum } => {
+                let mu = f64::from(momentum);
+                let d = rounds.min(1 << 16);
+                let moved = (2..=d + 1).fold(0.0, |acc, j| acc + mu.powi(j as i32));
+                ((-f64::from(lr) * moved) as f32, mu.powi(d as i32) as f32)
+            }
+        }
+    }
+
+    /// θ's and the momentum's gains for a late aggregate `rounds_ago` rounds back
+    /// ([`OuterOptimizer::apply_late`]).
+    fn gains(&self, rounds_ago: u64) -> (f32, f32) {
         let d = rounds_ago.max(1);
         match *self {
-            Self::Sgd { lr } => lr,
+            Self::Sgd { lr } => (lr, 0.0),
             Self::Nesterov { lr, momentum } => {
                 let mu = f64::from(momentum);
                 let steps = (1..=d.min(1 << 16)).fold(1.0, |acc, j| acc + mu.powi(j as i32));
-                (f64::from(lr) * steps) as f32
+                let momentum_gain = mu.powi((d - 1).min(1 << 16) as i32);
+                ((f64::from(lr) * steps) as f32, momentum_gain as f32)
             }
         }
+    }
+
+    /// What the momentum holds of a late aggregate `rounds_ago` rounds back, per unit: `μ^(d−1)`
+    /// (0 without momentum).
+    pub fn late_momentum_gain(&self, rounds_ago: u64) -> f32 {
+        self.gains(rounds_ago).1
     }
 }
 
@@ -108,18 +142,33 @@ impl OuterOptimizer {
                 .iter_mut()
                 .zip(delta)
                 .for_each(|(p, &x)| *p -= lr * x),
-            OuterConfig::Nesterov { momentum, .. } => {
+            OuterConfig::Nesterov { .. } => {
                 if self.momentum.len() != params.len() {
                     self.momentum = vec![0.0; params.len()];
                 }
-                let mu = f64::from(momentum);
-                let theta_gain = self.config.late_gain(d);
-                let momentum_gain = mu.powi((d - 1).min(1 << 16) as i32) as f32;
+                let (theta_gain, momentum_gain) = self.config.gains(d);
                 for ((p, &x), m) in params.iter_mut().zip(delta).zip(&mut self.momentum) {
                     *m += momentum_gain * x;
                     *p -= theta_gain * x;
                 }
             }
+        }
+    }
+
+    /// Adds `dm` to the momentum as it was `rounds` rounds ago (applied since): θ moves as that
+    /// momentum would have moved it, and the momentum keeps what is left of it
+    /// ([`OuterConfig::momentum_carry`]). How drift repair moves a replica's momentum with θ.
+    pub fn pull_momentum(&mut self, theta: &mut [f32], dm: &[f32], rounds: u64) {
+        if !self.config.has_momentum() {
+            return;
+        }
+        if self.momentum.len() != theta.len() {
+            self.momentum = vec![0.0; theta.len()];
+        }
+        let (theta_gain, left) = self.config.momentum_carry(rounds);
+        for ((t, m), &x) in theta.iter_mut().zip(&mut self.momentum).zip(dm) {
+            *t += theta_gain * x;
+            *m += left * x;
         }
     }
 
@@ -157,6 +206,38 @@ mod tests {
         o.apply(&mut p, &[1.0]); // m = 1.5, step = 1 + 0.75 = 1.75
         assert_eq!(p, vec![-3.25]);
         assert_eq!(o.momentum(), &[1.5]);
+    }
+
+    /// A momentum difference pulled in `rounds` rounds late leaves θ and the momentum where
+    /// they would be had it been there all along.
+    #[test]
+    fn a_momentum_pulled_late_lands_where_it_would_have_been() {
+        let config = OuterConfig::Nesterov {
+            lr: 0.7,
+            momentum: 0.9,
+        };
+        let aggregates = [[1.0f32, -2.0], [0.5, 0.25], [-1.0, 1.0]];
+        let (mut a, mut b) = (OuterOptimizer::new(config), OuterOptimizer::new(config));
+        let (mut ta, mut tb) = (vec![0.0f32; 2], vec![0.0f32; 2]);
+        a.apply(&mut ta, &[0.0, 0.0]);
+        b.apply(&mut tb, &[0.0, 0.0]);
+        // `a` holds a momentum of (3, −1) more from the start; `b` is told so three rounds on.
+        a.momentum
+            .iter_mut()
+            .zip([3.0, -1.0])
+            .for_each(|(m, x)| *m += x);
+        for g in &aggregates {
+            a.apply(&mut ta, g);
+            b.apply(&mut tb, g);
+        }
+        b.pull_momentum(&mut tb, &[3.0, -1.0], 3);
+        for (x, y) in ta
+            .iter()
+            .zip(&tb)
+            .chain(a.momentum().iter().zip(b.momentum()))
+        {
+            assert!((x - y).abs() < 1e-5, "{ta:?} {tb:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use gradswarm_core::aggregate::WeightedMean;
-use gradswarm_core::drift::{Verdict, pull_toward, relative_distance, verdict};
+use gradswarm_core::drift::{Verdict, relative_distance, verdict};
+use gradswarm_core::marks::pull_replica;
 use gradswarm_core::outer::OuterConfig;
 use gradswarm_core::synthetic::{SplitMix, sparse_around};
 use gradswarm_core::{
@@ -89,8 +90,12 @@ impl Replica {
             }
         }
         let applied = self.book.applied_digest();
-        self.marks
-            .mark(self.book.round(), Arc::new(self.theta.clone()), applied)
+        self.marks.mark(
+            self.book.round(),
+            self.theta.clone(),
+            self.outer.momentum(),
+            applied,
+        )
     }
 
     /// Takes in the late updates without closing a round (a peer past its last round).
@@ -305,7 +310,7 @@ fn sealed_marks_agree_however_late_the_updates_came() {
 /// differs from the others for good. Meanwhile one peer's update reaches replica `b` a round late,
 /// every round, so that no two of the three ever open a round with the same updates. Their sealed
 /// marks agree all the same: where the joiner's digest matches the others', its sketch does not,
-/// the others agree, and it adopts their replica. Without marks corrected by late updates, `b`'s
+/// the others agree, and it adopts their replica, momentum included. Without marks corrected by late updates, `b`'s
 /// sealed digests differ from `a`'s, the joiner hears one vote, and never moves (measured).
 #[test]
 fn a_joiner_that_missed_updates_for_good_is_pulled_to_the_others() {
@@ -357,7 +362,8 @@ fn a_joiner_that_missed_updates_for_good_is_pulled_to_the_others() {
                     counted: BTreeSet::new(),
                     recounted: 0,
                 };
-                joiner.marks.mark(JOINED, Arc::new(joiner.theta.clone()), 0);
+                let theta = joiner.theta.clone();
+                joiner.marks.mark(JOINED, theta, joiner.outer.momentum(), 0);
                 for late in held.drain(..) {
                     assert!(
                         offer(&mut joiner, &late).is_err(),
@@ -394,7 +400,8 @@ fn a_joiner_that_missed_updates_for_good_is_pulled_to_the_others() {
                     if let Some((k, _, theirs)) = adopt {
                         assert_eq!(i, 2, "replica {i} moved to {k}'s at round {s}");
                         let r = &mut swarm[i];
-                        pull_toward(&mut r.theta, &mine.params, theirs, 1.0);
+                        let since = r.book.round() - s;
+                        pull_replica(&mut r.outer, &mut r.theta, &mine.params, theirs, 1.0, since);
                         r.marks.shift(s, &mine.params, theirs, 1.0);
                         repairs += 1;
                     }
@@ -407,14 +414,10 @@ fn a_joiner_that_missed_updates_for_good_is_pulled_to_the_others() {
         eprintln!("{outer:?}: {apart_before:.2e} apart before, {end:.2e} after {repairs} repairs");
         assert!(apart_before > 10.0 * TOLERANCE, "{apart_before}");
         assert!(repairs >= 1, "the joiner never moved");
-        // Under SGD one repair closes the gap. Repair moves θ, not Nesterov's momentum: the
-        // momentum the joiner lacks keeps moving θ apart for ~1/(1 − μ) rounds, which each later
-        // sealed round's repair takes back, so the gap shrinks by μ per round, not at once.
-        let bound = match outer {
-            OuterConfig::Sgd { .. } => TOLERANCE,
-            OuterConfig::Nesterov { .. } => apart_before / 100.0,
-        };
-        assert!(end < bound, "{outer:?}: {end} apart");
+        // One repair closes the gap, Nesterov's momentum included: the marks carry it, and the
+        // repair moves it with what its difference did to θ since.
+        assert_eq!(repairs, 1, "{outer:?}");
+        assert!(end < TOLERANCE, "{outer:?}: {end} apart");
         assert!(relative_distance(&swarm[0].theta, &swarm[1].theta) < 1e-6);
     }
 }

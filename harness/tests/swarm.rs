@@ -10,7 +10,7 @@ use gradswarm_core::{Announce, DropCounts, DropReason, Update, UpdateGossip, Wir
 use gradswarm_harness::{LocalSwarm, Report, max_divergence};
 use gradswarm_model::Trainer;
 use gradswarm_model::burn::prelude::Device;
-use gradswarm_peer::PeerSummary;
+use gradswarm_peer::{Mode, PeerConfig, PeerSummary};
 
 mod common;
 use common::*;
@@ -299,8 +299,19 @@ fn a_killed_peer_leaves_the_others_training() {
 
 #[test]
 fn a_drifted_replica_rejoins_the_replica_the_others_agree_on() {
+    drifted_replica_rejoins("e2e-drift", Mode::Gradient);
+}
+
+/// The same in local-steps mode, whose outer Nesterov momentum the marks carry after θ: the
+/// fetched mark is θ and the momentum, and the repair moves both.
+#[test]
+fn a_drifted_replica_rejoins_the_others_in_local_steps_mode() {
+    drifted_replica_rejoins("e2e-drift-local", Mode::LocalSteps);
+}
+
+fn drifted_replica_rejoins(name: &str, mode: Mode) {
     let _serial = serial();
-    let mut swarm = LocalSwarm::start("e2e-drift").unwrap();
+    let mut swarm = LocalSwarm::start(name).unwrap();
     let corpus = corpus();
     let mut peers = Vec::new();
     for i in 0..3 {
@@ -320,7 +331,12 @@ fn a_drifted_replica_rejoins_the_replica_the_others_agree_on() {
         }
         // Rounds of the tiny model take milliseconds, a state transfer several of them: 40
         // rounds leave room for a second averaging when the first pairs did not all meet.
-        let config = config("e2e-drift", 40);
+        let mut config = config(name, 40);
+        if mode == Mode::LocalSteps {
+            let defaults = PeerConfig::new(name, Mode::LocalSteps);
+            (config.mode, config.outer) = (defaults.mode, defaults.outer);
+            config.local_steps = 2;
+        }
         peers.push(
             swarm
                 .spawn_trainer(config, trainer, corpus.clone(), 2)

@@ -697,7 +697,7 @@ mod tests {
         let mut marks = Marks::new(gradswarm_core::OuterConfig::default(), 1, 3);
         for round in 0..4u64 {
             let theta: Vec<f32> = (0..n).map(|j| (j as f32) + round as f32 * 0.5).collect();
-            marks.mark(round, Arc::new(theta), 0);
+            marks.mark(round, theta, &[], 0);
             snapshots.marks(&marks);
         }
         let mut bytes = Vec::new();

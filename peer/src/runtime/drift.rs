@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use futures::FutureExt;
-use gradswarm_core::drift::{Verdict, pull_toward, relative_distance, verdict};
+use gradswarm_core::drift::{Verdict, relative_distance, verdict};
+use gradswarm_core::marks::pull_replica;
 use gradswarm_core::topology::{decode_replica, encode_replica};
 use gradswarm_core::wire::params_checksum;
 use gradswarm_core::{DriftSketch, EncodeError, Heartbeat};
@@ -65,7 +66,9 @@ impl Peer {
         if self.config.drift_tolerance.is_none() && !self.averaging.to_partners_only() {
             return;
         }
-        let sealed = self.marks.mark(round, Arc::new(params), applied);
+        let sealed = self
+            .marks
+            .mark(round, params, self.outer.momentum(), applied);
         self.snapshots.marks(&self.marks);
         for &s in &sealed {
             let Some(mark) = self.marks.get(s) else {
@@ -220,7 +223,9 @@ impl Peer {
             .insert(from, self.book.round() + RECONCILE_BACKOFF);
         let net = self.net.clone();
         let run_id = self.config.run_id.clone();
-        let (model_hash, n) = (self.model_hash, self.trainer.num_params());
+        // A mark is θ, then the outer momentum where the optimizer keeps one.
+        let n = self.trainer.num_params() * self.marks.parts();
+        let model_hash = self.model_hash;
         self.reconciling = Some(
             async move {
                 let theirs = state::fetch_params(&net, from, &run_id, model_hash, round, n)
@@ -315,7 +320,8 @@ impl Peer {
             Verdict::Keep => return Ok(()),
         };
         let mut theta = self.trainer.parameters_async().await?;
-        pull_toward(&mut theta, &mine, &theirs, share);
+        let since = self.book.round().saturating_sub(round);
+        pull_replica(&mut self.outer, &mut theta, &mine, &theirs, share, since);
         self.trainer.set_parameters(&theta)?;
         // The marks since move with θ; their fingerprints are taken again as they seal again.
         self.marks.shift(round, &mine, &theirs, share);

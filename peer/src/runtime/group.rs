@@ -180,7 +180,7 @@ impl Peer {
         if partners.is_empty() {
             return Ok((0.0, report));
         }
-        let (marked, checksum) = (mark.params.clone(), print.checksum);
+        let (marked, checksum) = (mark.theta().to_vec(), print.checksum);
         let own_sketch = print.sketch.clone();
         let mine = encode_replica(&marked, round)
             .and_then(|bytes| {

@@ -277,7 +277,9 @@ impl Peer {
         // Marks of a horizon of rounds until they seal, and as many sealed ones, whose votes
         // may come a while later, where the budget allows.
         let horizon = book.horizon();
-        let keep = (MARK_BUDGET_BYTES / (4 * n).max(1)).min(2 * horizon as usize + 2);
+        // A mark is θ, and the outer momentum too where the optimizer keeps one.
+        let parts = if config.outer.has_momentum() { 2 } else { 1 };
+        let keep = (MARK_BUDGET_BYTES / (4 * n * parts).max(1)).min(2 * horizon as usize + 2);
         let marks = Marks::new(config.outer, horizon, keep);
         Ok(Self {
             book,
