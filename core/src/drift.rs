@@ -223,6 +223,48 @@ pub fn verdict(
     }
 }
 
+/// How many times what the fingerprints estimate a served replica's exact distance from ours may
+/// be (plus the tolerance): a 32-bucket sketch reads within ~25 % (one standard deviation).
+pub const SERVED_DISTANCE_MARGIN: f64 = 2.0;
+
+/// How far (relative) a served replica's norm may lie from its fingerprint's: the two are of
+/// the same vector, so only rounding separates them.
+pub const SERVED_NORM_TOLERANCE: f64 = 0.02;
+
+/// Checks a replica `theirs` a partner served for drift repair against the fingerprints the
+/// verdict was made on, `their_print` and this replica's own (`mine`, `my_print`), and returns
+/// its exact distance from ours. The checksum binds what is served to what its sender signed,
+/// but a liar signs what it likes: a fingerprint honest to the sketch can come with a vector the
+/// public sketch does not see ([`unseen_by_sketch`]). Its norm would show it, or the distance,
+/// which the sketch estimated: so a replica whose norm is not its fingerprint's, or which lies
+/// further from ours than [`SERVED_DISTANCE_MARGIN`] times the estimate, is refused. What can
+/// still hide is bounded by the drift being repaired (≤ √(margin² − 1) ≈ 1.7 times it).
+pub fn check_served(
+    mine: &[f32],
+    theirs: &[f32],
+    my_print: &DriftSketch,
+    their_print: &DriftSketch,
+    tolerance: f64,
+) -> Result<f64, &'static str> {
+    let norm = theirs
+        .iter()
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let signed = f64::from(their_print.norm);
+    if (norm - signed).abs() > SERVED_NORM_TOLERANCE * signed.max(1e-30) {
+        return Err("its norm is not its fingerprint's");
+    }
+    let estimate = my_print
+        .relative_distance(their_print)
+        .ok_or("no fingerprint to check it against")?;
+    let exact = relative_distance(mine, theirs);
+    if exact > SERVED_DISTANCE_MARGIN * estimate + tolerance {
+        return Err("it lies further from ours than its fingerprint says");
+    }
+    Ok(exact)
+}
+
 /// Moves this replica toward another, applied late: `theta += share · (theirs_then − mine_then)`.
 ///
 /// `mine_then` and `theirs_then` are both replicas at the same earlier round; `theta` is this
@@ -338,6 +380,41 @@ mod tests {
             verdict(&honest, &DriftSketch::default(), &[], 2, tol),
             Verdict::Keep
         );
+    }
+
+    /// A served replica passes against its fingerprint when it is the replica fingerprinted,
+    /// and not when it carries a vector the sketch does not see, large (its norm shows it) or
+    /// not (its distance from ours does).
+    #[test]
+    fn a_served_replica_must_be_its_fingerprints() {
+        let mine = synthetic::gradient_like(50_000, 21);
+        let step = synthetic::gradient_like(50_000, 22);
+        let scale = |v: &[f32], by: f32| -> Vec<f32> { v.iter().map(|x| x * by).collect() };
+        // Theirs lies 4 % from ours.
+        let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let d = scale(&step, (0.04 * norm(&mine) / norm(&step)) as f32);
+        let theirs: Vec<f32> = mine.iter().zip(&d).map(|(m, x)| m + x).collect();
+        let (my_print, their_print) = (DriftSketch::of(&mine), DriftSketch::of(&theirs));
+        let exact = check_served(&mine, &theirs, &my_print, &their_print, 1e-4).expect("honest");
+        assert!((exact - 0.04).abs() < 1e-3, "{exact}");
+        for (hidden, why) in [(0.3, "norm"), (0.1, "further")] {
+            let mut v = synthetic::gradient_like(50_000, 23);
+            unseen_by_sketch(&mut v);
+            let v = scale(&v, (hidden * norm(&mine) / norm(&v)) as f32);
+            let lie: Vec<f32> = theirs.iter().zip(&v).map(|(t, x)| t + x).collect();
+            // The sketch cannot tell the lie from theirs.
+            assert!(
+                their_print
+                    .relative_distance(&DriftSketch::of(&lie))
+                    .unwrap()
+                    < 1e-3
+            );
+            let refused = check_served(&mine, &lie, &my_print, &their_print, 1e-4);
+            assert!(
+                refused.is_err_and(|e| e.contains(why)),
+                "{hidden}: {refused:?}"
+            );
+        }
     }
 
     /// A vector hidden from the public sketch (what a liar's replica can carry past public

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use futures::FutureExt;
-use gradswarm_core::drift::{Verdict, relative_distance, verdict};
+use gradswarm_core::drift::{Verdict, check_served, relative_distance, verdict};
 use gradswarm_core::marks::pull_replica;
 use gradswarm_core::topology::{decode_replica, encode_replica};
 use gradswarm_core::wire::params_checksum;
@@ -174,10 +174,10 @@ impl Peer {
             }
             match verdict(&mark.sketch, &vote.sketch, &sketches, voters, tolerance) {
                 Verdict::Keep => None,
-                v => Some((*peer, v, vote.checksum)),
+                v => Some((*peer, v, vote.checksum, vote.sketch.clone())),
             }
         });
-        let Some((from, verdict, checksum)) = choice else {
+        let Some((from, verdict, checksum, their_print)) = choice else {
             // Heartbeats go out every few seconds, so when rounds are short the votes heard for
             // one round rarely include every replica, and a replica that is alone in being far
             // off never hears the majority it needs. Ask the silent ones for theirs.
@@ -226,19 +226,29 @@ impl Peer {
         // A mark is θ, then the outer momentum where the optimizer keeps one.
         let n = self.trainer.num_params() * self.marks.parts();
         let model_hash = self.model_hash;
+        let my_print = mark.sketch.clone();
+        let Some(mine) = self.marks.get(round).map(|m| m.params.clone()) else {
+            return;
+        };
         self.reconciling = Some(
             async move {
                 let theirs = state::fetch_params(&net, from, &run_id, model_hash, round, n)
                     .await
                     .and_then(|theta| {
-                        // What it serves must be what it signed in its heartbeat.
-                        if params_checksum(&theta) == checksum {
-                            Ok(theta)
-                        } else {
-                            Err(PeerError::Sync(format!(
+                        // What it serves must be what it signed in its heartbeat, and what that
+                        // fingerprint described: not a vector hidden from the sketch.
+                        if params_checksum(&theta) != checksum {
+                            return Err(PeerError::Sync(format!(
                                 "{from} served a replica of round {round} other than its heartbeat's"
-                            )))
+                            )));
                         }
+                        check_served(&mine, &theta, &my_print, &their_print, tolerance)
+                            .map_err(|why| {
+                                PeerError::Sync(format!(
+                                    "{from}'s replica of round {round} refused: {why}"
+                                ))
+                            })?;
+                        Ok(theta)
                     });
                 (from, round, verdict, theirs)
             }
