@@ -179,6 +179,20 @@ pub enum Verdict {
     Halfway,
 }
 
+/// The sizes of `partner`'s camp and ours among one round's replicas: how many of `others`
+/// (`partner` included) lie within `tolerance` of it, and of ours (ours counted).
+pub fn camps(
+    mine: &DriftSketch,
+    partner: &DriftSketch,
+    others: &[&DriftSketch],
+    tolerance: f64,
+) -> (usize, usize) {
+    let near =
+        |a: &DriftSketch, b: &DriftSketch| a.relative_distance(b).is_some_and(|d| d <= tolerance);
+    let with = |x: &DriftSketch| others.iter().filter(|o| near(x, o)).count();
+    (with(partner), 1 + with(mine))
+}
+
 /// Decides, from the sketches of one round's replicas, whether this replica (`mine`) should move
 /// toward `partner`'s: all the way to a majority's, or, once every voter has spoken and the two
 /// camps together are a majority, all the way to a larger camp and halfway to an equal one.
@@ -200,8 +214,7 @@ pub fn verdict(
         return Verdict::Keep;
     }
     let voters = voters.max(others.len() + 1);
-    let with_partner = others.iter().filter(|o| near(partner, o)).count();
-    let with_me = 1 + others.iter().filter(|o| near(mine, o)).count();
+    let (with_partner, with_me) = camps(mine, partner, others, tolerance);
     let spoken = others.len() + 1 >= voters;
     if 2 * with_partner > voters {
         Verdict::Adopt

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use futures::FutureExt;
-use gradswarm_core::drift::{Verdict, check_served, relative_distance, verdict};
+use gradswarm_core::drift::{Verdict, camps, check_served, verdict};
 use gradswarm_core::marks::pull_replica;
 use gradswarm_core::topology::{decode_replica, encode_replica};
 use gradswarm_core::wire::params_checksum;
@@ -206,17 +206,10 @@ impl Peer {
             }
             return;
         };
-        let near = |a: &DriftSketch| {
-            sketches
-                .iter()
-                .filter(|s| s.relative_distance(a).is_some_and(|d| d <= tolerance))
-                .count()
-        };
-        let theirs = votes.get(&from).map_or(0, |v| near(&v.sketch));
+        let (theirs, ours) = camps(&mark.sketch, &their_print, &sketches, tolerance);
         info!(
             "replica of {from} at round {round} is where the swarm agrees ({verdict:?}: {theirs} \
-             of {voters} voters with it, {} with ours, {} heard): fetching it",
-            near(&mark.sketch) + 1,
+             of {voters} voters with it, {ours} with ours, {} heard): fetching it",
             sketches.len() + 1,
         );
         self.reconcile_after
@@ -242,13 +235,14 @@ impl Peer {
                                 "{from} served a replica of round {round} other than its heartbeat's"
                             )));
                         }
-                        check_served(&mine, &theta, &my_print, &their_print, tolerance)
-                            .map_err(|why| {
-                                PeerError::Sync(format!(
-                                    "{from}'s replica of round {round} refused: {why}"
-                                ))
-                            })?;
-                        Ok(theta)
+                        let drift =
+                            check_served(&mine, &theta, &my_print, &their_print, tolerance)
+                                .map_err(|why| {
+                                    PeerError::Sync(format!(
+                                        "{from}'s replica of round {round} refused: {why}"
+                                    ))
+                                })?;
+                        Ok((theta, drift))
                     });
                 (from, round, verdict, theirs)
             }
@@ -310,16 +304,15 @@ impl Peer {
         peer: PeerId,
         round: u64,
         verdict: Verdict,
-        theirs: Result<Vec<f32>, PeerError>,
+        theirs: Result<(Vec<f32>, f64), PeerError>,
     ) -> Result<(), PeerError> {
-        let theirs = theirs?;
+        let (theirs, drift) = theirs?;
         let Some(mark) = self.marks.get(round).filter(|m| m.sealed) else {
             return Err(PeerError::Sync(format!(
                 "this peer no longer remembers its replica of round {round}"
             )));
         };
         let mine = mark.params.clone();
-        let drift = relative_distance(&mine, &theirs);
         if self.config.drift_tolerance.is_none_or(|t| drift <= t) {
             debug!("replica of {peer} at round {round} is {drift:.1e} from ours: close enough");
             return Ok(());

@@ -128,7 +128,7 @@ impl Peer {
             Net(Option<NetEvent>),
             Timeout,
             Stop,
-            Reconciled(PeerId, u64, Verdict, Result<Vec<f32>, PeerError>),
+            Reconciled(PeerId, u64, Verdict, Result<(Vec<f32>, f64), PeerError>),
             Polled(u64, Vec<(PeerId, Fingerprint)>),
         }
         let remaining = until.saturating_duration_since(Instant::now());

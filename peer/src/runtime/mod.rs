@@ -106,9 +106,9 @@ const MISSED_LIMIT: u32 = 2;
 /// and older ones on a stride that lets them live until sealed: [`Marks::stride`]).
 const MARK_BUDGET_BYTES: usize = 64 << 20;
 
-/// A reconciliation in flight: the partner, the round, how far to move, and the partner's θ of
-/// that round.
-type Reconciling = BoxFuture<'static, (PeerId, u64, Verdict, Result<Vec<f32>, PeerError>)>;
+/// A reconciliation in flight: the partner, the round, how far to move, and the partner's mark of
+/// that round with its exact distance from ours.
+type Reconciling = BoxFuture<'static, (PeerId, u64, Verdict, Result<(Vec<f32>, f64), PeerError>)>;
 
 /// A poll of fingerprints in flight: the round, and the answers that came.
 type Polling = BoxFuture<'static, (u64, Vec<(PeerId, Fingerprint)>)>;
