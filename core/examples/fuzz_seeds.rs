@@ -108,6 +108,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("adamw.v".into(), theta.iter().map(|v| v * v).collect()),
         ],
         optimizer_steps: 40,
+        standing: vec![(
+            9,
+            vec![(vec![2; 38], vec![0.5; gradswarm_core::standing::SKETCH_DIM])],
+        )],
     };
     write(dir, "decode_state", "state", &state.to_bytes())?;
     let requests = [

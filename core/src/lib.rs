@@ -9,6 +9,7 @@
 //! - [`staleness`]: staleness weights, the τ_max cut-off and drop counters.
 //! - [`aggregate`]: weighted mean, trimmed mean, centered clipping, and update validation.
 //! - [`screen`]: the norm and direction screens a round's updates pass before any rule.
+//! - [`standing`]: peers' updates averaged over rounds, and the filter that weighs colluders down.
 //! - [`outer`]: the outer optimizer (SGD, DiLoCo-style Nesterov) over flat parameter vectors.
 //! - [`shard`]: rendezvous hashing of data chunks over live peers.
 //! - [`synthetic`]: seeded gradient-like vectors for tests and benchmarks.
@@ -31,6 +32,7 @@ pub mod round;
 pub mod screen;
 pub mod shard;
 pub mod staleness;
+pub mod standing;
 pub mod synthetic;
 pub mod topology;
 pub mod view;
@@ -52,6 +54,7 @@ pub use round::{Accepted, Closed, Correction, Recount, RoundBook};
 pub use screen::{DirectionScreen, NormScreen, Screened, screen_round};
 pub use shard::ShardKey;
 pub use staleness::{DropCounts, DropReason, StalenessPolicy};
+pub use standing::{Factors, Standing, StandingConfig};
 pub use topology::{
     Averaging, AveragingConfig, Broadcast, Groups, HEARTBEAT_FLAT_FROM, swarm_size,
 };

@@ -169,6 +169,10 @@ pub struct Closed<T> {
     pub corrections: Vec<Correction<T>>,
     /// Updates dropped when the round closed (too stale by then).
     pub dropped: DropCounts,
+    /// Rounds this close sealed, with their final sets: past the horizon, no late update can
+    /// change them any more, so every replica that took the same updates holds the same sets
+    /// ([`crate::standing::Standing`] takes them in).
+    pub sealed: Vec<(u64, Vec<Accepted<T>>)>,
 }
 
 struct Pending<T> {
@@ -390,7 +394,10 @@ impl<T: Clone> RoundBook<T> {
         self.current += 1;
         // Rounds past the horizon can no longer be corrected, nor their duplicates told apart.
         let oldest = self.current.saturating_sub(self.horizon());
-        self.closed = self.closed.split_off(&oldest);
+        let open = self.closed.split_off(&oldest);
+        let sealed = std::mem::replace(&mut self.closed, open)
+            .into_iter()
+            .collect();
         self.seen = self.seen.split_off(&(oldest, Vec::new()));
         self.retracted = self.retracted.split_off(&oldest);
         Closed {
@@ -398,6 +405,7 @@ impl<T: Clone> RoundBook<T> {
             accepted,
             corrections,
             dropped,
+            sealed,
         }
     }
 
@@ -452,6 +460,12 @@ impl<T: Clone> RoundBook<T> {
                 .entry((round, peer.to_vec()))
                 .or_insert(Seen::Refused(digest));
         }
+    }
+
+    /// The closed rounds still held (the last [`RoundBook::horizon`]), with their sets as they
+    /// stand: not sealed yet, so a late update may still join them.
+    pub fn unsealed(&self) -> impl Iterator<Item = (u64, &[Accepted<T>])> {
+        self.closed.iter().map(|(r, set)| (*r, set.as_slice()))
     }
 
     /// An order-independent digest of the updates the closed rounds still held (the last
@@ -509,6 +523,27 @@ mod tests {
             vec![(b"a".to_vec(), 30.0, 1), (b"b".to_vec(), 10.0, 2)]
         );
         assert_eq!(b.round(), 6);
+    }
+
+    #[test]
+    fn a_round_is_sealed_with_its_late_updates_once_none_can_come() {
+        // Horizon 6 (τ_max 2): round 5 is handed back sealed by the close of round 11, with
+        // the late update that joined it, and never before.
+        let mut b = book();
+        b.offer(b"a", 5, 5, 4, 1, 1).unwrap();
+        assert!(b.close().sealed.is_empty());
+        b.offer(b"slow", 5, 4, 8, 9, 9).unwrap();
+        for round in 6..11 {
+            assert!(b.close().sealed.is_empty(), "round {round}");
+        }
+        let sealed = b.close().sealed;
+        let peers: Vec<(u64, Vec<Vec<u8>>)> = sealed
+            .iter()
+            .map(|(r, set)| (*r, set.iter().map(|a| a.peer.clone()).collect()))
+            .collect();
+        // In the order closing gives (base round, then peer).
+        assert_eq!(peers, vec![(5, vec![b"slow".to_vec(), b"a".to_vec()])]);
+        assert_eq!(b.offer(b"later", 5, 5, 8, 7, 7), Err(DropReason::TooStale));
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub struct Screened {
     pub kept: Vec<(f32, Vec<f32>)>,
     /// The dropped ones: their index among the round's updates, and why.
     pub dropped: Vec<(usize, DropReason)>,
+    /// For each kept update, in `kept`'s order: its index among the round's updates, and the
+    /// norm screen's factor (what [`crate::standing::Standing`] averages, and whose weight
+    /// [`crate::standing::Factors::weigh`] sets).
+    pub sources: Vec<(usize, f32)>,
 }
 
 impl Screened {
@@ -57,6 +61,7 @@ pub fn screen_round<T: Deref<Target = DecodedUpdate>>(
         index.push((i, scale));
     }
     let Some(direction) = direction else {
+        out.sources = index;
         return out;
     };
     // Judged over the updates' own coordinates: the same sums, in the same order, as over the
@@ -72,10 +77,12 @@ pub fn screen_round<T: Deref<Target = DecodedUpdate>>(
         |i, j| scaled_dot(views[i], views[j]),
     );
     let kept = std::mem::take(&mut out.kept);
-    for (((i, _), x), aligned) in index.into_iter().zip(kept).zip(aligned) {
+    for ((source, x), aligned) in index.into_iter().zip(kept).zip(aligned) {
         if aligned {
             out.kept.push(x);
+            out.sources.push(source);
         } else {
+            let (i, _) = source;
             out.dropped.push((i, DropReason::Unaligned));
         }
     }

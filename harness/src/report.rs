@@ -147,6 +147,9 @@ pub struct PeerRow {
     /// The peers whose replicas drift repair moved it toward, and how often.
     #[serde(default)]
     pub reconciled_with: BTreeMap<String, u64>,
+    /// The peers its aggregates weighed down for their standing, and in how many rounds.
+    #[serde(default)]
+    pub weighed_down: BTreeMap<String, u64>,
     /// Whether it was killed.
     pub killed: bool,
     /// The round of the checkpoint it restarted from after a kill (`restart_at_round`).
@@ -488,6 +491,7 @@ mod tests {
             lingered_out: false,
             states_not_taken: 0,
             reconciled_with: BTreeMap::new(),
+            weighed_down: BTreeMap::new(),
             killed: false,
             resumed_from: None,
             attack: None,

@@ -26,6 +26,15 @@ fn since(now: u64, before: Option<u64>) -> u64 {
     }
 }
 
+/// For each peer a run's reports weighed down for its standing, in how many of its rounds.
+fn weighed_down(rows: &[crate::Report]) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for peer in rows.iter().flat_map(|r| r.round.weighed_down.keys()) {
+        *out.entry(peer.clone()).or_default() += 1;
+    }
+    out
+}
+
 fn row(r: &crate::Report, previous: Option<&crate::Report>) -> RoundRow {
     let rr = &r.round;
     let mut hist = Vec::new();
@@ -331,6 +340,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
             lingered_out: summary.lingered_out,
             states_not_taken: summary.states_not_taken,
             reconciled_with: summary.reconciled_with,
+            weighed_down: weighed_down(&rows),
             killed: false,
             resumed_from: resumed.get(&index).copied(),
             attack: scenario.spec(index).and_then(|p| p.attack),
@@ -358,6 +368,7 @@ pub fn run(scenario: &Scenario, mut log: impl FnMut(&str)) -> Result<Report> {
             lingered_out: false,
             states_not_taken: 0,
             reconciled_with: Default::default(),
+            weighed_down: weighed_down(&rows),
             killed: true,
             resumed_from: None,
             attack: scenario.spec(index).and_then(|p| p.attack),

@@ -150,6 +150,10 @@ pub struct Scenario {
     /// peer's, on); `false` to measure what the screen buys.
     #[serde(default)]
     pub direction_screen: Option<bool>,
+    /// Whether each peer weighs updates by their senders' standing over rounds (default: the
+    /// peer's, on); `false` to measure what it buys.
+    #[serde(default)]
+    pub standing: Option<bool>,
     /// How each peer screens a round's updates by norm (default: the peer's), e.g.
     /// `{ max_ratio = 10.0, clip_ratio = 1.0 }`.
     #[serde(default)]
@@ -364,6 +368,9 @@ impl Scenario {
         }
         if self.direction_screen == Some(false) {
             c.direction_screen = None;
+        }
+        if self.standing == Some(false) {
+            c.standing = None;
         }
         if let Some(screen) = self.norm_screen {
             c.norm_screen = screen;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use gradswarm_core::{
     AggregationRule, AveragingConfig, CodecDescriptor, DirectionScreen, NormScreen, OuterConfig,
-    StalenessPolicy, WireLimits,
+    StalenessPolicy, StandingConfig, WireLimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +110,10 @@ pub struct PeerConfig {
     pub norm_screen: NormScreen,
     /// How they are screened by direction after that (`None`: not at all, for comparisons).
     pub direction_screen: Option<DirectionScreen>,
+    /// How peers' standing over sealed rounds weighs their updates (`None`: not at all, for
+    /// comparisons): colluders who keep pushing one way lose their weight
+    /// ([`gradswarm_core::standing`]).
+    pub standing: Option<StandingConfig>,
     /// Experiments only: stretch each round's compute by this factor (1: none), to play a slow peer.
     pub slowdown: f64,
     /// The share of the time this peer trains, in (0, 1]: after computing for `c` seconds it rests
@@ -174,6 +178,7 @@ impl PeerConfig {
             eval_batches: 4,
             norm_screen: NormScreen::default(),
             direction_screen: Some(DirectionScreen::default()),
+            standing: Some(StandingConfig::default()),
             slowdown: 1.0,
             duty_cycle: 1.0,
             // Last-bit differences of updates applied in another order read as ~1e-7; one missed

@@ -83,6 +83,10 @@ pub struct RoundReport {
     pub skipped: bool,
     /// The partners (base58 ids) whose updates were missing then.
     pub missing: Vec<String>,
+    /// Peers (base58) whose updates this round's aggregate weighed out for their standing, with
+    /// their distance ([`gradswarm_core::standing::Factors`]).
+    #[serde(default)]
+    pub weighed_down: BTreeMap<String, f32>,
 }
 
 /// How one regrouping went for one peer: whom it averaged with, and what it left out and why.

@@ -24,8 +24,8 @@ use gradswarm_core::topology::{REPLICA_CLIP, decode_replica, encode_replica};
 use gradswarm_core::wire::params_checksum;
 use gradswarm_core::{
     AggregationRule, CodecDescriptor, CpuCodec, DecodedUpdate, DirectionScreen, ErrorFeedback,
-    Groups, NormScreen, OuterConfig, OuterOptimizer, RngKey, RoundBook, StalenessPolicy,
-    median_clipped_mean, screen_round,
+    Groups, NormScreen, OuterConfig, OuterOptimizer, RngKey, RoundBook, StalenessPolicy, Standing,
+    StandingConfig, median_clipped_mean, screen_round,
 };
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +131,20 @@ pub struct SimConfig {
     /// round, to pass the screens (the harness's `crafted`; omniscient and on time).
     #[serde(default)]
     pub crafted: bool,
+    /// How much of a crafted update is the lie: each attacker sends `(1 − share) Δ + share ×
+    /// crafted` of its own honest Δ (1: the lie alone). Below 1 it hides in the honest crowd,
+    /// pushing less each round: the attack on standing, which judges consistency over rounds.
+    #[serde(default = "default_crafted_share")]
+    pub crafted_share: f32,
+    /// Peers' standing over rounds ([`gradswarm_core::standing`]), as the peers judge it (`None`:
+    /// off, for comparisons). A group judges its members over the rounds since it formed
+    /// (broadcast: the whole run), as the peers do.
+    #[serde(default = "default_standing")]
+    pub standing: Option<StandingConfig>,
+    /// Rounds between a round and its counting in standing: the peers wait until no late update
+    /// can change it (their round book's horizon, 10 at the default τ_max of 4).
+    #[serde(default = "default_standing_lag")]
+    pub standing_lag: u64,
     /// Whether a new group averages its members' parameters (off only to show what it is for).
     pub average_parameters: bool,
     /// Gossip's consensus step size γ (CHOCO's): how far a peer moves toward its neighbours'
@@ -162,6 +176,9 @@ impl Default for SimConfig {
             churn: 0.0,
             attackers: 0.0,
             crafted: false,
+            crafted_share: default_crafted_share(),
+            standing: default_standing(),
+            standing_lag: default_standing_lag(),
             average_parameters: true,
             gamma: default_gamma(),
             seed: 1,
@@ -172,6 +189,21 @@ impl Default for SimConfig {
 /// The peers' default direction screen.
 fn default_screen() -> Option<DirectionScreen> {
     Some(DirectionScreen::default())
+}
+
+/// The lie alone.
+fn default_crafted_share() -> f32 {
+    1.0
+}
+
+/// The peers' default standing.
+fn default_standing() -> Option<StandingConfig> {
+    Some(StandingConfig::default())
+}
+
+/// The peers' default round book horizon (2 τ_max + 2 at τ_max 4).
+fn default_standing_lag() -> u64 {
+    10
 }
 
 /// CHOCO's γ: 0.05 mixed best of 0.001–0.2 at top-1 % (bench/README.md).
@@ -280,6 +312,9 @@ pub(crate) struct Peer {
     pub(crate) heard: Vec<Vec<u8>>,
 }
 
+/// Each group's standing, by its members' ids (a new grouping starts them afresh).
+type Standings = HashMap<Vec<Vec<u8>>, Standing>;
+
 /// What a peer computed in a round.
 #[derive(Clone)]
 struct Computed {
@@ -323,6 +358,7 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
     };
     let (mut bytes, mut up, mut conns, mut update_bytes, mut round_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut sync = 0.0;
+    let mut standings = Standings::new();
     for round in 0..config.max_rounds {
         churn(config, &mut peers, &mut rng, &mut next_id, &mut sum)?;
         let ids: Vec<Vec<u8>> = peers.iter().map(|p| p.id.clone()).collect();
@@ -336,7 +372,13 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
                 crate::gossip::round(config, &objective, &mut peers, round, rings, &mut stats)?;
         } else {
             update_bytes += group_round(
-                config, &objective, &mut peers, round, &ids, policy, &mut stats,
+                config,
+                &objective,
+                &mut peers,
+                (round, &ids),
+                policy,
+                &mut standings,
+                &mut stats,
             )?;
         }
         let n = peers.len() as f64;
@@ -386,19 +428,22 @@ fn group_round(
     config: &SimConfig,
     objective: &Quadratic,
     peers: &mut [Peer],
-    round: u64,
-    ids: &[Vec<u8>],
+    (round, ids): (u64, &[Vec<u8>]),
     policy: StalenessPolicy,
+    standings: &mut Standings,
     stats: &mut RoundStats,
 ) -> Result<f64, SimError> {
     let groups = config.strategy.groups(round, ids);
     if let Strategy::Groups { size, every } = config.strategy
-        && config.average_parameters
         && round > 0
         && (Groups { size, every }).regroups_at(round)
     {
-        for group in &groups {
-            average_parameters(config, peers, group, round, stats)?;
+        // New groups judge their members afresh: members of an old group knew different peers.
+        standings.clear();
+        if config.average_parameters {
+            for group in &groups {
+                average_parameters(config, peers, group, round, stats)?;
+            }
         }
     }
     let computed = compute_all(config, objective, peers, round)?;
@@ -445,7 +490,20 @@ fn group_round(
             stats.connections += (g - 1) as f64;
         }
         let sent = crafted(config, &group, &included, &liars, &computed);
-        let aggregate = aggregate(config, policy, round, &group, &included, ids, &sent);
+        let members: Vec<Vec<u8>> = group.iter().map(|&i| ids[i].clone()).collect();
+        let standing = config.standing.map(|judge| {
+            standings
+                .entry(members)
+                .or_insert_with(|| Standing::new(judge))
+        });
+        let aggregate = aggregate(
+            config,
+            policy,
+            round,
+            (&group, &included, ids),
+            &sent,
+            standing,
+        );
         for (&i, r) in group.iter().zip(&ready) {
             let p = &mut peers[i];
             // A member whose update missed the deadline was still computing at the close.
@@ -616,7 +674,7 @@ fn compute_one(
     let mut rng = SplitMix::new(peer.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut delta =
         objective.local_steps(&peer.theta, config.local_steps, config.inner_lr, &mut rng);
-    if peer.attacker {
+    if peer.attacker && !config.crafted {
         delta.iter_mut().for_each(|d| *d = -*d);
     }
     let payload = peer
@@ -666,7 +724,21 @@ fn crafted<'a>(
     let k = config.codec.max_entries(config.dim);
     for &i in arrived.iter().filter(|&&i| liars[i]) {
         let others = arrived.len() - 1;
-        if let Some(lie) = adversary::crafted(&honest, others, config.dim, k, 2.0) {
+        if let Some(mut lie) = adversary::crafted(&honest, others, config.dim, k, 2.0) {
+            if config.crafted_share < 1.0 {
+                // Its own honest update, and a share of the lie, in the k coordinates the two
+                // hold most of.
+                let share = config.crafted_share;
+                let mut mixed = computed[i].update.to_dense();
+                mixed
+                    .iter_mut()
+                    .zip(&lie)
+                    .for_each(|(m, l)| *m = (1.0 - share) * *m + share * l);
+                lie = vec![0.0; config.dim];
+                for j in gradswarm_core::codec::topk::select(&mixed, k) {
+                    lie[j as usize] = mixed[j as usize];
+                }
+            }
             let indices: Vec<u32> = (0..config.dim as u32)
                 .filter(|&j| lie[j as usize] != 0.0)
                 .collect();
@@ -676,22 +748,29 @@ fn crafted<'a>(
                 indices: Some(indices),
                 values,
             });
+        } else {
+            // Too few honest updates heard to craft from: it flips its own.
+            let own = &computed[i].update;
+            sent[i].update = Arc::new(DecodedUpdate {
+                len: own.len,
+                indices: own.indices.clone(),
+                values: own.values.iter().map(|v| -v).collect(),
+            });
         }
     }
     Cow::Owned(sent)
 }
 
 /// The group's aggregate of the updates that made the deadline, through a round book, the norm
-/// and direction screens as the peers run them, and the configured rule (None when nothing is
-/// left).
+/// and direction screens as the peers run them, the group's standing, and the configured rule
+/// (None when nothing is left).
 fn aggregate(
     config: &SimConfig,
     policy: StalenessPolicy,
     round: u64,
-    group: &[usize],
-    included: &[bool],
-    ids: &[Vec<u8>],
+    (group, included, ids): (&[usize], &[bool], &[Vec<u8>]),
     computed: &[Computed],
+    standing: Option<&mut Standing>,
 ) -> Option<Vec<f32>> {
     let mut book = RoundBook::new(policy, round);
     for (&i, _) in group.iter().zip(included).filter(|(_, k)| **k) {
@@ -706,12 +785,22 @@ fn aggregate(
         );
     }
     let closed = book.close();
-    let screened = screen_round(
+    let mut screened = screen_round(
         &closed.accepted,
         config.dim,
         &NormScreen::default(),
         config.direction_screen.as_ref(),
     );
+    if let Some(standing) = standing {
+        // Judged by the rounds sealed by now, as the peers judge (the simulator has no late
+        // updates, so a round is final at once; the lag is the peers' wait for it).
+        if let Some(upto) = round.checked_sub(config.standing_lag + 1) {
+            standing
+                .factors(0, upto)
+                .weigh(&closed.accepted, &mut screened);
+        }
+        standing.observe(round, &closed.accepted, &screened);
+    }
     if screened.kept.is_empty() {
         return None;
     }

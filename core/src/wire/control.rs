@@ -145,6 +145,11 @@ pub struct PeerState {
     pub optimizer: Vec<(String, Vec<f32>)>,
     /// Updates the optimizer has applied (AdamW's bias correction).
     pub optimizer_steps: u64,
+    /// The server's standing ([`crate::standing`]): its recent rounds' sketches by round, sealed
+    /// ones and the closed rounds not sealed yet, so that the joiner weighs peers as the others
+    /// do from its first round instead of a window of rounds later. Taken on trust, as θ's
+    /// drift is: a joiner whose weights differ drifts, and drift repair brings it back.
+    pub standing: Vec<(u64, crate::standing::RoundSketches)>,
 }
 
 impl PeerState {
@@ -184,6 +189,21 @@ impl PeerState {
                 "state optimizer tensors are not finite",
             ));
         }
+        let sketches: usize = state.standing.iter().map(|(_, s)| s.len()).sum();
+        if state.standing.len() > MAX_STATE_STANDING_ROUNDS
+            || sketches > MAX_STATE_SKETCHES
+            || state
+                .standing
+                .iter()
+                .flat_map(|(_, s)| s)
+                .any(|(peer, sketch)| {
+                    peer.len() > MAX_PEER_ID_BYTES
+                        || sketch.len() != crate::standing::SKETCH_DIM
+                        || !sketch.iter().all(|x| x.is_finite())
+                })
+        {
+            return Err(DecodeError::BadHeader("state standing out of range"));
+        }
         // A round near u64::MAX would overflow the round counter of whoever installed it.
         if state.round > MAX_ROUND {
             return Err(DecodeError::BadHeader("state round out of range"));
@@ -194,9 +214,21 @@ impl PeerState {
     /// Largest encoding of a state of a model with `model_len` parameters (θ and two moments,
     /// plus an outer momentum and names).
     pub fn max_bytes(model_len: usize) -> usize {
-        4 * (4 * model_len + 64) + 64 * 1024
+        let standing = MAX_STATE_SKETCHES
+            * (4 * crate::standing::SKETCH_DIM + 16 + MAX_PEER_ID_BYTES)
+            + 16 * MAX_STATE_STANDING_ROUNDS;
+        4 * (4 * model_len + 64) + 64 * 1024 + standing
     }
 }
+
+/// Rounds of standing a state may carry (two windows of the default 16, and more).
+pub const MAX_STATE_STANDING_ROUNDS: usize = 64;
+
+/// Update sketches of standing a state may carry in all (4 KiB each: 16 MiB).
+pub const MAX_STATE_SKETCHES: usize = 4096;
+
+/// Bytes of a peer id in a state's standing at most (libp2p's are 38).
+const MAX_PEER_ID_BYTES: usize = 64;
 
 /// Most named optimizer tensors a state may carry.
 pub const MAX_STATE_TENSORS: usize = 1024;

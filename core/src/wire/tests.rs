@@ -4,6 +4,7 @@ use super::*;
 use crate::codec::CodecDescriptor;
 use crate::credit::{Attestation, MAX_ATTESTATIONS};
 use crate::drift::DriftSketch;
+use crate::standing::SKETCH_DIM;
 
 fn sample() -> Update {
     Update {
@@ -237,6 +238,7 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         params: vec![0.5; 10],
         optimizer: vec![("m".into(), vec![0.1; 10])],
         optimizer_steps: 9,
+        standing: vec![(1, vec![(vec![7; 38], vec![0.25; SKETCH_DIM])])],
     };
     assert_eq!(
         PeerState::from_bytes(&state.to_bytes(), 10),
@@ -246,9 +248,21 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
     let mut nan = state.clone();
     nan.params[3] = f32::NAN;
     assert!(PeerState::from_bytes(&nan.to_bytes(), 10).is_err());
-    let mut long = state;
+    let mut long = state.clone();
     long.optimizer[0].1 = vec![0.0; 11];
     assert!(PeerState::from_bytes(&long.to_bytes(), 10).is_err());
+    // A standing sketch of another size, or with an ∞, or too many rounds of it: refused.
+    let mut short = state.clone();
+    short.standing[0].1[0].1.pop();
+    assert!(PeerState::from_bytes(&short.to_bytes(), 10).is_err());
+    let mut inf = state.clone();
+    inf.standing[0].1[0].1[5] = f32::INFINITY;
+    assert!(PeerState::from_bytes(&inf.to_bytes(), 10).is_err());
+    let mut many = state;
+    many.standing = (0..=MAX_STATE_STANDING_ROUNDS as u64)
+        .map(|r| (r, Vec::new()))
+        .collect();
+    assert!(PeerState::from_bytes(&many.to_bytes(), 10).is_err());
     let bytes = PeerState::default().to_bytes();
     assert!(PeerState::from_bytes(&bytes[..bytes.len() - 1], 0).is_err());
 }

@@ -174,10 +174,28 @@ fn main() -> Result<()> {
                         .iter()
                         .flat_map(|p| p.reconciled_with.values())
                         .sum();
+                    // Rounds in which honest peers weighed an attacker down, and an honest one.
+                    let liars: Vec<&str> = report
+                        .peers
+                        .iter()
+                        .filter(|p| p.attack.is_some())
+                        .map(|p| p.peer_id.as_str())
+                        .collect();
+                    let (mut weighed_liars, mut weighed_honest) = (0u64, 0u64);
+                    for p in report.peers.iter().filter(|p| p.attack.is_none()) {
+                        for (whom, n) in &p.weighed_down {
+                            if liars.contains(&whom.as_str()) {
+                                weighed_liars += n;
+                            } else {
+                                weighed_honest += n;
+                            }
+                        }
+                    }
                     let row = format!(
                         "{label:<18} samples_to_target {:>8} samples_vs_honest {:>6} \
                          rounds_vs_honest {:>6} rss_vs_honest {:>6} divergence {:.1e} \
-                         repairs {repairs} drops {}",
+                         repairs {repairs} weighed_down liars {weighed_liars} honest \
+                         {weighed_honest} drops {}",
                         r.samples_to_target.map_or("-".into(), |v| v.to_string()),
                         ratio(r.samples_vs_honest),
                         ratio(r.rounds_vs_honest),

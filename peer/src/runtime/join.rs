@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gradswarm_core::wire::params_checksum;
+use gradswarm_core::wire::{MAX_STATE_SKETCHES, params_checksum};
 use gradswarm_core::{DriftSketch, HEARTBEAT_FLAT_FROM, PeerState};
 use gradswarm_net::{NetEvent, PeerId};
 use tracing::{debug, info, warn};
@@ -372,6 +372,15 @@ impl Peer {
         self.snapshots.marks(&self.marks);
         self.sealed.clear();
         self.votes.clear();
+        // The server's standing, so that this replica weighs peers as the others do. Under
+        // groups it is the server's group's, not this peer's: it starts without.
+        self.standing.clear();
+        self.factors.clear();
+        if !self.averaging.to_partners_only() {
+            for (round, sketches) in &state.standing {
+                self.standing.insert(*round, sketches.clone());
+            }
+        }
         Ok(())
     }
 
@@ -387,7 +396,28 @@ impl Peer {
             params: self.trainer.parameters_async().await?,
             optimizer,
             optimizer_steps,
+            standing: Vec::new(),
         };
+        // Standing's sealed rounds, then the closed ones not sealed yet as they stand (the
+        // joiner's book starts at the state's round and never seals them), the newest that fit
+        // a state's bound.
+        if self.config.standing.is_some() {
+            let mut standing = self.standing.clone();
+            for (round, set) in self.book.unsealed() {
+                standing.observe(round, set, &self.screen(set));
+            }
+            let mut sketches = 0;
+            state.standing = standing
+                .rounds()
+                .rev()
+                .take_while(|(_, s)| {
+                    sketches += s.len();
+                    sketches <= MAX_STATE_SKETCHES
+                })
+                .map(|(r, s)| (r, s.clone()))
+                .collect();
+            state.standing.reverse();
+        }
         self.edge.snapshot(&mut state);
         Ok(state)
     }

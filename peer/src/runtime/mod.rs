@@ -22,8 +22,8 @@ use gradswarm_core::credit::CreditLedger;
 use gradswarm_core::drift::Verdict;
 use gradswarm_core::view::RunView;
 use gradswarm_core::{
-    Aggregator, Averaging, Codec, DecodedUpdate, DropCounts, ErrorFeedback, Marks, ModelHash,
-    OuterOptimizer, RoundBook, UpdateValidator, WireLimits,
+    Aggregator, Averaging, Codec, DecodedUpdate, DropCounts, ErrorFeedback, Factors, Marks,
+    ModelHash, OuterOptimizer, RoundBook, Standing, UpdateValidator, WireLimits,
 };
 use gradswarm_model::data::validation_batches;
 use gradswarm_model::{Batch, Corpus, ModelError, Trainer};
@@ -211,6 +211,12 @@ pub struct Peer {
     /// The fingerprints of the sealed marks, by round: what drift repair compares, and the
     /// latest heartbeats carry.
     sealed: BTreeMap<u64, Fingerprint>,
+    /// The peers' updates over the recent sealed rounds, judged for collusion
+    /// ([`gradswarm_core::standing`]).
+    standing: Standing,
+    /// The standing factors each open or correctable round was aggregated with, so that a late
+    /// update's correction weighs the round as its close did.
+    factors: BTreeMap<u64, Factors>,
     /// θ at the start of the round it names, as heartbeats describe it (kept apart from the
     /// marks, which exist only when pairwise averaging is on).
     fingerprint: Option<Fingerprint>,
@@ -281,6 +287,7 @@ impl Peer {
         let parts = if config.outer.has_momentum() { 2 } else { 1 };
         let keep = (MARK_BUDGET_BYTES / (4 * n * parts).max(1)).min(2 * horizon as usize + 2);
         let marks = Marks::new(config.outer, horizon, keep);
+        let standing = Standing::new(config.standing.unwrap_or_default());
         Ok(Self {
             book,
             outer: OuterOptimizer::new(config.outer),
@@ -334,6 +341,8 @@ impl Peer {
             sitting_out: false,
             marks,
             sealed: BTreeMap::new(),
+            standing,
+            factors: BTreeMap::new(),
             fingerprint: None,
             published: VecDeque::new(),
             settled: false,

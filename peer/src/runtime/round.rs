@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use gradswarm_core::wire::params_checksum;
 use gradswarm_core::{
-    Accepted, Correction, DecodedUpdate, DropReason, RngKey, ShardKey, Update, screen_round,
+    Accepted, Correction, DecodedUpdate, DropReason, Factors, RngKey, Screened, ShardKey, Update,
+    screen_round,
 };
 use gradswarm_model::ModelError;
 use gradswarm_net::PeerId;
@@ -117,12 +118,17 @@ impl Peer {
         round: u64,
         entries: &[Accepted<Arc<DecodedUpdate>>],
     ) -> (Option<Vec<f32>>, Vec<Dropped>) {
-        let screened = screen_round(
-            entries,
-            self.trainer.num_params(),
-            &self.config.norm_screen,
-            self.config.direction_screen.as_ref(),
-        );
+        let mut screened = self.screen(entries);
+        if self.config.standing.is_some() {
+            // A round is weighed with the standing as it stood when it closed, corrections too:
+            // by the rounds sealed by then, those of this peer's present group.
+            let sealed = round.checked_sub(self.book.horizon() + 1);
+            let from = self.averaging.grouping_start(round);
+            let factors = self.factors.entry(round).or_insert_with(|| {
+                sealed.map_or_else(Factors::default, |upto| self.standing.factors(from, upto))
+            });
+            factors.weigh(entries, &mut screened);
+        }
         let dropped = screened
             .dropped
             .iter()
@@ -198,7 +204,44 @@ impl Peer {
         let late = self.correction_moves(&closed.corrections, closed.round, report);
         let (aggregate, dropped) = self.aggregate(closed.round, &closed.accepted);
         self.count_all(&closed.accepted, &dropped, report);
+        if let Some(factors) = self.factors.get(&closed.round) {
+            report.weighed_down = factors.reduced().map(|(p, d)| (peer_name(p), d)).collect();
+            let judged: Vec<(String, f32)> = factors
+                .distances()
+                .map(|(p, d)| (peer_name(p), d))
+                .collect();
+            if !judged.is_empty() {
+                debug!("round {}: standing distances {judged:?}", closed.round);
+            }
+        }
+        self.take_in(&closed.sealed);
         self.apply_moves(&late, aggregate.as_deref()).await
+    }
+
+    /// Takes the rounds a close sealed into standing: their sets are final, the same at every
+    /// replica that took the same updates.
+    fn take_in(&mut self, sealed: &[(u64, Vec<Accepted<Arc<DecodedUpdate>>>)]) {
+        let Some(&(last, _)) = sealed.last() else {
+            return;
+        };
+        self.factors = self.factors.split_off(&(last + 1));
+        if self.config.standing.is_none() {
+            return;
+        }
+        for (round, set) in sealed {
+            let screened = self.screen(set);
+            self.standing.observe(*round, set, &screened);
+        }
+    }
+
+    /// A round's set through the norm screen, then the direction screen.
+    pub(super) fn screen(&self, entries: &[Accepted<Arc<DecodedUpdate>>]) -> Screened {
+        screen_round(
+            entries,
+            self.trainer.num_params(),
+            &self.config.norm_screen,
+            self.config.direction_screen.as_ref(),
+        )
     }
 
     /// Applies the late updates that came in since the last close, without closing a round (a

@@ -99,12 +99,19 @@ struct Common {
     /// The attackers send updates crafted from their group's honest ones instead of −Δ.
     #[arg(long)]
     crafted: bool,
+    /// Share of the lie in a crafted update, mixed with the attacker's own honest one (1: the
+    /// lie alone).
+    #[arg(long, default_value_t = 1.0)]
+    crafted_share: f32,
     /// Trim this many values at each end per coordinate (0: the weighted mean).
     #[arg(long, default_value_t = 0)]
     trim: usize,
     /// Aggregate without the direction screen (to measure what it buys).
     #[arg(long)]
     no_direction_screen: bool,
+    /// Aggregate without judging peers' standing over rounds (to measure what it buys).
+    #[arg(long)]
+    no_standing: bool,
     /// Median uplink, Mbit/s.
     #[arg(long, default_value_t = 10.0)]
     uplink_mbit: f64,
@@ -144,6 +151,7 @@ impl Common {
             churn: self.churn,
             attackers: self.attackers,
             crafted: self.crafted,
+            crafted_share: self.crafted_share,
             seed: self.seed,
             gamma: self.gamma,
             ..SimConfig::default()
@@ -156,6 +164,9 @@ impl Common {
         }
         if self.no_direction_screen {
             c.direction_screen = None;
+        }
+        if self.no_standing {
+            c.standing = None;
         }
         Ok(c)
     }
