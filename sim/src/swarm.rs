@@ -232,6 +232,12 @@ pub struct RoundStats {
     pub sync_bytes: f64,
     /// Updates that missed their group's deadline.
     pub dropped: u64,
+    /// Honest peers weighed out for their standing, summed over the groups.
+    #[serde(default)]
+    pub honest_weighed_out: u64,
+    /// Attackers weighed out for their standing, summed over the groups.
+    #[serde(default)]
+    pub liars_weighed_out: u64,
 }
 
 /// A run's outcome.
@@ -265,6 +271,12 @@ pub struct Summary {
     pub final_spread: f64,
     /// Updates that missed their deadline, all rounds.
     pub dropped: u64,
+    /// Honest peers weighed out for their standing, peer-rounds over the run.
+    #[serde(default)]
+    pub honest_weighed_out: u64,
+    /// Attackers weighed out for their standing, peer-rounds over the run.
+    #[serde(default)]
+    pub liars_weighed_out: u64,
     /// Newcomers, and the bytes of state they fetched.
     pub joins: u64,
     /// Bytes of state fetched by newcomers.
@@ -395,6 +407,8 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
         (stats.loss, stats.spread) = loss_and_spread(&objective, &peers);
         sum.rounds = round + 1;
         sum.dropped += stats.dropped;
+        sum.honest_weighed_out += stats.honest_weighed_out;
+        sum.liars_weighed_out += stats.liars_weighed_out;
         bytes += stats.bytes_up + stats.bytes_down;
         up += stats.bytes_up;
         conns += stats.connections;
@@ -500,9 +514,15 @@ fn group_round(
             config,
             policy,
             round,
-            (&group, &included, ids),
+            Members {
+                group: &group,
+                included: &included,
+                ids,
+                liars: &liars,
+            },
             &sent,
             standing,
+            stats,
         );
         for (&i, r) in group.iter().zip(&ready) {
             let p = &mut peers[i];
@@ -761,6 +781,15 @@ fn crafted<'a>(
     Cow::Owned(sent)
 }
 
+/// A group's members: their indices, whether each made the deadline, and every peer's id and
+/// whether it attacks.
+struct Members<'a> {
+    group: &'a [usize],
+    included: &'a [bool],
+    ids: &'a [Vec<u8>],
+    liars: &'a [bool],
+}
+
 /// The group's aggregate of the updates that made the deadline, through a round book, the norm
 /// and direction screens as the peers run them, the group's standing, and the configured rule
 /// (None when nothing is left).
@@ -768,9 +797,15 @@ fn aggregate(
     config: &SimConfig,
     policy: StalenessPolicy,
     round: u64,
-    (group, included, ids): (&[usize], &[bool], &[Vec<u8>]),
+    Members {
+        group,
+        included,
+        ids,
+        liars,
+    }: Members<'_>,
     computed: &[Computed],
     standing: Option<&mut Standing>,
+    stats: &mut RoundStats,
 ) -> Option<Vec<f32>> {
     let mut book = RoundBook::new(policy, round);
     for (&i, _) in group.iter().zip(included).filter(|(_, k)| **k) {
@@ -795,9 +830,15 @@ fn aggregate(
         // Judged by the rounds sealed by now, as the peers judge (the simulator has no late
         // updates, so a round is final at once; the lag is the peers' wait for it).
         if let Some(upto) = round.checked_sub(config.standing_lag + 1) {
-            standing
-                .factors(0, upto)
-                .weigh(&closed.accepted, &mut screened);
+            let factors = standing.factors(0, upto);
+            for (peer, _) in factors.reduced() {
+                match ids.iter().position(|id| id.as_slice() == peer) {
+                    Some(i) if liars[i] => stats.liars_weighed_out += 1,
+                    Some(_) => stats.honest_weighed_out += 1,
+                    None => {}
+                }
+            }
+            factors.weigh(&closed.accepted, &mut screened);
         }
         standing.observe(round, &closed.accepted, &screened);
     }

@@ -1,0 +1,54 @@
+//! Standing against the omniscient liar: with a quarter of 64 simulated peers sending updates
+//! crafted from the round's honest ones, broadcast never reaches the target on the screens
+//! alone, and reaches it once peers weigh colluders out by their standing over sealed rounds.
+
+use gradswarm_sim::{SimConfig, Strategy, run};
+
+fn config(attackers: f64, standing: bool) -> SimConfig {
+    let base = SimConfig::default();
+    SimConfig {
+        peers: 64,
+        strategy: Strategy::Broadcast,
+        dim: 2048,
+        max_rounds: 300,
+        attackers,
+        crafted: attackers > 0.0,
+        standing: if standing { base.standing } else { None },
+        ..base
+    }
+}
+
+#[test]
+fn crafted_colluders_stall_broadcast_unless_their_standing_weighs_them_out() {
+    let clean = run(&config(0.0, true), |_| {}).expect("runs");
+    let screens_only = run(&config(0.25, false), |_| {}).expect("runs");
+    let judged = run(&config(0.25, true), |_| {}).expect("runs");
+    eprintln!(
+        "clean {:?} ({} honest weighed out), screens only {:?} (loss {:.3}), standing {:?} \
+         ({} liars and {} honest peer-rounds weighed out)",
+        clean.rounds_to_target,
+        clean.honest_weighed_out,
+        screens_only.rounds_to_target,
+        screens_only.final_loss,
+        judged.rounds_to_target,
+        judged.liars_weighed_out,
+        judged.honest_weighed_out,
+    );
+    let clean_rounds = clean
+        .rounds_to_target
+        .expect("the clean run reaches the target") as f64;
+    assert_eq!(
+        screens_only.rounds_to_target, None,
+        "the screens alone should not hold crafted colluders at 64 peers"
+    );
+    let judged_rounds = judged
+        .rounds_to_target
+        .expect("with standing the attacked run reaches the target") as f64;
+    assert!(
+        judged_rounds <= 1.5 * clean_rounds,
+        "{judged_rounds} rounds against {clean_rounds} without attackers"
+    );
+    // Every liar is weighed out in nearly every round it is judged in (16 liars, from round 11).
+    let judged_liar_rounds = 16.0 * (judged_rounds - 11.0);
+    assert!(judged.liars_weighed_out as f64 >= 0.9 * judged_liar_rounds);
+}
