@@ -46,6 +46,13 @@ pub const SKETCH_DIM: usize = 1024;
 /// must not grow an honest peer's memory without bound.
 pub const MAX_PER_ROUND: usize = 1024;
 
+/// Peers judged in a round at most: those with the most rounds in the window. The filter's work
+/// is about `MAX_PASSES × n² × SKETCH_DIM`, ~0.4 s at this many on one core.
+pub const MAX_JUDGED: usize = 256;
+
+/// Passes of the spectral filter at most: each one finds a direction colluders share.
+pub const MAX_PASSES: usize = 8;
+
 /// How standing is judged.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StandingConfig {
@@ -242,7 +249,14 @@ impl Standing {
                 sums.count += 1.0;
             }
         }
-        let peers: Vec<(&[u8], Sums)> = sums.into_iter().collect();
+        let mut peers: Vec<(&[u8], Sums)> = sums.into_iter().collect();
+        if peers.len() > MAX_JUDGED {
+            // The peers with the most rounds (then by id): identities are free, and the filter's
+            // work grows with the square of the peers judged.
+            peers.sort_by(|a, b| b.1.count.total_cmp(&a.1.count).then(a.0.cmp(b.0)));
+            peers.truncate(MAX_JUDGED);
+            peers.sort_by(|a, b| a.0.cmp(b.0));
+        }
         let n = peers.len();
         if n < self.config.min_peers.max(3) {
             return Factors::default();
@@ -319,9 +333,9 @@ fn filter(points: &[Vec<f64>], start: &[f64], ratio: f64) -> Filtered {
     // (Marchenko–Pastur's edge, (1 + √(n/d))²): without it, 256 honest simulated peers set the
     // filter off and 4 % of them were weighed out each round (84 → 91 rounds to the target).
     let noise_edge = (1.0 + (n as f64 / SKETCH_DIM as f64).sqrt()).powi(2);
-    // Each pass zeroes at least the furthest point; a quarter of the peers is the most liars the
-    // swarm is meant to withstand, and a cluster goes in one pass, so this is ample.
-    for _ in 0..n.div_ceil(4).max(1) {
+    // Each pass zeroes at least the furthest point, and a cluster of colluders goes in one pass
+    // (they share their direction): a few passes catch a few clusters.
+    for _ in 0..MAX_PASSES {
         let Some(mean) = weighted_mean(points, &w) else {
             break;
         };
@@ -391,8 +405,8 @@ fn filter(points: &[Vec<f64>], start: &[f64], ratio: f64) -> Filtered {
 /// times the median's distance away unscaled, and one in 27 rounds was judged differently by
 /// the joiner and the others, which parted their replicas.
 ///
-/// A peer whose mean update lies between nothing and the swarm's along the direction (it pushes
-/// the swarm's way, less hard) is at no distance: a joiner's error feedback takes many rounds to
+/// A peer whose mean update lies between nothing and twice the swarm's along the direction (it
+/// pushes the swarm's way, less or more hard) is at no distance: a joiner's error feedback takes many rounds to
 /// fill, so its updates are weaker along the swarm's direction, and it lay 4–19 times the
 /// median's distance away, on the colluders' side, in every round of an adversity run. Pushing
 /// less is a free rider's harm at most; what is weighed out is pushing elsewhere.
@@ -420,7 +434,10 @@ fn distances(
         sorted.sort_unstable_by(f64::total_cmp);
         let typical = sorted[n / 2].max(f64::MIN_POSITIVE);
         let theirs = dot(&swarm, &direction.sum);
-        let (low, high) = (theirs.min(0.0), theirs.max(0.0));
+        // Up to twice as hard the swarm's way is not pushing elsewhere either: half of the honest
+        // peers push harder than the swarm's mean, and where the swarm pushes far along the
+        // direction (the colluders' direction is against it) they lay beyond it by noise alone.
+        let (low, high) = ((2.0 * theirs).min(0.0), (2.0 * theirs).max(0.0));
         for (i, o) in out.iter_mut().enumerate() {
             let at = along(i, &updates[i]);
             let beyond = (low - at).max(at - high).max(0.0);
@@ -591,5 +608,63 @@ mod tests {
             let low: Vec<_> = factors.reduced().collect();
             assert!(low.is_empty(), "seed {seed}, {n} peers: {low:?}");
         }
+    }
+
+    #[test]
+    fn a_joiner_given_the_rounds_weighs_as_the_replica_that_sealed_them() {
+        // One replica seals 30 rounds of 16 peers, 4 of them colluding; a joiner takes its
+        // rounds as a state carries them: both weigh every later round alike, and both weigh
+        // the colluders out.
+        let mut rng = SplitMix::new(9);
+        let shared: Vec<f32> = (0..LEN).map(|_| rng.normal() as f32).collect();
+        let mut server = Standing::new(StandingConfig::default());
+        for r in 0..30 {
+            let set = round(&mut rng, &shared, 16, 4);
+            let screened =
+                screen_round(&set, LEN, &NormScreen::default(), Some(&Default::default()));
+            server.observe(r, &set, &screened);
+        }
+        // All 30 are kept: fewer than two windows.
+        assert_eq!(server.len(), 30);
+        let mut joiner = Standing::new(StandingConfig::default());
+        for (r, sketches) in server.rounds() {
+            joiner.insert(r, sketches.clone());
+        }
+        for upto in 15..30 {
+            assert_eq!(
+                server.factors(0, upto),
+                joiner.factors(0, upto),
+                "round {upto}"
+            );
+        }
+        let factors = server.factors(0, 29);
+        assert!((0..4u8).all(|p| factors.of(&[p]) == 0.0));
+        assert!((4..16u8).all(|p| factors.of(&[p]) == 1.0));
+    }
+
+    #[test]
+    fn a_flood_of_identities_is_judged_within_bounds() {
+        // Each of 40 rounds: 60 peers that stay (12 of them colluding) and 300 fresh identities.
+        // A window then holds 4 860 peers; the filter judges the MAX_JUDGED with the most rounds
+        // (every peer that stayed among them), weighs the colluders out, and two windows of
+        // rounds are kept.
+        let mut standing = Standing::new(StandingConfig::default());
+        let mut rng = SplitMix::new(4);
+        let shared: Vec<f32> = (0..LEN).map(|_| rng.normal() as f32).collect();
+        for r in 0..40u64 {
+            let mut set = round(&mut rng, &shared, 60, 12);
+            for p in 0..300u64 {
+                let mut a = accepted((0, sparse_around(&mut rng, &shared, LEN / 50, 3.0)));
+                a.peer = (1000 + r * 1000 + p).to_le_bytes().to_vec();
+                set.push(a);
+            }
+            let screened = screen_round(&set, LEN, &NormScreen::default(), None);
+            standing.observe(r, &set, &screened);
+        }
+        assert_eq!(standing.len(), 2 * StandingConfig::default().window);
+        let factors = standing.factors(0, 39);
+        assert_eq!(factors.distances().count(), MAX_JUDGED);
+        assert!((0..12u8).all(|p| factors.of(&[p]) == 0.0));
+        assert!((12..60u8).all(|p| factors.of(&[p]) == 1.0));
     }
 }

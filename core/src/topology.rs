@@ -43,12 +43,6 @@ pub trait Averaging: Send + Sync {
         false
     }
 
-    /// The first round of the grouping `round` belongs to: since then its group's members have
-    /// held the same updates (0 under broadcast, one group for the whole run).
-    fn grouping_start(&self, _round: u64) -> u64 {
-        0
-    }
-
     /// How many `heartbeat_every`s apart a peer heartbeats in a swarm of `swarm` peers. Every
     /// heartbeat reaches every peer by gossip, so at a fixed pace a peer forwards and receives
     /// N of them: 1 where updates cost O(N) anyway (broadcast).
@@ -225,10 +219,6 @@ impl Averaging for Groups {
     fn averages_parameters_at(&self, round: u64) -> bool {
         // Round 0 starts from the run's initial θ, the same everywhere.
         round > 0 && self.regroups_at(round)
-    }
-
-    fn grouping_start(&self, round: u64) -> u64 {
-        round - round % self.every.max(1)
     }
 
     fn heartbeat_spacing(&self, swarm: usize) -> u32 {
@@ -615,17 +605,6 @@ mod tests {
         }
         // log_8(1000) ≈ 3.3: a few rounds past it.
         assert!(rounds <= 6, "{rounds} rounds to reach everyone");
-    }
-
-    #[test]
-    fn a_grouping_starts_where_its_groups_average() {
-        let groups = Groups { size: 4, every: 20 };
-        assert_eq!(groups.grouping_start(0), 0);
-        assert_eq!(groups.grouping_start(19), 0);
-        assert_eq!(groups.grouping_start(20), 20);
-        assert!(Averaging::averages_parameters_at(&groups, 40));
-        assert_eq!(groups.grouping_start(45), 40);
-        assert_eq!(Broadcast.grouping_start(45), 0);
     }
 
     #[test]

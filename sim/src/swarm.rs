@@ -136,9 +136,8 @@ pub struct SimConfig {
     /// pushing less each round: the attack on standing, which judges consistency over rounds.
     #[serde(default = "default_crafted_share")]
     pub crafted_share: f32,
-    /// Peers' standing over rounds ([`gradswarm_core::standing`]), as the peers judge it (`None`:
-    /// off, for comparisons). A group judges its members over the rounds since it formed
-    /// (broadcast: the whole run), as the peers do.
+    /// Peers' standing over rounds ([`gradswarm_core::standing`]), as the peers judge it: under
+    /// broadcast only (`None`: off, for comparisons).
     #[serde(default = "default_standing")]
     pub standing: Option<StandingConfig>,
     /// Rounds between a round and its counting in standing: the peers wait until no late update
@@ -505,11 +504,15 @@ fn group_round(
         }
         let sent = crafted(config, &group, &included, &liars, &computed);
         let members: Vec<Vec<u8>> = group.iter().map(|&i| ids[i].clone()).collect();
-        let standing = config.standing.map(|judge| {
-            standings
-                .entry(members)
-                .or_insert_with(|| Standing::new(judge))
-        });
+        // Under broadcast only, as the peers judge (`judges_standing`).
+        let standing = config
+            .standing
+            .filter(|_| config.strategy == Strategy::Broadcast)
+            .map(|judge| {
+                standings
+                    .entry(members)
+                    .or_insert_with(|| Standing::new(judge))
+            });
         let aggregate = aggregate(
             config,
             policy,

@@ -372,11 +372,10 @@ impl Peer {
         self.snapshots.marks(&self.marks);
         self.sealed.clear();
         self.votes.clear();
-        // The server's standing, so that this replica weighs peers as the others do. Under
-        // groups it is the server's group's, not this peer's: it starts without.
+        // The server's standing, so that this replica weighs peers as the others do.
         self.standing.clear();
         self.factors.clear();
-        if !self.averaging.to_partners_only() {
+        if self.judges_standing() {
             for (round, sketches) in &state.standing {
                 self.standing.insert(*round, sketches.clone());
             }
@@ -401,7 +400,7 @@ impl Peer {
         // Standing's sealed rounds, then the closed ones not sealed yet as they stand (the
         // joiner's book starts at the state's round and never seals them), the newest that fit
         // a state's bound.
-        if self.config.standing.is_some() {
+        if self.judges_standing() {
             let mut standing = self.standing.clone();
             for (round, set) in self.book.unsealed() {
                 standing.observe(round, set, &self.screen(set));
