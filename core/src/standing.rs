@@ -7,13 +7,14 @@
 //! norm: each honest update is mostly noise, so at 64 peers sixteen such liars outweighed the
 //! honest signal and broadcast never reached the target. What no liar can hide is *consistency*:
 //! to move θ somewhere the honest peers do not, liars must push the same way round after round,
-//! while honest noise averages out. So each peer's counted updates are averaged over the last
-//! [`StandingConfig::window`] sealed rounds (a count sketch of each, [`SKETCH_DIM`] buckets), and
-//! the averages are
-//! put through the spectral filter of robust mean estimation (Diakonikolas et al. 2017, "Being
-//! robust (in high dimensions) can be practical"): while the peers' averages spread along one
-//! direction far more than one peer's own deviation explains, the peers furthest along it lose
-//! weight, in proportion to their squared distance along it.
+//! while honest noise averages out. So each peer's counted updates over the last
+//! [`StandingConfig::window`] sealed rounds are kept as count sketches ([`SKETCH_DIM`] buckets);
+//! each peer's mean deviation from its rounds' means goes through the spectral filter of robust
+//! mean estimation (Diakonikolas et al. 2017, "Being robust (in high dimensions) can be
+//! practical"), which, while the points spread along one direction far more than one point's own
+//! deviation explains, takes weight from the points furthest along it; and a peer whose mean
+//! update lies beyond the swarm's along such a direction by more than [`CUT`] is weighed out of
+//! the round ([`Factors`]).
 //!
 //! - Honest averages are near-orthogonal deviations around one mean (their noise), so their
 //!   spread has no direction much larger than one peer's: nothing is filtered. A lone peer that
@@ -21,9 +22,11 @@
 //! - Colluding liars share their deviation (that is how they add up), and their weighted spread
 //!   along it grows with their number and their consistency: they are filtered, whatever decoys
 //!   they add elsewhere (a decoy adds spread; it cannot hide the shared part).
-//! - A liar that keeps under the threshold is held to a consistent push of about
-//!   `√(ratio / (liars × rounds averaged))` of one honest update's noise: little, where the bound
-//!   of the round's screens alone was the whole clip.
+//! - A liar that keeps under the cut must keep its consistent push within about twice the
+//!   honest spread of a mean over the window, which shrinks as `1/√rounds`: little, where the
+//!   bound of the round's screens alone was the whole clip. (An attacker that knows the filter
+//!   and sits just under it is not built; mixing its own update with a share of the lie did not
+//!   get past it, bench/README.md "Standing".)
 //!
 //! It sees only what replicas agree on (each round's counted updates, once the round is sealed:
 //! no late update can change it), iterates in a fixed order with f64 sums, and so gives every
