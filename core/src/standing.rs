@@ -210,14 +210,10 @@ impl Standing {
     }
 
     /// The weight factor of each peer: the spectral filter over the peers' averages.
-    /// Over the rounds from `from` to `upto` (and at most the last window of them): a replica
-    /// aggregating round r judges by the rounds it had sealed then, and only those of its
-    /// present group, so that every member holding them weighs alike.
-    pub fn factors(&self, from: u64, upto: u64) -> Factors {
-        let from = from.max((upto + 1).saturating_sub(self.config.window.max(1) as u64));
-        if from > upto {
-            return Factors::default();
-        }
+    /// Over the last window of rounds up to `upto`: a replica aggregating round r judges by the
+    /// rounds it had sealed then, so that every replica holding them weighs alike.
+    pub fn factors(&self, upto: u64) -> Factors {
+        let from = (upto + 1).saturating_sub(self.config.window.max(1) as u64);
         // Each peer's mean deviation from its rounds' means, over the rounds it counted in,
         // weighted by how many (a peer that counted in fewer rounds is noisier, and weighs less
         // in the filter's mean). Deviations, not the updates themselves: the swarm's direction
@@ -557,7 +553,7 @@ mod tests {
             let set = round(&mut rng, &shared, n, liars);
             let screened =
                 screen_round(&set, LEN, &NormScreen::default(), Some(&Default::default()));
-            let factors = standing.factors(0, r.saturating_sub(1));
+            let factors = standing.factors(r.saturating_sub(1));
             let mut weighed = screened.clone();
             factors.weigh(&set, &mut weighed);
             let along = |s: &Screened| {
@@ -634,13 +630,9 @@ mod tests {
             joiner.insert(r, sketches.clone());
         }
         for upto in 15..30 {
-            assert_eq!(
-                server.factors(0, upto),
-                joiner.factors(0, upto),
-                "round {upto}"
-            );
+            assert_eq!(server.factors(upto), joiner.factors(upto), "round {upto}");
         }
-        let factors = server.factors(0, 29);
+        let factors = server.factors(29);
         assert!((0..4u8).all(|p| factors.of(&[p]) == 0.0));
         assert!((4..16u8).all(|p| factors.of(&[p]) == 1.0));
     }
@@ -665,7 +657,7 @@ mod tests {
             standing.observe(r, &set, &screened);
         }
         assert_eq!(standing.len(), 2 * StandingConfig::default().window);
-        let factors = standing.factors(0, 39);
+        let factors = standing.factors(39);
         assert_eq!(factors.distances().count(), MAX_JUDGED);
         assert!((0..12u8).all(|p| factors.of(&[p]) == 0.0));
         assert!((12..60u8).all(|p| factors.of(&[p]) == 1.0));

@@ -323,9 +323,6 @@ pub(crate) struct Peer {
     pub(crate) heard: Vec<Vec<u8>>,
 }
 
-/// Each group's standing, by its members' ids (a new grouping starts them afresh).
-type Standings = HashMap<Vec<Vec<u8>>, Standing>;
-
 /// What a peer computed in a round.
 #[derive(Clone)]
 struct Computed {
@@ -369,7 +366,11 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
     };
     let (mut bytes, mut up, mut conns, mut update_bytes, mut round_s) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut sync = 0.0;
-    let mut standings = Standings::new();
+    // Under broadcast only, as the peers judge (`judges_standing`): one group, the whole run.
+    let mut standing = config
+        .standing
+        .filter(|_| config.strategy == Strategy::Broadcast)
+        .map(Standing::new);
     for round in 0..config.max_rounds {
         churn(config, &mut peers, &mut rng, &mut next_id, &mut sum)?;
         let ids: Vec<Vec<u8>> = peers.iter().map(|p| p.id.clone()).collect();
@@ -388,7 +389,7 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
                 &mut peers,
                 (round, &ids),
                 policy,
-                &mut standings,
+                standing.as_mut(),
                 &mut stats,
             )?;
         }
@@ -443,20 +444,17 @@ fn group_round(
     peers: &mut [Peer],
     (round, ids): (u64, &[Vec<u8>]),
     policy: StalenessPolicy,
-    standings: &mut Standings,
+    mut standing: Option<&mut Standing>,
     stats: &mut RoundStats,
 ) -> Result<f64, SimError> {
     let groups = config.strategy.groups(round, ids);
     if let Strategy::Groups { size, every } = config.strategy
+        && config.average_parameters
         && round > 0
         && (Groups { size, every }).regroups_at(round)
     {
-        // New groups judge their members afresh: members of an old group knew different peers.
-        standings.clear();
-        if config.average_parameters {
-            for group in &groups {
-                average_parameters(config, peers, group, round, stats)?;
-            }
+        for group in &groups {
+            average_parameters(config, peers, group, round, stats)?;
         }
     }
     let computed = compute_all(config, objective, peers, round)?;
@@ -503,16 +501,6 @@ fn group_round(
             stats.connections += (g - 1) as f64;
         }
         let sent = crafted(config, &group, &included, &liars, &computed);
-        let members: Vec<Vec<u8>> = group.iter().map(|&i| ids[i].clone()).collect();
-        // Under broadcast only, as the peers judge (`judges_standing`).
-        let standing = config
-            .standing
-            .filter(|_| config.strategy == Strategy::Broadcast)
-            .map(|judge| {
-                standings
-                    .entry(members)
-                    .or_insert_with(|| Standing::new(judge))
-            });
         let aggregate = aggregate(
             config,
             policy,
@@ -524,7 +512,7 @@ fn group_round(
                 liars: &liars,
             },
             &sent,
-            standing,
+            standing.as_deref_mut(),
             stats,
         );
         for (&i, r) in group.iter().zip(&ready) {
@@ -833,7 +821,7 @@ fn aggregate(
         // Judged by the rounds sealed by now, as the peers judge (the simulator has no late
         // updates, so a round is final at once; the lag is the peers' wait for it).
         if let Some(upto) = round.checked_sub(config.standing_lag + 1) {
-            let factors = standing.factors(0, upto);
+            let factors = standing.factors(upto);
             for (peer, _) in factors.reduced() {
                 match ids.iter().position(|id| id.as_slice() == peer) {
                     Some(i) if liars[i] => stats.liars_weighed_out += 1,

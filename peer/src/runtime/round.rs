@@ -124,7 +124,7 @@ impl Peer {
             // by the rounds sealed by then.
             let sealed = round.checked_sub(self.book.horizon() + 1);
             let factors = self.factors.entry(round).or_insert_with(|| {
-                sealed.map_or_else(Factors::default, |upto| self.standing.factors(0, upto))
+                sealed.map_or_else(Factors::default, |upto| self.standing.factors(upto))
             });
             factors.weigh(entries, &mut screened);
         }
