@@ -112,6 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             9,
             vec![(vec![2; 38], vec![0.5; gradswarm_core::standing::SKETCH_DIM])],
         )],
+        recent: vec![(11, updates.iter().take(2).cloned().collect())],
     };
     write(dir, "decode_state", "state", &state.to_bytes())?;
     let requests = [

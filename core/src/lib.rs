@@ -50,7 +50,7 @@ pub use drift::DriftSketch;
 pub use error::{DecodeError, EncodeError};
 pub use marks::{Mark, Marks};
 pub use outer::{OuterConfig, OuterOptimizer};
-pub use round::{Accepted, Closed, Correction, Recount, RoundBook};
+pub use round::{Accepted, Closed, Correction, Held, Recount, RestoreError, RoundBook};
 pub use screen::{DirectionScreen, NormScreen, Screened, screen_round};
 pub use shard::ShardKey;
 pub use staleness::{DropCounts, DropReason, StalenessPolicy};

@@ -175,6 +175,49 @@ pub struct Closed<T> {
     pub sealed: Vec<(u64, Vec<Accepted<T>>)>,
 }
 
+/// An update as another replica held it in one of its closed rounds: what
+/// [`RoundBook::restore`] rebuilds a joiner's recent rounds from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Held<T> {
+    /// The sender's peer id bytes.
+    pub peer: Vec<u8>,
+    /// The round its parameters came from.
+    pub base_round: u64,
+    /// The training samples it claims.
+    pub samples: u64,
+    /// Its content digest ([`crate::Update::content_digest`]).
+    pub digest: u64,
+    /// The decoded update.
+    pub payload: T,
+}
+
+/// Why another replica's closed rounds cannot be rebuilt ([`RoundBook::restore`]): no honest
+/// replica holds such sets, so the state that carried them is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// A set of a round that is not one of the closed rounds a book holds, or out of order.
+    #[error("a set of round {round}, outside the closed rounds {from}..{to} or out of order")]
+    OutOfRange {
+        /// Its round.
+        round: u64,
+        /// The oldest closed round held.
+        from: u64,
+        /// The open round.
+        to: u64,
+    },
+    /// Two updates of one sender for one round.
+    #[error("two updates of one sender for round {0}")]
+    Twice(u64),
+    /// An update that could not have counted (too stale, from the future).
+    #[error("an update of round {round} that cannot count: {reason}")]
+    CannotCount {
+        /// Its round.
+        round: u64,
+        /// Why.
+        reason: DropReason,
+    },
+}
+
 struct Pending<T> {
     base_round: u64,
     samples: u64,
@@ -480,6 +523,75 @@ impl<T: Clone> RoundBook<T> {
             .fold(0u64, u64::wrapping_add)
     }
 
+    /// Opens `round` with the closed rounds before it (at most [`RoundBook::horizon`]) holding
+    /// `sets`, the updates another replica held in them when it served its state: late updates
+    /// then correct them as they correct that replica's, and they seal here as they seal there.
+    /// A joiner that started from `round` with no sets took no late update of an earlier round
+    /// and sealed nothing the others sealed (its θ and its standing drifted from theirs until
+    /// drift repair). Checked whole before anything changes: on an error the book is as it was.
+    pub fn restore(
+        &mut self,
+        round: u64,
+        sets: Vec<(u64, Vec<Held<T>>)>,
+    ) -> Result<(), RestoreError> {
+        let from = round.saturating_sub(self.horizon());
+        let mut last = None;
+        for (r, set) in &sets {
+            if *r < from || *r >= round || last.is_some_and(|l| l >= *r) {
+                return Err(RestoreError::OutOfRange {
+                    round: *r,
+                    from,
+                    to: round,
+                });
+            }
+            last = Some(*r);
+            let mut senders = BTreeSet::new();
+            for held in set {
+                if !senders.insert(held.peer.as_slice()) {
+                    return Err(RestoreError::Twice(*r));
+                }
+                if held.base_round > *r {
+                    return Err(RestoreError::CannotCount {
+                        round: *r,
+                        reason: DropReason::FromFuture,
+                    });
+                }
+                if let Err(reason) = self.policy.weight(*r, held.base_round) {
+                    return Err(RestoreError::CannotCount { round: *r, reason });
+                }
+            }
+        }
+        self.reset(round);
+        self.seen = self.seen.split_off(&(round, Vec::new()));
+        // Only the rounds the other replica held: one it had no set of (it joined after that
+        // round) takes no late update there either.
+        let mut dropped = DropCounts::default();
+        for (r, set) in sets {
+            let mut entries = BTreeMap::new();
+            for held in set {
+                self.seen
+                    .insert((r, held.peer.clone()), Seen::Kept(held.digest));
+                let pending = Pending {
+                    base_round: held.base_round,
+                    samples: held.samples,
+                    digest: held.digest,
+                    payload: held.payload,
+                };
+                entries.insert(held.peer, pending);
+            }
+            let mut accepted = Vec::new();
+            self.accept(r, entries, &mut accepted, &mut dropped);
+            self.closed.insert(r, accepted);
+        }
+        Ok(())
+    }
+
+    /// Whether a late update of `round` can still join it here: the round is closed and its set
+    /// still held.
+    pub fn holds(&self, round: u64) -> bool {
+        self.closed.contains_key(&round)
+    }
+
     /// Moves the open round to `round` (after a state sync), forgetting what belongs before it.
     pub fn reset(&mut self, round: u64) {
         self.current = round;
@@ -733,6 +845,90 @@ mod tests {
         assert_eq!(b.offer(b"a", 5, 5, 1, 0, 0), Err(DropReason::Duplicate));
         b.close();
         assert_eq!(b.offer(b"a", 5, 5, 1, 0, 0), Err(DropReason::Duplicate));
+    }
+
+    /// A book's unsealed sets as a state carries them.
+    fn sets_of(b: &RoundBook<u32>) -> Vec<(u64, Vec<Held<u32>>)> {
+        b.unsealed()
+            .map(|(r, set)| {
+                let held = set.iter().map(|a| Held {
+                    peer: a.peer.clone(),
+                    base_round: a.base_round,
+                    samples: a.samples,
+                    digest: a.digest,
+                    payload: a.payload,
+                });
+                (r, held.collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restored_book_corrects_and_seals_as_the_replica_it_came_from() {
+        let mut server = book();
+        server.offer(b"a", 5, 5, 10, 1, 1).unwrap();
+        server.offer(b"b", 5, 4, 20, 2, 2).unwrap();
+        server.close();
+        server.offer(b"a", 6, 6, 10, 3, 3).unwrap();
+        server.close();
+        let mut joiner = book();
+        joiner.restore(7, sets_of(&server)).unwrap();
+        assert_eq!(joiner.round(), 7);
+        assert_eq!(joiner.applied_digest(), server.applied_digest());
+        // The one it already holds is a duplicate; a late one corrects round 6 in both alike.
+        assert_eq!(
+            joiner.offer(b"a", 6, 6, 10, 3, 3),
+            Err(DropReason::Duplicate)
+        );
+        for b in [&mut server, &mut joiner] {
+            b.offer(b"c", 6, 6, 5, 4, 4).unwrap();
+        }
+        let (s, j) = (server.close(), joiner.close());
+        assert_eq!(j.corrections, s.corrections);
+        assert_eq!(j.corrections.len(), 1);
+        let (mut s_sealed, mut j_sealed) = (Vec::new(), Vec::new());
+        for _ in 0..6 {
+            s_sealed.extend(server.close().sealed);
+            j_sealed.extend(joiner.close().sealed);
+        }
+        assert_eq!(j_sealed, s_sealed);
+        assert_eq!(
+            j_sealed.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+            [5, 6, 7]
+        );
+        // Without the sets, the late update is too late for a joiner that synced to round 7.
+        let mut bare = book();
+        bare.reset(7);
+        assert_eq!(bare.offer(b"c", 6, 6, 5, 4, 4), Err(DropReason::TooStale));
+    }
+
+    #[test]
+    fn sets_no_replica_holds_are_refused_and_change_nothing() {
+        let mut b = book();
+        b.offer(b"a", 5, 5, 1, 1, 1).unwrap();
+        let held = |peer: &[u8], base_round| Held {
+            peer: peer.to_vec(),
+            base_round,
+            samples: 1,
+            digest: 9,
+            payload: 9,
+        };
+        let refused = [
+            (
+                vec![(9, vec![held(b"x", 9)])],
+                "a round not closed before 9",
+            ),
+            (vec![(2, vec![held(b"x", 2)])], "a round past the horizon"),
+            (vec![(7, vec![]), (6, vec![])], "rounds out of order"),
+            (vec![(7, vec![held(b"x", 7), held(b"x", 7)])], "twice"),
+            (vec![(7, vec![held(b"x", 3)])], "too stale"),
+            (vec![(7, vec![held(b"x", 8)])], "from the future"),
+        ];
+        for (sets, what) in refused {
+            assert!(b.restore(9, sets).is_err(), "{what}");
+            assert_eq!(b.round(), 5, "{what}");
+            assert!(b.has_all([&b"a"[..]]), "{what}");
+        }
     }
 
     #[test]

@@ -148,6 +148,65 @@ fn a_late_joiner_syncs_the_swarm_state() {
     );
 }
 
+/// A joiner holds the rounds before its state as its server held them (`PeerState::recent`), so
+/// the late updates that still come for them correct its θ as they correct the others'. One peer
+/// is behind a link of 120 ms round trip while rounds are paced at 40 ms: its updates arrive a
+/// round or two after the others closed theirs, at every round, so some are always on their way
+/// when a state is served. With drift repair off nothing else can bring the joiner back: without
+/// the sets (a snapshot with `recent` empty) it missed those updates for good and ended 1e-2
+/// apart.
+#[test]
+fn a_joiner_takes_the_late_updates_of_the_rounds_before_its_state() {
+    let _serial = serial();
+    let mut swarm = LocalSwarm::start("e2e-join-late").unwrap();
+    let corpus = corpus();
+    let mut c = config("e2e-join-late", 60);
+    c.drift_tolerance = None;
+    let (mut fast, _) = fast_and_slow(c, 8, 1.0);
+    fast.round_floor = Duration::from_millis(40);
+    let mut early = Vec::new();
+    for far in [false, false, true] {
+        swarm.link = far.then_some(gradswarm_net::LinkShape {
+            up_bps: 1e9,
+            down_bps: 1e9,
+            rtt: Duration::from_millis(120),
+        });
+        let (_, peer) = swarm
+            .spawn_peer(
+                fast.clone(),
+                &tiny_model(),
+                &tiny_train(),
+                corpus.clone(),
+                2,
+            )
+            .unwrap();
+        early.push(peer);
+    }
+    swarm.link = None;
+    let mut log = Vec::new();
+    swarm
+        .wait_for(&mut log, DEADLINE, |r| r.round.round >= 10)
+        .unwrap();
+    let (_, joiner) = swarm
+        .spawn_peer(fast, &tiny_model(), &tiny_train(), corpus.clone(), 1)
+        .unwrap();
+    let joined = joiner.join().unwrap();
+    let mut summaries: Vec<PeerSummary> = early.into_iter().map(|p| p.join().unwrap()).collect();
+    eprintln!(
+        "joiner: start {}, drops {:?}",
+        joined.start_round, joined.drops
+    );
+    assert!(joined.synced_from.is_some(), "the joiner did not sync");
+    assert!(
+        joined.start_round + 20 <= 60,
+        "the joiner synced at round {}, too near the end to show anything",
+        joined.start_round
+    );
+    summaries.push(joined);
+    let divergence = final_divergence(&summaries);
+    assert!(divergence < 1e-4, "the joiner ended apart: {divergence}");
+}
+
 /// A peer alone runs rounds as fast as nothing holds them back; a joiner must still be able to
 /// train in step with it. Without the round floor (`ROUND_FLOOR` set to zero) the lone peer ran
 /// ~100 rounds a second, past the rate the joiner takes its updates at: they were dropped as a

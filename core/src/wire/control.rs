@@ -150,6 +150,13 @@ pub struct PeerState {
     /// do from its first round instead of a window of rounds later. Taken on trust, as θ's
     /// drift is: a joiner whose weights differ drifts, and drift repair brings it back.
     pub standing: Vec<(u64, crate::standing::RoundSketches)>,
+    /// The server's closed rounds not sealed yet, each with the updates that count in it as
+    /// they stand, oldest first ([`crate::RoundBook::restore`]): late updates then correct the
+    /// joiner's θ as they correct the server's, and the rounds seal alike. Empty when the server
+    /// does not hold every update's wire form, or they would not fit; then `standing` carries
+    /// those rounds sketched as they stand instead. Checked as updates off the network are
+    /// ([`Update::check`], then decoded and screened by the joiner).
+    pub recent: Vec<(u64, Vec<super::Update>)>,
 }
 
 impl PeerState {
@@ -204,6 +211,22 @@ impl PeerState {
         {
             return Err(DecodeError::BadHeader("state standing out of range"));
         }
+        let updates: usize = state.recent.iter().map(|(_, set)| set.len()).sum();
+        let payload: usize = state
+            .recent
+            .iter()
+            .flat_map(|(_, set)| set)
+            .map(|u| u.payload.len())
+            .sum();
+        if state.recent.len() > MAX_STATE_RECENT_ROUNDS
+            || updates > MAX_STATE_UPDATES
+            || payload > MAX_STATE_UPDATE_BYTES
+        {
+            return Err(DecodeError::BadHeader("state recent rounds out of range"));
+        }
+        for update in state.recent.iter().flat_map(|(_, set)| set) {
+            super::check_ids(&update.run_id, &update.peer_id)?;
+        }
         // A round near u64::MAX would overflow the round counter of whoever installed it.
         if state.round > MAX_ROUND {
             return Err(DecodeError::BadHeader("state round out of range"));
@@ -217,9 +240,22 @@ impl PeerState {
         let standing = MAX_STATE_SKETCHES
             * (4 * crate::standing::SKETCH_DIM + 16 + MAX_PEER_ID_BYTES)
             + 16 * MAX_STATE_STANDING_ROUNDS;
-        4 * (4 * model_len + 64) + 64 * 1024 + standing
+        // Each update's header: ids, rounds, the codec's descriptor.
+        let recent =
+            MAX_STATE_UPDATE_BYTES + MAX_STATE_UPDATES * 256 + 16 * MAX_STATE_RECENT_ROUNDS;
+        4 * (4 * model_len + 64) + 64 * 1024 + standing + recent
     }
 }
+
+/// Closed rounds a state may carry the sets of (the default horizon is 10).
+pub const MAX_STATE_RECENT_ROUNDS: usize = 64;
+
+/// Updates a state may carry in its recent rounds' sets, in all.
+pub const MAX_STATE_UPDATES: usize = 4096;
+
+/// Payload bytes a state may carry in its recent rounds' sets, in all (a server whose sets are
+/// larger sends none, and the joiner starts as it did before states carried them).
+pub const MAX_STATE_UPDATE_BYTES: usize = 64 << 20;
 
 /// Rounds of standing a state may carry (two windows of the default 16, and more).
 pub const MAX_STATE_STANDING_ROUNDS: usize = 64;

@@ -239,6 +239,7 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         optimizer: vec![("m".into(), vec![0.1; 10])],
         optimizer_steps: 9,
         standing: vec![(1, vec![(vec![7; 38], vec![0.25; SKETCH_DIM])])],
+        recent: vec![(2, vec![sample()])],
     };
     assert_eq!(
         PeerState::from_bytes(&state.to_bytes(), 10),
@@ -258,6 +259,15 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
     let mut inf = state.clone();
     inf.standing[0].1[0].1[5] = f32::INFINITY;
     assert!(PeerState::from_bytes(&inf.to_bytes(), 10).is_err());
+    // Too many recent rounds, or an update with an overlong id: refused.
+    let mut rounds = state.clone();
+    rounds.recent = (0..=MAX_STATE_RECENT_ROUNDS as u64)
+        .map(|r| (r, Vec::new()))
+        .collect();
+    assert!(PeerState::from_bytes(&rounds.to_bytes(), 10).is_err());
+    let mut id = state.clone();
+    id.recent[0].1[0].peer_id = vec![1; 1000];
+    assert!(PeerState::from_bytes(&id.to_bytes(), 10).is_err());
     let mut many = state;
     many.standing = (0..=MAX_STATE_STANDING_ROUNDS as u64)
         .map(|r| (r, Vec::new()))

@@ -228,6 +228,8 @@ impl Peer {
                     decoded,
                 ) {
                     Ok(()) => {
+                        self.recent
+                            .insert((update.round, update.peer_id.clone()), update);
                         // Each update that counts, late or not, makes up for one round missed: a
                         // slow peer whose updates arrive after the deadline is still waited for;
                         // one that sends nothing usable is not.

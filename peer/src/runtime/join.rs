@@ -4,8 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gradswarm_core::wire::{MAX_STATE_SKETCHES, params_checksum};
-use gradswarm_core::{DriftSketch, HEARTBEAT_FLAT_FROM, PeerState};
+use std::sync::Arc;
+
+use gradswarm_core::wire::{
+    MAX_STATE_RECENT_ROUNDS, MAX_STATE_SKETCHES, MAX_STATE_UPDATE_BYTES, MAX_STATE_UPDATES,
+    params_checksum,
+};
+use gradswarm_core::{DecodedUpdate, DriftSketch, HEARTBEAT_FLAT_FROM, Held, PeerState, Update};
 use gradswarm_net::{NetEvent, PeerId};
 use tracing::{debug, info, warn};
 use web_time::Instant;
@@ -36,6 +41,9 @@ const RESYNC_EVERY: Duration = Duration::from_secs(10);
 const JOIN_HEARTBEAT: Duration = Duration::from_millis(250);
 use crate::error::PeerError;
 use crate::state;
+
+/// One recent round's set as a state carries it, decoded for the round book.
+type HeldSet = (u64, Vec<Held<Arc<DecodedUpdate>>>);
 
 impl Peer {
     /// Waits for peers; if most of them are ahead of round 0, fetches the run's state from one
@@ -108,9 +116,18 @@ impl Peer {
         }
         let synced = self.book.round();
         for event in held {
-            // Updates of rounds before the snapshot's are already in the θ we installed.
-            if matches!(&event, NetEvent::Update { update, .. } if update.round < synced) {
-                continue;
+            // Updates of rounds before the snapshot's are in the θ installed, or late ones that
+            // correct it if the state carried their rounds' sets; older ones are too late.
+            if let NetEvent::Update { update, .. } = &event {
+                let too_old = update.round < synced && !self.book.holds(update.round);
+                // Already in a set the state carried: not a duplicate from the network.
+                let carried = self
+                    .recent
+                    .get(&(update.round, update.peer_id.clone()))
+                    .is_some_and(|u| u.content_digest() == update.content_digest());
+                if too_old || carried {
+                    continue;
+                }
             }
             self.on_event(event);
         }
@@ -199,7 +216,12 @@ impl Peer {
             match installed {
                 Ok(state) => {
                     self.summary.synced_from = Some(peer.to_base58());
-                    info!("synced to round {} from {peer}", state.round);
+                    let updates: usize = state.recent.iter().map(|(_, s)| s.len()).sum();
+                    info!(
+                        "synced to round {} from {peer}, with {} recent rounds' sets ({updates} updates)",
+                        state.round,
+                        state.recent.len()
+                    );
                     return Ok(true);
                 }
                 Err(PeerError::Net(gradswarm_net::NetError::Stopped)) => {
@@ -360,13 +382,31 @@ impl Peer {
         } else {
             (state.optimizer_steps, inner)
         };
+        // The server's recent rounds, checked whole before anything here changes.
+        let sets = self.held_sets(state)?;
+        let restored = !sets.is_empty();
+        if restored {
+            self.book
+                .restore(state.round, sets)
+                .map_err(|e| PeerError::Sync(format!("the state's recent rounds: {e}")))?;
+        } else {
+            self.book.reset(state.round);
+        }
+        self.recent.clear();
+        if restored {
+            for (_, set) in &state.recent {
+                for update in set {
+                    let key = (update.round, update.peer_id.clone());
+                    self.recent.insert(key, Arc::new(update.clone()));
+                }
+            }
+        }
         self.trainer.set_parameters(&state.params)?;
         self.trainer
             .set_optimizer_state(state.step, optimizer_steps, &inner)?;
         if let Some((_, m)) = outer.into_iter().next() {
             self.outer.set_momentum(m);
         }
-        self.book.reset(state.round);
         // θ no longer descends from the marks it held: drift repair starts over from here.
         self.marks.clear();
         self.snapshots.marks(&self.marks);
@@ -383,6 +423,70 @@ impl Peer {
         Ok(())
     }
 
+    /// The recent rounds' sets a state carries, each update checked as one off the network is
+    /// (its header, its payload decoded, its values): an honest server sends only updates its
+    /// own book took, so one that fails refuses the state.
+    fn held_sets(&self, state: &PeerState) -> Result<Vec<HeldSet>, PeerError> {
+        let mut sets = Vec::with_capacity(state.recent.len());
+        for (round, set) in &state.recent {
+            let mut held = Vec::with_capacity(set.len());
+            for update in set {
+                let refuse = |why: String| {
+                    PeerError::Sync(format!("the state's update of round {round}: {why}"))
+                };
+                if update.run_id != self.config.run_id || update.model_hash != self.model_hash {
+                    return Err(refuse("of another run or model".into()));
+                }
+                if update.round != *round || PeerId::from_bytes(&update.peer_id).is_err() {
+                    return Err(refuse("a wrong round or sender".into()));
+                }
+                update
+                    .check(&self.limits)
+                    .map_err(|e| refuse(e.to_string()))?;
+                let decoded = update
+                    .decode_payload(&self.limits)
+                    .map_err(|e| refuse(e.to_string()))?;
+                self.validator
+                    .validate(decoded.len, &decoded.values)
+                    .map_err(|e| refuse(e.to_string()))?;
+                held.push(Held {
+                    peer: update.peer_id.clone(),
+                    base_round: update.base_round,
+                    samples: update.samples,
+                    digest: update.content_digest(),
+                    payload: Arc::new(decoded),
+                });
+            }
+            sets.push((*round, held));
+        }
+        Ok(sets)
+    }
+
+    /// The wire form of every update this replica's unsealed rounds hold, by round, oldest first:
+    /// None when one is missing (taken in before this peer kept them) or they would not fit a
+    /// state.
+    fn recent_sets(&self) -> Option<Vec<(u64, Vec<Update>)>> {
+        let (mut count, mut bytes) = (0, 0);
+        let mut sets = Vec::new();
+        for (round, set) in self.book.unsealed() {
+            let mut updates = Vec::with_capacity(set.len());
+            for accepted in set {
+                let update = self
+                    .recent
+                    .get(&(round, accepted.peer.clone()))
+                    .filter(|u| u.content_digest() == accepted.digest)?;
+                count += 1;
+                bytes += update.payload.len();
+                updates.push(update.as_ref().clone());
+            }
+            sets.push((round, updates));
+        }
+        let fits = sets.len() <= MAX_STATE_RECENT_ROUNDS
+            && count <= MAX_STATE_UPDATES
+            && bytes <= MAX_STATE_UPDATE_BYTES;
+        fits.then_some(sets)
+    }
+
     /// This replica's whole state, as a joiner fetches it (through the [`crate::Edge`]).
     pub(super) async fn snapshot(&mut self) -> Result<PeerState, PeerError> {
         let (optimizer_steps, mut optimizer) = self.trainer.optimizer_state_async().await?;
@@ -396,14 +500,17 @@ impl Peer {
             optimizer,
             optimizer_steps,
             standing: Vec::new(),
+            recent: self.recent_sets().unwrap_or_default(),
         };
-        // Standing's sealed rounds, then the closed ones not sealed yet as they stand (the
-        // joiner's book starts at the state's round and never seals them), the newest that fit
-        // a state's bound.
+        // Standing's sealed rounds, then, unless the joiner takes their sets and seals them
+        // itself, the closed ones not sealed yet as they stand; the newest that fit a state's
+        // bound.
         if self.judges_standing() {
             let mut standing = self.standing.clone();
-            for (round, set) in self.book.unsealed() {
-                standing.observe(round, set, &self.screen(set));
+            if state.recent.is_empty() {
+                for (round, set) in self.book.unsealed() {
+                    standing.observe(round, set, &self.screen(set));
+                }
             }
             let mut sketches = 0;
             state.standing = standing

@@ -23,7 +23,7 @@ use gradswarm_core::drift::Verdict;
 use gradswarm_core::view::RunView;
 use gradswarm_core::{
     Aggregator, Averaging, Codec, DecodedUpdate, DropCounts, ErrorFeedback, Factors, Marks,
-    ModelHash, OuterOptimizer, RoundBook, Standing, UpdateValidator, WireLimits,
+    ModelHash, OuterOptimizer, RoundBook, Standing, Update, UpdateValidator, WireLimits,
 };
 use gradswarm_model::data::validation_batches;
 use gradswarm_model::{Batch, Corpus, ModelError, Trainer};
@@ -217,6 +217,10 @@ pub struct Peer {
     /// The standing factors each open or correctable round was aggregated with, so that a late
     /// update's correction weighs the round as its close did.
     factors: BTreeMap<u64, Factors>,
+    /// The wire form of the updates the round book holds for its unsealed, open and future
+    /// rounds, by round and sender: what a snapshot carries so that a joiner holds the same
+    /// recent rounds (`PeerState::recent`).
+    recent: BTreeMap<(u64, Vec<u8>), Arc<Update>>,
     /// θ at the start of the round it names, as heartbeats describe it (kept apart from the
     /// marks, which exist only when pairwise averaging is on).
     fingerprint: Option<Fingerprint>,
@@ -326,6 +330,7 @@ impl Peer {
             ledger: CreditLedger::default(),
             view: RunView::default(),
             born: Instant::now(),
+            recent: BTreeMap::new(),
             samples: 0,
             last_loss: f32::NAN,
             last_val_loss: f32::NAN,

@@ -196,6 +196,10 @@ impl Peer {
     /// then this round's aggregate (θ is read and written once, whatever the number of parts).
     pub(super) async fn close_round(&mut self, report: &mut RoundReport) -> Result<(), PeerError> {
         let closed = self.book.close();
+        // Wire forms of rounds sealed now are no longer served to joiners.
+        let book = &self.book;
+        self.recent
+            .retain(|(r, _), _| *r >= book.round() || book.holds(*r));
         self.drops.merge(&closed.dropped);
         self.drops_pending.merge(&closed.dropped);
         report.round = closed.round;
@@ -504,11 +508,15 @@ impl Peer {
                 .decode_payload(&self.limits)
                 .map_err(|e| PeerError::Sync(format!("own update does not decode: {e}")))?;
             let digest = update.content_digest();
-            if let Err(reason) =
-                self.book
-                    .offer(&update.peer_id, round, base, samples, digest, Arc::new(own))
+            match self
+                .book
+                .offer(&update.peer_id, round, base, samples, digest, Arc::new(own))
             {
-                self.record_drop(reason);
+                Ok(()) => {
+                    let key = (round, update.peer_id.clone());
+                    self.recent.insert(key, Arc::new(update.clone()));
+                }
+                Err(reason) => self.record_drop(reason),
             }
             let partners = self
                 .averaging
