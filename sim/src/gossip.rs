@@ -136,8 +136,12 @@ fn step_and_send(
     round: u64,
 ) -> Result<(usize, f64), SimError> {
     let mut rng = SplitMix::new(peer.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut delta =
-        objective.local_steps(&peer.theta, config.local_steps, config.inner_lr, &mut rng);
+    let mut delta = objective.local_steps(
+        &peer.theta,
+        (config.local_steps, config.inner_lr),
+        (peer.shift, config.skew_per_peer.then_some(peer.seed)),
+        &mut rng,
+    );
     if peer.attacker {
         delta.iter_mut().for_each(|d| *d = -*d);
     }

@@ -14,6 +14,10 @@ pub struct Quadratic {
     start: f64,
     /// The gradient noise's standard deviation per coordinate.
     noise: f32,
+    /// The direction along which a peer's data may pull its optimum off the common one
+    /// ([`Quadratic::local_steps`]'s `shift`): standard normal per coordinate, so as long as the
+    /// optimum.
+    skew: Vec<f32>,
 }
 
 impl Quadratic {
@@ -25,11 +29,13 @@ impl Quadratic {
             .map(|_| 10f64.powf(-2.0 * rng.uniform()) as f32)
             .collect();
         let optimum: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+        let skew: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
         let mut q = Self {
             curvature,
             optimum,
             start: 1.0,
             noise,
+            skew,
         };
         q.start = q.loss(&vec![0.0; dim]).max(f64::MIN_POSITIVE);
         q
@@ -54,23 +60,47 @@ impl Quadratic {
             .sum()
     }
 
-    /// `steps` steps of SGD at `lr` from `theta` on noisy gradients drawn from `rng`; returns
-    /// the pseudo-gradient `Δ = θ_start − θ_end` (what a peer's update carries).
+    /// `steps` steps of SGD at `lr` from `theta` on noisy gradients drawn from `rng`, toward
+    /// the optimum moved `shift` times a direction (a peer whose data differ: 0 for the common
+    /// optimum): the shared skew direction, or with `own` one drawn from that seed (a peer whose
+    /// data differ its own way). Returns the pseudo-gradient `Δ = θ_start − θ_end` (what a
+    /// peer's update carries).
     pub fn local_steps(
         &self,
         theta: &[f32],
-        steps: usize,
-        lr: f32,
+        (steps, lr): (usize, f32),
+        (shift, own): (f32, Option<u64>),
         rng: &mut SplitMix,
     ) -> Vec<f32> {
+        let drawn: Vec<f32>;
+        let direction = match own {
+            Some(seed) if shift != 0.0 => {
+                let mut draw = SplitMix::new(seed);
+                drawn = (0..self.dim()).map(|_| draw.normal() as f32).collect();
+                &drawn
+            }
+            _ => &self.skew,
+        };
         let mut local = theta.to_vec();
         for _ in 0..steps {
-            for ((t, &a), &o) in local.iter_mut().zip(&self.curvature).zip(&self.optimum) {
-                let g = a * (*t - o) + self.noise * rng.normal() as f32;
+            let optimum = self.optimum.iter().zip(direction);
+            for ((t, &a), (&o, &s)) in local.iter_mut().zip(&self.curvature).zip(optimum) {
+                let g = a * (*t - o - shift * s) + self.noise * rng.normal() as f32;
                 *t -= lr * g;
             }
         }
         theta.iter().zip(&local).map(|(s, e)| s - e).collect()
+    }
+
+    /// Where `theta` lies along the skew direction from the common optimum, in units of that
+    /// direction: 0 where the peers' shifts balance out, their shift where one kind of data won.
+    pub fn skew_of(&self, theta: &[f64]) -> f64 {
+        let (mut dot, mut norm) = (0.0, 0.0);
+        for ((&t, &o), &s) in theta.iter().zip(&self.optimum).zip(&self.skew) {
+            dot += (t - f64::from(o)) * f64::from(s);
+            norm += f64::from(s).powi(2);
+        }
+        dot / norm.max(f64::MIN_POSITIVE)
     }
 }
 
@@ -83,7 +113,7 @@ mod tests {
         let q = Quadratic::new(1000, 0.0, 1);
         let theta = vec![0.0; 1000];
         assert!((q.relative_loss(&theta) - 1.0).abs() < 1e-9);
-        let delta = q.local_steps(&theta, 4, 0.5, &mut SplitMix::new(2));
+        let delta = q.local_steps(&theta, (4, 0.5), (0.0, None), &mut SplitMix::new(2));
         let after: Vec<f32> = theta.iter().zip(&delta).map(|(t, d)| t - d).collect();
         assert!(q.relative_loss(&after) < 0.9);
     }

@@ -136,6 +136,21 @@ pub struct SimConfig {
     /// pushing less each round: the attack on standing, which judges consistency over rounds.
     #[serde(default = "default_crafted_share")]
     pub crafted_share: f32,
+    /// How far apart the optima of two kinds of honest peers' data lie, in units of the skew
+    /// direction (as long as the optimum): a share [`SimConfig::skewed`] of the honest peers
+    /// pulls toward one, the rest toward the other, and the common optimum is their mean (0:
+    /// every peer's data alike). Honest heterogeneity, which standing must not take for
+    /// collusion.
+    #[serde(default)]
+    pub skew: f32,
+    /// The share of the honest peers whose data pull the other way ([`SimConfig::skew`]).
+    #[serde(default = "default_skewed")]
+    pub skewed: f64,
+    /// Whether each honest peer's data pull instead along a direction of its own, `skew` from
+    /// the common optimum (a shard unlike the others, as the swarm's random shards of one
+    /// corpus make them): no two peers share a deviation, so none looks like a colluder.
+    #[serde(default)]
+    pub skew_per_peer: bool,
     /// Peers' standing over rounds ([`gradswarm_core::standing`]), as the peers judge it: under
     /// broadcast only (`None`: off, for comparisons).
     #[serde(default = "default_standing")]
@@ -176,6 +191,9 @@ impl Default for SimConfig {
             attackers: 0.0,
             crafted: false,
             crafted_share: default_crafted_share(),
+            skew: 0.0,
+            skewed: default_skewed(),
+            skew_per_peer: false,
             standing: default_standing(),
             standing_lag: default_standing_lag(),
             average_parameters: true,
@@ -193,6 +211,11 @@ fn default_screen() -> Option<DirectionScreen> {
 /// The lie alone.
 fn default_crafted_share() -> f32 {
     1.0
+}
+
+/// A quarter of the honest peers skewed, as a quarter may lie.
+fn default_skewed() -> f64 {
+    0.25
 }
 
 /// The peers' default standing.
@@ -276,6 +299,11 @@ pub struct Summary {
     /// Attackers weighed out for their standing, peer-rounds over the run.
     #[serde(default)]
     pub liars_weighed_out: u64,
+    /// With skewed data ([`SimConfig::skew`]): where the honest replicas' mean ended along the
+    /// skew direction, as a share of the optima's distance. 0: both kinds of data counted as
+    /// their shares; −[`SimConfig::skewed`]: the skewed peers' data counted for nothing.
+    #[serde(default)]
+    pub skew_pull: f64,
     /// Newcomers, and the bytes of state they fetched.
     pub joins: u64,
     /// Bytes of state fetched by newcomers.
@@ -315,6 +343,8 @@ pub(crate) struct Peer {
     pub(crate) clock: f64,
     /// Whether it sends −Δ.
     pub(crate) attacker: bool,
+    /// How far its data move its optimum along the skew direction ([`SimConfig::skew`]).
+    pub(crate) shift: f32,
     /// Seeds its draws.
     pub(crate) seed: u64,
     /// Gossip: its public copy x̂, as its neighbours hold it.
@@ -339,6 +369,7 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
     let objective = Quadratic::new(config.dim, config.noise, config.seed);
     let mut rng = SplitMix::new(config.seed ^ 0x5157_5157);
     let attackers = (config.attackers * config.peers as f64).round() as usize;
+    let shifts = shifts(config, attackers);
     let mut next_id = 0u64;
     let mut peers: Vec<Peer> = (0..config.peers)
         .map(|i| {
@@ -347,7 +378,7 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
                 &mut rng,
                 next_id,
                 vec![0.0; config.dim],
-                0.0,
+                (0.0, shifts[i]),
                 i < attackers,
             );
             next_id += 1;
@@ -424,6 +455,9 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
             sum.rounds_to_target = Some(round + 1);
             break;
         }
+    }
+    if config.skew != 0.0 && !config.skew_per_peer {
+        sum.skew_pull = objective.skew_of(&honest_mean(&peers)) / f64::from(config.skew);
     }
     let r = sum.rounds.max(1) as f64;
     sum.bytes_per_round = bytes / r;
@@ -579,12 +613,33 @@ fn average_parameters(
     Ok(())
 }
 
+/// Each peer's shift along the skew direction (its own, with [`SimConfig::skew_per_peer`]:
+/// then every honest peer's is `skew`): the first `attackers` none (they lie anyway),
+/// the first [`SimConfig::skewed`] of the honest ones `(1 − f) × skew`, the rest `−f × skew`,
+/// where f is the share actually skewed, so that the shifts cancel over the honest peers.
+fn shifts(config: &SimConfig, attackers: usize) -> Vec<f32> {
+    if config.skew_per_peer {
+        let shift = |i| if i < attackers { 0.0 } else { config.skew };
+        return (0..config.peers).map(shift).collect();
+    }
+    let honest = config.peers.saturating_sub(attackers);
+    let skewed = (config.skewed * honest as f64).round() as usize;
+    let f = skewed as f32 / honest.max(1) as f32;
+    (0..config.peers)
+        .map(|i| match i.checked_sub(attackers) {
+            None => 0.0,
+            Some(j) if j < skewed => (1.0 - f) * config.skew,
+            Some(_) => -f * config.skew,
+        })
+        .collect()
+}
+
 fn new_peer(
     config: &SimConfig,
     rng: &mut SplitMix,
     id: u64,
     theta: Vec<f32>,
-    clock: f64,
+    (clock, shift): (f64, f32),
     attacker: bool,
 ) -> Result<Peer, SimError> {
     Ok(Peer {
@@ -595,6 +650,7 @@ fn new_peer(
         machine: config.links.draw(rng),
         clock,
         attacker,
+        shift,
         seed: rng.next_u64(),
         public: match config.strategy {
             Strategy::Gossip { .. } => theta.clone(),
@@ -626,7 +682,9 @@ fn churn(
             from = (from + 1) % peers.len();
         }
         let (theta, clock) = (peers[from].theta.clone(), peers[from].clock);
-        let mut joiner = new_peer(config, rng, *next_id, theta, clock, false)?;
+        // A newcomer in the leaver's place has data like its.
+        let shift = peers[i].shift;
+        let mut joiner = new_peer(config, rng, *next_id, theta, (clock, shift), false)?;
         *next_id += 1;
         let state = 4 * config.dim as u64;
         joiner.clock += 2.0 * joiner.machine.latency_s + state as f64 / joiner.machine.down_bps;
@@ -683,8 +741,12 @@ fn compute_one(
     round: u64,
 ) -> Result<Computed, SimError> {
     let mut rng = SplitMix::new(peer.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut delta =
-        objective.local_steps(&peer.theta, config.local_steps, config.inner_lr, &mut rng);
+    let mut delta = objective.local_steps(
+        &peer.theta,
+        (config.local_steps, config.inner_lr),
+        (peer.shift, config.skew_per_peer.then_some(peer.seed)),
+        &mut rng,
+    );
     if peer.attacker && !config.crafted {
         delta.iter_mut().for_each(|d| *d = -*d);
     }
@@ -851,12 +913,7 @@ fn loss_and_spread(objective: &Quadratic, peers: &[Peer]) -> (f64, f64) {
         .map(|p| objective.relative_loss(&p.theta))
         .sum::<f64>()
         / n;
-    let mut mean = vec![0.0f64; objective.dim()];
-    for p in &honest {
-        for (m, &t) in mean.iter_mut().zip(&p.theta) {
-            *m += f64::from(t) / n;
-        }
-    }
+    let mean = honest_mean(peers);
     let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt().max(1e-30);
     let spread = honest
         .iter()
@@ -872,6 +929,19 @@ fn loss_and_spread(objective: &Quadratic, peers: &[Peer]) -> (f64, f64) {
         / n
         / norm;
     (loss, spread)
+}
+
+/// The honest replicas' mean θ.
+fn honest_mean(peers: &[Peer]) -> Vec<f64> {
+    let honest: Vec<&Peer> = peers.iter().filter(|p| !p.attacker).collect();
+    let n = honest.len().max(1) as f64;
+    let mut mean = vec![0.0f64; peers.first().map_or(0, |p| p.theta.len())];
+    for p in &honest {
+        for (m, &t) in mean.iter_mut().zip(&p.theta) {
+            *m += f64::from(t) / n;
+        }
+    }
+    mean
 }
 
 fn median(values: &[f64]) -> f64 {

@@ -103,6 +103,16 @@ struct Common {
     /// lie alone).
     #[arg(long, default_value_t = 1.0)]
     crafted_share: f32,
+    /// Honest heterogeneity: how far apart two kinds of honest peers' optima lie, in units of
+    /// the optimum's own length (0: every peer's data alike).
+    #[arg(long, default_value_t = 0.0)]
+    skew: f32,
+    /// The share of the honest peers whose data pull the other way (`--skew`).
+    #[arg(long, default_value_t = 0.25)]
+    skewed: f64,
+    /// Each honest peer's data pull `--skew` away along a direction of its own instead.
+    #[arg(long)]
+    skew_per_peer: bool,
     /// Trim this many values at each end per coordinate (0: the weighted mean).
     #[arg(long, default_value_t = 0)]
     trim: usize,
@@ -143,6 +153,10 @@ impl Common {
             self.uplink_mbit > 0.0 && self.downlink_mbit > 0.0 && self.rtt_ms >= 0.0,
             "links need positive bandwidths and a non-negative RTT"
         );
+        anyhow::ensure!(
+            self.skew.is_finite() && (0.0..=1.0).contains(&self.skewed),
+            "--skew must be finite and --skewed in [0, 1]"
+        );
         let mut c = SimConfig {
             dim: self.dim,
             max_rounds: self.max_rounds,
@@ -152,6 +166,9 @@ impl Common {
             attackers: self.attackers,
             crafted: self.crafted,
             crafted_share: self.crafted_share,
+            skew: self.skew,
+            skewed: self.skewed,
+            skew_per_peer: self.skew_per_peer,
             seed: self.seed,
             gamma: self.gamma,
             ..SimConfig::default()
