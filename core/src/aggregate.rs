@@ -202,7 +202,7 @@ pub struct ClippedMean {
 
 /// The mean of `replicas`, each first clipped to within `radius` × ‖median‖ of their
 /// coordinate-wise median: how a new group averages its members' parameters at a regrouping
-/// (`peer/src/runtime/group.rs`). Inputs within the radius count as they are, so while all are
+/// (`peer/src/runtime/group/mod.rs`). Inputs within the radius count as they are, so while all are
 /// (honest groups that learned apart, measured at most 0.77 ‖θ‖ from each other) this is their
 /// plain mean, to the bit. One input far off moves the mean by at most `radius × ‖median‖ ÷ n`
 /// past the median, whatever it is; the median itself stays inside the others' range in every
