@@ -24,9 +24,10 @@
 //!   they add elsewhere (a decoy adds spread; it cannot hide the shared part).
 //! - A liar that keeps under the cut must keep its consistent push within about twice the
 //!   honest spread of a mean over the window, which shrinks as `1/√rounds`: little, where the
-//!   bound of the round's screens alone was the whole clip. (An attacker that knows the filter
-//!   and sits just under it is not built; mixing its own update with a share of the lie did not
-//!   get past it, bench/README.md "Standing".)
+//!   bound of the round's screens alone was the whole clip. Mixing its own update with a share
+//!   of the lie did not get past it; colluders that watch their verdicts and push hard through
+//!   the rounds a verdict takes to come cost the most measured (1.6–1.7× the rounds in the
+//!   simulator, bench/README.md "Standing").
 //!
 //! It sees only what replicas agree on (each round's counted updates, once the round is sealed:
 //! no late update can change it), iterates in a fixed order with f64 sums, and so gives every

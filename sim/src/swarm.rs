@@ -136,6 +136,14 @@ pub struct SimConfig {
     /// pushing less each round: the attack on standing, which judges consistency over rounds.
     #[serde(default = "default_crafted_share")]
     pub crafted_share: f32,
+    /// Whether the colluders ride standing's cut instead: they see how far the peers judge
+    /// them (an omniscient attacker replays the peers' standing), and each round raise their
+    /// share of the lie by 30 % while the farthest of them lies within 0.9 of
+    /// [`gradswarm_core::standing::CUT`], and halve it once one lies beyond; starting from
+    /// `crafted_share`. Of the controllers tried this one hurt most: it pushes hard through
+    /// the rounds standing's verdict takes to come (bench/README.md, "Standing").
+    #[serde(default)]
+    pub crafted_adaptive: bool,
     /// How far apart the optima of two kinds of honest peers' data lie, in units of the skew
     /// direction (as long as the optimum): a share [`SimConfig::skewed`] of the honest peers
     /// pulls toward one, the rest toward the other, and the common optimum is their mean (0:
@@ -191,6 +199,7 @@ impl Default for SimConfig {
             attackers: 0.0,
             crafted: false,
             crafted_share: default_crafted_share(),
+            crafted_adaptive: false,
             skew: 0.0,
             skewed: default_skewed(),
             skew_per_peer: false,
@@ -260,6 +269,12 @@ pub struct RoundStats {
     /// Attackers weighed out for their standing, summed over the groups.
     #[serde(default)]
     pub liars_weighed_out: u64,
+    /// The largest distance standing judged an attacker at (0: none judged).
+    #[serde(default)]
+    pub liar_distance: f64,
+    /// The colluders' share of the lie this round ([`SimConfig::crafted_share`]).
+    #[serde(default)]
+    pub crafted_share: f64,
 }
 
 /// A run's outcome.
@@ -299,6 +314,9 @@ pub struct Summary {
     /// Attackers weighed out for their standing, peer-rounds over the run.
     #[serde(default)]
     pub liars_weighed_out: u64,
+    /// The colluders' mean share of the lie over the rounds ([`SimConfig::crafted_adaptive`]).
+    #[serde(default)]
+    pub crafted_share_mean: f64,
     /// With skewed data ([`SimConfig::skew`]): where the honest replicas' mean ended along the
     /// skew direction, as a share of the optima's distance. 0: both kinds of data counted as
     /// their shares; −[`SimConfig::skewed`]: the skewed peers' data counted for nothing.
@@ -402,6 +420,8 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
         .standing
         .filter(|_| config.strategy == Strategy::Broadcast)
         .map(Standing::new);
+    let mut share = config.crafted_share;
+    let mut shares = 0.0;
     for round in 0..config.max_rounds {
         churn(config, &mut peers, &mut rng, &mut next_id, &mut sum)?;
         let ids: Vec<Vec<u8>> = peers.iter().map(|p| p.id.clone()).collect();
@@ -418,11 +438,16 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
                 config,
                 &objective,
                 &mut peers,
-                (round, &ids),
+                (round, &ids, share),
                 policy,
                 standing.as_mut(),
                 &mut stats,
             )?;
+        }
+        stats.crafted_share = f64::from(share);
+        shares += f64::from(share);
+        if config.crafted_adaptive {
+            share = ride_the_cut(share, stats.liar_distance);
         }
         let n = peers.len() as f64;
         stats.bytes_up /= n;
@@ -460,6 +485,7 @@ pub fn run(config: &SimConfig, mut progress: impl FnMut(&RoundStats)) -> Result<
         sum.skew_pull = objective.skew_of(&honest_mean(&peers)) / f64::from(config.skew);
     }
     let r = sum.rounds.max(1) as f64;
+    sum.crafted_share_mean = shares / r;
     sum.bytes_per_round = bytes / r;
     sum.bytes_up_per_round = up / r;
     sum.connections = conns / r;
@@ -476,7 +502,7 @@ fn group_round(
     config: &SimConfig,
     objective: &Quadratic,
     peers: &mut [Peer],
-    (round, ids): (u64, &[Vec<u8>]),
+    (round, ids, share): (u64, &[Vec<u8>], f32),
     policy: StalenessPolicy,
     mut standing: Option<&mut Standing>,
     stats: &mut RoundStats,
@@ -534,7 +560,7 @@ fn group_round(
             stats.bytes_down += down;
             stats.connections += (g - 1) as f64;
         }
-        let sent = crafted(config, &group, &included, &liars, &computed);
+        let sent = crafted(config, share, &group, &included, &liars, &computed);
         let aggregate = aggregate(
             config,
             policy,
@@ -774,6 +800,7 @@ fn compute_one(
 /// ([`gradswarm_core::adversary::crafted`]).
 fn crafted<'a>(
     config: &SimConfig,
+    share: f32,
     group: &[usize],
     included: &[bool],
     liars: &[bool],
@@ -798,10 +825,9 @@ fn crafted<'a>(
     for &i in arrived.iter().filter(|&&i| liars[i]) {
         let others = arrived.len() - 1;
         if let Some(mut lie) = adversary::crafted(&honest, others, config.dim, k, 2.0) {
-            if config.crafted_share < 1.0 {
+            if share < 1.0 {
                 // Its own honest update, and a share of the lie, in the k coordinates the two
                 // hold most of.
-                let share = config.crafted_share;
                 let mut mixed = computed[i].update.to_dense();
                 mixed
                     .iter_mut()
@@ -832,6 +858,18 @@ fn crafted<'a>(
         }
     }
     Cow::Owned(sent)
+}
+
+/// The adaptive colluders' next share of the lie ([`SimConfig::crafted_adaptive`]), from how
+/// far standing judged the farthest of them this round.
+fn ride_the_cut(share: f32, liar_distance: f64) -> f32 {
+    let edge = 0.9 * gradswarm_core::standing::CUT;
+    let next = if liar_distance > edge {
+        share * 0.5
+    } else {
+        share * 1.3
+    };
+    next.clamp(0.02, 1.0)
 }
 
 /// A group's members: their indices, whether each made the deadline, and every peer's id and
@@ -884,6 +922,15 @@ fn aggregate(
         // updates, so a round is final at once; the lag is the peers' wait for it).
         if let Some(upto) = round.checked_sub(config.standing_lag + 1) {
             let factors = standing.factors(upto);
+            for (peer, distance) in factors.distances() {
+                if ids
+                    .iter()
+                    .position(|id| id.as_slice() == peer)
+                    .is_some_and(|i| liars[i])
+                {
+                    stats.liar_distance = stats.liar_distance.max(f64::from(distance));
+                }
+            }
             for (peer, _) in factors.reduced() {
                 match ids.iter().position(|id| id.as_slice() == peer) {
                     Some(i) if liars[i] => stats.liars_weighed_out += 1,

@@ -81,3 +81,31 @@ fn peers_whose_data_differ_each_their_own_way_keep_their_weight() {
     // The limit: 12 of the 48 honest peers share a direction, and are weighed out in most rounds.
     assert!(one_way.honest_weighed_out > 0);
 }
+
+/// Colluders that ride the cut (`crafted_adaptive`: they see how far the peers judge them, push
+/// harder while they are well within it and back off once one is near it) exploit the rounds a
+/// verdict takes to come, and cost more than the full lie (bench/README.md, "Standing"), but the
+/// swarm still gets there; without standing their share climbs to the whole lie and it never
+/// does.
+#[test]
+fn colluders_riding_the_cut_slow_broadcast_but_do_not_stall_it() {
+    let riding = |standing| SimConfig {
+        crafted_adaptive: true,
+        crafted_share: 0.1,
+        ..config(0.25, standing)
+    };
+    let judged = run(&riding(true), |_| {}).expect("runs");
+    let unjudged = run(&riding(false), |_| {}).expect("runs");
+    eprintln!(
+        "riding the cut: standing {:?} rounds (mean share {:.2}, {} liar peer-rounds weighed \
+         out), without {:?} (mean share {:.2})",
+        judged.rounds_to_target,
+        judged.crafted_share_mean,
+        judged.liars_weighed_out,
+        unjudged.rounds_to_target,
+        unjudged.crafted_share_mean,
+    );
+    assert!(judged.rounds_to_target.is_some(), "{judged:?}");
+    assert!(judged.liars_weighed_out > 0);
+    assert_eq!(unjudged.rounds_to_target, None);
+}

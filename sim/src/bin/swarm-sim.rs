@@ -103,6 +103,10 @@ struct Common {
     /// lie alone).
     #[arg(long, default_value_t = 1.0)]
     crafted_share: f32,
+    /// The crafting attackers ride standing's cut: their share of the lie grows while none is
+    /// judged near it and shrinks once one is (from `--crafted-share`).
+    #[arg(long)]
+    crafted_adaptive: bool,
     /// Honest heterogeneity: how far apart two kinds of honest peers' optima lie, in units of
     /// the optimum's own length (0: every peer's data alike).
     #[arg(long, default_value_t = 0.0)]
@@ -166,6 +170,7 @@ impl Common {
             attackers: self.attackers,
             crafted: self.crafted,
             crafted_share: self.crafted_share,
+            crafted_adaptive: self.crafted_adaptive,
             skew: self.skew,
             skewed: self.skewed,
             skew_per_peer: self.skew_per_peer,
