@@ -112,7 +112,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             9,
             vec![(vec![2; 38], vec![0.5; gradswarm_core::standing::SKETCH_DIM])],
         )],
-        recent: vec![(11, updates.iter().take(2).cloned().collect())],
+        recent: vec![gradswarm_core::wire::RecentRound {
+            round: 11,
+            updates: updates.iter().take(2).cloned().collect(),
+            equivocators: vec![vec![3; 38]],
+        }],
     };
     write(dir, "decode_state", "state", &state.to_bytes())?;
     let requests = [

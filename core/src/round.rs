@@ -533,6 +533,7 @@ impl<T: Clone> RoundBook<T> {
         &mut self,
         round: u64,
         sets: Vec<(u64, Vec<Held<T>>)>,
+        equivocators: &[(u64, Vec<u8>)],
     ) -> Result<(), RestoreError> {
         let from = round.saturating_sub(self.horizon());
         let mut last = None;
@@ -545,7 +546,11 @@ impl<T: Clone> RoundBook<T> {
                 });
             }
             last = Some(*r);
-            let mut senders = BTreeSet::new();
+            let mut senders: BTreeSet<&[u8]> = equivocators
+                .iter()
+                .filter(|(e, _)| e == r)
+                .map(|(_, p)| p.as_slice())
+                .collect();
             for held in set {
                 if !senders.insert(held.peer.as_slice()) {
                     return Err(RestoreError::Twice(*r));
@@ -561,8 +566,20 @@ impl<T: Clone> RoundBook<T> {
                 }
             }
         }
+        if let Some((r, _)) = equivocators.iter().find(|(r, _)| *r < from || *r >= round) {
+            return Err(RestoreError::OutOfRange {
+                round: *r,
+                from,
+                to: round,
+            });
+        }
         self.reset(round);
         self.seen = self.seen.split_off(&(round, Vec::new()));
+        // Senders the other replica caught equivocating: any version of theirs that comes later
+        // is refused here as there.
+        for (r, peer) in equivocators {
+            self.seen.insert((*r, peer.clone()), Seen::Equivocated);
+        }
         // Only the rounds the other replica held: one it had no set of (it joined after that
         // round) takes no late update there either.
         let mut dropped = DropCounts::default();
@@ -584,6 +601,16 @@ impl<T: Clone> RoundBook<T> {
             self.closed.insert(r, accepted);
         }
         Ok(())
+    }
+
+    /// The senders caught signing two updates for a closed round still held, by round: what a
+    /// joiner's [`RoundBook::restore`] needs beside the sets.
+    pub fn equivocators(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let from = self.closed.keys().next().copied().unwrap_or(self.current);
+        self.seen
+            .range((from, Vec::new())..(self.current, Vec::new()))
+            .filter(|(_, s)| **s == Seen::Equivocated)
+            .map(|((r, p), _)| (*r, p.as_slice()))
     }
 
     /// Whether a late update of `round` can still join it here: the round is closed and its set
@@ -869,12 +896,31 @@ mod tests {
         server.offer(b"a", 5, 5, 10, 1, 1).unwrap();
         server.offer(b"b", 5, 4, 20, 2, 2).unwrap();
         server.close();
+        // A sender that signs two versions of its late update for round 5: both dropped.
+        server.offer(b"e", 5, 5, 1, 7, 7).unwrap();
+        assert_eq!(
+            server.offer(b"e", 5, 5, 1, 8, 8),
+            Err(DropReason::Equivocation)
+        );
         server.offer(b"a", 6, 6, 10, 3, 3).unwrap();
         server.close();
         let mut joiner = book();
-        joiner.restore(7, sets_of(&server)).unwrap();
+        let equivocators: Vec<(u64, Vec<u8>)> = server
+            .equivocators()
+            .map(|(r, p)| (r, p.to_vec()))
+            .collect();
+        joiner.restore(7, sets_of(&server), &equivocators).unwrap();
         assert_eq!(joiner.round(), 7);
         assert_eq!(joiner.applied_digest(), server.applied_digest());
+        assert_eq!(equivocators, [(5, b"e".to_vec())]);
+        // A version of the equivocator's that reaches the joiner later is refused there as here
+        // (without the equivocators it would count).
+        for b in [&mut server, &mut joiner] {
+            assert_eq!(b.offer(b"e", 5, 5, 1, 7, 7), Err(DropReason::Duplicate));
+        }
+        let mut unaware = book();
+        unaware.restore(7, sets_of(&server), &[]).unwrap();
+        assert_eq!(unaware.offer(b"e", 5, 5, 1, 7, 7), Ok(()));
         // The one it already holds is a duplicate; a late one corrects round 6 in both alike.
         assert_eq!(
             joiner.offer(b"a", 6, 6, 10, 3, 3),
@@ -925,7 +971,7 @@ mod tests {
             (vec![(7, vec![held(b"x", 8)])], "from the future"),
         ];
         for (sets, what) in refused {
-            assert!(b.restore(9, sets).is_err(), "{what}");
+            assert!(b.restore(9, sets, &[]).is_err(), "{what}");
             assert_eq!(b.round(), 5, "{what}");
             assert!(b.has_all([&b"a"[..]]), "{what}");
         }

@@ -156,7 +156,18 @@ pub struct PeerState {
     /// does not hold every update's wire form, or they would not fit; then `standing` carries
     /// those rounds sketched as they stand instead. Checked as updates off the network are
     /// ([`Update::check`], then decoded and screened by the joiner).
-    pub recent: Vec<(u64, Vec<super::Update>)>,
+    pub recent: Vec<RecentRound>,
+}
+
+/// One of a server's closed rounds not sealed yet, as its state carries it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecentRound {
+    /// The round.
+    pub round: u64,
+    /// The updates that count in it.
+    pub updates: Vec<super::Update>,
+    /// The senders caught signing two updates for it: no version of theirs counts.
+    pub equivocators: Vec<Vec<u8>>,
 }
 
 impl PeerState {
@@ -211,11 +222,15 @@ impl PeerState {
         {
             return Err(DecodeError::BadHeader("state standing out of range"));
         }
-        let updates: usize = state.recent.iter().map(|(_, set)| set.len()).sum();
+        let updates: usize = state
+            .recent
+            .iter()
+            .map(|r| r.updates.len() + r.equivocators.len())
+            .sum();
         let payload: usize = state
             .recent
             .iter()
-            .flat_map(|(_, set)| set)
+            .flat_map(|r| &r.updates)
             .map(|u| u.payload.len())
             .sum();
         if state.recent.len() > MAX_STATE_RECENT_ROUNDS
@@ -224,8 +239,13 @@ impl PeerState {
         {
             return Err(DecodeError::BadHeader("state recent rounds out of range"));
         }
-        for update in state.recent.iter().flat_map(|(_, set)| set) {
-            super::check_ids(&update.run_id, &update.peer_id)?;
+        for recent in &state.recent {
+            for update in &recent.updates {
+                super::check_ids(&update.run_id, &update.peer_id)?;
+            }
+            for peer in &recent.equivocators {
+                super::check_ids("", peer)?;
+            }
         }
         // A round near u64::MAX would overflow the round counter of whoever installed it.
         if state.round > MAX_ROUND {
@@ -250,7 +270,7 @@ impl PeerState {
 /// Closed rounds a state may carry the sets of (the default horizon is 10).
 pub const MAX_STATE_RECENT_ROUNDS: usize = 64;
 
-/// Updates a state may carry in its recent rounds' sets, in all.
+/// Updates (and equivocators) a state may carry in its recent rounds' sets, in all.
 pub const MAX_STATE_UPDATES: usize = 4096;
 
 /// Payload bytes a state may carry in its recent rounds' sets, in all (a server whose sets are

@@ -239,7 +239,11 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
         optimizer: vec![("m".into(), vec![0.1; 10])],
         optimizer_steps: 9,
         standing: vec![(1, vec![(vec![7; 38], vec![0.25; SKETCH_DIM])])],
-        recent: vec![(2, vec![sample()])],
+        recent: vec![RecentRound {
+            round: 2,
+            updates: vec![sample()],
+            equivocators: vec![vec![3; 38]],
+        }],
     };
     assert_eq!(
         PeerState::from_bytes(&state.to_bytes(), 10),
@@ -262,12 +266,18 @@ fn heartbeats_and_states_round_trip_and_reject_lies() {
     // Too many recent rounds, or an update with an overlong id: refused.
     let mut rounds = state.clone();
     rounds.recent = (0..=MAX_STATE_RECENT_ROUNDS as u64)
-        .map(|r| (r, Vec::new()))
+        .map(|round| RecentRound {
+            round,
+            ..Default::default()
+        })
         .collect();
     assert!(PeerState::from_bytes(&rounds.to_bytes(), 10).is_err());
     let mut id = state.clone();
-    id.recent[0].1[0].peer_id = vec![1; 1000];
+    id.recent[0].updates[0].peer_id = vec![1; 1000];
     assert!(PeerState::from_bytes(&id.to_bytes(), 10).is_err());
+    let mut equivocator = state.clone();
+    equivocator.recent[0].equivocators[0] = vec![1; 1000];
+    assert!(PeerState::from_bytes(&equivocator.to_bytes(), 10).is_err());
     let mut many = state;
     many.standing = (0..=MAX_STATE_STANDING_ROUNDS as u64)
         .map(|r| (r, Vec::new()))

@@ -2,15 +2,14 @@
 //! from the most advanced connected peer; and the snapshots this peer serves to joiners.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use gradswarm_core::wire::{
     MAX_STATE_RECENT_ROUNDS, MAX_STATE_SKETCHES, MAX_STATE_UPDATE_BYTES, MAX_STATE_UPDATES,
-    params_checksum,
+    RecentRound, params_checksum,
 };
-use gradswarm_core::{DecodedUpdate, DriftSketch, HEARTBEAT_FLAT_FROM, Held, PeerState, Update};
+use gradswarm_core::{DecodedUpdate, DriftSketch, HEARTBEAT_FLAT_FROM, Held, PeerState};
 use gradswarm_net::{NetEvent, PeerId};
 use tracing::{debug, info, warn};
 use web_time::Instant;
@@ -216,7 +215,7 @@ impl Peer {
             match installed {
                 Ok(state) => {
                     self.summary.synced_from = Some(peer.to_base58());
-                    let updates: usize = state.recent.iter().map(|(_, s)| s.len()).sum();
+                    let updates: usize = state.recent.iter().map(|r| r.updates.len()).sum();
                     info!(
                         "synced to round {} from {peer}, with {} recent rounds' sets ({updates} updates)",
                         state.round,
@@ -386,16 +385,21 @@ impl Peer {
         let sets = self.held_sets(state)?;
         let restored = !sets.is_empty();
         if restored {
+            let equivocators: Vec<(u64, Vec<u8>)> = state
+                .recent
+                .iter()
+                .flat_map(|r| r.equivocators.iter().map(|p| (r.round, p.clone())))
+                .collect();
             self.book
-                .restore(state.round, sets)
+                .restore(state.round, sets, &equivocators)
                 .map_err(|e| PeerError::Sync(format!("the state's recent rounds: {e}")))?;
         } else {
             self.book.reset(state.round);
         }
         self.recent.clear();
         if restored {
-            for (_, set) in &state.recent {
-                for update in set {
+            for recent in &state.recent {
+                for update in &recent.updates {
                     let key = (update.round, update.peer_id.clone());
                     self.recent.insert(key, Arc::new(update.clone()));
                 }
@@ -428,9 +432,9 @@ impl Peer {
     /// own book took, so one that fails refuses the state.
     fn held_sets(&self, state: &PeerState) -> Result<Vec<HeldSet>, PeerError> {
         let mut sets = Vec::with_capacity(state.recent.len());
-        for (round, set) in &state.recent {
-            let mut held = Vec::with_capacity(set.len());
-            for update in set {
+        for RecentRound { round, updates, .. } in &state.recent {
+            let mut held = Vec::with_capacity(updates.len());
+            for update in updates {
                 let refuse = |why: String| {
                     PeerError::Sync(format!("the state's update of round {round}: {why}"))
                 };
@@ -462,13 +466,20 @@ impl Peer {
         Ok(sets)
     }
 
-    /// The wire form of every update this replica's unsealed rounds hold, by round, oldest first:
-    /// None when one is missing (taken in before this peer kept them) or they would not fit a
-    /// state.
-    fn recent_sets(&self) -> Option<Vec<(u64, Vec<Update>)>> {
+    /// The wire form of every update this replica's unsealed rounds hold, by round, oldest
+    /// first, with the senders caught equivocating in each: None when one is missing (taken in
+    /// before this peer kept them) or they would not fit a state.
+    fn recent_sets(&self) -> Option<Vec<RecentRound>> {
         let (mut count, mut bytes) = (0, 0);
         let mut sets = Vec::new();
         for (round, set) in self.book.unsealed() {
+            let equivocators: Vec<Vec<u8>> = self
+                .book
+                .equivocators()
+                .filter(|(r, _)| *r == round)
+                .map(|(_, p)| p.to_vec())
+                .collect();
+            count += equivocators.len();
             let mut updates = Vec::with_capacity(set.len());
             for accepted in set {
                 let update = self
@@ -479,7 +490,11 @@ impl Peer {
                 bytes += update.payload.len();
                 updates.push(update.as_ref().clone());
             }
-            sets.push((round, updates));
+            sets.push(RecentRound {
+                round,
+                updates,
+                equivocators,
+            });
         }
         let fits = sets.len() <= MAX_STATE_RECENT_ROUNDS
             && count <= MAX_STATE_UPDATES
