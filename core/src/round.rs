@@ -523,34 +523,29 @@ impl<T: Clone> RoundBook<T> {
             .fold(0u64, u64::wrapping_add)
     }
 
-    /// Opens `round` with the closed rounds before it (at most [`RoundBook::horizon`]) holding
-    /// `sets`, the updates another replica held in them when it served its state: late updates
-    /// then correct them as they correct that replica's, and they seal here as they seal there.
-    /// A joiner that started from `round` with no sets took no late update of an earlier round
-    /// and sealed nothing the others sealed (its θ and its standing drifted from theirs until
-    /// drift repair). Checked whole before anything changes: on an error the book is as it was.
-    pub fn restore(
-        &mut self,
+    /// Whether [`RoundBook::restore`] would take `sets` and `equivocators` as the rounds before
+    /// `round`: rounds this book could hold, in order, one update per sender, each one that can
+    /// count. Read-only, and blind to payloads: a joiner checks a state's sets before it
+    /// decodes a payload or changes anything.
+    pub fn check_restore<U>(
+        &self,
         round: u64,
-        sets: Vec<(u64, Vec<Held<T>>)>,
+        sets: &[(u64, Vec<Held<U>>)],
         equivocators: &[(u64, Vec<u8>)],
     ) -> Result<(), RestoreError> {
         let from = round.saturating_sub(self.horizon());
+        let out_of_range = |r: u64| RestoreError::OutOfRange {
+            round: r,
+            from,
+            to: round,
+        };
         let mut last = None;
-        for (r, set) in &sets {
+        for (r, set) in sets {
             if *r < from || *r >= round || last.is_some_and(|l| l >= *r) {
-                return Err(RestoreError::OutOfRange {
-                    round: *r,
-                    from,
-                    to: round,
-                });
+                return Err(out_of_range(*r));
             }
             last = Some(*r);
-            let mut senders: BTreeSet<&[u8]> = equivocators
-                .iter()
-                .filter(|(e, _)| e == r)
-                .map(|(_, p)| p.as_slice())
-                .collect();
+            let mut senders = BTreeSet::new();
             for held in set {
                 if !senders.insert(held.peer.as_slice()) {
                     return Err(RestoreError::Twice(*r));
@@ -566,20 +561,29 @@ impl<T: Clone> RoundBook<T> {
                 }
             }
         }
-        if let Some((r, _)) = equivocators.iter().find(|(r, _)| *r < from || *r >= round) {
-            return Err(RestoreError::OutOfRange {
-                round: *r,
-                from,
-                to: round,
-            });
+        match equivocators.iter().find(|(r, _)| *r < from || *r >= round) {
+            Some((r, _)) => Err(out_of_range(*r)),
+            None => Ok(()),
         }
+    }
+
+    /// Opens `round` with the closed rounds before it (at most [`RoundBook::horizon`]) holding
+    /// `sets`, the updates another replica held in them when it served its state, and
+    /// `equivocators`, the senders it caught signing two updates for them: late updates then
+    /// correct those rounds as they correct that replica's, and they seal here as they seal
+    /// there. A joiner that started from `round` with no sets took no late update of an earlier
+    /// round and sealed nothing the others sealed (its θ and its standing drifted from theirs
+    /// until drift repair). Checked whole ([`RoundBook::check_restore`]) before anything
+    /// changes: on an error the book is as it was.
+    pub fn restore(
+        &mut self,
+        round: u64,
+        sets: Vec<(u64, Vec<Held<T>>)>,
+        equivocators: &[(u64, Vec<u8>)],
+    ) -> Result<(), RestoreError> {
+        self.check_restore(round, &sets, equivocators)?;
         self.reset(round);
         self.seen = self.seen.split_off(&(round, Vec::new()));
-        // Senders the other replica caught equivocating: any version of theirs that comes later
-        // is refused here as there.
-        for (r, peer) in equivocators {
-            self.seen.insert((*r, peer.clone()), Seen::Equivocated);
-        }
         // Only the rounds the other replica held: one it had no set of (it joined after that
         // round) takes no late update there either.
         let mut dropped = DropCounts::default();
@@ -599,6 +603,19 @@ impl<T: Clone> RoundBook<T> {
             let mut accepted = Vec::new();
             self.accept(r, entries, &mut accepted, &mut dropped);
             self.closed.insert(r, accepted);
+        }
+        // Senders the other replica caught equivocating: any version of theirs that comes later
+        // is refused here as there, and one still in its round (caught since that replica's
+        // last close) is taken out at the next close here as there.
+        for (r, peer) in equivocators {
+            self.seen.insert((*r, peer.clone()), Seen::Equivocated);
+            if self
+                .closed
+                .get(r)
+                .is_some_and(|set| set.iter().any(|a| &a.peer == peer))
+            {
+                self.retracted.entry(*r).or_default().insert(peer.clone());
+            }
         }
         Ok(())
     }
@@ -946,6 +963,32 @@ mod tests {
         let mut bare = book();
         bare.reset(7);
         assert_eq!(bare.offer(b"c", 6, 6, 5, 4, 4), Err(DropReason::TooStale));
+    }
+
+    #[test]
+    fn an_equivocator_still_in_its_round_is_taken_out_at_the_next_close_as_there() {
+        let mut server = book();
+        server.offer(b"a", 5, 5, 10, 1, 1).unwrap();
+        server.offer(b"e", 5, 5, 10, 7, 7).unwrap();
+        server.close();
+        // Its second version comes after the close: the server takes it out at its next one.
+        assert_eq!(
+            server.offer(b"e", 5, 5, 10, 8, 8),
+            Err(DropReason::Equivocation)
+        );
+        let equivocators: Vec<(u64, Vec<u8>)> = server
+            .equivocators()
+            .map(|(r, p)| (r, p.to_vec()))
+            .collect();
+        let mut joiner = book();
+        joiner
+            .restore(6, sets_of(&server), &equivocators)
+            .expect("an honest server's sets while a retraction is pending");
+        assert_eq!(joiner.applied_digest(), server.applied_digest());
+        let (s, j) = (server.close(), joiner.close());
+        assert_eq!(j.corrections, s.corrections);
+        assert_eq!(j.corrections[0].removed().count(), 1);
+        assert_eq!(joiner.applied_digest(), server.applied_digest());
     }
 
     #[test]

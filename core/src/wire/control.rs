@@ -273,6 +273,17 @@ pub const MAX_STATE_RECENT_ROUNDS: usize = 64;
 /// Updates (and equivocators) a state may carry in its recent rounds' sets, in all.
 pub const MAX_STATE_UPDATES: usize = 4096;
 
+/// Bytes a state's recent rounds' sets may take once decoded, at most ([`recent_decoded_bytes`]):
+/// their payloads are compressed, and a hostile server could otherwise make a joiner decode
+/// 4 096 updates of the run's largest size. A server whose sets would take more sends none.
+pub const MAX_STATE_DECODED_BYTES: usize = 256 << 20;
+
+/// The most bytes `updates` updates of `max_entries` values each take decoded (an index and a
+/// value each): what [`MAX_STATE_DECODED_BYTES`] bounds.
+pub fn recent_decoded_bytes(updates: usize, max_entries: usize) -> usize {
+    updates.saturating_mul(max_entries).saturating_mul(8)
+}
+
 /// Payload bytes a state may carry in its recent rounds' sets, in all (a server whose sets are
 /// larger sends none, and the joiner starts as it did before states carried them).
 pub const MAX_STATE_UPDATE_BYTES: usize = 64 << 20;

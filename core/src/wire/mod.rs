@@ -18,9 +18,10 @@ use crate::error::DecodeError;
 
 pub use control::{
     Fingerprint, Heartbeat, MAX_AGENT_LEN, MAX_HEARTBEAT_BYTES, MAX_RPC_BYTES,
-    MAX_STATE_RECENT_ROUNDS, MAX_STATE_SKETCHES, MAX_STATE_STANDING_ROUNDS, MAX_STATE_TENSORS,
-    MAX_STATE_UPDATE_BYTES, MAX_STATE_UPDATES, PeerState, RecentRound, Request, Response,
-    STATE_CHUNK_BYTES, UPDATE_CHUNK_BYTES, params_checksum, update_chunks,
+    MAX_STATE_DECODED_BYTES, MAX_STATE_RECENT_ROUNDS, MAX_STATE_SKETCHES,
+    MAX_STATE_STANDING_ROUNDS, MAX_STATE_TENSORS, MAX_STATE_UPDATE_BYTES, MAX_STATE_UPDATES,
+    PeerState, RecentRound, Request, Response, STATE_CHUNK_BYTES, UPDATE_CHUNK_BYTES,
+    params_checksum, recent_decoded_bytes, update_chunks,
 };
 pub use manifest::{
     MAX_MANIFEST_BYTES, MAX_PIECES, MAX_RUN_NAME_LEN, Manifest, ManifestError, ManifestId,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gradswarm_core::wire::{
-    MAX_STATE_RECENT_ROUNDS, MAX_STATE_SKETCHES, MAX_STATE_UPDATE_BYTES, MAX_STATE_UPDATES,
-    RecentRound, params_checksum,
+    MAX_STATE_DECODED_BYTES, MAX_STATE_RECENT_ROUNDS, MAX_STATE_SKETCHES, MAX_STATE_UPDATE_BYTES,
+    MAX_STATE_UPDATES, RecentRound, params_checksum, recent_decoded_bytes,
 };
 use gradswarm_core::{DecodedUpdate, DriftSketch, HEARTBEAT_FLAT_FROM, Held, PeerState};
 use gradswarm_net::{NetEvent, PeerId};
@@ -382,34 +382,30 @@ impl Peer {
             (state.optimizer_steps, inner)
         };
         // The server's recent rounds, checked whole before anything here changes.
-        let sets = self.held_sets(state)?;
-        let restored = !sets.is_empty();
-        if restored {
-            let equivocators: Vec<(u64, Vec<u8>)> = state
-                .recent
-                .iter()
-                .flat_map(|r| r.equivocators.iter().map(|p| (r.round, p.clone())))
-                .collect();
-            self.book
-                .restore(state.round, sets, &equivocators)
-                .map_err(|e| PeerError::Sync(format!("the state's recent rounds: {e}")))?;
-        } else {
-            self.book.reset(state.round);
-        }
-        self.recent.clear();
-        if restored {
-            for recent in &state.recent {
-                for update in &recent.updates {
-                    let key = (update.round, update.peer_id.clone());
-                    self.recent.insert(key, Arc::new(update.clone()));
-                }
-            }
-        }
+        let equivocators: Vec<(u64, Vec<u8>)> = state
+            .recent
+            .iter()
+            .flat_map(|r| r.equivocators.iter().map(|p| (r.round, p.clone())))
+            .collect();
+        let sets = self.held_sets(state, &equivocators)?;
         self.trainer.set_parameters(&state.params)?;
         self.trainer
             .set_optimizer_state(state.step, optimizer_steps, &inner)?;
         if let Some((_, m)) = outer.into_iter().next() {
             self.outer.set_momentum(m);
+        }
+        // Pending updates of the rounds from the state's on are still this replica's to serve.
+        self.recent.retain(|(r, _), _| *r >= state.round);
+        if sets.is_empty() {
+            self.book.reset(state.round);
+        } else {
+            self.book
+                .restore(state.round, sets, &equivocators)
+                .map_err(|e| PeerError::Sync(format!("the state's recent rounds: {e}")))?;
+            for update in state.recent.iter().flat_map(|r| &r.updates) {
+                let key = (update.round, update.peer_id.clone());
+                self.recent.insert(key, Arc::new(update.clone()));
+            }
         }
         // θ no longer descends from the marks it held: drift repair starts over from here.
         self.marks.clear();
@@ -427,10 +423,39 @@ impl Peer {
         Ok(())
     }
 
-    /// The recent rounds' sets a state carries, each update checked as one off the network is
-    /// (its header, its payload decoded, its values): an honest server sends only updates its
-    /// own book took, so one that fails refuses the state.
-    fn held_sets(&self, state: &PeerState) -> Result<Vec<HeldSet>, PeerError> {
+    /// The recent rounds' sets a state carries, checked before a payload is decoded (rounds
+    /// the book could hold, one update per sender, what they take decoded), then each update as
+    /// one off the network is (its header, its payload decoded, its values): an honest server
+    /// sends only updates its own book took, within those bounds, so one that fails refuses
+    /// the state.
+    fn held_sets(
+        &self,
+        state: &PeerState,
+        equivocators: &[(u64, Vec<u8>)],
+    ) -> Result<Vec<HeldSet>, PeerError> {
+        let refused = |why: String| PeerError::Sync(format!("the state's recent rounds: {why}"));
+        let headers: Vec<(u64, Vec<Held<()>>)> = state
+            .recent
+            .iter()
+            .map(|r| {
+                let held = r.updates.iter().map(|u| Held {
+                    peer: u.peer_id.clone(),
+                    base_round: u.base_round,
+                    samples: u.samples,
+                    digest: 0,
+                    payload: (),
+                });
+                (r.round, held.collect())
+            })
+            .collect();
+        self.book
+            .check_restore(state.round, &headers, equivocators)
+            .map_err(|e| refused(e.to_string()))?;
+        let count: usize = headers.iter().map(|(_, set)| set.len()).sum();
+        let decoded = recent_decoded_bytes(count, self.max_entries());
+        if decoded > MAX_STATE_DECODED_BYTES {
+            return Err(refused(format!("{decoded} bytes decoded, past the bound")));
+        }
         let mut sets = Vec::with_capacity(state.recent.len());
         for RecentRound { round, updates, .. } in &state.recent {
             let mut held = Vec::with_capacity(updates.len());
@@ -496,10 +521,17 @@ impl Peer {
                 equivocators,
             });
         }
+        let updates: usize = sets.iter().map(|r| r.updates.len()).sum();
         let fits = sets.len() <= MAX_STATE_RECENT_ROUNDS
             && count <= MAX_STATE_UPDATES
-            && bytes <= MAX_STATE_UPDATE_BYTES;
+            && bytes <= MAX_STATE_UPDATE_BYTES
+            && recent_decoded_bytes(updates, self.max_entries()) <= MAX_STATE_DECODED_BYTES;
         fits.then_some(sets)
+    }
+
+    /// The most values one of the run's updates decodes to.
+    fn max_entries(&self) -> usize {
+        self.config.codec.max_entries(self.trainer.num_params())
     }
 
     /// This replica's whole state, as a joiner fetches it (through the [`crate::Edge`]).
